@@ -1,0 +1,1 @@
+"""Negative-mining schedulers (installed as falcon_rl.agents)."""

@@ -1,0 +1,1 @@
+"""Gymnasium environments (installed as falcon_rl.envs)."""

@@ -1,0 +1,24 @@
+"""``env`` section: the Gymnasium environment (DESIGN §2.7)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from falcon_rl.config.fields import param
+
+
+@dataclass
+class EnvConfig:
+    """Episode, reward and action-space settings."""
+
+    reward: str = param("mlm", "proxy reward", choices=["mlm", "itc", "itm", "itc+itm", "retrieval", "toy"])
+    reward_scale: float = param(1.0, "reward multiplier", gt=0.0)
+    budget_steps: int = param(20, "env steps (search spaces) per episode; the end is 'truncated'", ge=1)
+    action: str = param("box", "continuous q per member or K discrete levels",
+                        choices=["box", "discrete"])
+    levels: int = param(5, "discrete variant: K hardness levels", ge=2)
+    retrieval_pairs: int = param(500, "held-out pairs for the retrieval reward", ge=10)
+    toy_optimum: list[float] = param([0.2, 0.2, 0.4, 0.6, 0.8, 0.9, 1.0, 1.0],
+                                     "toy reward: optimal q per specificity 1..8 (tests)",
+                                     each_ge=0.0, each_le=1.0)
+    checkpoint: str | None = param(None, "start each episode from this trainer checkpoint")

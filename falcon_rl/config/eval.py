@@ -1,0 +1,18 @@
+"""``eval`` section: zero-shot retrieval evaluation (DESIGN §2.8)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from falcon_rl.config.fields import param
+
+
+@dataclass
+class EvalConfig:
+    """Retrieval evaluation settings."""
+
+    batch_size: int = param(256, "embedding batch size", ge=1)
+    itm_rerank: bool = param(False, "re-rank the ITC top-k with the ITM head")
+    k_i2t: int = param(16, "ITM re-ranking depth image->text (ALBEF: 256)", ge=1)
+    k_t2i: int = param(16, "ITM re-ranking depth text->image (ALBEF: 128)", ge=1)
+    max_test: int = param(0, "evaluate on the first N test pairs only (0 = all)", ge=0)

@@ -1,0 +1,209 @@
+"""Loading experiment configs from YAML with ``key.sub=value`` overrides.
+
+A config file is a YAML mapping whose top-level keys are the sections of
+:class:`falcon_rl.config.schema.ExperimentConfig`. A file may name another with
+``base: other.yaml`` (relative to itself); its values are loaded first and then updated.
+Every unknown key, wrong type or out-of-range value raises :class:`ConfigError` naming the
+key, the value and the file (or ``<override>`` for a command-line override).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
+
+import yaml
+
+from falcon_rl.config.fields import check_value
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names key, value and source file."""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
+    """Check ``value`` against annotation ``tp`` and return it (ints widen to floats)."""
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(key, value, arg, source)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected {_type_name(tp)})")
+    if origin is typing.Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{source}: {key}={value!r} is not one of {list(get_args(tp))}")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected a list)")
+        args = get_args(tp)
+        item_tp = args[0] if args else Any
+        return [_coerce(f"{key}[{i}]", v, item_tp, source) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected a mapping)")
+        return dict(value)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected a mapping)")
+        return _build(tp, value, source, prefix=key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected float)")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected int)")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected bool)")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected str)")
+        return value
+    if isinstance(tp, type) and not isinstance(value, tp):
+        raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected {_type_name(tp)})")
+    return value
+
+
+def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, validating every key."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{source}: unknown key {key!r} (known keys here: {known})")
+        coerced = _coerce(key, value, hints[name], source)
+        err = check_value(key, coerced, dict(fields[name].metadata))
+        if err:
+            raise ConfigError(f"{source}: {err}")
+        kwargs[name] = coerced
+    try:
+        obj = cls(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{source}: {prefix or cls.__name__}: {e}") from e
+    return obj
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in update.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML config file, resolving ``base:`` chains, into a plain mapping."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to this file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
+    base = data.pop("base", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise ConfigError(f"{path}: base={base!r} must be a file name")
+        parent = read_yaml(path.parent / base, _seen + (resolved,))
+        data = _merge(parent, data)
+    return data
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value``; the value is read as YAML (``1e-3``, ``[1, 2]``, ``null``)."""
+    if "=" not in text:
+        raise ConfigError(f"<override>: {text!r} is not of the form key.sub=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"<override>: {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"<override>: {key}={raw!r} is not valid YAML: {e}") from e
+    return key.split("."), value
+
+
+def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = data
+    for p in parts[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[parts[-1]] = value
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    cls: type[T] | None = None,
+) -> T:
+    """Load ``cls`` (default :class:`ExperimentConfig`) from a YAML file plus overrides.
+
+    Overrides are validated separately so that an error in one names ``<override>``.
+    """
+    if cls is None:
+        from falcon_rl.config.schema import ExperimentConfig
+
+        cls = ExperimentConfig  # type: ignore[assignment]
+    source = str(path) if path is not None else "<defaults>"
+    data = read_yaml(path) if path is not None else {}
+    cfg = _build(cls, data, source)  # validate the file alone first
+    if overrides:
+        for text in overrides:
+            parts, value = parse_override(text)
+            _set_path(data, parts, value)
+            _build(cls, data, "<override>")  # the override is what is new: name it
+        cfg = _build(cls, data, source)
+    return cfg  # type: ignore[return-value]
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A plain nested mapping of a config (for YAML dumps and TensorBoard hparams)."""
+    return dataclasses.asdict(cfg)
+
+
+def dump_yaml(cfg: Any, path: str | Path) -> None:
+    """Write a config as YAML (used to record the resolved config of every run)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def replace(cfg: T, **changes: Any) -> T:
+    """``dataclasses.replace`` re-exported for convenience."""
+    return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]

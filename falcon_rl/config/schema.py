@@ -1,0 +1,30 @@
+"""The experiment config: one dataclass per section, each in its own module."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from falcon_rl.config.ablation import AblationConfig
+from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.data import DataConfig
+from falcon_rl.config.env import EnvConfig
+from falcon_rl.config.eval import EvalConfig
+from falcon_rl.config.logging import LoggingConfig
+from falcon_rl.config.mining import MiningConfig
+from falcon_rl.config.model import ModelConfig
+from falcon_rl.config.train import TrainConfig
+
+
+@dataclass
+class ExperimentConfig:
+    """Everything one run needs; loaded from ``configs/*.yaml`` (see :func:`load_config`)."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ablation: AblationConfig = field(default_factory=AblationConfig)
