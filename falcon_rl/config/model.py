@@ -21,6 +21,7 @@ class ModelConfig:
     text_layers: int | None = param(None, "text-only BERT layers (null: preset)", ge=0)
     fusion_layers: int | None = param(None, "BERT layers with cross-attention (null: preset)", ge=1)
     heads: int | None = param(None, "attention heads (null: preset)", ge=1)
+    dropout: float = param(0.0, "dropout in ViT/BERT (0 keeps train and eval MLM losses identical)", ge=0.0, lt=1.0)
     embed_dim: int = param(256, "shared ITC embedding size", ge=8)
     temperature: float = param(0.07, "initial ITC temperature (learned)", gt=0.0)
     momentum: bool = param(False, "ALBEF momentum encoders + queue + distillation")
