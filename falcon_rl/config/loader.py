@@ -67,6 +67,11 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
             raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected a mapping)")
         return _build(tp, value, source, prefix=key)
     if tp is float:
+        if isinstance(value, str):  # PyYAML reads '1e-3' (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected float)")
         return float(value)

@@ -1,0 +1,124 @@
+"""The config system: YAML + overrides, errors that name key, value and file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from falcon_rl.config import ConfigError, ExperimentConfig, load_config, parse_override
+from falcon_rl.config.loader import dump_yaml
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_defaults_and_file_values(tmp_path):
+    p = write(tmp_path, "model:\n  preset: small\n  mlm_prob: 0.5\ntrain:\n  lr: 1e-3\n")
+    cfg = load_config(p)
+    assert isinstance(cfg, ExperimentConfig)
+    assert cfg.model.preset == "small" and cfg.model.mlm_prob == 0.5
+    assert cfg.train.lr == pytest.approx(1e-3)
+    assert cfg.train.batch_size == ExperimentConfig().train.batch_size
+
+
+def test_overrides_apply_and_are_typed(tmp_path):
+    p = write(tmp_path, "train:\n  steps: 10\n")
+    cfg = load_config(p, ["train.steps=20", "mining.search_space=480", "data.fact_probs=[0.5, 0.5]",
+                          "train.lr=1e-4", "data.train_file=null"])
+    assert cfg.train.steps == 20
+    assert cfg.mining.search_space == 480
+    assert cfg.data.fact_probs == [0.5, 0.5]
+    assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
+    assert cfg.data.train_file is None
+
+
+def test_int_widens_to_float_but_not_the_reverse(tmp_path):
+    cfg = load_config(write(tmp_path, "train:\n  lr: 1\n"))
+    assert cfg.train.lr == 1.0 and isinstance(cfg.train.lr, float)
+    with pytest.raises(ConfigError, match=r"train\.steps=1\.5 has the wrong type"):
+        load_config(write(tmp_path, "train:\n  steps: 1.5\n"))
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    p = write(tmp_path, "model:\n  presett: small\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert "model.presett" in str(e.value) and str(p) in str(e.value)
+
+
+def test_unknown_section_names_file(tmp_path):
+    p = write(tmp_path, "modle:\n  preset: small\n")
+    with pytest.raises(ConfigError, match="unknown key 'modle'") as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+def test_wrong_type_names_key_value_file(tmp_path):
+    p = write(tmp_path, "train:\n  batch_size: sixty-four\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert "train.batch_size" in msg and "sixty-four" in msg and str(p) in msg
+
+
+def test_out_of_range_and_choices(tmp_path):
+    with pytest.raises(ConfigError, match=r"model\.mlm_prob=1\.5 is out of range"):
+        load_config(write(tmp_path, "model:\n  mlm_prob: 1.5\n"))
+    with pytest.raises(ConfigError, match=r"model\.preset='huge' is not one of"):
+        load_config(write(tmp_path, "model:\n  preset: huge\n"))
+    with pytest.raises(ConfigError, match=r"data\.fact_probs\[1\]=-0\.1 is out of range"):
+        load_config(write(tmp_path, "data:\n  fact_probs: [0.5, -0.1]\n"))
+
+
+def test_bad_override_is_named(tmp_path):
+    p = write(tmp_path, "train:\n  steps: 10\n")
+    with pytest.raises(ConfigError, match=r"<override>: train\.steps=-3 is out of range"):
+        load_config(p, ["train.steps=-3"])
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_override("train.steps")
+    with pytest.raises(ConfigError, match=r"<override>: unknown key 'train\.stepz'"):
+        load_config(p, ["train.stepz=3"])
+
+
+def test_base_inheritance_and_loops(tmp_path):
+    write(tmp_path, "train:\n  steps: 7\n  lr: 0.01\n", "base.yaml")
+    child = write(tmp_path, "base: base.yaml\ntrain:\n  steps: 9\n", "child.yaml")
+    cfg = load_config(child)
+    assert cfg.train.steps == 9 and cfg.train.lr == pytest.approx(0.01)
+    a = write(tmp_path, "base: b.yaml\n", "a.yaml")
+    write(tmp_path, "base: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(a)
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "train: [unclosed\n"))
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+
+
+def test_dump_roundtrip(tmp_path):
+    cfg = load_config(None, ["model.preset=small", "agent.name=grit"])
+    dump_yaml(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    load_config(path)
+
+
+def test_cli_config_error_exit_code(capsys):
+    from falcon_rl.cli import main
+
+    assert main(["config", "model.preset=huge"]) == 2
+    assert "model.preset='huge'" in capsys.readouterr().err
