@@ -65,7 +65,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise ConfigError(f"{source}: {key}={value!r} has the wrong type (expected a mapping)")
-        return _build(tp, value, source, prefix=key)
+        return build_dataclass(tp, value, source, prefix=key)
     if tp is float:
         if isinstance(value, str):  # PyYAML reads '1e-3' (no dot) as a string
             try:
@@ -92,7 +92,7 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
     return value
 
 
-def _build(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
+def build_dataclass(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, validating every key."""
     hints = get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
@@ -162,7 +162,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def _set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
+def set_path(data: dict[str, Any], parts: list[str], value: Any) -> None:
     node = data
     for p in parts[:-1]:
         nxt = node.get(p)
@@ -188,13 +188,13 @@ def load_config(
         cls = ExperimentConfig  # type: ignore[assignment]
     source = str(path) if path is not None else "<defaults>"
     data = read_yaml(path) if path is not None else {}
-    cfg = _build(cls, data, source)  # validate the file alone first
+    cfg = build_dataclass(cls, data, source)  # validate the file alone first
     if overrides:
         for text in overrides:
             parts, value = parse_override(text)
-            _set_path(data, parts, value)
-            _build(cls, data, "<override>")  # the override is what is new: name it
-        cfg = _build(cls, data, source)
+            set_path(data, parts, value)
+            build_dataclass(cls, data, "<override>")  # the override is what is new: name it
+        cfg = build_dataclass(cls, data, source)
     return cfg  # type: ignore[return-value]
 
 

@@ -1,0 +1,172 @@
+"""PNG plots of an ablation: reward curves, R@1 and FN rate vs step, q by caption specificity.
+
+Each run record's ``history`` holds per-env-step lists (``step``, ``reward``, ``fn_rate``,
+``q_by_specificity`` = list of {F: mean q}) and ``eval`` (a list of {"step": s, metric: v}).
+Curves are averaged over seeds per scheduler, with the min–max band over seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _ok(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for r in runs if r.get("status", "ok") == "ok" and r.get("history")]
+
+
+def _by_scheduler(runs: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in _ok(runs):
+        out.setdefault(str(r["scheduler"]), []).append(r)
+    return dict(sorted(out.items()))
+
+
+def _smooth(y: np.ndarray, window: int) -> np.ndarray:
+    if window <= 1 or y.size < window:
+        return y
+    kernel = np.ones(window) / window
+    padded = np.concatenate([np.full(window - 1, y[0]), y])
+    return np.convolve(padded, kernel, mode="valid")
+
+
+def _band(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    n = min(len(y) for _, y in series)
+    x = series[0][0][:n]
+    ys = np.stack([y[:n] for _, y in series])
+    return x, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+
+
+def plot_step_curve(runs: Sequence[dict[str, Any]], key: str, ylabel: str, path: str | Path,
+                    smooth: int = 1, title: str | None = None) -> Path | None:
+    """Mean over seeds of ``history[key]`` vs ``history['step']`` for every scheduler."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
+    for name, group in _by_scheduler(runs).items():
+        series = []
+        for r in group:
+            h = r["history"]
+            y = np.asarray([np.nan if v is None else v for v in h.get(key, [])], dtype=float)
+            if y.size == 0 or np.all(np.isnan(y)):
+                continue
+            x = np.asarray(h.get("step", np.arange(1, y.size + 1)), dtype=float)[: y.size]
+            series.append((x, _smooth(y, smooth)))
+        if not series:
+            continue
+        x, mean, lo, hi = _band(series)
+        (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})")
+        if len(series) > 1:
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        drawn += 1
+    return _finish(fig, ax, drawn, path, "env step", ylabel, title or ylabel)
+
+
+def plot_eval_curve(runs: Sequence[dict[str, Any]], metric: str, path: str | Path,
+                    ylabel: str | None = None) -> Path | None:
+    """An evaluation metric (e.g. ``i2t_r1_mp``) vs step, from ``history['eval']``."""
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    drawn = 0
+    for name, group in _by_scheduler(runs).items():
+        series = []
+        for r in group:
+            evals = [e for e in r["history"].get("eval", []) if metric in e]
+            if evals:
+                series.append((np.array([e["step"] for e in evals], float),
+                               np.array([e[metric] for e in evals], float)))
+        if not series:
+            continue
+        x, mean, lo, hi = _band(series)
+        (line,) = ax.plot(x, mean, marker="o", label=f"{name} (n={len(series)})")
+        if len(series) > 1:
+            ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        drawn += 1
+    return _finish(fig, ax, drawn, path, "env step", ylabel or metric, f"{ylabel or metric} vs step")
+
+
+def plot_q_by_specificity(runs: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
+    """For each scheduler, mean q per caption specificity F over training (one panel each).
+
+    This shows what per-anchor scheduling learned: e.g. softer negatives (low q) for vague
+    captions, whose hardest negatives are mostly false negatives.
+    """
+    groups = _by_scheduler(runs)
+    panels = []
+    for name, group in groups.items():
+        per_f: dict[int, list[np.ndarray]] = {}
+        steps = None
+        for r in group:
+            h = r["history"]
+            qs = h.get("q_by_specificity") or []
+            if not qs:
+                continue
+            steps = np.asarray(h.get("step", np.arange(1, len(qs) + 1)), float)[: len(qs)]
+            keys = sorted({int(k) for d in qs if d for k in d})
+            for f in keys:
+                per_f.setdefault(f, []).append(
+                    np.array([(d or {}).get(f, (d or {}).get(str(f), np.nan)) for d in qs], float))
+        if per_f and steps is not None:
+            panels.append((name, steps, per_f))
+    if not panels:
+        return None
+    cols = min(3, len(panels))
+    rows = (len(panels) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False, sharey=True)
+    cmap = plt.get_cmap("viridis")
+    all_f = sorted({f for _, _, per_f in panels for f in per_f})
+    for ax, (name, steps, per_f) in zip(axes.flat, panels):
+        for f in sorted(per_f):
+            n = min(len(a) for a in per_f[f])
+            y = np.nanmean(np.stack([a[:n] for a in per_f[f]]), axis=0)
+            color = cmap(all_f.index(f) / max(1, len(all_f) - 1))
+            ax.plot(steps[:n], y, color=color, label=f"F={f}")
+        ax.set_title(name)
+        ax.set_xlabel("env step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    axes[0][0].set_ylabel("mean q (1 = hardest)")
+    axes[0][0].legend(fontsize=7, title="facts in caption", title_fontsize=7, ncol=2)
+    fig.suptitle("Hardness q by caption specificity over training")
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _finish(fig, ax, drawn: int, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path | None:
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_all(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
+    """Write every ablation figure into ``out_dir``; returns the files written."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    made = [
+        plot_step_curve(runs, "reward", "reward (ΔL_MLM per batch)", out / "reward.png", smooth=3,
+                        title="Reward per env step"),
+        plot_eval_curve(runs, "i2t_r1_mp", out / "r1_vs_step.png", "image→text R@1 (multi-positive)"),
+        plot_step_curve(runs, "fn_rate", "false-negative rate of chosen negatives", out / "fn_rate.png",
+                        title="False-negative rate vs step"),
+        plot_q_by_specificity(runs, out / "q_by_specificity.png"),
+    ]
+    return [p for p in made if p is not None]

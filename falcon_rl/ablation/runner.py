@@ -1,0 +1,177 @@
+"""``falcon-rl ablate``: schedulers × seeds on the same data, model preset and budget.
+
+Every run gets its own directory ``<out_dir>/<scheduler>/seed<k>`` (TensorBoard events, the
+resolved config, ``results.json``). A run whose ``results.json`` says ``ok`` is skipped on a
+rerun (resume); a failed run is recorded with its error and the others go on. At the end the
+runner writes ``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
+
+The function that performs one run is injected (``run_fn``) so this module stays in the core
+library; the CLI passes :func:`falcon_rl.agents.runner.run_scheduler`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import copy
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from falcon_rl.ablation.plots import plot_all
+from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
+from falcon_rl.config import ExperimentConfig, dump_yaml
+from falcon_rl.config.loader import build_dataclass, set_path, to_dict
+
+#: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
+RunFn = Callable[[ExperimentConfig, str, Path], dict[str, Any]]
+
+
+@dataclass
+class RunSpec:
+    """One scheduler × seed of an ablation."""
+
+    label: str
+    agent_name: str
+    seed: int
+    out_dir: Path
+    cfg: ExperimentConfig
+
+
+def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
+    """Expand ``cfg.ablation`` into runs.
+
+    A scheduler label may have overrides in ``ablation.overrides[label]`` (``{"agent.q": 0.7}``);
+    ``agent.name`` there sets the scheduler behind a label (e.g. ``fixed-0.7`` → ``fixed``).
+    The seed sets ``train.seed`` (model init, masks, mining and agent); the data stay the same.
+    """
+    base = to_dict(cfg)
+    out_root = Path(cfg.ablation.out_dir).expanduser()
+    specs = []
+    threads = max(1, (os.cpu_count() or 1) // cfg.ablation.workers)
+    for label in cfg.ablation.schedulers:
+        extra = cfg.ablation.overrides.get(label, {}) or {}
+        if not isinstance(extra, dict):
+            raise ValueError(f"{source}: ablation.overrides.{label} must be a mapping of key.sub: value")
+        for seed in cfg.ablation.seeds:
+            data = copy.deepcopy(base)
+            data["agent"]["name"] = label
+            for key, value in extra.items():
+                set_path(data, str(key).split("."), value)
+            data["train"]["seed"] = int(seed)
+            run_dir = out_root / label / f"seed{seed}"
+            data["train"]["out_dir"] = str(run_dir)
+            if cfg.ablation.workers > 1 and not data["train"]["threads"]:
+                data["train"]["threads"] = threads
+            run_cfg = build_dataclass(ExperimentConfig, data, f"{source} (ablation.overrides.{label})")
+            specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
+    return specs
+
+
+def load_record(run_dir: Path) -> dict[str, Any] | None:
+    """The run's ``results.json`` if present and readable."""
+    path = run_dir / "results.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
+    """Run one spec, turning any exception into a failed record."""
+    spec.out_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(spec.cfg, spec.out_dir / "config.yaml")
+    start = time.perf_counter()
+    try:
+        record = dict(run_fn(spec.cfg, spec.agent_name, spec.out_dir))
+        record.setdefault("status", "ok")
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # a failed run is recorded and the others go on
+        record = {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                  "traceback": traceback.format_exc(), "wall_time": time.perf_counter() - start}
+    record["scheduler"] = spec.label
+    record["seed"] = spec.seed
+    (spec.out_dir / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
+def _pool_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
+                 command: str | None = None, log: Callable[[str], None] = print,
+                 prepare: Callable[[ExperimentConfig], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) every scheduler × seed, then write the tables and plots.
+
+    :param prepare: called once before the runs (e.g. to generate and cache the dataset so
+        parallel workers do not all generate it).
+    :returns: ``{"runs": [...], "rows": aggregated rows, "files": {...}}``.
+    """
+    specs = run_specs(cfg, source)
+    out_root = Path(cfg.ablation.out_dir).expanduser()
+    out_root.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out_root / "ablation_config.yaml")
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for spec in specs:
+        old = load_record(spec.out_dir)
+        if old is not None and old.get("status") == "ok":
+            records[(spec.label, spec.seed)] = old
+            log(f"[skip] {spec.label}/seed{spec.seed}: results exist")
+        else:
+            todo.append(spec)
+    if todo and prepare is not None:
+        prepare(cfg)
+    t0 = time.perf_counter()
+    if cfg.ablation.workers > 1 and len(todo) > 1:
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(cfg.ablation.workers, mp_context=ctx, initializer=_pool_init) as pool:
+            futures = {pool.submit(_execute, s, run_fn): s for s in todo}
+            for fut in cf.as_completed(futures):
+                s = futures[fut]
+                try:
+                    rec = fut.result()
+                except Exception as e:  # the worker process itself died
+                    rec = {"status": "failed", "error": f"worker died: {e}", "scheduler": s.label,
+                           "seed": s.seed}
+                    (s.out_dir / "results.json").write_text(json.dumps(rec))
+                records[(s.label, s.seed)] = rec
+                log(_summary_line(rec, len(records), len(specs), time.perf_counter() - t0))
+    else:
+        for s in todo:
+            rec = _execute(s, run_fn)
+            records[(s.label, s.seed)] = rec
+            log(_summary_line(rec, len(records), len(specs), time.perf_counter() - t0))
+    runs = [records[(s.label, s.seed)] for s in specs]
+    write_results_csv(runs, out_root / "results.csv")
+    rows = aggregate(runs)
+    notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "
+             f"Data: {cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs; "
+             f"model preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
+             f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
+    md = render_markdown(rows, command=command, notes=notes)
+    (out_root / "results.md").write_text(md)
+    plots = plot_all(runs, out_root)
+    return {"runs": runs, "rows": rows, "markdown": md,
+            "files": {"csv": out_root / "results.csv", "md": out_root / "results.md", "plots": plots}}
+
+
+def _summary_line(rec: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    name = f"{rec.get('scheduler')}/seed{rec.get('seed')}"
+    if rec.get("status") != "ok":
+        return f"[{done}/{total}] {name}: FAILED — {rec.get('error')}"
+    final = rec.get("final") or {}
+    return (f"[{done}/{total}] {name}: i2t R@1 mp {final.get('i2t_r1_mp', float('nan')):.3f}, "
+            f"t2i mAP {final.get('t2i_map', float('nan')):.3f}, FN rate "
+            f"{rec.get('mean_fn_rate', float('nan')):.3f}, {rec.get('wall_time', 0):.0f} s "
+            f"(elapsed {elapsed:.0f} s)")
