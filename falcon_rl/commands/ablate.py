@@ -1,0 +1,53 @@
+"""``falcon-rl ablate``: schedulers × seeds, results table and plots (see falcon_rl.ablation)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from falcon_rl.config import load_config
+
+HELP = "run a list of schedulers x seeds on the same data/model/budget; write results.csv/.md and plots"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from falcon_rl.cli import add_config_arguments
+
+    parser.add_argument("--out", default=None, help="output dir (overrides ablation.out_dir)")
+    add_config_arguments(parser, required=True)
+
+
+def _prepare(cfg) -> None:
+    """Generate (or load) the dataset once so that the runs, and parallel workers, reuse the cache."""
+    from falcon_rl.data import load_data
+
+    start = time.perf_counter()
+    load_data(cfg.data)
+    print(f"data ready ({cfg.data.source}, {time.perf_counter() - start:.1f} s)", flush=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from falcon_rl.ablation.runner import run_ablation
+    from falcon_rl.agents.runner import run_scheduler
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"ablation.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    start = time.perf_counter()
+    out = run_ablation(cfg, run_scheduler, source=str(args.config), command=command.strip(),
+                       prepare=_prepare, log=lambda s: print(s, flush=True))
+    print()
+    print(out["markdown"])
+    root = Path(cfg.ablation.out_dir)
+    print(f"results: {out['files']['md']}  {out['files']['csv']}")
+    for p in out["files"]["plots"]:
+        print(f"plot:    {p}")
+    print(f"TensorBoard: tensorboard --logdir {root}")
+    print(f"total wall time: {time.perf_counter() - start:.0f} s")
+    failed = sum(r.get("status") != "ok" for r in out["runs"])
+    return 1 if failed == len(out["runs"]) else 0
