@@ -11,21 +11,36 @@ from falcon_rl.config.fields import param
 class MiningConfig:
     """Search spaces and batch construction."""
 
+    # --- search spaces (DESIGN §2.1) ---
     search_space: int = param(512, "search-space size |M| (GRIT 1920; FALCON 480..28320)", ge=2)
     space_kind: str = param("random", "random partition (GRIT) or FAISS/torch neighbourhoods",
                             choices=["random", "neighbourhood"])
+    space_remainder: str = param(
+        "fill", "n % |M| leftover pairs per epoch: fill the last space with pairs re-used from other "
+        "spaces (every pair covered, all spaces |M|), drop them, or keep a smaller last space",
+        choices=["fill", "drop", "keep"])
     knn_backend: str = param("torch", "neighbourhood search backend",
                              choices=["torch", "faiss-flat", "faiss-ivf"])
     knn_device: str = param("cpu", "device of the neighbour search (faiss-gpu: cuda)")
     knn_k: int = param(64, "neighbours per seed in neighbourhood spaces", ge=1)
+    knn_chunk: int = param(4096, "query rows per chunk of the exact torch kNN (memory: chunk x N floats)", ge=1)
     ivf_lists: int = param(64, "IVF lists (faiss-ivf)", ge=1)
     ivf_probe: int = param(8, "IVF lists probed (faiss-ivf)", ge=1)
+    # --- embedding cache (DESIGN §2.1) ---
+    refresh_at_start: bool = param(True, "embed the whole train set once before mining")
+    cache_device: str = param("cpu", "where the embedding cache lives: cpu | cuda | auto (= training device)")
+    cache_refresh_chunk: int = param(4096, "pairs per embed_fn call of a full cache refresh", ge=1)
+    # --- quantile chain (DESIGN §2.2) ---
     remainder: str = param("last_batch", "members left after full batches: a smaller last batch or dropped",
                            choices=["last_batch", "drop"])
-    chain_backend: str = param("numba", "quantile-chain kernel", choices=["numba", "numpy", "torch"])
-    refresh_at_start: bool = param(True, "embed the whole train set once before mining")
+    chain_backend: str = param("numba", "quantile-chain kernel (numba falls back to numpy, same batches, "
+                               "when numba is not installed)", choices=["numba", "numpy", "torch"])
+    chain_prefetch: bool = param(True, "overlap batch building with training (ChainStream: batch b+1 is built in "
+                                 "a background thread while batch b trains; same batches)")
+    # --- scheduler state (DESIGN §2.3) ---
     state_quantiles: int = param(16, "m: quantiles of each sorted similarity row", ge=2)
     state_temperature: float = param(0.1, "softmax temperature of the quantile state", gt=0.0)
+    state_chunk_rows: int = param(1024, "rows of S reduced at once for the state (memory: rows x |M|)", ge=1)
     state_progress: bool = param(True, "add training progress to each member's state")
     state_last_loss: bool = param(False, "add the member's last ITC loss to its state")
     state_prev_q: bool = param(False, "add the member's previous q to its state")

@@ -1,0 +1,449 @@
+"""Quantile-chain mini-batch construction (DESIGN §2.2; FALCON, generalising GRIT-VLP).
+
+Semantics (identical for every backend; same ``rng`` state -> same batches):
+
+1. Batch ``b`` starts from a random remaining member: the ``starts[b]``-th remaining member
+   in ascending local index, with ``starts[b] ~ U{0, ..., R_b - 1}`` drawn up front from
+   ``rng`` (``R_b = |M| - b·B`` members remain at that point). It becomes the anchor.
+2. The anchor ``a`` with hardness ``q[a]`` chooses among the ``r`` remaining, unchosen
+   candidates ``c`` sorted **ascending** by ``(S[a, c], c)`` (ties broken by local index) the
+   one of 0-based rank ``k = min(floor(q[a] · r), r - 1)``. So ``q = 1`` takes the most similar
+   candidate (hardest; GRIT's greedy chain), ``q = 0`` the least similar, and ``q ~ U[0, 1)``
+   an exactly uniform random candidate (random batches, i.e. ALBEF).
+3. The chosen candidate joins the batch and becomes the next anchor. When the batch holds
+   ``B`` members the next batch starts (step 1), until every member is used exactly once.
+4. ``remainder``: with ``|M| = n·B + r``, ``"last_batch"`` builds the ``r`` leftover members
+   into a last, smaller chain batch; ``"drop"`` builds the ``n`` full batches only and returns
+   the ``r`` members never reached in ``ChainResult.dropped`` (ascending).
+5. ``exclude`` (oracle mode, |M|×|M| bool): candidates ``c`` with ``exclude[a, c]`` are skipped
+   for anchor ``a``; if *only* excluded candidates remain, the quantile is taken among all of
+   them instead and the pick is flagged in ``ChainResult.forced``.
+
+Similarities are compared as float32 (``-0.0`` equals ``+0.0``); a NaN among the remaining
+candidates of an anchor raises, naming the row. Internally each candidate is a unique int64 key
+``(orderable float bits << 32) | index``, so the k-th candidate is found by selection instead of
+sorting: the numba kernel (:mod:`falcon_rl.mining._chain_kernel`) costs O(|M|²) in total with
+O(|M|) extra memory, the order of reading every used row of ``S`` once. Builds are resumable
+batch by batch, which :class:`falcon_rl.mining.ChainStream` uses to build the next batch while
+the current one trains.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from falcon_rl.mining._jit import NUMBA_AVAILABLE
+
+BACKENDS = ("numba", "numpy", "torch")
+REMAINDERS = ("last_batch", "drop")
+
+_INT32_MIN = -(2**31)
+_LOW31 = 0x7FFFFFFF
+_EXP_MASK = 0x7F800000
+_LOW32 = 0xFFFFFFFF
+
+
+@dataclass
+class ChainResult:
+    """The batches of one search space and every pick that built them.
+
+    :ivar batches: local positions (0..|M|-1, int64) of each batch, in build order; batch ``b``
+        lists its members in chain order (start member first).
+    :ivar picks: ``(n_picks, 2)`` int64 rows ``(anchor, chosen)``, in build order; a batch of
+        size ``s`` contributes ``s - 1`` picks.
+    :ivar q_used: ``(n_picks,)`` float64, the anchor's q at each pick.
+    :ivar ranks: ``(n_picks,)`` 0-based ascending rank of the chosen among the candidates.
+    :ivar n_candidates: ``(n_picks,)`` number ``r`` of candidates the rank was taken among.
+    :ivar forced: ``(n_picks,)`` bool, oracle mode: every remaining candidate was excluded and
+        the pick fell back to all of them.
+    :ivar dropped: members not in any batch (``remainder="drop"``), ascending.
+    """
+
+    batches: list[np.ndarray]
+    picks: np.ndarray
+    q_used: np.ndarray
+    ranks: np.ndarray
+    n_candidates: np.ndarray
+    forced: np.ndarray
+    dropped: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    @property
+    def n_forced(self) -> int:
+        """Number of oracle fallback picks."""
+        return int(self.forced.sum())
+
+    @property
+    def order(self) -> np.ndarray:
+        """All batched members in build order (the concatenated batches)."""
+        if not self.batches:
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate(self.batches)
+
+
+@dataclass
+class ChainPlan:
+    """Validated inputs and pre-drawn random starts of one build (:func:`prepare_chain`).
+
+    :ivar S: float32 similarity (numpy; torch for the torch backend).
+    :ivar q: float64 hardness per member.
+    :ivar sizes: batch sizes in build order; ``starts``: start rank of each batch.
+    :ivar exclude: oracle mask or None; ``backend``: the backend that will run.
+    """
+
+    S: np.ndarray | torch.Tensor
+    q: np.ndarray
+    sizes: np.ndarray
+    starts: np.ndarray
+    exclude: np.ndarray | torch.Tensor | None
+    backend: str
+
+
+# ----------------------------------------------------------------------------------- checks
+
+def _check_q(q: Any, m: int) -> np.ndarray:
+    if isinstance(q, torch.Tensor):
+        q = q.detach().cpu().double().numpy()
+    arr = np.asarray(q, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.full(m, float(arr))
+    if arr.shape != (m,):
+        raise ValueError(f"q has shape {tuple(arr.shape)} but the search space has |M|={m} members: "
+                         f"pass one q per member (shape ({m},)) or a scalar")
+    bad = ~((arr >= 0.0) & (arr <= 1.0))  # also catches NaN
+    if bad.any():
+        idx = np.flatnonzero(bad)
+        raise ValueError(f"q must lie in [0, 1]: {idx.size} of {m} values are outside [0, 1] or NaN; "
+                         f"first at index {idx[0]}: q[{idx[0]}]={float(arr[idx[0]])!r}")
+    return arr
+
+
+def _check_square(name: str, x: np.ndarray | torch.Tensor) -> int:
+    shape = tuple(x.shape)
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{name} must be a square |M|x|M| matrix, got shape {shape}")
+    return shape[0]
+
+
+def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
+    if isinstance(rng, np.random.Generator):
+        return rng
+    return np.random.default_rng(rng)
+
+
+def draw_starts(m: int, batch_size: int, remainder: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Batch sizes and the random start rank of each batch (semantics step 1 and 4).
+
+    :return: ``(sizes, starts)`` int64; ``starts[b]`` is uniform in ``[0, |M| - b·B)``.
+    """
+    n_full, rest = divmod(m, batch_size)
+    sizes = [batch_size] * n_full
+    if rest and remainder == "last_batch":
+        sizes.append(rest)
+    sizes_arr = np.asarray(sizes, dtype=np.int64)
+    highs = m - batch_size * np.arange(len(sizes), dtype=np.int64)
+    starts = rng.integers(0, highs).astype(np.int64) if len(sizes) else np.zeros(0, dtype=np.int64)
+    return sizes_arr, starts
+
+
+def prepare_chain(
+    S: np.ndarray | torch.Tensor,
+    q: Any,
+    batch_size: int,
+    rng: np.random.Generator | int | None,
+    exclude: np.ndarray | torch.Tensor | None = None,
+    remainder: str = "last_batch",
+    backend: str = "numba",
+) -> ChainPlan:
+    """Validate the inputs of :func:`build_chain_batches` and draw its random starts.
+
+    Consumes ``rng`` exactly as :func:`build_chain_batches` does, so the plan can be executed
+    in another thread (:mod:`falcon_rl.mining.prefetch`) without touching ``rng`` there.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
+    if remainder not in REMAINDERS:
+        raise ValueError(f"remainder={remainder!r} is not one of {list(REMAINDERS)}")
+    m = _check_square("S", S)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
+    batch_size = int(batch_size)
+    if m < batch_size:
+        raise ValueError(f"the search space has |M|={m} members but batch_size={batch_size}: "
+                         f"|M| must be >= B (raise mining.search_space or lower train.batch_size)")
+    if m >= 2**31:
+        raise ValueError(f"|M|={m} is too large for the chain (indices must fit in 31 bits)")
+    qa = _check_q(q, m)
+    if exclude is not None and tuple(exclude.shape) != (m, m):
+        raise ValueError(f"exclude has shape {tuple(exclude.shape)}, expected ({m}, {m}) like S")
+    if backend == "numba" and not NUMBA_AVAILABLE:
+        warnings.warn("numba is not installed: the quantile chain uses the numpy backend "
+                      "(identical batches, slower); pip install numba for speed", RuntimeWarning, stacklevel=3)
+        backend = "numpy"
+    if backend == "torch":
+        S_t = S if isinstance(S, torch.Tensor) else torch.from_numpy(np.asarray(S))
+        S_c: np.ndarray | torch.Tensor = S_t.detach().to(torch.float32).contiguous()
+        ex: np.ndarray | torch.Tensor | None = None
+        if exclude is not None:
+            ex_t = exclude if isinstance(exclude, torch.Tensor) else torch.from_numpy(np.asarray(exclude))
+            ex = ex_t.to(device=S_c.device, dtype=torch.bool)
+    else:
+        S_np = S.detach().cpu().numpy() if isinstance(S, torch.Tensor) else S
+        S_c = np.ascontiguousarray(S_np, dtype=np.float32)
+        ex = None
+        if exclude is not None:
+            ex_np = exclude.detach().cpu().numpy() if isinstance(exclude, torch.Tensor) else exclude
+            ex = np.ascontiguousarray(ex_np, dtype=np.bool_)
+    sizes, starts = draw_starts(m, batch_size, remainder, _as_generator(rng))
+    return ChainPlan(S=S_c, q=qa, sizes=sizes, starts=starts, exclude=ex, backend=backend)
+
+
+# ---------------------------------------------------------------------------------- builders
+
+class _Builder:
+    """Resumable chain state of one plan: :meth:`run` builds batches up to a given count."""
+
+    def __init__(self, plan: ChainPlan) -> None:
+        self.plan = plan
+        m = int(plan.S.shape[0])
+        n_picks = int((plan.sizes - 1).sum())
+        self.m = m
+        self.n_batches = int(plan.sizes.size)
+        self.offsets = np.concatenate([[0], np.cumsum(plan.sizes)]).astype(np.int64)
+        self.order = np.empty(m, dtype=np.int64)
+        self.picks = np.empty((n_picks, 2), dtype=np.int64)
+        self.forced = np.zeros(n_picks, dtype=np.bool_)
+        self.ncand = np.empty(n_picks, dtype=np.int64)
+        self.ranks = np.empty(n_picks, dtype=np.int64)
+        self.n_built = 0
+
+    def run(self, upto: int) -> None:
+        """Build batches ``n_built .. upto-1``."""
+        upto = min(int(upto), self.n_batches)
+        if upto > self.n_built:
+            self._run(self.n_built, upto)
+            self.n_built = upto
+
+    def _run(self, b0: int, b1: int) -> None:
+        raise NotImplementedError
+
+    def _alive_members(self) -> np.ndarray:
+        raise NotImplementedError
+
+    def batch(self, b: int) -> np.ndarray:
+        """Members of built batch ``b`` in chain order (a copy)."""
+        if b >= self.n_built:
+            raise RuntimeError(f"batch {b} is not built yet ({self.n_built} of {self.n_batches} built)")
+        return self.order[self.offsets[b]:self.offsets[b + 1]].copy()
+
+    def finish(self) -> ChainResult:
+        """Build what is left and return the :class:`ChainResult`."""
+        self.run(self.n_batches)
+        n_batched = int(self.offsets[-1])
+        q_used = self.plan.q[self.picks[:, 0]] if self.picks.size else np.zeros(0, dtype=np.float64)
+        return ChainResult(
+            batches=[self.order[self.offsets[b]:self.offsets[b + 1]].copy() for b in range(self.n_batches)],
+            picks=self.picks,
+            q_used=q_used,
+            ranks=self.ranks,
+            n_candidates=self.ncand,
+            forced=self.forced,
+            dropped=np.sort(self._alive_members()) if n_batched < self.m else np.zeros(0, dtype=np.int64),
+        )
+
+
+def _nan_error(row: int) -> ValueError:
+    return ValueError(f"S has a NaN in row {row} (anchor at local position {row}) among its remaining "
+                      f"candidates: the embeddings or similarities are not finite (diverged training?)")
+
+
+class _NumbaBuilder(_Builder):
+    """The compiled kernel (:mod:`falcon_rl.mining._chain_kernel`)."""
+
+    def __init__(self, plan: ChainPlan) -> None:
+        super().__init__(plan)
+        from falcon_rl.mining._chain_kernel import SAMPLE
+
+        self.alive = np.ones(self.m, dtype=np.bool_)
+        self.rem = np.arange(self.m, dtype=np.int64)
+        self.state = np.array([self.m, self.m, 0, 0], dtype=np.int64)
+        self.keys = np.empty(max(self.m, 1), dtype=np.int64)
+        self.sample = np.empty(SAMPLE, dtype=np.int64)
+        self.use_ex = plan.exclude is not None
+        self.ex = plan.exclude if self.use_ex else np.zeros((1, 1), dtype=np.bool_)
+
+    def _run(self, b0: int, b1: int) -> None:
+        from falcon_rl.mining._chain_kernel import chain_kernel
+
+        S = self.plan.S
+        assert isinstance(S, np.ndarray)
+        status = chain_kernel(S.view(np.int32), self.plan.q, self.plan.sizes, self.plan.starts, b0, b1,
+                              self.ex, self.use_ex, self.alive, self.rem, self.state, self.order,
+                              self.picks, self.forced, self.ncand, self.ranks, self.keys, self.sample)
+        if status >= 0:
+            raise _nan_error(int(status))
+
+    def _alive_members(self) -> np.ndarray:
+        return np.flatnonzero(self.alive)
+
+
+def _keys_np(sbits_row: np.ndarray, cand: np.ndarray, row: int) -> np.ndarray:
+    bits = sbits_row[cand].astype(np.int64)
+    if ((bits & _LOW31) > _EXP_MASK).any():
+        raise _nan_error(row)
+    bits[bits == _INT32_MIN] = 0
+    bits ^= (bits >> 31) & _LOW31
+    return (bits << 32) | cand
+
+
+class _NumpyBuilder(_Builder):
+    """Vectorised reference: O(|M|) numpy work per pick (np.partition for the k-th key)."""
+
+    def __init__(self, plan: ChainPlan) -> None:
+        super().__init__(plan)
+        self.alive = np.ones(self.m, dtype=bool)
+        self.pos = 0
+        self.p = 0
+
+    def _run(self, b0: int, b1: int) -> None:
+        S = self.plan.S
+        assert isinstance(S, np.ndarray)
+        sbits = S.view(np.int32)
+        ex, q, alive = self.plan.exclude, self.plan.q, self.alive
+        for b in range(b0, b1):
+            a = int(np.flatnonzero(alive)[self.plan.starts[b]])
+            alive[a] = False
+            self.order[self.pos] = a
+            self.pos += 1
+            for _ in range(1, int(self.plan.sizes[b])):
+                cand = np.flatnonzero(alive)
+                is_forced = False
+                if ex is not None:
+                    keep = cand[~ex[a, cand]]
+                    if keep.size:
+                        cand = keep
+                    else:
+                        is_forced = True
+                keys = _keys_np(sbits[a], cand, a)
+                c = int(cand.size)
+                k = min(int(np.floor(q[a] * c)), c - 1)
+                if k == c - 1:
+                    key = int(keys.max())
+                elif k == 0:
+                    key = int(keys.min())
+                else:
+                    key = int(np.partition(keys, k)[k])
+                chosen = key & _LOW32
+                alive[chosen] = False
+                self.order[self.pos] = chosen
+                self.pos += 1
+                self.picks[self.p] = (a, chosen)
+                self.forced[self.p] = is_forced
+                self.ncand[self.p] = c
+                self.ranks[self.p] = k
+                self.p += 1
+                a = chosen
+
+    def _alive_members(self) -> np.ndarray:
+        return np.flatnonzero(self.alive)
+
+
+class _TorchBuilder(_Builder):
+    """Torch path on S's device (e.g. the GPU), same semantics; one host sync per pick."""
+
+    def __init__(self, plan: ChainPlan) -> None:
+        super().__init__(plan)
+        S = plan.S
+        assert isinstance(S, torch.Tensor)
+        self.alive = torch.ones(self.m, dtype=torch.bool, device=S.device)
+        self.pos = 0
+        self.p = 0
+
+    def _run(self, b0: int, b1: int) -> None:
+        S = self.plan.S
+        assert isinstance(S, torch.Tensor)
+        sbits = S.view(torch.int32)
+        ex, q, alive = self.plan.exclude, self.plan.q, self.alive
+        for b in range(b0, b1):
+            a = int(torch.nonzero(alive).flatten()[int(self.plan.starts[b])])
+            alive[a] = False
+            self.order[self.pos] = a
+            self.pos += 1
+            for _ in range(1, int(self.plan.sizes[b])):
+                cand = torch.nonzero(alive).flatten()
+                is_forced = False
+                if ex is not None:
+                    keep = cand[~ex[a, cand]]
+                    if keep.numel():
+                        cand = keep
+                    else:
+                        is_forced = True
+                bits = sbits[a, cand].to(torch.int64)
+                if bool(((bits & _LOW31) > _EXP_MASK).any()):
+                    raise _nan_error(a)
+                bits = torch.where(bits == _INT32_MIN, torch.zeros_like(bits), bits)
+                bits = bits ^ ((bits >> 31) & _LOW31)
+                keys = (bits << 32) | cand
+                c = int(cand.numel())
+                k = min(int(np.floor(q[a] * c)), c - 1)
+                if k == c - 1:
+                    key = int(keys.max())
+                elif k == 0:
+                    key = int(keys.min())
+                else:
+                    key = int(torch.kthvalue(keys, k + 1).values)
+                chosen = key & _LOW32
+                alive[chosen] = False
+                self.order[self.pos] = chosen
+                self.pos += 1
+                self.picks[self.p] = (a, chosen)
+                self.forced[self.p] = is_forced
+                self.ncand[self.p] = c
+                self.ranks[self.p] = k
+                self.p += 1
+                a = chosen
+
+    def _alive_members(self) -> np.ndarray:
+        return torch.nonzero(self.alive).flatten().cpu().numpy()
+
+
+_BUILDERS: dict[str, type[_Builder]] = {"numba": _NumbaBuilder, "numpy": _NumpyBuilder, "torch": _TorchBuilder}
+
+
+def make_builder(plan: ChainPlan) -> _Builder:
+    """The resumable builder of a prepared plan (used by :class:`~falcon_rl.mining.prefetch.ChainStream`)."""
+    return _BUILDERS[plan.backend](plan)
+
+
+def execute_chain(plan: ChainPlan) -> ChainResult:
+    """Run a prepared chain to the end (does not use ``rng``: safe in another thread)."""
+    return make_builder(plan).finish()
+
+
+def build_chain_batches(
+    S: np.ndarray | torch.Tensor,
+    q: Any,
+    batch_size: int,
+    rng: np.random.Generator | int | None,
+    exclude: np.ndarray | torch.Tensor | None = None,
+    remainder: str = "last_batch",
+    backend: str = "numba",
+) -> ChainResult:
+    """Cut one search space into mini-batches by the quantile chain (module docstring).
+
+    :param S: |M|×|M| similarity (:func:`falcon_rl.mining.search_space_similarity`), numpy or
+        torch; the diagonal is never read.
+    :param q: per-member hardness in [0, 1], shape (|M|,) (or a scalar for all members).
+    :param batch_size: B; |M| must be >= B.
+    :param rng: NumPy Generator (or seed) drawing the start of each batch.
+    :param exclude: optional |M|×|M| bool, oracle mode: ``exclude[a, c]`` skips ``c`` for anchor ``a``.
+    :param remainder: ``"last_batch"`` or ``"drop"`` for the |M| mod B leftover members.
+    :param backend: ``"numba"`` (fast; falls back to numpy with a warning when numba is
+        missing), ``"numpy"`` (vectorised reference) or ``"torch"`` (runs on S's device).
+    :return: :class:`ChainResult`.
+    """
+    return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend))
