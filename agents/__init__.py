@@ -1,1 +1,27 @@
-"""Negative-mining schedulers (installed as falcon_rl.agents)."""
+"""Negative-mining schedulers (installed as falcon_rl.agents; DESIGN §2.5-2.6).
+
+Every scheduler satisfies one protocol (:mod:`falcon_rl.agents.base`) and is made by name:
+
+>>> from falcon_rl.agents import available, make_scheduler
+>>> sched = make_scheduler("grit", cfg, env)          # doctest: +SKIP
+>>> action, _ = sched.predict(obs)                     # doctest: +SKIP
+"""
+
+from falcon_rl.agents.base import Scheduler, SchedulerSpec
+from falcon_rl.agents.falcon import BatchLevelScheduler, BetaPolicy, FalconScheduler
+from falcon_rl.agents.frozen import FrozenSchedulerSampler, frozen_batch_sampler
+from falcon_rl.agents.heuristics import (ConstantScheduler, GritScheduler, OracleScheduler,
+                                         ProgressiveScheduler, RandomScheduler, SofteningScheduler)
+from falcon_rl.agents.registry import (available, canonical_name, is_sb3, load_scheduler, make_scheduler,
+                                       needs_oracle)
+from falcon_rl.agents.sb3_policies import (MemberActorCriticPolicy, MemberCritic, MemberFlatten,
+                                           MemberSACActor, MemberSACPolicy, MemberTD3Actor, MemberTD3Policy)
+
+__all__ = [
+    "BatchLevelScheduler", "BetaPolicy", "ConstantScheduler", "FalconScheduler", "FrozenSchedulerSampler",
+    "GritScheduler",
+    "MemberActorCriticPolicy", "MemberCritic", "MemberFlatten", "MemberSACActor", "MemberSACPolicy",
+    "MemberTD3Actor", "MemberTD3Policy", "OracleScheduler", "ProgressiveScheduler", "RandomScheduler",
+    "Scheduler", "SchedulerSpec", "SofteningScheduler", "available", "canonical_name", "frozen_batch_sampler",
+    "is_sb3", "load_scheduler", "make_scheduler", "needs_oracle",
+]

@@ -1,4 +1,4 @@
-"""``env`` section: the Gymnasium environment (DESIGN §2.7)."""
+"""``env`` section: the Gymnasium environment (DESIGN §2.4, §2.7)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,10 @@ class EnvConfig:
                                      "toy reward: optimal q per specificity 1..8 (tests)",
                                      each_ge=0.0, each_le=1.0)
     checkpoint: str | None = param(None, "start each episode from this trainer checkpoint")
+    oracle: bool = param(False, "exclude true matches from the chain (oracle; needs a match matrix)")
+    warmup_steps: int = param(0, "random-batch train steps at reset before mining; with "
+                                 "mining.refresh_at_start false at least one epoch (fills the cache)", ge=0)
+    eval_every: int = param(0, "train-agent: evaluate retrieval every N env steps (0: at episode ends only)",
+                            ge=0)
+    eval_at_end: bool = param(True, "train-agent: evaluate retrieval at the end of every episode")
+    info_timing: bool = param(True, "put the wall-clock step_time in info (off: info is exactly reproducible)")

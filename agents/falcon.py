@@ -1,0 +1,147 @@
+"""The FALCON negative-mining scheduler (FALCON, arXiv 2505.11192; DESIGN §2.5).
+
+A small residual MLP, shared across members, maps each member's state to the concentrations
+``(alpha, beta)`` of a Beta distribution (softplus + ``agent.min_concentration``); the
+member's hardness is ``q ~ Beta(alpha, beta)``. The scheduler learns online, concurrently with
+pretraining, by REINFORCE on the env reward (:mod:`falcon_rl.agents.reinforce`).
+Deterministic predictions use the Beta mean.
+
+``batch-level`` is the ablation of per-anchor q (paper: 58.8 vs 61.7 COCO TR@1): the same
+network reads the members' *mean* state and draws one q for the whole search space.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+from torch.distributions import Beta
+
+from falcon_rl.agents.base import Scheduler, SchedulerSpec
+from falcon_rl.agents.reinforce import Reinforce
+from falcon_rl.config.agent import AgentConfig
+
+#: q is kept this far inside (0, 1) when scoring it, so log-probabilities stay finite
+_Q_EPS = 1e-4
+
+
+class ResidualBlock(nn.Module):
+    """``x + W2 relu(W1 LayerNorm(x))`` (pre-norm residual MLP block)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc1 = nn.Linear(width, width)
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(torch.relu(self.fc1(self.norm(x))))
+
+
+class BetaPolicy(nn.Module):
+    """Per-member state ``(..., F)`` -> Beta concentrations ``(..., 2)``.
+
+    ``Linear -> blocks x ResidualBlock -> LayerNorm -> Linear(2) -> softplus + c``.
+
+    :param in_dim: state features F.
+    :param hidden: width of the residual MLP (``agent.hidden``).
+    :param blocks: residual blocks (``agent.blocks``; 4 in the paper).
+    :param min_concentration: added to both concentrations (>= 1 keeps the density unimodal).
+    """
+
+    def __init__(self, in_dim: int, hidden: int, blocks: int, min_concentration: float) -> None:
+        super().__init__()
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.Sequential(*[ResidualBlock(hidden) for _ in range(blocks)])
+        self.norm = nn.LayerNorm(hidden)
+        self.head = nn.Linear(hidden, 2)
+        self.min_concentration = float(min_concentration)
+        nn.init.zeros_(self.head.weight)  # start at Beta(c, c): mean q = 0.5 for every state
+        nn.init.zeros_(self.head.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.head(self.norm(self.blocks(self.inp(x))))
+        conc = nn.functional.softplus(h) + self.min_concentration + 1e-3
+        return conc[..., 0], conc[..., 1]
+
+    def distribution(self, x: torch.Tensor) -> Beta:
+        """The Beta distribution of q for states ``x``."""
+        alpha, beta = self(x)
+        return Beta(alpha, beta)
+
+
+class FalconScheduler(Scheduler):
+    """FALCON: per-member Beta policy trained online by REINFORCE.
+
+    :param agent: ``agent`` config (hidden, blocks, lr, baseline, entropy, ...).
+    :param spec: spaces and state columns of the environment.
+    :param seed: seed of the network init and of the q samples.
+    """
+
+    name: ClassVar[str] = "falcon"
+    learns_online: ClassVar[bool] = True
+    pooled: ClassVar[bool] = False
+
+    def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:
+        super().__init__(agent, spec, seed)
+        in_dim = int(spec.observation_space.shape[1])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            self.policy = BetaPolicy(in_dim, agent.hidden, agent.blocks, agent.min_concentration)
+        self.learner = Reinforce(self.policy, self._log_prob_entropy, agent)
+        self.training = True
+
+    def _inputs(self, obs: torch.Tensor) -> torch.Tensor:
+        """Policy inputs: every member row, or their mean for the batch-level ablation."""
+        return obs.mean(dim=1, keepdim=True) if self.pooled else obs
+
+    def _log_prob_entropy(self, obs: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist = self.policy.distribution(self._inputs(obs))
+        q = q.clamp(_Q_EPS, 1.0 - _Q_EPS)
+        return dist.log_prob(q).sum(dim=-1), dist.entropy().sum(dim=-1)
+
+    def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        x = torch.as_tensor(obs, dtype=torch.float32)
+        with torch.no_grad():
+            alpha, beta = self.policy(self._inputs(x))
+        a, b = alpha.double().numpy(), beta.double().numpy()
+        if deterministic:
+            q = a / (a + b)
+        else:
+            q = self.rng.beta(a, b)
+            if self.training:
+                self.learner.record(x, torch.as_tensor(q, dtype=torch.float32))
+        return np.broadcast_to(q, obs.shape[:2]).copy()
+
+    def observe(self, reward: float, info: dict[str, Any] | None = None) -> dict[str, float]:
+        """REINFORCE credit for the last sampled action (ignored when frozen)."""
+        if not self.training:
+            return {}
+        return self.learner.observe(reward)
+
+    def freeze(self) -> "FalconScheduler":
+        """Stop learning (frozen scheduler for a new pretraining run)."""
+        self.training = False
+        self.learner._pending = None
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.state_dict(), "learner": self.learner.state_dict(),
+                "in_dim": int(self.spec.observation_space.shape[1])}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        in_dim = int(self.spec.observation_space.shape[1])
+        if state["in_dim"] != in_dim:
+            raise ValueError(f"{self.name}: saved agent reads {state['in_dim']} state columns, "
+                             f"this environment gives {in_dim} (check the mining.state_* flags)")
+        self.policy.load_state_dict(state["policy"])
+        self.learner.load_state_dict(state["learner"])
+
+
+class BatchLevelScheduler(FalconScheduler):
+    """One q for the whole search space, from the members' mean state (ablation of per-anchor q)."""
+
+    name: ClassVar[str] = "batch-level"
+    pooled: ClassVar[bool] = True

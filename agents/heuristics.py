@@ -1,0 +1,100 @@
+"""Hand-written baseline schedulers (DESIGN §2.6).
+
+Each maps the observation to q without learning:
+
+- ``random`` — ALBEF: q ~ U(0, 1) per member (uniform levels for the discrete variant), which
+  makes the quantile chain draw (statistically) random batches;
+- ``grit`` — GRIT-VLP: q = 1, the greedy hardest chain;
+- ``fixed`` — q = ``agent.q`` for every member;
+- ``progressive-hardening`` / ``progressive-softening`` — q = progress / 1 - progress, read
+  from the ``progress`` state column (training step / budget);
+- ``oracle`` — q = 1 with the true matches excluded from the chain: the environment runs in
+  oracle mode (``needs_oracle``), which needs a dataset with a match matrix.
+
+``batch-level`` (one learned q per batch) lives in :mod:`falcon_rl.agents.falcon`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+from gymnasium import spaces
+
+from falcon_rl.agents.base import Scheduler, SchedulerSpec
+from falcon_rl.config.agent import AgentConfig
+from falcon_rl.envs.spaces import column_index
+
+
+class RandomScheduler(Scheduler):
+    """q ~ U(0, 1) for every member: random batches (ALBEF)."""
+
+    name: ClassVar[str] = "random"
+
+    def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        shape = obs.shape[:2]
+        space = self.spec.action_space
+        if isinstance(space, spaces.MultiDiscrete):  # uniform over levels, not over rounded q
+            k = space.nvec
+            return self.rng.integers(0, k, size=shape) / (k - 1)
+        return self.rng.random(shape)
+
+
+class ConstantScheduler(Scheduler):
+    """q = a constant for every member."""
+
+    name: ClassVar[str] = "fixed"
+
+    def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0, q: float | None = None) -> None:
+        super().__init__(agent, spec, seed)
+        self.q = float(agent.q if q is None else q)
+        if not 0.0 <= self.q <= 1.0:
+            raise ValueError(f"{self.name}: q={self.q} must lie in [0, 1]")
+
+    def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        return np.full(obs.shape[:2], self.q)
+
+
+class GritScheduler(ConstantScheduler):
+    """q = 1: GRIT-VLP's greedy hardest-negative chain."""
+
+    name: ClassVar[str] = "grit"
+
+    def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:
+        super().__init__(agent, spec, seed, q=1.0)
+
+
+class OracleScheduler(GritScheduler):
+    """q = 1 with true matches excluded by the environment: the upper bound of mining."""
+
+    name: ClassVar[str] = "oracle"
+    needs_oracle: ClassVar[bool] = True
+
+
+class ProgressiveScheduler(Scheduler):
+    """q moves linearly 0 -> 1 over the budget (the ``progress`` column)."""
+
+    name: ClassVar[str] = "progressive-hardening"
+    harden: ClassVar[bool] = True
+
+    def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:
+        super().__init__(agent, spec, seed)
+        self.column = column_index(spec.columns, "progress", self.name)
+
+    def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        progress = np.clip(obs[:, :, self.column].astype(np.float64), 0.0, 1.0)
+        return progress if self.harden else 1.0 - progress
+
+
+class SofteningScheduler(ProgressiveScheduler):
+    """q moves linearly 1 -> 0 over the budget."""
+
+    name: ClassVar[str] = "progressive-softening"
+    harden: ClassVar[bool] = False
+
+
+HEURISTICS: dict[str, type[Scheduler]] = {
+    cls.name: cls
+    for cls in (RandomScheduler, GritScheduler, ConstantScheduler, ProgressiveScheduler,
+                SofteningScheduler, OracleScheduler)
+}

@@ -1,0 +1,105 @@
+"""One logger for every scheduler: the same TensorBoard tags and in-memory histories.
+
+Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, ``loss/itc``,
+``loss/itm``, ``loss/mlm``, ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
+``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
+``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, and ``agent/<stat>`` for what
+an online learner's ``observe`` returns.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
+
+
+class RunLogger:
+    """TensorBoard writer (optional) plus per-step histories for ``results.json``.
+
+    :param out_dir: run directory (event files go to ``out_dir/tb``); None: no TensorBoard.
+    :param tensorboard: write event files.
+    :param hist_every: write the ``mining/q_hist`` histogram every N env steps.
+    """
+
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True, hist_every: int = 5) -> None:
+        self.writer = None
+        if out_dir is not None and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tb"))
+        self.hist_every = max(1, int(hist_every))
+        self.history: dict[str, list] = {
+            "step": [], "episode": [], "reward": [], "fn_rate": [], "fn_pair_rate": [], "q_mean": [],
+            "q_std": [], "loss_itc": [], "loss_itm": [], "loss_mlm": [], "step_time": [],
+            "q_by_specificity": [], "fn_rate_by_specificity": [],
+        }
+        self.episodes: list[dict[str, float]] = []
+        self.evals: list[dict[str, Any]] = []
+
+    def scalar(self, tag: str, value: Any, step: int) -> None:
+        """One scalar (skipped when not finite)."""
+        if self.writer is not None and _finite(value):
+            self.writer.add_scalar(tag, float(value), step)
+
+    def log_step(self, step: int, episode: int, reward: float, info: dict[str, Any],
+                 agent_stats: dict[str, float] | None = None) -> None:
+        """Everything one env step reports (``info`` of :class:`~falcon_rl.envs.NegativeMiningEnv`)."""
+        losses = info.get("losses", {})
+        h = self.history
+        h["step"].append(step)
+        h["episode"].append(episode)
+        h["reward"].append(float(reward))
+        for key in ("fn_rate", "fn_pair_rate", "q_mean", "q_std", "step_time"):
+            h[key].append(float(info.get(key, float("nan"))))
+        for key in ("itc", "itm", "mlm"):
+            h[f"loss_{key}"].append(float(losses.get(key, float("nan"))))
+        h["q_by_specificity"].append({str(k): float(v) for k, v in info.get("q_by_specificity", {}).items()})
+        h["fn_rate_by_specificity"].append(
+            {str(k): float(v) for k, v in info.get("fn_rate_by_specificity", {}).items()})
+        if self.writer is None:
+            if "eval" in info:
+                self.log_eval(step, info["eval"])
+            return
+        self.scalar("reward/step", reward, step)
+        for key in ("itc", "itm", "mlm"):
+            self.scalar(f"loss/{key}", losses.get(key), step)
+        for key in ("q_mean", "q_std", "fn_rate", "fn_pair_rate"):
+            self.scalar(f"mining/{key}", info.get(key), step)
+        for f, v in info.get("fn_rate_by_specificity", {}).items():
+            self.scalar(f"mining/fn_rate_by_specificity/{f}", v, step)
+        for f, v in info.get("q_by_specificity", {}).items():
+            self.scalar(f"mining/q_by_specificity/{f}", v, step)
+        self.scalar("time/step", info.get("step_time"), step)
+        q = info.get("q")
+        if q is not None and step % self.hist_every == 0 and np.size(q):
+            self.writer.add_histogram("mining/q_hist", np.asarray(q, dtype=np.float64), step, bins=20)
+        for key, v in (agent_stats or {}).items():
+            self.scalar(f"agent/{key}", v, step)
+        if "eval" in info:
+            self.log_eval(step, info["eval"])
+
+    def log_episode(self, episode: int, total_reward: float, length: int, step: int) -> None:
+        """End of an episode: its summed reward."""
+        self.episodes.append({"episode": episode, "reward": float(total_reward), "length": int(length),
+                              "step": int(step)})
+        self.scalar("reward/episode", total_reward, step)
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        """Retrieval metrics under ``eval/<metric>``."""
+        self.evals.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
+        for k, v in metrics.items():
+            self.scalar(f"eval/{k}", v, step)
+
+    def close(self) -> None:
+        """Flush and close the event files."""
+        if self.writer is not None:
+            self.writer.flush()
+            self.writer.close()
+            self.writer = None

@@ -1,0 +1,341 @@
+"""The negative-mining environment: ALBEF pretraining as a Gymnasium env (DESIGN §2.1-2.4, §2.7)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from falcon_rl.config import ExperimentConfig, load_config, parse_override, to_dict
+from falcon_rl.config.loader import build_dataclass, set_path
+from falcon_rl.data.base import DataBundle
+from falcon_rl.envs.observation import MemberHistory, space_observation
+from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
+from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
+from falcon_rl.envs.stats import fn_info, q_stats
+from falcon_rl.mining import (EmbeddingCache, FalseNegativeStats, build_chain_batches, make_search_spaces,
+                              oracle_exclusion)
+from falcon_rl.training import Trainer
+from falcon_rl.utils import seed_everything
+
+
+def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
+    """A copy of ``cfg`` with ``key.sub=value`` overrides applied and validated."""
+    data = to_dict(cfg)
+    for text in overrides:
+        parts, value = parse_override(text)
+        set_path(data, parts, value)
+    return build_dataclass(ExperimentConfig, data, "<override>")
+
+
+class NegativeMiningEnv(gym.Env):
+    """Learned negative mining for contrastive vision-language pretraining.
+
+    ## Description
+
+    The environment *is* an ALBEF-style pretraining run (FALCON, arXiv 2505.11192). Each
+    episode starts a fresh model (or ``env.checkpoint``), fills an embedding cache of the
+    training pairs and cuts them into random search spaces M of ``mining.search_space`` pairs.
+    At every step the agent sees the current search space and chooses a hardness ``q`` for
+    each member; the environment builds that space's mini-batches with the quantile chain
+    (q = 1: the most similar remaining candidate, GRIT's hardest chain; q = 0: the least
+    similar), trains one optimiser step on each, refreshes the cache with the embeddings the
+    training forward computed, and returns the mean per-batch reward.
+
+    ## Action Space
+
+    ``Box(0, 1, (|M|,), float32)``: q per member, in member order of the observation. Values
+    outside [0, 1] are clipped; NaN raises a ``ValueError``. With ``env.action=discrete``:
+    ``MultiDiscrete([K] * |M|)``, level k meaning ``q = k / (K - 1)`` (``K = env.levels``).
+
+    ## Observation Space
+
+    ``Box(|M|, F)`` float32, one row per member (:func:`falcon_rl.envs.spaces.state_columns`):
+    the softmax (temperature ``mining.state_temperature``) over ``mining.state_quantiles``
+    evenly spaced quantiles of the member's sorted row of ``S = S_i2t + S_t2i``, then the
+    optional columns ``progress`` (env step / budget), ``last_loss`` (the member's last
+    per-pair ITC loss, 0 before it is trained), ``prev_q`` (its last q, 0.5 before) and
+    ``specificity`` (ground-truth facts / max, an ablation column).
+
+    ## Rewards
+
+    ``env.reward`` (× ``env.reward_scale``), the mean over the step's batches of a proxy for
+    cross-modal alignment improvement: ``mlm`` (default, FALCON's ``ΔL_MLM`` before − after
+    the update, same masks), ``itc``, ``itm``, ``itc+itm``, ``retrieval`` (held-out i2t R@1
+    gain of the step), or ``toy`` — a diagnostic that trains nothing and peaks at
+    ``q = env.toy_optimum[F - 1]`` for a member of caption specificity F.
+
+    ## Starting State
+
+    A new model seeded from the episode seed (``reset(seed=...)`` re-seeds everything), or
+    the trainer checkpoint ``env.checkpoint``; the cache holds a full embedding pass
+    (``mining.refresh_at_start``) or the embeddings of ``env.warmup_steps`` (at least one
+    epoch of) random-batch training steps.
+
+    ## Episode End
+
+    Truncation after ``env.budget_steps`` steps. Termination when a training loss is not
+    finite (the update is skipped, ``info["terminated_reason"]`` says why and the returned
+    observation is the last finite one).
+
+    ## Info
+
+    Per step: ``losses`` (mean itc, itm, mlm of the step's training batches),
+    ``reward_components``, ``q`` (per member) and ``specificity`` (per member, where known),
+    ``q_mean``, ``q_std``, ``q_quantiles``, ``q_by_specificity`` {F: mean q}, and where the
+    dataset has a match matrix ``fn_rate`` (picks that chose a true match),
+    ``fn_pair_rate`` (matching in-batch pairs), ``fn_rate_by_specificity`` {F: rate},
+    ``n_false_negatives``; ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
+    (dataset indices of every batch), ``trainer_step``, ``step_time`` (``env.info_timing``),
+    and ``terminated_reason`` on divergence.
+
+    ## Arguments
+
+    ``NegativeMiningEnv(config, data=None, overrides=None, oracle=None)``: ``config`` is an
+    :class:`~falcon_rl.config.ExperimentConfig`, a YAML path or None (defaults);
+    ``overrides`` are ``key.sub=value`` strings; ``data`` a pre-loaded
+    :class:`~falcon_rl.data.base.DataBundle` (shared by ablation runs); ``oracle`` overrides
+    ``env.oracle`` (exclude true matches from the chain, for the ``oracle`` scheduler).
+    Registered as ``falcon_rl/NegativeMining-v0`` and ``falcon_rl/NegativeMiningDiscrete-v0``.
+    """
+
+    metadata: dict[str, Any] = {"render_modes": []}
+
+    def __init__(self, config: ExperimentConfig | str | Path | None = None, data: DataBundle | None = None,
+                 overrides: list[str] | None = None, oracle: bool | None = None) -> None:
+        super().__init__()
+        if config is None or isinstance(config, (str, Path)):
+            cfg = load_config(config, overrides)
+        elif isinstance(config, ExperimentConfig):
+            cfg = apply_overrides(config, overrides) if overrides else config
+        else:
+            raise TypeError(f"config must be an ExperimentConfig, a YAML path or None, got {type(config).__name__}")
+        self.cfg = cfg
+        m = cfg.mining
+        if cfg.train.batch_size > m.search_space:
+            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds mining.search_space="
+                             f"{m.search_space}: a search space must hold at least one batch")
+        self.state_columns: list[str] = state_columns(m)
+        self.observation_space = observation_space(m)
+        self.action_space = action_space(cfg.env, m.search_space)
+        self.members_per_space = m.search_space
+        self.budget = cfg.env.budget_steps
+        self.oracle = bool(cfg.env.oracle if oracle is None else oracle)
+        self._data = data
+        self._image_size: int | None = None
+        self.trainer: Trainer | None = None
+        self.episode_steps = 0
+        self._done = True
+        if data is not None:
+            self._check_data(data)
+
+    # ------------------------------------------------------------------ data and setup
+    @property
+    def data(self) -> DataBundle:
+        """The dataset (loaded on first use and kept for every episode)."""
+        if self._data is None:
+            from falcon_rl.data import load_data
+
+            self._data = load_data(self.cfg.data)
+            self._check_data(self._data)
+        return self._data
+
+    def _check_data(self, data: DataBundle) -> None:
+        train = data.train
+        if train.n_pairs < self.members_per_space:
+            raise ValueError(f"the train split has {train.n_pairs} pairs but mining.search_space="
+                             f"{self.members_per_space}: lower mining.search_space or raise data.n_train")
+        if self.oracle and train.match is None:
+            raise ValueError(f"oracle mode (env.oracle or the oracle scheduler) needs a ground-truth match "
+                             f"matrix, which data.source={self.cfg.data.source!r} does not have")
+        needs_spec = self.cfg.env.reward == "toy" or self.cfg.mining.state_specificity
+        if needs_spec and train.specificity is None:
+            what = "env.reward=toy" if self.cfg.env.reward == "toy" else "mining.state_specificity=true"
+            raise ValueError(f"{what} needs caption specificities, which data.source="
+                             f"{self.cfg.data.source!r} does not provide")
+
+    def set_oracle(self, enabled: bool = True) -> None:
+        """Oracle mode: the chain skips each anchor's true matches (needs a match matrix)."""
+        self.oracle = bool(enabled)
+        if self.oracle and self._data is not None:
+            self._check_data(self._data)
+
+    def _batches_per_space(self) -> int:
+        full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
+        return full + (1 if rest and self.cfg.mining.remainder == "last_batch" else 0)
+
+    # ------------------------------------------------------------------ gym API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
+        """Start a fresh pretraining run (new model or ``env.checkpoint``) and return the first state."""
+        super().reset(seed=seed)
+        data = self.data
+        cfg = self.cfg
+        episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        seed_everything(episode_seed)
+        self.rng = np.random.default_rng(episode_seed)
+        train = data.train
+        n = train.n_pairs
+        toy = cfg.env.reward in TRAINING_FREE
+        warmup = 0 if toy else cfg.env.warmup_steps
+        if not cfg.mining.refresh_at_start and not toy:
+            warmup = max(warmup, math.ceil(n / cfg.train.batch_size))
+        total = warmup + self.budget * self._batches_per_space()
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=episode_seed))
+        if self._image_size is None:  # as the data render it (pretrain does the same)
+            self._image_size = int(train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
+        self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=total)
+        if cfg.env.checkpoint:
+            self.trainer.load_checkpoint(Path(cfg.env.checkpoint).expanduser())
+        self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
+        self.fn_stats = FalseNegativeStats()
+        if cfg.mining.refresh_at_start or toy:
+            self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx), self.trainer.step)
+        self.history = MemberHistory(n, train.specificity)
+        self._warmup(warmup)
+        self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
+        self._r1 = self.probe.score(self.trainer) if self.probe is not None else 0.0
+        self.spaces: deque[np.ndarray] = deque()
+        self.episode_steps = 0
+        self._done = False
+        self._next_space()
+        info = {"episode_seed": episode_seed, "trainer_step": int(self.trainer.step), "warmup_steps": warmup}
+        return self._obs.copy(), info
+
+    def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        """Build the current search space's batches with ``action``'s q, train on them, reward."""
+        if self.trainer is None:
+            raise RuntimeError("NegativeMiningEnv.step() called before reset()")
+        if self._done:
+            raise RuntimeError("the episode is over (truncated or terminated): call reset()")
+        t0 = time.perf_counter()
+        cfg = self.cfg
+        q = action_to_q(action, self.action_space)
+        train = self.data.train
+        members = self._members
+        exclude = oracle_exclusion(train, members) if self.oracle else None
+        chain = build_chain_batches(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
+                                    remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend)
+        spec = train.specificity[members] if train.specificity is not None else None
+        losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
+        components: dict[str, list[float]] = {}
+        rewards: list[float] = []
+        reason = None
+        if cfg.env.reward == "toy":
+            rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
+            components["toy"] = [rewards[-1]]
+        else:
+            for local in chain.batches:
+                idx = members[local]
+                try:
+                    out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward)
+                except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
+                    if self._weights_finite():
+                        raise
+                    reason = f"non-finite weights at trainer step {self.trainer.step}: {e}"
+                    break
+                values = list(out.losses.values()) + list(comp.values())
+                if not all(math.isfinite(v) for v in values):
+                    reason = (f"non-finite loss at trainer step {self.trainer.step}: "
+                              + ", ".join(f"{k}={v}" for k, v in {**out.losses, **comp}.items()))
+                    break
+                for k in losses:
+                    losses[k].append(out.losses[k])
+                for k, v in comp.items():
+                    components.setdefault(k, []).append(v)
+                rewards.append(sum(comp.values()))
+                self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
+                self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+            if reason is None and self.probe is not None:
+                r1 = self.probe.score(self.trainer)
+                components = {"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]}
+                rewards = [r1 - self._r1]
+                self._r1 = r1
+        self.history.record_q(members, q)
+        self.episode_steps += 1
+        reward = float(np.mean(rewards)) * cfg.env.reward_scale if rewards else 0.0
+        terminated = reason is not None
+        truncated = not terminated and self.episode_steps >= self.budget
+        self._done = terminated or truncated
+        info: dict[str, Any] = {
+            "losses": {k: float(np.mean(v)) for k, v in losses.items() if v},
+            "reward_components": {k: float(np.mean(v)) for k, v in components.items()},
+            **q_stats(q, spec),
+            **(fn_info(self.fn_stats.add(train, members, chain)) if train.match is not None else {}),
+            "q": q.astype(np.float32),
+            "n_batches": len(chain.batches),
+            "n_forced": int(chain.forced.sum()),
+            "trainer_step": int(self.trainer.step),
+            "batches": [members[b] for b in chain.batches],
+        }
+        if spec is not None:
+            info["specificity"] = spec.copy()
+        if terminated:
+            info["terminated_reason"] = reason
+        else:
+            self._next_space()
+        if cfg.env.info_timing:
+            info["step_time"] = time.perf_counter() - t0
+        return self._obs.copy(), reward, terminated, truncated, info
+
+    @property
+    def members(self) -> np.ndarray:
+        """Dataset pair indices of the current search space (row i of the observation)."""
+        return self._members.copy()
+
+    @property
+    def similarity(self) -> np.ndarray:
+        """The current search space's |M|×|M| ``S = S_i2t + S_t2i`` (diagonal -inf)."""
+        return self._S
+
+    def evaluate(self) -> dict[str, float]:
+        """Retrieval metrics of the current model on the test split (percentages)."""
+        if self.trainer is None:
+            raise RuntimeError("NegativeMiningEnv.evaluate() called before reset()")
+        return self.trainer.evaluate(self.data.test)
+
+    # ------------------------------------------------------------------ internals
+    def _weights_finite(self) -> bool:
+        return all(bool(p.isfinite().all()) for p in self.trainer.model.parameters())
+
+    def _cache_device(self) -> str:
+        dev = self.cfg.mining.cache_device
+        if dev == "auto":
+            return str(self.trainer.device) if self.trainer is not None else "cpu"
+        return dev
+
+    def _warmup(self, steps: int) -> None:
+        """Random-batch training steps that fill the cache (GRIT's first epoch)."""
+        train = self.data.train
+        b = self.cfg.train.batch_size
+        order = np.zeros(0, dtype=np.int64)
+        for _ in range(steps):
+            if order.size < b:
+                order = np.concatenate([order, self.rng.permutation(train.n_pairs)])
+            idx, order = order[:b], order[b:]
+            out = self.trainer.train_step(train.batch(idx))
+            if not all(math.isfinite(v) for v in out.losses.values()):
+                raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: {out.losses}")
+            self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
+            self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+
+    def _next_space(self) -> None:
+        """Advance to the next search space and compute its similarity and state."""
+        if not self.spaces:
+            n = self.data.train.n_pairs
+            mining = self.cfg.mining
+            img = txt = None
+            if mining.space_kind == "neighbourhood":
+                img, txt = self.cache.get(np.arange(n))
+            spaces = make_search_spaces(mining, n, self.rng, img, txt)  # "keep": the short space is skipped
+            self.spaces.extend(s for s in spaces if len(s) == self.members_per_space)
+        self._members = np.asarray(self.spaces.popleft(), dtype=np.int64)
+        img, txt = self.cache.get(self._members)
+        self._S, self._obs = space_observation(img, txt, self._members, self.cfg.mining,
+                                               self.episode_steps / self.budget, self.history)

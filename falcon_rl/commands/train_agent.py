@@ -1,0 +1,58 @@
+"""``falcon-rl train-agent``: run / train a negative-mining scheduler on the environment."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from falcon_rl.config import load_config
+
+HELP = "train (or run) a negative-mining scheduler on the env: TensorBoard, agent file, results.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from falcon_rl.cli import add_config_arguments
+
+    parser.add_argument("--agent", "-a", default=None,
+                        help="scheduler name (default agent.name): falcon, grit, random, fixed, "
+                             "progressive-hardening, progressive-softening, batch-level, oracle, ppo, a2c, sac, td3")
+    parser.add_argument("--episodes", "-n", type=int, default=None,
+                        help="episodes of env.budget_steps steps (default 1; SB3 agents: agent.sb3_total_steps steps)")
+    parser.add_argument("--out", "-o", default=None, help="output directory (default train.out_dir)")
+    parser.add_argument("--load", default=None, metavar="PATH",
+                        help="run a trained agent (agent.pt / agent.zip), frozen")
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from falcon_rl.agents import canonical_name
+    from falcon_rl.agents.runner import run_scheduler
+
+    overrides = list(args.overrides)
+    if args.agent:
+        overrides.append(f"agent.name={args.agent}")
+    cfg = load_config(args.config, overrides)
+    if args.episodes is not None and args.episodes < 1:
+        print(f"--episodes={args.episodes} must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        canonical_name(cfg.agent.name)
+    except ValueError as e:
+        print(f"{e}", file=sys.stderr)
+        return 2
+    out_dir = args.out if args.out is not None else cfg.train.out_dir
+    results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load)
+    final = results.get("final") or {}
+    summary = {
+        "agent": results["scheduler"],
+        "steps": results["steps"],
+        "mean_reward": results["mean_reward"],
+        "mean_fn_rate": results["mean_fn_rate"],
+        **{k: final.get(k) for k in ("i2t_r1_mp", "t2i_map", "t2i_r1")},
+        "wall_time": round(results["wall_time"], 1),
+    }
+    print(json.dumps(summary))
+    print(f"results: {out_dir}/results.json   agent: {results['agent_path']}   "
+          f"TensorBoard: tensorboard --logdir {out_dir}/tb")
+    return 130 if results.get("interrupted") else 0

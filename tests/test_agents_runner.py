@@ -1,0 +1,153 @@
+"""``run_scheduler`` / ``falcon-rl train-agent``: every scheduler on the real env, logs, files,
+frozen agents for a new pretraining run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from falcon_rl.agents import available, load_scheduler, make_scheduler
+from falcon_rl.agents.frozen import frozen_batch_sampler
+from falcon_rl.agents.runner import run_scheduler
+from falcon_rl.cli import main
+from falcon_rl.config import load_config
+from falcon_rl.data import load_data
+from falcon_rl.envs import NegativeMiningEnv, apply_overrides
+
+RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
+       "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
+       "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "logging.hist_every=1",
+       "agent.sb3_total_steps=2", "agent.sb3_n_steps=2", "agent.hidden=16", "agent.blocks=1",
+       "agent.sb3_hidden=[16]"]
+COMMON_TAGS = {"reward/step", "reward/episode", "loss/itc", "loss/itm", "loss/mlm", "mining/q_mean",
+               "mining/q_std", "mining/fn_rate", "mining/fn_pair_rate", "eval/i2t_r1_mp", "eval/t2i_map",
+               "eval/t2i_r1", "time/step"}
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("data")
+    base = load_config(None, RUN + [f"data.cache_dir={cache}"])
+    return base, load_data(base.data), RUN + [f"data.cache_dir={cache}"]
+
+
+def tb_tags(run_dir) -> tuple[set[str], set[str]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags["scalars"]), set(tags["histograms"])
+
+
+@pytest.mark.parametrize("name", available())
+def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
+    base, data, _ = small
+    record = run_scheduler(base, name, tmp_path, data=data)
+    assert record["status"] == "ok" and record["scheduler"] == name
+    assert record["steps"] == 2 and record["episodes"] == 1 and not record["interrupted"]
+    h = record["history"]
+    assert h["step"] == [1, 2] and len(h["reward"]) == 2 and len(h["q_by_specificity"]) == 2
+    assert all(np.isfinite(h["loss_mlm"]))
+    assert 0.0 <= record["mean_fn_rate"] <= 1.0
+    assert 0.0 <= record["final"]["i2t_r1_mp"] <= 100.0 and h["eval"][-1]["step"] == 2
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["final"] == record["final"] and saved["steps"] == 2
+    suffix = ".zip" if name in ("ppo", "a2c", "sac", "td3") else ".pt"
+    assert record["agent_path"].endswith("agent" + suffix) and (tmp_path / f"agent{suffix}").is_file()
+    assert (tmp_path / "config.yaml").is_file()
+    scalars, hists = tb_tags(tmp_path)
+    assert COMMON_TAGS <= scalars, COMMON_TAGS - scalars  # the same tags for every scheduler
+    assert "mining/q_hist" in hists
+    assert any(t.startswith("mining/q_by_specificity/") for t in scalars)
+    assert any(t.startswith("mining/fn_rate_by_specificity/") for t in scalars)
+    if name == "grit":
+        assert all(d and set(d.values()) == {1.0} for d in h["q_by_specificity"])
+    if name == "oracle":
+        assert record["mean_fn_rate"] <= 0.05
+
+
+def test_results_feed_the_ablation_runner(small, tmp_path):
+    from falcon_rl.ablation.results import aggregate
+
+    base, data, _ = small
+    runs = []
+    for name in ("random", "grit"):
+        rec = run_scheduler(base, name, tmp_path / name, data=data)
+        runs.append({**rec, "seed": 0})
+    rows = {r["scheduler"]: r for r in aggregate(runs)}
+    assert set(rows) == {"random", "grit"}
+    assert rows["grit"]["mean_fn_rate"][0] == pytest.approx(runs[1]["mean_fn_rate"])
+    assert rows["grit"]["delta/i2t_r1_mp"][0] == pytest.approx(
+        runs[1]["final"]["i2t_r1_mp"] - runs[0]["final"]["i2t_r1_mp"])
+
+
+@pytest.mark.parametrize("name", ["ppo", "falcon"])
+def test_save_load_round_trip_on_env_observations(small, tmp_path, name):
+    base, data, _ = small
+    env = NegativeMiningEnv(base, data=data)
+    sched = make_scheduler(name, base, env)
+    obs, _ = env.reset(seed=0)
+    if name == "ppo":
+        sched.learn(2)
+    path = sched.save(tmp_path / ("agent.zip" if name == "ppo" else "agent.pt"))
+    loaded = load_scheduler(path, base, env)
+    a1, _ = sched.predict(obs, deterministic=True)
+    a2, _ = loaded.predict(obs, deterministic=True)
+    np.testing.assert_array_equal(a1, a2)
+    assert a1.shape == (32,) and a1.dtype == np.float32
+
+
+@pytest.mark.parametrize("name", ["falcon", "ppo"])
+def test_frozen_agent_drives_a_new_pretraining_run(small, tmp_path, name):
+    from falcon_rl.training.pretrain import pretrain
+
+    base, data, _ = small
+    record = run_scheduler(base, name, tmp_path / "agent", data=data)
+    cfg = apply_overrides(base, ["train.steps=3", f"train.out_dir={tmp_path / 'pre'}", "logging.tensorboard=false"])
+    sampler = frozen_batch_sampler(record["agent_path"], cfg)
+    net = sampler.scheduler.policy if name == "falcon" else sampler.scheduler.model.policy
+    before = [p.detach().clone() for p in net.parameters()]
+    results = pretrain(cfg, batch_sampler=sampler, data=data)
+    assert results["step"] == 3 and "i2t_r1_mp" in results["metrics"]
+    assert sampler.epoch_stats and sampler.epoch_stats[0]["batches"] == 128 // 32 * 2
+    assert 0.0 < sampler.epoch_stats[0]["q_mean"] < 1.0
+    assert sampler.cache is not None and int(sampler.cache.written.max()) == 3  # filled by training steps
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # frozen
+
+
+def test_cli_train_agent_and_pretrain_with_scheduler(small, tmp_path, capsys):
+    _, _, overrides = small
+    out = tmp_path / "run"
+    rc = main(["train-agent", "--agent", "fixed", "--out", str(out), *overrides, "agent.q=0.25"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert summary["agent"] == "fixed" and summary["steps"] == 2 and summary["i2t_r1_mp"] is not None
+    rec = json.loads((out / "results.json").read_text())
+    assert all(d and set(d.values()) == {0.25} for d in rec["history"]["q_by_specificity"])
+    rc = main(["pretrain", "--scheduler", str(out / "agent.pt"), *overrides, "train.steps=2",
+               f"train.out_dir={tmp_path / 'pre'}", "logging.tensorboard=false"])
+    assert rc == 0 and (tmp_path / "pre" / "results.json").is_file()
+    rc = main(["train-agent", "--agent", "hardest", "--out", str(out), *overrides])
+    assert rc == 2 and "unknown scheduler 'hardest'" in capsys.readouterr().err
+
+
+def test_interrupted_run_saves_what_it_has(small, tmp_path, monkeypatch):
+    base, data, _ = small
+    real_step = NegativeMiningEnv.step
+    calls = {"n": 0}
+
+    def step(self, action):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_step(self, action)
+
+    monkeypatch.setattr(NegativeMiningEnv, "step", step)
+    record = run_scheduler(base, "falcon", tmp_path, data=data)
+    assert record["interrupted"] and record["steps"] == 1
+    assert (tmp_path / "agent.pt").is_file()
+    assert json.loads((tmp_path / "results.json").read_text())["interrupted"] is True
