@@ -11,8 +11,10 @@ from falcon_rl.config.fields import param
 class EvalConfig:
     """Retrieval evaluation settings."""
 
-    batch_size: int = param(256, "embedding batch size", ge=1)
-    itm_rerank: bool = param(False, "re-rank the ITC top-k with the ITM head")
+    batch_size: int = param(256, "embedding / ITM re-ranking batch size", ge=1)
+    ks: list[int] = param([1, 5, 10], "recall cut-offs R@k", each_ge=1)
+    itm_rerank: bool = param(False, "also re-rank the ITC top-k with the ITM head (keys prefixed itm_)")
     k_i2t: int = param(16, "ITM re-ranking depth image->text (ALBEF: 256)", ge=1)
     k_t2i: int = param(16, "ITM re-ranking depth text->image (ALBEF: 128)", ge=1)
     max_test: int = param(0, "evaluate on the first N test pairs only (0 = all)", ge=0)
+    by_specificity: bool = param(True, "also report every metric per caption specificity (/spec{F})")

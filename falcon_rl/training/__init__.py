@@ -1,1 +1,7 @@
-"""training"""
+"""VLP training: the trainer, retrieval evaluation and the pretraining loop (DESIGN §2.8)."""
+
+from falcon_rl.models.masking import MLMMasks
+from falcon_rl.training.evaluation import HEADLINE, retrieval_metrics
+from falcon_rl.training.trainer import StepOutput, Trainer
+
+__all__ = ["HEADLINE", "MLMMasks", "StepOutput", "Trainer", "retrieval_metrics"]

@@ -1,0 +1,49 @@
+"""``falcon-rl pretrain``: ALBEF-style VLP pretraining (random batches, or a frozen scheduler)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from falcon_rl.config import load_config
+
+HELP = "pretrain the VLP model (ALBEF random batches, or --scheduler) with checkpoints, TensorBoard, results.json"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from falcon_rl.cli import add_config_arguments
+
+    parser.add_argument("--resume", action="store_true",
+                        help="continue exactly from <train.out_dir>/checkpoint.pt")
+    parser.add_argument("--scheduler", metavar="PATH", default=None,
+                        help="build batches with this trained (frozen) negative-mining scheduler")
+    add_config_arguments(parser)
+
+
+def _frozen_sampler(path: str, cfg):
+    """The batch sampler of a saved scheduler (provided by falcon_rl.agents)."""
+    try:
+        from falcon_rl.agents import frozen_batch_sampler
+    except ImportError:
+        raise SystemExit(f"--scheduler {path}: frozen schedulers for pretraining are not available in this "
+                         "installation (falcon_rl.agents.frozen_batch_sampler is missing)") from None
+    return frozen_batch_sampler(path, cfg)
+
+
+def run(args: argparse.Namespace) -> int:
+    from falcon_rl.training.pretrain import pretrain
+
+    cfg = load_config(args.config, args.overrides)
+    sampler = _frozen_sampler(args.scheduler, cfg) if args.scheduler else None
+    try:
+        results = pretrain(cfg, resume=args.resume, batch_sampler=sampler)
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    summary = {"step": results["step"], "train_seconds": round(results["train_seconds"], 1),
+               **{k: round(v, 2) for k, v in results["headline"].items() if v is not None},
+               **{f"chance_{k}": round(results["chance"][k], 2) for k in results["headline"]}}
+    print(json.dumps(summary), file=sys.stdout)
+    print(f"results: {cfg.train.out_dir}/results.json")
+    return 0

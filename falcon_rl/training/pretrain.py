@@ -1,0 +1,173 @@
+"""The pretraining loop behind ``falcon-rl pretrain`` (ALBEF with random batches by default).
+
+``pretrain(cfg)`` trains for ``train.steps`` optimiser steps, logs to TensorBoard under
+``<train.out_dir>/tb`` (``loss/itc``, ``loss/itm``, ``loss/mlm``, ``loss/total``, ``train/lr``,
+``eval/<metric>``), checkpoints to ``<out_dir>/checkpoint.pt`` (every ``train.checkpoint_every``
+steps, at the end, and on Ctrl-C), and writes ``<out_dir>/results.json`` and the resolved
+``<out_dir>/config.yaml``. ``resume=True`` continues exactly where the checkpoint stopped.
+
+A *batch sampler* decides the batches of each epoch; the default is a uniform shuffle
+(ALBEF). A frozen negative-mining scheduler plugs in through the same hook::
+
+    def sampler(trainer: Trainer, split: PairSplit, epoch: int, rng: np.random.Generator) -> list[np.ndarray]
+
+It may also define ``observe_step(output: StepOutput)`` (called after every step, e.g. to fill
+an embedding cache) and ``state_dict()`` / ``load_state_dict(state)`` (checkpointed; tensors
+and primitives only).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from falcon_rl.config import ExperimentConfig, dump_yaml
+from falcon_rl.data.base import DataBundle, PairSplit
+from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.training.evaluation import HEADLINE
+from falcon_rl.training.trainer import StepOutput, Trainer
+
+
+class BatchSampler(Protocol):
+    """Produces the next epoch's batches (arrays of pair indices)."""
+
+    def __call__(self, trainer: Trainer, split: PairSplit, epoch: int,
+                 rng: np.random.Generator) -> list[np.ndarray]: ...
+
+
+def random_batches(trainer: Trainer, split: PairSplit, epoch: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """ALBEF's baseline: a uniform shuffle cut into ``train.batch_size`` batches (last partial dropped)."""
+    b = trainer.cfg.train.batch_size
+    if split.n_pairs < b:
+        raise ValueError(f"train.batch_size={b} exceeds the {split.n_pairs} training pairs")
+    order = rng.permutation(split.n_pairs)
+    return [order[i:i + b] for i in range(0, split.n_pairs - b + 1, b)]
+
+
+def _log_scalars(writer, prefix: str, values: dict[str, float], step: int) -> None:
+    if writer is None:
+        return
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and math.isfinite(v):
+            writer.add_scalar(f"{prefix}/{k}", v, step)
+
+
+def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSampler | None = None,
+             data: DataBundle | None = None) -> dict:
+    """Run (or resume) VLP pretraining; returns the results written to ``results.json``.
+
+    :param cfg: the experiment config.
+    :param resume: continue from ``<train.out_dir>/checkpoint.pt`` (error if it is missing).
+    :param batch_sampler: the epoch's batches (default :func:`random_batches`).
+    :param data: an already loaded :class:`DataBundle` (default ``load_data(cfg.data)``).
+    """
+    from falcon_rl.data import load_data
+
+    sampler: Callable = batch_sampler if batch_sampler is not None else random_batches
+    out_dir = Path(cfg.train.out_dir).expanduser()
+    ckpt = out_dir / "checkpoint.pt"
+    if resume and not ckpt.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt} (train.out_dir={cfg.train.out_dir!r})")
+    bundle = data if data is not None else load_data(cfg.data)
+    split, test = bundle.train, bundle.test
+    image_size = int(split.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
+    steps = cfg.train.steps
+    trainer = Trainer(cfg, bundle.tokenizer, image_size, total_steps=steps)
+    rng = np.random.default_rng(cfg.train.seed)
+    epoch, position, batches = 0, 0, None
+    history: list[dict] = []
+    if resume:
+        extra = trainer.load_checkpoint(ckpt)
+        epoch, position = int(extra["epoch"]), int(extra["position"])
+        batches = [t.numpy() for t in extra["batches"]]
+        set_numpy_generator_state(rng, extra["rng"])
+        history = list(extra.get("history", []))
+        if hasattr(sampler, "load_state_dict") and "sampler" in extra:
+            sampler.load_state_dict(extra["sampler"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dump_yaml(cfg, out_dir / "config.yaml")
+
+    def save() -> None:
+        extra = {"epoch": epoch, "position": position,
+                 "batches": [torch.as_tensor(np.asarray(b, dtype=np.int64)) for b in (batches or [])],
+                 "rng": numpy_generator_state(rng), "history": history}
+        if hasattr(sampler, "state_dict"):
+            extra["sampler"] = sampler.state_dict()
+        trainer.save_checkpoint(ckpt, extra)
+
+    writer = None
+    if cfg.logging.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step if resume else None)
+
+    def evaluate() -> dict[str, float]:
+        metrics = trainer.evaluate(test, progress=cfg.logging.progress)
+        _log_scalars(writer, "eval", metrics, trainer.step)
+        history.append({"step": trainer.step, **{k: metrics[k] for k in HEADLINE if k in metrics}})
+        return metrics
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, initial=trainer.step, desc="pretrain", unit="step", disable=not cfg.logging.progress)
+    start, start_step = time.perf_counter(), trainer.step
+    last: StepOutput | None = None
+    try:
+        while trainer.step < steps:
+            if batches is None or position >= len(batches):
+                if batches is not None:
+                    epoch += 1
+                batches, position = [np.asarray(b, dtype=np.int64) for b in sampler(trainer, split, epoch, rng)], 0
+                if not batches:
+                    raise RuntimeError(f"the batch sampler returned no batches for epoch {epoch}")
+            idx = batches[position]
+            position += 1
+            last = trainer.train_step(split.batch(idx))
+            if last.stats["skipped"]:
+                raise RuntimeError(f"pretraining diverged at step {trainer.step + 1}: losses {last.losses}")
+            if hasattr(sampler, "observe_step"):
+                sampler.observe_step(last)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in last.losses.items()}, refresh=False)
+            if trainer.step % cfg.logging.log_every == 0:
+                _log_scalars(writer, "loss", last.losses, trainer.step)
+                _log_scalars(writer, "train", {"lr": last.stats["lr"], "temperature": last.stats["temperature"],
+                                               "grad_norm": last.stats["grad_norm"],
+                                               "step_time": last.stats["step_time"], "epoch": epoch}, trainer.step)
+            if cfg.train.eval_every and trainer.step % cfg.train.eval_every == 0 and trainer.step < steps:
+                evaluate()
+            if cfg.train.checkpoint_every and trainer.step % cfg.train.checkpoint_every == 0:
+                save()
+    except KeyboardInterrupt:
+        save()
+        bar.close()
+        print(f"interrupted at step {trainer.step}: checkpoint saved to {ckpt} (continue with --resume)")
+        if writer is not None:
+            writer.close()
+        raise
+    bar.close()
+    train_seconds = time.perf_counter() - start
+    metrics = evaluate()
+    save()
+    if writer is not None:
+        writer.close()
+    results = {
+        "step": trainer.step,
+        "epoch": epoch,
+        "train_seconds": train_seconds,
+        "steps_per_second": (trainer.step - start_step) / train_seconds if train_seconds > 0 else None,
+        "batch_size": cfg.train.batch_size,
+        "final_losses": last.losses if last is not None else None,
+        "headline": {k: metrics.get(k) for k in HEADLINE},
+        "chance": trainer.chance(test),
+        "metrics": metrics,
+        "history": history,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    return results

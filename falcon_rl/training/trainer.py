@@ -1,0 +1,387 @@
+"""The VLP trainer: one ALBEF optimisation step at a time, plus the losses the env's reward
+needs, embedding passes, retrieval evaluation and exact-resume checkpoints (DESIGN §2.4, §2.8).
+
+The env (``falcon_rl.envs``) drives it batch by batch::
+
+    trainer = Trainer(cfg, tokenizer, image_size, total_steps)
+    masks = trainer.make_mlm_masks(batch)
+    before = trainer.mlm_loss(batch, masks)     # == out.losses["mlm"] below
+    out = trainer.train_step(batch, masks)
+    after = trainer.mlm_loss(batch, masks)
+    reward = before - after                     # FALCON's ΔMLM
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from falcon_rl.config import ExperimentConfig, to_dict
+from falcon_rl.data.base import Batch, PairSplit
+from falcon_rl.models import ALBEF, MLMMasks, build_model, mask_tokens
+from falcon_rl.models.albef import trim_padding
+from falcon_rl.models.towers import resolve_attention
+from falcon_rl.training.checkpoint import (atomic_save, global_rng_state, load_payload, set_global_rng_state,
+                                           to_safe)
+from falcon_rl.training.evaluation import chance_levels, rerank_with_scores, retrieval_metrics
+from falcon_rl.training.optim import build_optimizer, build_scheduler
+from falcon_rl.utils import resolve_device, seed_everything
+
+CHECKPOINT_FORMAT = 1
+#: offsets that give the trainer's generators streams distinct from the global seed
+_MASK_STREAM = 0x6D61736B
+_ITM_STREAM = 0x69746D
+
+
+@dataclass
+class StepOutput:
+    """What :meth:`Trainer.train_step` returns.
+
+    :ivar losses: ``itc``, ``itm``, ``mlm``, ``total`` (Python floats); ``mlm`` is the plain MLM
+        cross-entropy of the training forward on ``mlm_masks``, i.e. L_MLM(θ_before).
+    :ivar image_embed, text_embed: (B, D) normalised ITC embeddings of θ_before (CPU, float32).
+    :ivar index: (B,) dataset pair indices of the batch (CPU).
+    :ivar mlm_masks: the masks used (CPU).
+    :ivar itc_per_sample: (B,) per-pair ITC loss (CPU, float32).
+    :ivar stats: ``lr``, ``temperature``, ``grad_norm``, ``step_time`` (s), ``skipped`` (1.0 when
+        the loss was not finite and the update was skipped).
+    """
+
+    losses: dict[str, float]
+    image_embed: torch.Tensor
+    text_embed: torch.Tensor
+    index: torch.Tensor
+    mlm_masks: MLMMasks
+    itc_per_sample: torch.Tensor
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+class Trainer:
+    """ALBEF pretraining with AdamW, warm-up + cosine LR, gradient clipping and bf16 autocast on CUDA.
+
+    :param cfg: the experiment config (``model``, ``train``, ``eval`` sections are used).
+    :param tokenizer: the BERT tokenizer of the data (vocabulary and special tokens).
+    :param image_size: side of the square input images.
+    :param total_steps: length of the LR schedule (default ``cfg.train.steps``).
+    :param device: overrides ``cfg.train.device``.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, tokenizer, image_size: int, total_steps: int | None = None,
+                 device: str | torch.device | None = None) -> None:
+        self.cfg = cfg
+        tcfg = cfg.train
+        if tcfg.threads > 0:
+            torch.set_num_threads(tcfg.threads)
+        seed_everything(tcfg.seed)
+        self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
+        self.model: ALBEF = build_model(cfg.model, tokenizer, image_size).to(self.device)
+        self.model.set_attention(resolve_attention(cfg.model.attention, self.device))
+        self.total_steps = int(total_steps if total_steps is not None else tcfg.steps)
+        self.optimizer = build_optimizer(self.model, tcfg)
+        self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
+        self.mask_generator = torch.Generator().manual_seed(tcfg.seed + _MASK_STREAM)
+        self.itm_generator = torch.Generator(device=self.device).manual_seed(tcfg.seed + _ITM_STREAM)
+        self.step = 0
+        use_amp = tcfg.amp == "bf16" or (tcfg.amp == "auto" and self.device.type == "cuda")
+        self.amp_dtype: torch.dtype | None = torch.bfloat16 if use_amp else None
+        ids = self.model.special_ids
+        self._special = [ids["cls"], ids["sep"], ids["pad"]]
+
+    # ------------------------------------------------------------------ helpers
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.amp_dtype)
+
+    def _alpha(self) -> float:
+        m = self.cfg.model
+        if m.distill_warmup_steps <= 0:
+            return m.distill_alpha
+        return m.distill_alpha * min(1.0, self.step / m.distill_warmup_steps)
+
+    @property
+    def lr(self) -> float:
+        """Current learning rate (of the first parameter group)."""
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ training
+    def make_mlm_masks(self, batch: Batch) -> MLMMasks:
+        """BERT masks for ``batch`` from the trainer's own generator (reproducible, checkpointed)."""
+        m = self.cfg.model
+        return mask_tokens(batch.input_ids.cpu(), batch.attention_mask.cpu(), self._special,
+                           self.model.special_ids["mask"], self.model.vocab_size, m.mlm_prob,
+                           self.mask_generator, m.mlm_mask_ratio, m.mlm_random_ratio)
+
+    def train_step(self, batch: Batch, mlm_masks: MLMMasks | None = None,
+                   itc_targets: torch.Tensor | None = None) -> StepOutput:
+        """One optimiser step of ITC + ITM + MLM on ``batch``.
+
+        :param mlm_masks: masks to use (default: fresh ones from :meth:`make_mlm_masks`).
+        :param itc_targets: (B, B) multi-positive ITC weights (``[i, j] > 0``: image i matches
+            text j); those pairs are never ITM negatives (MAFA connection mining).
+        A non-finite loss or gradient skips the update (``stats["skipped"] = 1``) and leaves the
+        weights as they were; the losses are still reported, so the env can terminate on NaN.
+        """
+        t0 = time.perf_counter()
+        masks = mlm_masks if mlm_masks is not None else self.make_mlm_masks(batch)
+        b = batch.to(self.device)
+        m = masks.to(self.device)
+        targets = None if itc_targets is None else itc_targets.to(self.device)
+        self.model.train()
+        with self._autocast():
+            out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
+                             itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator)
+        values = torch.stack([out.itc, out.itm, out.mlm, out.loss]).detach().float().cpu().tolist()
+        losses = dict(zip(("itc", "itm", "mlm", "total"), values))
+        stats = {"lr": self.lr, "grad_norm": float("nan"), "skipped": 0.0}
+        self.optimizer.zero_grad(set_to_none=True)
+        if np.isfinite(losses["total"]):
+            out.loss.backward()
+            clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
+            stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if np.isfinite(losses["total"]) and np.isfinite(stats["grad_norm"]):
+            self.optimizer.step()
+            self.scheduler.step()
+            self.model.clamp_temperature()
+            self.model.momentum_update()
+            self.step += 1
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            stats["skipped"] = 1.0
+        stats["temperature"] = float(self.model.temp.detach())
+        stats["step_time"] = time.perf_counter() - t0
+        return StepOutput(
+            losses=losses,
+            image_embed=out.image_feat.detach().float().cpu(),
+            text_embed=out.text_feat.detach().float().cpu(),
+            index=batch.index.detach().cpu(),
+            mlm_masks=MLMMasks(masks.input_ids.cpu(), masks.labels.cpu()),
+            itc_per_sample=out.itc_per_sample.float().cpu(),
+            stats=stats,
+        )
+
+    # ------------------------------------------------------------------ deterministic losses
+    @torch.no_grad()
+    def mlm_loss(self, batch: Batch, masks: MLMMasks) -> float:
+        """Plain MLM cross-entropy of the current weights on ``batch`` with ``masks`` (no update).
+
+        Equals ``train_step(batch, masks).losses["mlm"]`` when evaluated just before that step
+        (dropout 0; same autocast), which makes FALCON's ΔMLM exact.
+        """
+        self.model.eval()
+        b = batch.to(self.device)
+        m = masks.to(self.device)
+        with self._autocast():
+            loss = self.model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
+        return float(loss)
+
+    @torch.no_grad()
+    def itc_loss(self, batch: Batch) -> float:
+        """In-batch ITC (no queue, no distillation, no smoothing) of the current weights."""
+        self.model.eval()
+        b = batch.to(self.device)
+        with self._autocast():
+            return float(self.model.itc_loss(b.image, b.input_ids, b.attention_mask, b.index))
+
+    @torch.no_grad()
+    def itm_loss(self, batch: Batch) -> float:
+        """ITM loss with the hardest in-batch negatives (deterministic) of the current weights."""
+        self.model.eval()
+        b = batch.to(self.device)
+        with self._autocast():
+            return float(self.model.itm_loss(b.image, b.input_ids, b.attention_mask, b.index))
+
+    # ------------------------------------------------------------------ embeddings
+    def _chunks(self, n: int, batch_size: int | None, desc: str | None):
+        size = int(batch_size or self.cfg.eval.batch_size)
+        starts = range(0, n, size)
+        if desc is not None and self.cfg.logging.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=desc, leave=False, unit="batch")
+        for s in starts:
+            yield s, min(n, s + size)
+
+    @torch.no_grad()
+    def embed_images(self, split: PairSplit, image_ids: np.ndarray, batch_size: int | None = None,
+                     desc: str | None = None) -> torch.Tensor:
+        """Normalised ITC image embeddings (n, D), CPU float32."""
+        self.model.eval()
+        ids = np.asarray(image_ids, dtype=np.int64)
+        out = []
+        for s, e in self._chunks(len(ids), batch_size, desc):
+            with self._autocast():
+                _, feat = self.model.enc.encode_image(split.load_images(ids[s:e]).to(self.device))
+            out.append(feat.float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.model.embed_dim)
+
+    @torch.no_grad()
+    def embed_texts(self, split: PairSplit, pair_indices: np.ndarray, batch_size: int | None = None,
+                    desc: str | None = None) -> torch.Tensor:
+        """Normalised ITC caption embeddings (n, D), CPU float32."""
+        self.model.eval()
+        idx = torch.as_tensor(np.asarray(pair_indices, dtype=np.int64))
+        out = []
+        for s, e in self._chunks(len(idx), batch_size, desc):
+            ids = split.input_ids[idx[s:e]].to(self.device)
+            mask = split.attention_mask[idx[s:e]].to(self.device)
+            with self._autocast():
+                out.append(self._text_feature(ids, mask).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, self.cfg.model.embed_dim)
+
+    def _text_feature(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        mask, ids = trim_padding(mask, ids)
+        return self.model.enc.text_feature(self.model.enc.encode_text(ids, mask))
+
+    def embed_pairs(self, split: PairSplit, indices: np.ndarray | None = None, batch_size: int | None = None,
+                    progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised ITC embeddings (img, txt), each (n, D) CPU float32, of the given pairs
+        (default all), in batches without gradients (the mining cache refresh, DESIGN §2.1)."""
+        idx = np.arange(split.n_pairs) if indices is None else np.asarray(indices, dtype=np.int64)
+        img = self.embed_images(split, split.pair_image[idx], batch_size, "embed images" if progress else None)
+        txt = self.embed_texts(split, idx, batch_size, "embed texts" if progress else None)
+        return img, txt
+
+    # ------------------------------------------------------------------ evaluation
+    def eval_subset(self, split: PairSplit) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None,
+                                                    np.ndarray | None]:
+        """What :meth:`evaluate` ranks: the first ``eval.max_test`` pairs (0: all) and their images.
+
+        :returns: pair indices, image ids, each caption's image position in the image ids,
+            the match sub-matrix (or None), the specificities (or None).
+        """
+        ecfg = self.cfg.eval
+        n = split.n_pairs if ecfg.max_test <= 0 else min(ecfg.max_test, split.n_pairs)
+        pairs = np.arange(n)
+        image_ids, caption_image = np.unique(split.pair_image[pairs], return_inverse=True)
+        match = None if split.match is None else np.asarray(split.match[pairs][:, image_ids])
+        spec = None
+        if ecfg.by_specificity and split.specificity is not None:
+            spec = split.specificity[pairs]
+        return pairs, image_ids, caption_image.reshape(-1), match, spec
+
+    def chance(self, split: PairSplit) -> dict[str, float]:
+        """Expected metrics of a random ranking on the pairs :meth:`evaluate` uses."""
+        _, image_ids, caption_image, match, _ = self.eval_subset(split)
+        return chance_levels(caption_image, len(image_ids), match, self.cfg.eval.ks)
+
+    @torch.no_grad()
+    def evaluate(self, split: PairSplit, progress: bool = False) -> dict[str, float]:
+        """Zero-shot retrieval on ``split`` (first ``eval.max_test`` pairs when set): ITC ranking,
+        and with ``eval.itm_rerank`` the ITC top-k re-ranked by ITM (keys prefixed ``itm_``).
+        See :mod:`falcon_rl.training.evaluation` for the keys."""
+        ecfg = self.cfg.eval
+        pairs, image_ids, caption_image, match, spec = self.eval_subset(split)
+        img = self.embed_images(split, image_ids, desc="eval images" if progress else None)
+        txt = self.embed_texts(split, pairs, desc="eval texts" if progress else None)
+        sim = txt @ img.t()
+        metrics = retrieval_metrics(sim, caption_image, match, spec, ecfg.ks)
+        if ecfg.itm_rerank:
+            sim_t2i, sim_i2t = self._itm_rerank(split, sim, pairs, image_ids)
+            reranked = retrieval_metrics(sim_t2i, caption_image, match, spec, ecfg.ks, sim_i2t=sim_i2t)
+            metrics.update({f"itm_{k}": v for k, v in reranked.items()})
+        return metrics
+
+    def _itm_rerank(self, split: PairSplit, sim: torch.Tensor, pairs: np.ndarray,
+                    image_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """ALBEF re-ranking: ITM P(match) of each query's ITC top-k, placed above the rest."""
+        ecfg = self.cfg.eval
+        k_t2i = min(ecfg.k_t2i, sim.shape[1])
+        k_i2t = min(ecfg.k_i2t, sim.shape[0])
+        top_t2i = sim.topk(k_t2i, dim=1).indices  # (n_c, k) image positions
+        top_i2t = sim.t().topk(k_i2t, dim=1).indices  # (n_i, k) caption positions
+        scores_t2i = self._itm_scores(split, pairs, image_ids, queries_are_text=True, topk=top_t2i)
+        scores_i2t = self._itm_scores(split, pairs, image_ids, queries_are_text=False, topk=top_i2t)
+        return rerank_with_scores(sim, top_t2i, scores_t2i), rerank_with_scores(sim.t(), top_i2t, scores_i2t)
+
+    def _itm_scores(self, split: PairSplit, pairs: np.ndarray, image_ids: np.ndarray, queries_are_text: bool,
+                    topk: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        n_q, k = topk.shape
+        per_chunk = max(1, self.cfg.eval.batch_size // k)
+        out = torch.zeros(n_q, k)
+        for s in range(0, n_q, per_chunk):
+            e = min(n_q, s + per_chunk)
+            q = np.arange(s, e)
+            cand = topk[s:e].reshape(-1).numpy()
+            if queries_are_text:
+                cap = np.repeat(pairs[q], k)
+                img = image_ids[cand]
+            else:
+                cap = pairs[cand]
+                img = np.repeat(image_ids[q], k)
+            ids = split.input_ids[torch.as_tensor(cap)].to(self.device)
+            mask = split.attention_mask[torch.as_tensor(cap)].to(self.device)
+            mask, ids = trim_padding(mask, ids)
+            with self._autocast():
+                if queries_are_text:  # one text per query, k candidate images
+                    tokens, _ = self.model.enc.encode_image(split.load_images(img).to(self.device))
+                    text_hidden = self.model.enc.encode_text(ids[::k], mask[::k]).repeat_interleave(k, dim=0)
+                else:  # one image per query, k candidate texts
+                    tokens, _ = self.model.enc.encode_image(split.load_images(image_ids[q]).to(self.device))
+                    tokens = tokens.repeat_interleave(k, dim=0)
+                    text_hidden = self.model.enc.encode_text(ids, mask)
+                scores = self.model.itm_scores(tokens, text_hidden, mask)
+            out[s:e] = scores.float().cpu().view(e - s, k)
+        return out
+
+    # ------------------------------------------------------------------ checkpoints
+    def _signature(self) -> dict[str, Any]:
+        shape = self.model.shape
+        return {"shape": {k: v for k, v in vars(shape).items() if k not in ("text_path", "vision_path")},
+                "vocab_size": self.model.vocab_size, "image_size": self.model.image_size,
+                "embed_dim": self.cfg.model.embed_dim, "momentum": self.cfg.model.momentum}
+
+    def rng_state(self) -> dict:
+        """Every RNG the training depends on (global ones and the trainer's generators)."""
+        return {"global": global_rng_state(), "mask": self.mask_generator.get_state(),
+                "itm": self.itm_generator.get_state()}
+
+    def set_rng_state(self, state: dict) -> None:
+        """Inverse of :meth:`rng_state`."""
+        set_global_rng_state(state["global"])
+        self.mask_generator.set_state(state["mask"])
+        self.itm_generator.set_state(state["itm"])
+
+    def save_checkpoint(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write model, optimiser, LR schedule, RNG states, step and ``extra`` atomically.
+
+        ``extra`` must hold only tensors, NumPy arrays (stored as tensors) and
+        dict/list/tuple/str/int/float/bool/None, because checkpoints are loaded with
+        ``torch.load(weights_only=True)``; anything else raises :class:`TypeError` here.
+        """
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "total_steps": self.total_steps,
+            "signature": self._signature(),
+            "config": to_safe(to_dict(self.cfg), "config"),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": self.rng_state(),
+            "extra": to_safe(extra or {}),
+        }
+        return atomic_save(payload, path)
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore everything :meth:`save_checkpoint` wrote; returns its ``extra``."""
+        payload = load_payload(path)
+        if payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint {path}: unknown format {payload.get('format')!r}")
+        mine, theirs = self._signature(), payload["signature"]
+        if mine != theirs:
+            diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
+            raise ValueError(f"checkpoint {path} was written by a different model (checkpoint, this trainer): {diff}")
+        self.model.load_state_dict(payload["model"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.set_rng_state(payload["rng"])
+        self.step = int(payload["step"])
+        return payload["extra"]
