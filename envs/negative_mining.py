@@ -19,7 +19,7 @@ from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.stats import fn_info, q_stats
-from falcon_rl.mining import (EmbeddingCache, FalseNegativeStats, build_chain_batches, make_search_spaces,
+from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, make_search_spaces,
                               oracle_exclusion)
 from falcon_rl.training import Trainer
 from falcon_rl.utils import seed_everything
@@ -220,43 +220,47 @@ class NegativeMiningEnv(gym.Env):
         train = self.data.train
         members = self._members
         exclude = oracle_exclusion(train, members) if self.oracle else None
-        chain = build_chain_batches(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
-                                    remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend)
+        # batch b+1 of the chain is built in a background thread while batch b trains (§2.2)
+        stream = ChainStream(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
+                             remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend,
+                             prefetch=cfg.mining.chain_prefetch and cfg.env.reward != "toy")
         spec = train.specificity[members] if train.specificity is not None else None
         losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
         reason = None
-        if cfg.env.reward == "toy":
-            rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
-            components["toy"] = [rewards[-1]]
-        else:
-            for local in chain.batches:
-                idx = members[local]
-                try:
-                    out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward)
-                except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
-                    if self._weights_finite():
-                        raise
-                    reason = f"non-finite weights at trainer step {self.trainer.step}: {e}"
-                    break
-                values = list(out.losses.values()) + list(comp.values())
-                if not all(math.isfinite(v) for v in values):
-                    reason = (f"non-finite loss at trainer step {self.trainer.step}: "
-                              + ", ".join(f"{k}={v}" for k, v in {**out.losses, **comp}.items()))
-                    break
-                for k in losses:
-                    losses[k].append(out.losses[k])
-                for k, v in comp.items():
-                    components.setdefault(k, []).append(v)
-                rewards.append(sum(comp.values()))
-                self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
-                self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
-            if reason is None and self.probe is not None:
-                r1 = self.probe.score(self.trainer)
-                components = {"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]}
-                rewards = [r1 - self._r1]
-                self._r1 = r1
+        with stream:  # closes the builder thread also when training raises
+            if cfg.env.reward == "toy":
+                rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
+                components["toy"] = [rewards[-1]]
+            else:
+                for local in stream:
+                    idx = members[local]
+                    try:
+                        out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward)
+                    except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
+                        if self._weights_finite():
+                            raise
+                        reason = f"non-finite weights at trainer step {self.trainer.step}: {e}"
+                        break
+                    values = list(out.losses.values()) + list(comp.values())
+                    if not all(math.isfinite(v) for v in values):
+                        reason = (f"non-finite loss at trainer step {self.trainer.step}: "
+                                  + ", ".join(f"{k}={v}" for k, v in {**out.losses, **comp}.items()))
+                        break
+                    for k in losses:
+                        losses[k].append(out.losses[k])
+                    for k, v in comp.items():
+                        components.setdefault(k, []).append(v)
+                    rewards.append(sum(comp.values()))
+                    self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
+                    self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+                if reason is None and self.probe is not None:
+                    r1 = self.probe.score(self.trainer)
+                    components = {"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]}
+                    rewards = [r1 - self._r1]
+                    self._r1 = r1
+        chain = stream.result()
         self.history.record_q(members, q)
         self.episode_steps += 1
         reward = float(np.mean(rewards)) * cfg.env.reward_scale if rewards else 0.0
