@@ -1,4 +1,4 @@
-"""The ``falcon-rl`` command line.
+"""falcon-rl: learned negative mining for vision-language pretraining, as a Gymnasium environment.
 
 Every subcommand lives in :mod:`falcon_rl.commands` as a module with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Commands that take a config accept
