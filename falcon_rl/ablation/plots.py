@@ -67,25 +67,59 @@ def plot_step_curve(runs: Sequence[dict[str, Any]], key: str, ylabel: str, path:
     return _finish(fig, ax, drawn, path, "env step", ylabel, title or ylabel)
 
 
+def _eval_series(run: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
+    evals = [e for e in run["history"].get("eval", []) if e.get(metric) is not None]
+    if not evals:
+        return None
+    return np.array([e["step"] for e in evals], float), np.array([e[metric] for e in evals], float)
+
+
 def plot_eval_curve(runs: Sequence[dict[str, Any]], metric: str, path: str | Path,
-                    ylabel: str | None = None) -> Path | None:
-    """An evaluation metric (e.g. ``i2t_r1_mp``) vs step, from ``history['eval']``."""
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+                    ylabel: str | None = None, reference: str = "random") -> Path | None:
+    """An evaluation metric (e.g. ``i2t_r1_mp``) vs step, from ``history['eval']``.
+
+    Left: mean over seeds (min–max band when at most 3 schedulers, else the bands hide each
+    other). Right, when ``reference`` ran: the difference to ``reference`` paired by seed, which
+    removes the seed-to-seed spread that every scheduler shares (same data, init and masks).
+    """
+    groups = _by_scheduler(runs)
+    ref = {int(r.get("seed", -1)): _eval_series(r, metric) for r in groups.get(reference, [])}
+    ref = {k: v for k, v in ref.items() if v is not None}
+    paired = bool(ref) and len(groups) > 1
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 4.2), squeeze=False)
+    ax, dax = axes[0][0], (axes[0][1] if paired else None)
+    bands = len(groups) <= 3
     drawn = 0
-    for name, group in _by_scheduler(runs).items():
-        series = []
+    for name, group in groups.items():
+        series, deltas = [], []
         for r in group:
-            evals = [e for e in r["history"].get("eval", []) if metric in e]
-            if evals:
-                series.append((np.array([e["step"] for e in evals], float),
-                               np.array([e[metric] for e in evals], float)))
+            s = _eval_series(r, metric)
+            if s is None:
+                continue
+            series.append(s)
+            base = ref.get(int(r.get("seed", -1)))
+            if base is not None:
+                n = min(len(s[0]), len(base[0]))
+                if n and np.array_equal(s[0][:n], base[0][:n]):
+                    deltas.append((s[0][:n], s[1][:n] - base[1][:n]))
         if not series:
             continue
         x, mean, lo, hi = _band(series)
         (line,) = ax.plot(x, mean, marker="o", label=f"{name} (n={len(series)})")
-        if len(series) > 1:
+        if bands and len(series) > 1:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+        if dax is not None and deltas:
+            dx, dmean, dlo, dhi = _band(deltas)
+            dax.plot(dx, dmean, marker="o", color=line.get_color(), label=f"{name} (n={len(deltas)})")
+            if name != reference and len(deltas) > 1 and bands:
+                dax.fill_between(dx, dlo, dhi, color=line.get_color(), alpha=0.12)
         drawn += 1
+    if dax is not None:
+        dax.axhline(0.0, color="grey", lw=0.8)
+        dax.set_xlabel("env step")
+        dax.set_ylabel(f"Δ to {reference}, paired by seed")
+        dax.set_title(f"{ylabel or metric}: difference to {reference}")
+        dax.grid(alpha=0.3)
     return _finish(fig, ax, drawn, path, "env step", ylabel or metric, f"{ylabel or metric} vs step")
 
 
@@ -162,11 +196,11 @@ def plot_all(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     made = [
-        plot_step_curve(runs, "reward", "reward (ΔL_MLM per batch)", out / "reward.png", smooth=3,
-                        title="Reward per env step"),
+        plot_step_curve(runs, "reward", "reward (ΔL_MLM per batch)", out / "reward.png", smooth=5,
+                        title="Reward per env step (moving average of 5 steps)"),
         plot_eval_curve(runs, "i2t_r1_mp", out / "r1_vs_step.png", "image→text R@1 (multi-positive)"),
         plot_step_curve(runs, "fn_rate", "false-negative rate of chosen negatives", out / "fn_rate.png",
-                        title="False-negative rate vs step"),
+                        smooth=5, title="False-negative rate vs step (moving average of 5 steps)"),
         plot_q_by_specificity(runs, out / "q_by_specificity.png"),
     ]
     return [p for p in made if p is not None]

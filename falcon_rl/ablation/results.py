@@ -108,7 +108,8 @@ def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_MET
             ref_mean = _mean_std(_metric(r, m) for r in ref_runs.values())[0]
             up_mean = _mean_std(_metric(r, m) for r in up_runs.values())[0]
             span = up_mean - ref_mean
-            ok_span = not (math.isnan(span) or abs(span) < 1e-12)
+            # the gap is only defined when the upper bound is above the reference
+            ok_span = not math.isnan(span) and span > 1e-12
             row[f"gap/{m}"] = (row[m][0] - ref_mean) / span if ok_span else float("nan")
         rows.append(row)
     key = HEADLINE[0]
@@ -130,9 +131,32 @@ def _fmt_delta(pair: tuple[float, float], scale: float = 100.0) -> str:
     return f"{mean * scale:+.1f} ± {std * scale:.1f}"
 
 
+def metrics_are_percent(rows: Sequence[dict[str, Any]]) -> bool:
+    """Whether the retrieval metrics of ``rows`` are already percentages.
+
+    :meth:`falcon_rl.training.Trainer.evaluate` reports percentages (0..100); records holding
+    fractions (0..1) are scaled by 100 for the table. Retrieval metrics above 1 mean percent.
+    """
+    for r in rows:
+        for m in TABLE_METRICS:
+            mean = r.get(m, (float("nan"), 0.0))[0]
+            if not math.isnan(mean) and mean > 1.0 + 1e-9:
+                return True
+    return False
+
+
 def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation results",
-                    command: str | None = None, notes: Sequence[str] = ()) -> str:
-    """The aggregated table as markdown (metrics in %, mean ± std over seeds)."""
+                    command: str | None = None, notes: Sequence[str] = (),
+                    percent: bool | None = None) -> str:
+    """The aggregated table as markdown (metrics in %, mean ± std over seeds).
+
+    :param percent: the retrieval metrics are already percentages (the trainer's evaluation);
+        None infers it from the values (:func:`metrics_are_percent`). The FN rate is a fraction
+        and always shown in %.
+    """
+    if percent is None:
+        percent = metrics_are_percent(rows)
+    ms = 1.0 if percent else 100.0  # retrieval-metric scale
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
@@ -152,15 +176,28 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
         wall = r["wall_time"][0]
         cells = [
             name, str(r["n"]),
-            _fmt(r["i2t_r1_mp"]), _fmt_delta(r["delta/i2t_r1_mp"]),
+            _fmt(r["i2t_r1_mp"], ms), _fmt_delta(r["delta/i2t_r1_mp"], ms),
             "–" if math.isnan(gap1) else f"{gap1:.0%}",
-            _fmt(r["t2i_map"]), _fmt_delta(r["delta/t2i_map"]),
+            _fmt(r["t2i_map"], ms), _fmt_delta(r["delta/t2i_map"], ms),
             "–" if math.isnan(gap2) else f"{gap2:.0%}",
-            _fmt(r["t2i_r1_mp"]), _fmt(r["i2t_r5_mp"]), _fmt(r["i2t_r1"]), _fmt(r["t2i_r1"]),
+            _fmt(r["t2i_r1_mp"], ms), _fmt(r["i2t_r5_mp"], ms), _fmt(r["i2t_r1"], ms), _fmt(r["t2i_r1"], ms),
             _fmt(r["mean_fn_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
             "–" if math.isnan(wall) else f"{wall:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    by_name = {r["scheduler"]: r for r in rows}
+    if "random" in by_name and "oracle" in by_name:
+        for m, label in (("i2t_r1_mp", "i2t R@1 mp"), ("t2i_map", "t2i mAP")):
+            ref, up = by_name["random"][m][0], by_name["oracle"][m][0]
+            d_mean, d_std = by_name["oracle"].get(f"delta/{m}", (float("nan"), float("nan")))
+            if math.isnan(ref) or math.isnan(up):
+                continue
+            if up <= ref:
+                lines += ["", f"Gap closed on {label} is not defined (–): the oracle ({up * ms:.1f}) does not "
+                          f"beat random ({ref * ms:.1f})."]
+            elif not math.isnan(d_std) and by_name["oracle"]["n"] > 1 and d_mean <= d_std:
+                lines += ["", f"Gap closed on {label} is unreliable: the oracle's paired gain over random "
+                          f"({d_mean * ms:+.1f} ± {d_std * ms:.1f}) is within seed noise."]
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"

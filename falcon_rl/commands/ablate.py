@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 import time
 from pathlib import Path
 
@@ -37,7 +36,9 @@ def run(args: argparse.Namespace) -> int:
     if args.out:
         overrides.append(f"ablation.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
-    command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    # rebuilt from the parsed arguments (sys.argv is not ours when called as cli.main([...]))
+    parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
+    command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
     out = run_ablation(cfg, run_scheduler, source=str(args.config), command=command.strip(),
                        prepare=_prepare, log=lambda s: print(s, flush=True))
