@@ -90,14 +90,23 @@ class FalconScheduler(Scheduler):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.policy = BetaPolicy(in_dim, agent.hidden, agent.blocks, agent.min_concentration)
-        self.learner = Reinforce(self.policy, self._log_prob_entropy, agent)
+        member_fn = None if self.pooled else self._member_log_prob_entropy
+        self.learner = Reinforce(self.policy, self._log_prob_entropy, agent, member_fn)
         self.training = True
 
     def _inputs(self, obs: torch.Tensor) -> torch.Tensor:
         """Policy inputs: every member row, or their mean for the batch-level ablation."""
         return obs.mean(dim=1, keepdim=True) if self.pooled else obs
 
+    def _member_log_prob_entropy(self, obs: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-member log-probabilities and entropies, shaped like ``q``."""
+        dist = self.policy.distribution(self._inputs(obs))
+        q = q.clamp(_Q_EPS, 1.0 - _Q_EPS)
+        log_prob, entropy = dist.log_prob(q), dist.entropy()
+        return log_prob.expand_as(q), entropy.expand_as(q)
+
     def _log_prob_entropy(self, obs: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Log-probability of the whole action: the sum over members (FALCON §2.5)."""
         dist = self.policy.distribution(self._inputs(obs))
         q = q.clamp(_Q_EPS, 1.0 - _Q_EPS)
         return dist.log_prob(q).sum(dim=-1), dist.entropy().sum(dim=-1)
@@ -119,7 +128,10 @@ class FalconScheduler(Scheduler):
         """REINFORCE credit for the last sampled action (ignored when frozen)."""
         if not self.training:
             return {}
-        return self.learner.observe(reward)
+        member_reward = None
+        if self.agent.credit == "batch" and info is not None:
+            member_reward = info.get("member_reward")
+        return self.learner.observe(reward, member_reward)
 
     def freeze(self) -> "FalconScheduler":
         """Stop learning (frozen scheduler for a new pretraining run)."""

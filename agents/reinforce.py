@@ -28,11 +28,15 @@ class Reinforce:
     :param policy: the network (its parameters are optimised with Adam, ``agent.lr``).
     :param log_prob_entropy: log-probability and entropy of whole actions under ``policy``.
     :param agent: hyper-parameters.
+    :param member_log_prob_entropy: per-member log-probabilities, for per-member credit.
     """
 
-    def __init__(self, policy: nn.Module, log_prob_entropy: LogProbFn, agent: AgentConfig) -> None:
+    def __init__(self, policy: nn.Module, log_prob_entropy: LogProbFn, agent: AgentConfig,
+                 member_log_prob_entropy: LogProbFn | None = None) -> None:
         self.policy = policy
         self.log_prob_entropy = log_prob_entropy
+        #: per-member ``(log_prob (n, M), entropy (n, M))``; enables per-member credit
+        self.member_log_prob_entropy = member_log_prob_entropy
         self.agent = agent
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=agent.lr)
         self.baseline: float | None = None
@@ -46,11 +50,21 @@ class Reinforce:
         """Remember the observation and sampled action that the next reward is for."""
         self._pending = (obs.detach(), q.detach())
 
-    def observe(self, reward: float) -> dict[str, float]:
-        """Credit ``reward`` to the last recorded action; update every ``update_every`` steps."""
+    def observe(self, reward: float, member_reward: Any = None) -> dict[str, float]:
+        """Credit ``reward`` to the last recorded action; update every ``update_every`` steps.
+
+        With ``member_reward`` (one reward per member, e.g. the reward of the batch each member
+        was trained in) the advantage is per member and multiplies that member's log-probability;
+        the baseline and the reward scale are shared.
+        """
         if self._pending is None:  # deterministic / frozen predictions are not learned from
             return {}
         r = float(reward)
+        per_member = None
+        if member_reward is not None:
+            per_member = torch.as_tensor(member_reward, dtype=torch.float32).reshape(-1)
+            if not bool(torch.isfinite(per_member).all()):
+                per_member = None
         if not math.isfinite(r):
             self._pending = None
             return {"skipped_nonfinite_reward": 1.0}
@@ -69,7 +83,11 @@ class Reinforce:
         self.baseline = m * self.baseline + (1.0 - m) * r
         obs, q = self._pending
         self._pending = None
-        self._buffer.append((obs, q, advantage / scale))
+        if per_member is not None and self.member_log_prob_entropy is not None:
+            baseline = stats["baseline"]
+            self._buffer.append((obs, q, (per_member - baseline) / scale))
+        else:
+            self._buffer.append((obs, q, advantage / scale))
         if len(self._buffer) >= self.agent.update_every:
             stats.update(self.update())
         return stats
@@ -80,9 +98,14 @@ class Reinforce:
             return {}
         losses, entropies = [], []
         for obs, q, adv in self._buffer:
-            log_prob, entropy = self.log_prob_entropy(obs, q)
-            losses.append(-(adv * log_prob).mean())
-            entropies.append(entropy.mean())
+            if isinstance(adv, torch.Tensor):  # per-member advantages
+                log_prob, entropy = self.member_log_prob_entropy(obs, q)
+                losses.append(-(adv * log_prob).sum(dim=-1).mean())
+                entropies.append(entropy.sum(dim=-1).mean())
+            else:
+                log_prob, entropy = self.log_prob_entropy(obs, q)
+                losses.append(-(adv * log_prob).mean())
+                entropies.append(entropy.mean())
         self._buffer.clear()
         pg_loss = torch.stack(losses).mean()
         entropy = torch.stack(entropies).mean()

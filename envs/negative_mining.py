@@ -277,6 +277,7 @@ class NegativeMiningEnv(gym.Env):
             "n_forced": int(chain.forced.sum()),
             "trainer_step": int(self.trainer.step),
             "batches": [members[b] for b in chain.batches],
+            "member_reward": self._member_reward(chain.batches, rewards, reward, len(members)),
         }
         if spec is not None:
             info["specificity"] = spec.copy()
@@ -287,6 +288,17 @@ class NegativeMiningEnv(gym.Env):
         if cfg.env.info_timing:
             info["step_time"] = time.perf_counter() - t0
         return self._obs.copy(), reward, terminated, truncated, info
+
+    def _member_reward(self, batches: list[np.ndarray], rewards: list[float], reward: float,
+                       n: int) -> np.ndarray:
+        """Each member's credit: the reward of the batch it was trained in (FALCON §2.5 gives a
+        batch's reward to the sum of its anchors' log-probabilities); the step reward where
+        there is no per-batch reward (toy, retrieval, or a terminated step)."""
+        out = np.full(n, reward, dtype=np.float32)
+        if len(rewards) == len(batches) and self.cfg.env.reward not in ("toy", "retrieval"):
+            for local, r in zip(batches, rewards):
+                out[local] = r * self.cfg.env.reward_scale
+        return out
 
     @property
     def members(self) -> np.ndarray:

@@ -210,3 +210,31 @@ def test_schedulers_work_with_sb3_evaluate_policy():
     env.reset(seed=0)  # seeds the env's generator: later unseeded resets continue its stream
     mean, _ = evaluate_policy(make_scheduler("grit", load_config(), env.unwrapped), env, n_eval_episodes=25)
     assert mean / 4 == pytest.approx(-np.mean((1 - OPT) ** 2), abs=0.03)  # 1600 members: SE 0.007
+
+
+def _credit_error(credit: str, steps: int = 60, members: int = 512) -> float:
+    """Two member groups want q = 0.1 and q = 0.9; per-member rewards -(q - target)^2.
+
+    With ``credit=batch`` each member gets its own reward (as the env's ``member_reward``),
+    with ``credit=step`` only the mean. Returns the final mean |E[q] - target|.
+    """
+    obs_space = spaces.Box(-np.inf, np.inf, (members, 2), np.float32)
+    spec = SchedulerSpec(obs_space, spaces.Box(0.0, 1.0, (members,), np.float32), ["a", "b"])
+    agent = AgentConfig(lr=3e-2, hidden=16, blocks=1, entropy_coef=0.0, credit=credit)
+    sched = FalconScheduler(agent, spec, seed=0)
+    group = np.arange(members) % 2
+    obs = np.stack([group, 1 - group], axis=1).astype(np.float32)
+    target = np.where(group == 1, 0.9, 0.1)
+    for _ in range(steps):
+        q, _ = sched.predict(obs)
+        member_reward = -((q - target) ** 2)
+        sched.observe(float(member_reward.mean()), {"member_reward": member_reward})
+    q_mean, _ = sched.predict(obs, deterministic=True)
+    return float(np.abs(q_mean - target).mean())
+
+
+def test_falcon_batch_credit_learns_per_member_targets_faster_than_step_credit():
+    batch_err = _credit_error("batch")
+    step_err = _credit_error("step")
+    assert batch_err < 0.15, batch_err
+    assert batch_err < 0.6 * step_err, (batch_err, step_err)

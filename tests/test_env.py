@@ -85,6 +85,7 @@ def test_reward_is_the_before_after_mlm_difference(tiny):
     env.reset(seed=1)
     twin = copy.deepcopy(env.trainer)  # same weights, optimiser, LR schedule and mask generator
     q = np.random.default_rng(0).random(64).astype(np.float32)
+    members = env.members
     _, reward, _, _, info = env.step(q)
     deltas = []
     for idx in info["batches"]:
@@ -93,6 +94,11 @@ def test_reward_is_the_before_after_mlm_difference(tiny):
         deltas.append(out.losses["mlm"] - twin.mlm_loss(batch, out.mlm_masks))
     assert reward == pytest.approx(float(np.mean(deltas)), abs=1e-6)
     assert reward != 0.0
+    # per-member credit (agent.credit=batch): each member carries its own batch's reward
+    local = {int(g): i for i, g in enumerate(members)}
+    for idx, delta in zip(info["batches"], deltas):
+        got = info["member_reward"][[local[int(g)] for g in idx]]
+        np.testing.assert_allclose(got, delta, atol=1e-6)
     for p_env, p_twin in zip(env.trainer.model.parameters(), twin.model.parameters()):
         torch.testing.assert_close(p_env, p_twin, rtol=0, atol=0)
 

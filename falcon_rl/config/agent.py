@@ -32,4 +32,6 @@ class AgentConfig:
     sb3_pool: str = param("mean+max", "SB3 critics: pooling of member features",
                           choices=["mean", "max", "mean+max"])
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
+    credit: str = param("step", "FALCON credit: the step's mean reward to every member, or each batch's "
+                        "reward to the members trained in it (paper §2.5)", choices=["step", "batch"])
     load_path: str | None = param(None, "load a trained agent (frozen) from this file")
