@@ -310,13 +310,19 @@ class _MemberOffPolicyMixin:
     actor_class: type[nn.Module]
     pool: str
 
-    def _init_pool(self, pool: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, *args: Any, pool: str = "mean+max", **kwargs: Any) -> None:
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
         if kwargs.get("use_sde"):
             raise ValueError("per-member policies do not support gSDE (use_sde=True)")
         self.pool = pool
         kwargs.setdefault("features_extractor_class", MemberFlatten)
+        super().__init__(*args, **kwargs)  # SACPolicy / TD3Policy (next in the MRO)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        data = super()._get_constructor_parameters()  # type: ignore[misc]
+        data["pool"] = self.pool
+        return data
 
     def make_actor(self, features_extractor: BaseFeaturesExtractor | None = None) -> Any:
         kw = self._update_features_extractor(self.actor_kwargs, features_extractor)  # type: ignore[attr-defined]
@@ -332,26 +338,8 @@ class MemberSACPolicy(_MemberOffPolicyMixin, SACPolicy):
 
     actor_class = MemberSACActor
 
-    def __init__(self, *args: Any, pool: str = "mean+max", **kwargs: Any) -> None:
-        self._init_pool(pool, kwargs)
-        super().__init__(*args, **kwargs)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data["pool"] = self.pool
-        return data
-
 
 class MemberTD3Policy(_MemberOffPolicyMixin, TD3Policy):
     """TD3 policy with per-member actor and pooled critics (``net_arch``: per-member widths)."""
 
     actor_class = MemberTD3Actor
-
-    def __init__(self, *args: Any, pool: str = "mean+max", **kwargs: Any) -> None:
-        self._init_pool(pool, kwargs)
-        super().__init__(*args, **kwargs)
-
-    def _get_constructor_parameters(self) -> dict[str, Any]:
-        data = super()._get_constructor_parameters()
-        data["pool"] = self.pool
-        return data

@@ -20,12 +20,7 @@ from falcon_rl.config.agent import AgentConfig
 from test_sb3_policies import OPT, MembersToy
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def spec_of(env: MembersToy) -> SchedulerSpec:

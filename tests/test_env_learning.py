@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from falcon_rl.agents import make_scheduler
 from falcon_rl.config import load_config
@@ -22,12 +21,7 @@ TOY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.prog
        "env.reward=toy", "env.budget_steps=64", "mining.state_specificity=true", "mining.state_progress=false"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

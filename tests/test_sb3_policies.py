@@ -70,13 +70,7 @@ def mean_q_error(predict, members: int = 32, seed: int = 123) -> tuple[float, np
     return float(np.mean(np.abs(q - OPT[spec]))), per_spec
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: one thread is fastest and timing-stable on a shared 2-core machine."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(algo: str, env: gym.Env, **kw):
