@@ -80,7 +80,7 @@ class FrozenSchedulerSampler:
             q = action_to_q(action, self.scheduler.spec.action_space)
             exclude = oracle_exclusion(split, members) if self.oracle else None
             chain = build_chain_batches(S, q, b, rng, exclude=exclude, remainder=cfg.mining.remainder,
-                                        backend=cfg.mining.chain_backend)
+                                        backend=cfg.mining.chain_backend, exclude_scope=cfg.mining.oracle_scope)
             self.history.record_q(members, q)
             batches.extend(members[local] for local in chain.batches if local.size >= 2)
             q_all.append(q)

@@ -9,7 +9,12 @@ Each maps the observation to q without learning:
 - ``progressive-hardening`` / ``progressive-softening`` — q = progress / 1 - progress, read
   from the ``progress`` state column (training step / budget);
 - ``oracle`` — q = 1 with the true matches excluded from the chain: the environment runs in
-  oracle mode (``needs_oracle``), which needs a dataset with a match matrix.
+  oracle mode (``needs_oracle``), which needs a dataset with a match matrix. A pick skips the
+  true matches of every member already in the batch (``mining.oracle_scope: batch``), so no
+  batch holds two matching pairs unless the space leaves no other choice (counted as forced);
+- ``oracle-targets`` — GRIT's q = 1 chain, false negatives kept in the batch but trained as
+  positives: ITC/ITM on ground-truth multi-positive targets (``needs_gt_targets``), the
+  loss-side bound (what a perfect MAFA filter would give).
 
 ``batch-level`` (one learned q per batch) lives in :mod:`falcon_rl.agents.falcon`.
 """
@@ -71,6 +76,13 @@ class OracleScheduler(GritScheduler):
     needs_oracle: ClassVar[bool] = True
 
 
+class OracleTargetsScheduler(GritScheduler):
+    """q = 1 (GRIT's chain) with ITC/ITM trained on ground-truth multi-positive targets."""
+
+    name: ClassVar[str] = "oracle-targets"
+    needs_gt_targets: ClassVar[bool] = True
+
+
 class ProgressiveScheduler(Scheduler):
     """q moves linearly 0 -> 1 over the budget (the ``progress`` column)."""
 
@@ -96,5 +108,5 @@ class SofteningScheduler(ProgressiveScheduler):
 HEURISTICS: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (RandomScheduler, GritScheduler, ConstantScheduler, ProgressiveScheduler,
-                SofteningScheduler, OracleScheduler)
+                SofteningScheduler, OracleScheduler, OracleTargetsScheduler)
 }

@@ -105,6 +105,11 @@ class _SB3LogCallback(BaseCallback):
         return True
 
 
+def _nanmean(values: list[float]) -> float:
+    arr = np.asarray(values, dtype=float)
+    return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
+
+
 def run_scheduler(
     cfg: ExperimentConfig,
     scheduler: str | None = None,
@@ -163,6 +168,8 @@ def run_scheduler(
         sched = make_scheduler(name, cfg, env)
     if sched.needs_oracle:
         base_env.set_oracle(True)
+    if sched.needs_gt_targets:
+        base_env.set_gt_targets(True)
     if deterministic is None:
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
 
@@ -208,6 +215,7 @@ def run_scheduler(
         "final": final,
         "mean_reward": float(np.nanmean(rewards)) if rewards.size else float("nan"),
         "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
+        "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
         "wall_time": time.perf_counter() - start,
         "steps": tracker.step,
         "episodes": len(logger.episodes),

@@ -19,8 +19,8 @@ from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.stats import fn_info, q_stats
-from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, make_search_spaces,
-                              oracle_exclusion)
+from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
+                              make_search_spaces, oracle_exclusion)
 from falcon_rl.training import Trainer
 from falcon_rl.utils import seed_everything
 
@@ -102,6 +102,8 @@ class NegativeMiningEnv(gym.Env):
     ``overrides`` are ``key.sub=value`` strings; ``data`` a pre-loaded
     :class:`~falcon_rl.data.base.DataBundle` (shared by ablation runs); ``oracle`` overrides
     ``env.oracle`` (exclude true matches from the chain, for the ``oracle`` scheduler).
+    ``env.gt_targets`` trains the mined batches on ground-truth multi-positive ITC targets
+    (every truly matching in-batch pair a positive, never an ITM negative; ``oracle-targets``).
     Registered as ``falcon_rl/NegativeMining-v0`` and ``falcon_rl/NegativeMiningDiscrete-v0``.
     """
 
@@ -127,6 +129,7 @@ class NegativeMiningEnv(gym.Env):
         self.members_per_space = m.search_space
         self.budget = cfg.env.budget_steps
         self.oracle = bool(cfg.env.oracle if oracle is None else oracle)
+        self.gt_targets = bool(cfg.env.gt_targets)
         self._data = data
         self._image_size: int | None = None
         self.trainer: Trainer | None = None
@@ -154,6 +157,9 @@ class NegativeMiningEnv(gym.Env):
         if self.oracle and train.match is None:
             raise ValueError(f"oracle mode (env.oracle or the oracle scheduler) needs a ground-truth match "
                              f"matrix, which data.source={self.cfg.data.source!r} does not have")
+        if self.gt_targets and train.match is None:
+            raise ValueError(f"env.gt_targets (or the oracle-targets scheduler) needs a ground-truth match "
+                             f"matrix, which data.source={self.cfg.data.source!r} does not have")
         needs_spec = self.cfg.env.reward == "toy" or self.cfg.mining.state_specificity
         if needs_spec and train.specificity is None:
             what = "env.reward=toy" if self.cfg.env.reward == "toy" else "mining.state_specificity=true"
@@ -164,6 +170,12 @@ class NegativeMiningEnv(gym.Env):
         """Oracle mode: the chain skips each anchor's true matches (needs a match matrix)."""
         self.oracle = bool(enabled)
         if self.oracle and self._data is not None:
+            self._check_data(self._data)
+
+    def set_gt_targets(self, enabled: bool = True) -> None:
+        """Train the mined batches on ground-truth multi-positive ITC targets (needs a match matrix)."""
+        self.gt_targets = bool(enabled)
+        if self.gt_targets and self._data is not None:
             self._check_data(self._data)
 
     def _batches_per_space(self) -> int:
@@ -223,7 +235,8 @@ class NegativeMiningEnv(gym.Env):
         # batch b+1 of the chain is built in a background thread while batch b trains (§2.2)
         stream = ChainStream(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
                              remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend,
-                             prefetch=cfg.mining.chain_prefetch and cfg.env.reward != "toy")
+                             prefetch=cfg.mining.chain_prefetch and cfg.env.reward != "toy",
+                             exclude_scope=cfg.mining.oracle_scope)
         spec = train.specificity[members] if train.specificity is not None else None
         losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
         components: dict[str, list[float]] = {}
@@ -237,7 +250,8 @@ class NegativeMiningEnv(gym.Env):
                 for local in stream:
                     idx = members[local]
                     try:
-                        out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward)
+                        targets = ground_truth_targets(train, idx) if self.gt_targets else None
+                        out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward, targets)
                     except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
                         if self._weights_finite():
                             raise

@@ -30,17 +30,19 @@ LOSS_REWARDS: dict[str, tuple[str, ...]] = {"mlm": ("mlm",), "itc": ("itc",), "i
                                             "itc+itm": ("itc", "itm")}
 
 
-def train_with_reward(trainer: Trainer, batch: Batch, reward: str) -> tuple[StepOutput, dict[str, float]]:
+def train_with_reward(trainer: Trainer, batch: Batch, reward: str,
+                      itc_targets: torch.Tensor | None = None) -> tuple[StepOutput, dict[str, float]]:
     """One training step on ``batch`` and its reward components ``{loss: before − after}``.
 
     For ``retrieval`` the components are empty (the gain is measured per env step).
+    :param itc_targets: (B, B) multi-positive ITC targets of the step (``env.gt_targets``), or None.
     """
     names = LOSS_REWARDS.get(reward, ())
     if reward == "mlm":
-        out = trainer.train_step(batch)
+        out = trainer.train_step(batch, itc_targets=itc_targets)
         return out, {"mlm": out.losses["mlm"] - trainer.mlm_loss(batch, out.mlm_masks)}
     before = {n: _loss(trainer, n, batch) for n in names}
-    out = trainer.train_step(batch)
+    out = trainer.train_step(batch, itc_targets=itc_targets)
     return out, {n: before[n] - _loss(trainer, n, batch) for n in names}
 
 

@@ -14,8 +14,9 @@ from falcon_rl.mining import ChainPrefetcher, ChainStream, build_chain_batches
 BACKENDS = ["numba", "numpy", "torch"]
 
 
-def reference_chain(S, q, batch_size, seed, exclude=None, remainder="last_batch"):
-    """Plain-Python transcription of DESIGN §2.2 with the documented rank and start rules."""
+def reference_chain(S, q, batch_size, seed, exclude=None, remainder="last_batch", scope="anchor"):
+    """Plain-Python transcription of DESIGN §2.2 with the documented rank and start rules
+    (``scope="batch"``: a candidate excluded for any member already in the batch is skipped)."""
     m = len(S)
     n_full, rest = divmod(m, batch_size)
     sizes = [batch_size] * n_full + ([rest] if rest and remainder == "last_batch" else [])
@@ -29,7 +30,8 @@ def reference_chain(S, q, batch_size, seed, exclude=None, remainder="last_batch"
         while len(batch) < size:
             cands, was_forced = remaining, False
             if exclude is not None:
-                ok = [c for c in remaining if not exclude[a][c]]
+                holders = batch if scope == "batch" else [a]
+                ok = [c for c in remaining if not any(exclude[y][c] for y in holders)]
                 cands, was_forced = (ok, False) if ok else (remaining, True)
             ranked = sorted(cands, key=lambda c: (float(S[a][c]) + 0.0, c))  # ascending, ties by index
             k = min(math.floor(q[a] * len(ranked)), len(ranked) - 1)
@@ -206,7 +208,7 @@ def test_oracle_never_picks_a_true_match_while_a_non_match_remains(backend):
     rng = np.random.default_rng(0)
     exclude = rng.random((m, m)) < 0.6
     q = rng.random(m)
-    res = build_chain_batches(S, q, 24, 5, exclude=exclude, backend=backend)
+    res = build_chain_batches(S, q, 24, 5, exclude=exclude, backend=backend, exclude_scope="anchor")
     ref_batches, ref_picks, ref_forced, _ = reference_chain(S, q, 24, seed=5, exclude=exclude)
     assert as_lists(res) == ref_batches
     assert res.forced.tolist() == ref_forced
@@ -219,6 +221,40 @@ def test_oracle_never_picks_a_true_match_while_a_non_match_remains(backend):
                 assert not exclude[a, c]
             used.add(int(c))
     assert res.n_forced == sum(ref_forced)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_batch_scope_oracle_never_puts_two_excluded_pairs_in_one_batch_unless_forced(backend):
+    m, b = 150, 25
+    S = random_similarity(m, seed=11)
+    rng = np.random.default_rng(2)
+    upper = np.triu(rng.random((m, m)) < 0.05, 1)
+    exclude = upper | upper.T  # a symmetric "true match" relation, as oracle_exclusion builds
+    q = rng.random(m)
+    res = build_chain_batches(S, q, b, 7, exclude=exclude, backend=backend)  # default scope: batch
+    ref_batches, _, ref_forced, _ = reference_chain(S, q, b, seed=7, exclude=exclude, scope="batch")
+    assert as_lists(res) == ref_batches
+    assert res.forced.tolist() == ref_forced
+    n_bad = 0
+    p = 0
+    for batch in res.batches:
+        for k in range(1, len(batch)):
+            clash = bool(exclude[batch[k], batch[:k]].any())
+            # a member clashing with an earlier one of its batch is exactly a forced pick
+            assert clash == bool(res.forced[p]), (batch[:k + 1], p)
+            n_bad += clash
+            p += 1
+    assert res.n_forced == n_bad
+    # the anchor-only scope does put matching pairs together (two apart in the chain)
+    anchor = build_chain_batches(S, q, b, 7, exclude=exclude, backend=backend, exclude_scope="anchor")
+    clashes = sum(int(np.triu(exclude[np.ix_(bt, bt)], 1).sum()) for bt in anchor.batches)
+    assert clashes > anchor.n_forced
+
+
+def test_exclude_scope_is_validated():
+    with pytest.raises(ValueError, match="exclude_scope='member' is not one of"):
+        build_chain_batches(random_similarity(8, seed=1), 0.5, 4, 0, exclude=np.zeros((8, 8), dtype=bool),
+                            exclude_scope="member")
 
 
 def test_oracle_all_excluded_falls_back_to_plain_chain():

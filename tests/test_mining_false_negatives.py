@@ -11,6 +11,7 @@ from falcon_rl.mining import (
     FalseNegativeStats,
     batch_false_negative_pairs,
     build_chain_batches,
+    ground_truth_targets,
     oracle_exclusion,
     pick_false_negatives,
 )
@@ -106,6 +107,17 @@ def test_oracle_chain_avoids_true_matches_on_real_split():
     assert s_oracle["n_fn_picks"] == flags[oracle.forced].sum()
     assert s_oracle["n_forced"] == oracle.n_forced
     assert fn_plain > 0.2 > s_oracle["fn_rate"]
+
+
+def test_ground_truth_targets_mark_every_true_match():
+    split = make_split()
+    T = ground_truth_targets(split, np.array([0, 1, 4]))  # images 0, 1, 3
+    # [image i, caption j]: caption 0 describes image 1; caption 4 describes image 0
+    want = np.array([[1, 0, 1],
+                     [1, 1, 0],
+                     [0, 0, 1]], dtype=np.float32)
+    np.testing.assert_array_equal(T.numpy(), want)
+    assert T.dtype == torch.float32
 
 
 def test_errors_without_ground_truth_or_bad_members():

@@ -237,6 +237,21 @@ def test_presets_and_overrides():
     assert tokens.shape[-1] == 64 and feat.shape == (2, 256)
 
 
+def test_conv_patch_stem_keeps_the_token_grid_and_trains():
+    model = _model("model.patch_stem=conv").train()
+    stem = model.enc.vision.embeddings.patch_embeddings.projection
+    convs = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]  # patch 8 = three stride-2 convolutions
+    b = _batch(4)
+    tokens, _ = model.enc.encode_image(b.image)
+    assert tokens.shape == (4, 1 + (32 // 8) ** 2, 64)  # [CLS] + a 4x4 grid, as the linear stem
+    m = _masks(b)
+    model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index).loss.backward()
+    assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+    with pytest.raises(ValueError, match="power-of-two model.patch_size"):
+        build_model(tiny_config("model.patch_stem=conv", "model.patch_size=12").model, tokenizer(), 48)
+
+
 def test_minilm_preset_loads_shipped_weights_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)

@@ -24,7 +24,7 @@ HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
 #: further metrics shown in the markdown table
 TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
 #: run-level scalars shown in the table
-RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_reward", "wall_time")
+RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_fn_pair_rate", "mean_reward", "wall_time")
 
 
 def flatten_run(run: dict[str, Any]) -> dict[str, Any]:
@@ -163,11 +163,13 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
     lines += [
         "Metrics in % on the test split, mean ± std over seeds. `mp` = multi-positive (any true",
         "match counts). Δ = paired difference to `random` with the same seed. Gap closed =",
-        "(x − random) / (oracle − random). FN rate = share of chain picks that are true matches.",
+        "(x − random) / (oracle − random). FN rate = share of chain picks that are true matches;",
+        "batch FN = share of all in-batch pairs that truly match (what ITC trains as negatives).",
         "",
     ]
     head = ["scheduler", "seeds", "i2t R@1 mp", "Δ", "gap", "t2i mAP", "Δ", "gap",
-            "t2i R@1 mp", "i2t R@5 mp", "i2t R@1 strict", "t2i R@1 strict", "FN rate", "reward", "time s"]
+            "t2i R@1 mp", "i2t R@5 mp", "i2t R@1 strict", "t2i R@1 strict", "FN rate", "batch FN", "reward",
+            "time s"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
@@ -181,7 +183,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
             _fmt(r["t2i_map"], ms), _fmt_delta(r["delta/t2i_map"], ms),
             "–" if math.isnan(gap2) else f"{gap2:.0%}",
             _fmt(r["t2i_r1_mp"], ms), _fmt(r["i2t_r5_mp"], ms), _fmt(r["i2t_r1"], ms), _fmt(r["t2i_r1"], ms),
-            _fmt(r["mean_fn_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
+            _fmt(r["mean_fn_rate"]), _fmt(r["mean_fn_pair_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
             "–" if math.isnan(wall) else f"{wall:.0f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")

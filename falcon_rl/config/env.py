@@ -23,6 +23,9 @@ class EnvConfig:
                                      each_ge=0.0, each_le=1.0)
     checkpoint: str | None = param(None, "start each episode from this trainer checkpoint")
     oracle: bool = param(False, "exclude true matches from the chain (oracle; needs a match matrix)")
+    gt_targets: bool = param(False, "train the mined batches' ITC/ITM on ground-truth multi-positive targets: truly "
+                             "matching in-batch pairs are ITC positives and never ITM negatives (the loss-side "
+                             "bound, scheduler oracle-targets; needs a match matrix)")
     warmup_steps: int = param(0, "random-batch train steps at reset before mining; with "
                                  "mining.refresh_at_start false at least one epoch (fills the cache)", ge=0)
     eval_every: int = param(0, "train-agent: evaluate retrieval every N env steps (0: at episode ends only)",

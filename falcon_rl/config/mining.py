@@ -35,6 +35,9 @@ class MiningConfig:
                            choices=["last_batch", "drop"])
     chain_backend: str = param("numba", "quantile-chain kernel (numba falls back to numpy, same batches, "
                                "when numba is not installed)", choices=["numba", "numpy", "torch"])
+    oracle_scope: str = param("batch", "oracle exclusion: skip the true matches of every member already in the "
+                              "batch (no two matching pairs share a batch unless forced) or only those of the "
+                              "current anchor (the pre-0.2 oracle)", choices=["batch", "anchor"])
     chain_prefetch: bool = param(True, "overlap batch building with training (ChainStream: batch b+1 is built in "
                                  "a background thread while batch b trains; same batches)")
     # --- scheduler state (DESIGN §2.3) ---

@@ -19,6 +19,9 @@ class ModelConfig:
     vision_path: str | None = param(None, "local pretrained ViT directory (else random init)")
     text_path: str | None = param(None, "local pretrained BERT directory (minilm: shipped weights)")
     patch_size: int | None = param(None, "ViT patch size (null: preset)", ge=1)
+    patch_stem: str | None = param(None, "ViT patch embedding: linear (ViT) or conv (3x3 stride-2 convolutions, "
+                                   "Xiao et al. 2021; power-of-two patch size) (null: preset)",
+                                   choices=["linear", "conv"])
     vision_hidden: int | None = param(None, "ViT width (null: preset)", ge=8)
     vision_layers: int | None = param(None, "ViT depth (null: preset)", ge=1)
     vision_heads: int | None = param(None, "ViT attention heads (null: `heads` if set, else preset)", ge=1)

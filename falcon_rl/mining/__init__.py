@@ -13,6 +13,7 @@ from falcon_rl.mining.chain import ChainPlan, ChainResult, build_chain_batches, 
 from falcon_rl.mining.false_negatives import (
     FalseNegativeStats,
     batch_false_negative_pairs,
+    ground_truth_targets,
     oracle_exclusion,
     pick_false_negatives,
 )
@@ -24,7 +25,8 @@ from falcon_rl.mining.state import EXTRA_ORDER, scheduler_state, state_extras, s
 
 __all__ = [
     "NUMBA_AVAILABLE", "EmbeddingCache", "ChainPlan", "ChainResult", "build_chain_batches", "draw_starts", "prepare_chain",
-    "FalseNegativeStats", "batch_false_negative_pairs", "oracle_exclusion", "pick_false_negatives", "knn",
+    "FalseNegativeStats", "batch_false_negative_pairs", "ground_truth_targets", "oracle_exclusion",
+    "pick_false_negatives", "knn",
     "ChainPrefetcher", "ChainStream", "make_search_spaces", "neighbourhood_spaces", "random_spaces",
     "search_space_similarity", "EXTRA_ORDER", "scheduler_state", "state_extras", "state_feature_names",
 ]

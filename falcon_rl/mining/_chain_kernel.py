@@ -91,12 +91,15 @@ def select_kth(keys, n, k):  # pragma: no cover - compiled
 
 
 @njit(nogil=True, cache=True)
-def chain_kernel(sbits, q, sizes, starts, b0, b1, exclude, use_exclude,
+def chain_kernel(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scope, blocked,
                  alive, rem, state, order, picks, forced, ncand, ranks,
                  keys, sample):  # pragma: no cover - compiled
     """Build batches ``b0 .. b1-1``; resumable through ``alive``, ``rem`` and ``state``.
 
     :param sbits: S viewed as int32 (|M|, |M|).
+    :param batch_scope: with ``use_exclude``, skip the candidates excluded for ANY member already
+        in the batch (``blocked``, bool |M|, the OR of their ``exclude`` rows), not only for the
+        current anchor.
     :param alive: members not yet in a batch (bool, |M|).
     :param rem: ``rem[:state[0]]`` ascending list of members, alive or recently chosen (dead
         entries are skipped through ``alive`` and compacted away once they exceed 1/8).
@@ -121,6 +124,9 @@ def chain_kernel(sbits, q, sizes, starts, b0, b1, exclude, use_exclude,
         n_alive -= 1
         order[pos] = a
         pos += 1
+        if use_exclude and batch_scope:
+            for x in range(m):
+                blocked[x] = exclude[a, x]
         for _ in range(1, sizes[b]):
             if (n_rem - n_alive) * 8 > n_alive:
                 w = 0
@@ -214,7 +220,7 @@ def chain_kernel(sbits, q, sizes, starts, b0, b1, exclude, use_exclude,
                     bits = row[x]
                     al = alive[x]
                     if use_exclude:
-                        al &= not exclude[a, x]
+                        al &= not (blocked[x] if batch_scope else exclude[a, x])
                     bad |= al & _nan(bits)
                     keys[c] = _key(bits, x)
                     c += al
@@ -238,6 +244,9 @@ def chain_kernel(sbits, q, sizes, starts, b0, b1, exclude, use_exclude,
             n_alive -= 1
             order[pos] = chosen
             pos += 1
+            if use_exclude and batch_scope:
+                for x in range(m):
+                    blocked[x] |= exclude[chosen, x]
             picks[p, 0] = a
             picks[p, 1] = chosen
             forced[p] = is_forced

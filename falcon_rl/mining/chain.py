@@ -15,9 +15,12 @@ Semantics (identical for every backend; same ``rng`` state -> same batches):
 4. ``remainder``: with ``|M| = n·B + r``, ``"last_batch"`` builds the ``r`` leftover members
    into a last, smaller chain batch; ``"drop"`` builds the ``n`` full batches only and returns
    the ``r`` members never reached in ``ChainResult.dropped`` (ascending).
-5. ``exclude`` (oracle mode, |M|×|M| bool): candidates ``c`` with ``exclude[a, c]`` are skipped
-   for anchor ``a``; if *only* excluded candidates remain, the quantile is taken among all of
-   them instead and the pick is flagged in ``ChainResult.forced``.
+5. ``exclude`` (oracle mode, |M|×|M| bool): with ``exclude_scope="batch"`` (the oracle's
+   default) a candidate ``c`` is skipped when ``exclude[y, c]`` holds for ANY member ``y``
+   already in the batch, so no two members of a batch are excluded pairs; with
+   ``exclude_scope="anchor"`` only ``exclude[a, c]`` of the current anchor ``a`` counts. If
+   *only* excluded candidates remain, the quantile is taken among all of them instead and the
+   pick is flagged in ``ChainResult.forced``.
 
 Similarities are compared as float32 (``-0.0`` equals ``+0.0``); a NaN among the remaining
 candidates of an anchor raises, naming the row. Internally each candidate is a unique int64 key
@@ -41,6 +44,7 @@ from falcon_rl.mining._jit import NUMBA_AVAILABLE
 
 BACKENDS = ("numba", "numpy", "torch")
 REMAINDERS = ("last_batch", "drop")
+EXCLUDE_SCOPES = ("batch", "anchor")
 
 _INT32_MIN = -(2**31)
 _LOW31 = 0x7FFFFFFF
@@ -93,6 +97,7 @@ class ChainPlan:
     :ivar q: float64 hardness per member.
     :ivar sizes: batch sizes in build order; ``starts``: start rank of each batch.
     :ivar exclude: oracle mask or None; ``backend``: the backend that will run.
+    :ivar batch_scope: the exclusion holds against every member of the batch (``exclude_scope="batch"``).
     """
 
     S: np.ndarray | torch.Tensor
@@ -101,6 +106,7 @@ class ChainPlan:
     starts: np.ndarray
     exclude: np.ndarray | torch.Tensor | None
     backend: str
+    batch_scope: bool = True
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -158,6 +164,7 @@ def prepare_chain(
     exclude: np.ndarray | torch.Tensor | None = None,
     remainder: str = "last_batch",
     backend: str = "numba",
+    exclude_scope: str = "batch",
 ) -> ChainPlan:
     """Validate the inputs of :func:`build_chain_batches` and draw its random starts.
 
@@ -168,6 +175,8 @@ def prepare_chain(
         raise ValueError(f"backend={backend!r} is not one of {list(BACKENDS)}")
     if remainder not in REMAINDERS:
         raise ValueError(f"remainder={remainder!r} is not one of {list(REMAINDERS)}")
+    if exclude_scope not in EXCLUDE_SCOPES:
+        raise ValueError(f"exclude_scope={exclude_scope!r} is not one of {list(EXCLUDE_SCOPES)}")
     m = _check_square("S", S)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
@@ -199,7 +208,8 @@ def prepare_chain(
             ex_np = exclude.detach().cpu().numpy() if isinstance(exclude, torch.Tensor) else exclude
             ex = np.ascontiguousarray(ex_np, dtype=np.bool_)
     sizes, starts = draw_starts(m, batch_size, remainder, _as_generator(rng))
-    return ChainPlan(S=S_c, q=qa, sizes=sizes, starts=starts, exclude=ex, backend=backend)
+    return ChainPlan(S=S_c, q=qa, sizes=sizes, starts=starts, exclude=ex, backend=backend,
+                     batch_scope=exclude_scope == "batch")
 
 
 # ---------------------------------------------------------------------------------- builders
@@ -275,6 +285,7 @@ class _NumbaBuilder(_Builder):
         self.sample = np.empty(SAMPLE, dtype=np.int64)
         self.use_ex = plan.exclude is not None
         self.ex = plan.exclude if self.use_ex else np.zeros((1, 1), dtype=np.bool_)
+        self.blocked = np.zeros(self.m, dtype=np.bool_)
 
     def _run(self, b0: int, b1: int) -> None:
         from falcon_rl.mining._chain_kernel import chain_kernel
@@ -282,7 +293,8 @@ class _NumbaBuilder(_Builder):
         S = self.plan.S
         assert isinstance(S, np.ndarray)
         status = chain_kernel(S.view(np.int32), self.plan.q, self.plan.sizes, self.plan.starts, b0, b1,
-                              self.ex, self.use_ex, self.alive, self.rem, self.state, self.order,
+                              self.ex, self.use_ex, self.plan.batch_scope, self.blocked, self.alive,
+                              self.rem, self.state, self.order,
                               self.picks, self.forced, self.ncand, self.ranks, self.keys, self.sample)
         if status >= 0:
             raise _nan_error(int(status))
@@ -319,11 +331,12 @@ class _NumpyBuilder(_Builder):
             alive[a] = False
             self.order[self.pos] = a
             self.pos += 1
+            blocked = ex[a].copy() if ex is not None else None
             for _ in range(1, int(self.plan.sizes[b])):
                 cand = np.flatnonzero(alive)
                 is_forced = False
                 if ex is not None:
-                    keep = cand[~ex[a, cand]]
+                    keep = cand[~(blocked[cand] if self.plan.batch_scope else ex[a, cand])]
                     if keep.size:
                         cand = keep
                     else:
@@ -339,6 +352,8 @@ class _NumpyBuilder(_Builder):
                     key = int(np.partition(keys, k)[k])
                 chosen = key & _LOW32
                 alive[chosen] = False
+                if blocked is not None:
+                    blocked |= ex[chosen]
                 self.order[self.pos] = chosen
                 self.pos += 1
                 self.picks[self.p] = (a, chosen)
@@ -373,11 +388,12 @@ class _TorchBuilder(_Builder):
             alive[a] = False
             self.order[self.pos] = a
             self.pos += 1
+            blocked = ex[a].clone() if ex is not None else None
             for _ in range(1, int(self.plan.sizes[b])):
                 cand = torch.nonzero(alive).flatten()
                 is_forced = False
                 if ex is not None:
-                    keep = cand[~ex[a, cand]]
+                    keep = cand[~(blocked[cand] if self.plan.batch_scope else ex[a, cand])]
                     if keep.numel():
                         cand = keep
                     else:
@@ -398,6 +414,8 @@ class _TorchBuilder(_Builder):
                     key = int(torch.kthvalue(keys, k + 1).values)
                 chosen = key & _LOW32
                 alive[chosen] = False
+                if blocked is not None:
+                    blocked |= ex[chosen]
                 self.order[self.pos] = chosen
                 self.pos += 1
                 self.picks[self.p] = (a, chosen)
@@ -432,6 +450,7 @@ def build_chain_batches(
     exclude: np.ndarray | torch.Tensor | None = None,
     remainder: str = "last_batch",
     backend: str = "numba",
+    exclude_scope: str = "batch",
 ) -> ChainResult:
     """Cut one search space into mini-batches by the quantile chain (module docstring).
 
@@ -440,10 +459,12 @@ def build_chain_batches(
     :param q: per-member hardness in [0, 1], shape (|M|,) (or a scalar for all members).
     :param batch_size: B; |M| must be >= B.
     :param rng: NumPy Generator (or seed) drawing the start of each batch.
-    :param exclude: optional |M|×|M| bool, oracle mode: ``exclude[a, c]`` skips ``c`` for anchor ``a``.
+    :param exclude: optional |M|×|M| bool, oracle mode: ``exclude[y, c]`` skips ``c`` for a batch
+        holding ``y`` (``exclude_scope="batch"``) or only for the anchor ``y`` (``"anchor"``).
+    :param exclude_scope: ``"batch"`` or ``"anchor"`` (see the module docstring, step 5).
     :param remainder: ``"last_batch"`` or ``"drop"`` for the |M| mod B leftover members.
     :param backend: ``"numba"`` (fast; falls back to numpy with a warning when numba is
         missing), ``"numpy"`` (vectorised reference) or ``"torch"`` (runs on S's device).
     :return: :class:`ChainResult`.
     """
-    return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend))
+    return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend, exclude_scope))

@@ -13,6 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from falcon_rl.data.base import PairSplit
 from falcon_rl.mining.chain import ChainResult
@@ -51,6 +52,20 @@ def batch_false_negative_pairs(split: PairSplit, members: np.ndarray, batches: l
             fn += int(np.count_nonzero(split.pair_match(gb[i], gb[j])))
             total += int(i.size)
     return fn, total
+
+
+def ground_truth_targets(split: PairSplit, indices: np.ndarray) -> torch.Tensor:
+    """(B, B) float ITC targets of a batch from the exact match matrix: ``T[i, j] = 1`` when image
+    i (of pair ``indices[i]``) is truly described by caption j (of pair ``indices[j]``), the
+    diagonal always 1. The trainer row-normalises them (i2t rows, t2i the transpose) and never
+    draws such a pair as an ITM negative: the loss-side upper bound (``env.gt_targets``).
+    """
+    if split.match is None:
+        raise ValueError(f"{split.name}: ground-truth ITC targets need a match matrix; this dataset has none")
+    g = _members(indices, split)
+    T = np.asarray(split.match[g][:, split.pair_image[g]], dtype=np.float32).T.copy()
+    np.fill_diagonal(T, 1.0)
+    return torch.from_numpy(T)
 
 
 def oracle_exclusion(split: PairSplit, members: np.ndarray, chunk_rows: int = 1024) -> np.ndarray:

@@ -47,8 +47,10 @@ class ChainStream:
         remainder: str = "last_batch",
         backend: str = "numba",
         prefetch: bool = True,
+        exclude_scope: str = "batch",
     ) -> None:
-        self._builder = make_builder(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend))
+        self._builder = make_builder(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend,
+                                                   exclude_scope))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="falcon-chain") if prefetch else None
         self._future: Future | None = None
         self._result: ChainResult | None = None
@@ -119,9 +121,10 @@ class ChainPrefetcher:
         exclude: np.ndarray | torch.Tensor | None = None,
         remainder: str = "last_batch",
         backend: str = "numba",
+        exclude_scope: str = "batch",
     ) -> Future:
         """Queue a :func:`~falcon_rl.mining.chain.build_chain_batches`; bad inputs raise here, at once."""
-        plan = prepare_chain(S, q, batch_size, rng, exclude, remainder, backend)
+        plan = prepare_chain(S, q, batch_size, rng, exclude, remainder, backend, exclude_scope)
         return self.submit_call(execute_chain, plan)
 
     def submit_call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:

@@ -29,6 +29,7 @@ class ModelShape:
     mlp_ratio: int
     init_std: float
     text_path: str | None
+    patch_stem: str
     vision_path: str | None
 
 
@@ -90,8 +91,9 @@ def resolve_shape(cfg: ModelConfig) -> ModelShape:
     if cfg.preset not in PRESETS:
         raise ValueError(f"model.preset={cfg.preset!r} is not one of {sorted(PRESETS)}")
     values = dict(PRESETS[cfg.preset])
+    values.setdefault("patch_stem", "linear")
     for key in ("patch_size", "vision_hidden", "vision_layers", "text_hidden", "text_layers",
-                "fusion_layers", "heads", "mlp_ratio", "init_std"):
+                "fusion_layers", "heads", "mlp_ratio", "init_std", "patch_stem"):
         if getattr(cfg, key) is not None:
             values[key] = getattr(cfg, key)
     if cfg.vision_heads is not None:

@@ -78,6 +78,38 @@ def _check_dir(path: str, key: str) -> Path:
     return p
 
 
+class ConvPatchStem(nn.Module):
+    """Convolutional patch embedding: ``log2(patch)`` 3x3 stride-2 convolutions with GELU, then a
+    1x1 projection to the ViT width (Xiao et al., "Early convolutions help transformers see
+    better", NeurIPS 2021). Same output as ViT's linear patch projection: (B, H, side/p, side/p).
+
+    :param width: ViT hidden size; the convolutions widen from ``width / 2**(k-1)`` to ``width``.
+    :param patch_size: a power of two (the total stride).
+    """
+
+    def __init__(self, channels: int, width: int, patch_size: int) -> None:
+        super().__init__()
+        k = int(patch_size).bit_length() - 1
+        if patch_size < 2 or 2 ** k != patch_size:
+            raise ValueError(f"model.patch_stem=conv needs a power-of-two model.patch_size >= 2, got {patch_size}")
+        layers: list[nn.Module] = []
+        c_in = channels
+        for i in range(k):
+            c_out = max(8, width // 2 ** (k - 1 - i))
+            layers += [nn.Conv2d(c_in, c_out, kernel_size=3, stride=2, padding=1), nn.GELU()]
+            c_in = c_out
+        layers.append(nn.Conv2d(c_in, width, kernel_size=1))
+        self.layers = nn.Sequential(*layers)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The last convolution's weight (``ViTModel`` reads ``projection.weight.dtype``)."""
+        return self.layers[-1].weight
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.layers(pixel_values)
+
+
 def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[ViTModel, bool]:
     """The ViT and whether its position embeddings must be interpolated to ``image_size``."""
     if shape.vision_path is not None:
@@ -104,7 +136,11 @@ def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[
         qkv_bias=True,
     )
     config._attn_implementation = ATTN_IMPLEMENTATION
-    return ViTModel(config, add_pooling_layer=False), False
+    vit = ViTModel(config, add_pooling_layer=False)
+    if shape.patch_stem == "conv":  # PyTorch's default conv init; the transformer keeps BERT-style init
+        vit.embeddings.patch_embeddings.projection = ConvPatchStem(config.num_channels, shape.vision_hidden,
+                                                                   shape.patch_size)
+    return vit, False
 
 
 def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int) -> BertConfig:

@@ -12,6 +12,8 @@ Metric keys (``k`` in ``ks``):
   caption that matches the image); without a match matrix only the pairing counts, so they
   equal the strict values;
 * ``t2i_map``: mean average precision of each caption over all matching images;
+* ``i2t_map``: mean average precision of each image over all captions that match it (a
+  vague caption ranked first for every image earns little here, unlike ``i2t_r1_mp``);
 * the same keys with the suffix ``/spec{F}`` per caption specificity F: text->image over
   captions stating F facts; image->text over images that own a caption stating F facts
   (strict positives: those own captions; multi-positive: every matching caption).
@@ -140,7 +142,7 @@ def retrieval_metrics(
     _summarise("t2i|", t2i["strict"], ks, None, "", False, metrics)
     _summarise("i2t|", i2t["strict"], ks, owners, "", False, metrics)
     _summarise("t2i|_mp", t2i["mp"], ks, None, "", True, metrics)
-    _summarise("i2t|_mp", i2t["mp"], ks, owners, "", False, metrics)
+    _summarise("i2t|_mp", i2t["mp"], ks, owners, "", True, metrics)
     for f in levels:
         suffix = f"/spec{f}"
         rows_c = spec == f
@@ -148,7 +150,7 @@ def retrieval_metrics(
         _summarise("t2i|", t2i["strict"], ks, rows_c, suffix, False, metrics)
         _summarise("i2t|", i2t[f"strict{f}"], ks, rows_i, suffix, False, metrics)
         _summarise("t2i|_mp", t2i["mp"], ks, rows_c, suffix, True, metrics)
-        _summarise("i2t|_mp", i2t["mp"], ks, rows_i, suffix, False, metrics)
+        _summarise("i2t|_mp", i2t["mp"], ks, rows_i, suffix, True, metrics)
     return metrics
 
 
@@ -190,7 +192,7 @@ def chance_levels(
     ks: Sequence[int] = (1, 5, 10),
 ) -> dict[str, float]:
     """Expected metrics of a random ranking (percent), keys as :func:`retrieval_metrics`
-    (strict and multi-positive R@k both ways, ``t2i_map``), without specificity splits."""
+    (strict and multi-positive R@k both ways, ``t2i_map``, ``i2t_map``), without specificity splits."""
     cap_img = np.asarray(caption_image, dtype=np.int64)
     n_c = len(cap_img)
     own = np.zeros((n_c, n_images), dtype=bool)
@@ -205,4 +207,5 @@ def chance_levels(
             out[f"t2i_r{k}{name}"] = 100.0 * float(_hit_probability(n_images, t2i_pos, k).mean())
             out[f"i2t_r{k}{name}"] = 100.0 * float(_hit_probability(n_c, i2t_pos, k).mean())
     out["t2i_map"] = 100.0 * float(expected_average_precision(n_images, mp.sum(axis=1)).mean())
+    out["i2t_map"] = 100.0 * float(expected_average_precision(n_c, mp.sum(axis=0)[own.any(axis=0)]).mean())
     return out
