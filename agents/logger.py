@@ -4,7 +4,9 @@ Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, `
 ``loss/itm``, ``loss/mlm``, ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
 ``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, and ``agent/<stat>`` for what
-an online learner's ``observe`` returns.
+an online learner's ``observe`` returns. SB3 agents add SB3's own ``train/*`` metrics (policy /
+value / actor / critic losses, entropy, approx_kl, ...) through :meth:`RunLogger.sb3_logger`,
+into the same event file with the same step axis (SB3's ``num_timesteps`` = env steps).
 """
 
 from __future__ import annotations
@@ -84,6 +86,28 @@ class RunLogger:
             self.scalar(f"agent/{key}", v, step)
         if "eval" in info:
             self.log_eval(step, info["eval"])
+
+    def sb3_logger(self, prefixes: tuple[str, ...] = ("train/",)) -> Any:
+        """An SB3 ``Logger`` whose dumps land in this run's event file (keys under ``prefixes``).
+
+        Set it with ``model.set_logger(...)``; SB3 dumps with ``step = num_timesteps``, the env
+        steps this logger's other tags use. Nothing is printed.
+        """
+        from stable_baselines3.common.logger import KVWriter, Logger
+
+        run = self
+
+        class _ToRun(KVWriter):
+            def write(self, key_values: dict[str, Any], key_excluded: dict[str, Any], step: int = 0) -> None:
+                for key, value in key_values.items():
+                    excluded = key_excluded.get(key) or ()
+                    if key.startswith(prefixes) and "tensorboard" not in excluded:
+                        run.scalar(key, value, step)
+
+            def close(self) -> None:
+                pass
+
+        return Logger(folder=None, output_formats=[_ToRun()])
 
     def log_episode(self, episode: int, total_reward: float, length: int, step: int) -> None:
         """End of an episode: its summed reward."""

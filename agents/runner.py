@@ -3,8 +3,11 @@
 :func:`run_scheduler` builds the env, the scheduler (new, or frozen from ``agent.load_path``),
 runs the episodes — online schedulers step by step (``predict`` -> ``env.step`` ->
 ``observe``), SB3 agents through ``model.learn`` with a callback — and logs the same
-TensorBoard tags for all (:mod:`falcon_rl.agents.logger`). Retrieval is evaluated at episode
-ends and every ``env.eval_every`` env steps. It saves the agent (``agent.pt`` or ``agent.zip``),
+TensorBoard tags for all (:mod:`falcon_rl.agents.logger`); SB3 agents add SB3's own ``train/*``
+metrics to the same event file on the same env-step axis. Retrieval is evaluated at episode
+ends, every ``env.eval_every`` env steps and, with ``eval.at_start``, at step 0 (right after the
+first reset: warm-up and embedding pass done, no mined batch yet). Progress shows as
+``logging.progress`` says (:mod:`falcon_rl.progress`). It saves the agent (``agent.pt`` or ``agent.zip``),
 ``config.yaml`` and ``results.json``, and returns the results record the ablation runner
 aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``steps``, ``history``).
 A ``KeyboardInterrupt`` ends the run early: what exists is saved (``interrupted: true``).
@@ -29,6 +32,7 @@ from falcon_rl.config import ExperimentConfig, dump_yaml
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
+from falcon_rl.progress import Progress, progress_bar
 
 
 def _jsonable(x: Any) -> Any:
@@ -46,20 +50,13 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
-def _progress_bar(total: int, enabled: bool, desc: str) -> Any:
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True)
-
-
 class _Tracker:
     """Per-step bookkeeping shared by the online loop and the SB3 callback."""
 
-    def __init__(self, logger: RunLogger, bar: Any) -> None:
+    def __init__(self, logger: RunLogger, bar: Progress) -> None:
         self.logger = logger
         self.bar = bar
+        self.start_logged = False
         self.step = 0
         self.episode = 0
         self.ep_reward = 0.0
@@ -79,21 +76,35 @@ class _Tracker:
             self.logger.log_episode(self.episode, self.ep_reward, self.ep_len, self.step)
             self.episode += 1
             self.ep_reward, self.ep_len = 0.0, 0
-        if self.bar is not None:
-            self.bar.update(1)
-            post = {"r": f"{reward:+.4f}", "fn": f"{info.get('fn_rate', float('nan')):.3f}",
-                    "q": f"{info.get('q_mean', float('nan')):.2f}"}
-            if "eval" in info and "i2t_r1_mp" in info["eval"]:
-                post["R@1mp"] = f"{info['eval']['i2t_r1_mp']:.3f}"
-            self.bar.set_postfix(post)
+        post = {"r": f"{reward:+.4f}", "fn": f"{info.get('fn_rate', float('nan')):.3f}",
+                "q": f"{info.get('q_mean', float('nan')):.2f}"}
+        if "eval" in info and "i2t_r1_mp" in info["eval"]:
+            post["R@1mp"] = f"{info['eval']['i2t_r1_mp']:.3f}"
+        self.bar.update(1, **post)
+
+    def log_start_eval(self, env: RetrievalEval) -> None:
+        """The step-0 evaluation (``eval.at_start``), once, when the env made one."""
+        if env.start_eval is not None and not self.start_logged:
+            self.logger.log_eval(0, env.start_eval)
+            self.start_logged = True
 
 
 class _SB3LogCallback(BaseCallback):
     """Logs every env step of ``model.learn`` with the common tags."""
 
-    def __init__(self, tracker: _Tracker) -> None:
+    def __init__(self, tracker: _Tracker, env: RetrievalEval) -> None:
         super().__init__()
         self.tracker = tracker
+        self.env = env
+
+    def _on_training_start(self) -> None:  # SB3 has reset the env by now
+        self.tracker.log_start_eval(self.env)
+
+    def _on_rollout_start(self) -> None:  # SB3's train/* of the update that just ran, at its env step
+        self.logger.dump(self.num_timesteps)
+
+    def _on_training_end(self) -> None:
+        self.logger.dump(self.num_timesteps)
 
     def _on_step(self) -> bool:
         infos = self.locals.get("infos") or [{}]
@@ -118,7 +129,7 @@ def run_scheduler(
     episodes: int | None = None,
     data: DataBundle | None = None,
     load_path: str | Path | None = None,
-    progress: bool | None = None,
+    progress: bool | str | None = None,
     deterministic: bool | None = None,
 ) -> dict[str, Any]:
     """Run scheduler ``scheduler`` (default ``cfg.agent.name``) and return its results record.
@@ -132,7 +143,7 @@ def run_scheduler(
         (PPO / A2C: rounded up to whole rollouts of ``agent.sb3_n_steps``).
     :param data: pre-loaded dataset (ablations share one).
     :param load_path: use a trained agent, frozen (default ``cfg.agent.load_path``).
-    :param progress: tqdm bar (default ``cfg.logging.progress``).
+    :param progress: progress display, ``"auto"`` / True / False (default ``cfg.logging.progress``).
     :param deterministic: mean-q actions (default: ``agent.frozen_deterministic`` for frozen
         agents, sampling otherwise).
     :returns: ``{"status", "scheduler", "final", "mean_reward", "mean_fn_rate", "wall_time",
@@ -160,7 +171,8 @@ def run_scheduler(
             total = -(-total // n) * n
     else:
         total = (episodes if episodes is not None else 1) * budget
-    env = RetrievalEval(base_env, every=cfg.env.eval_every, at_end=cfg.env.eval_at_end, final_step=total)
+    env = RetrievalEval(base_env, every=cfg.env.eval_every, at_end=cfg.env.eval_at_end, final_step=total,
+                        at_start=cfg.eval.at_start)
     if frozen:
         sched: Scheduler = load_scheduler(load_path, cfg, env, frozen=True)
         name = sched.name
@@ -174,14 +186,16 @@ def run_scheduler(
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
 
     logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every)
-    bar = _progress_bar(total, progress, f"{name}")
+    bar = progress_bar(total, f"{name} env step", progress, announce=True, interval=cfg.logging.progress_interval)
     tracker = _Tracker(logger, bar)
     interrupted = False
     try:
         if learning_sb3:
-            sched.learn(total, callback=_SB3LogCallback(tracker))  # type: ignore[attr-defined]
+            sched.model.set_logger(logger.sb3_logger())  # type: ignore[attr-defined]  # train/* in our run
+            sched.learn(total, callback=_SB3LogCallback(tracker, env))  # type: ignore[attr-defined]
         else:
             obs, _ = env.reset(seed=cfg.train.seed)
+            tracker.log_start_eval(env)
             while tracker.step < total:
                 action, _ = sched.predict(obs, deterministic=deterministic)
                 obs, reward, terminated, truncated, info = env.step(action)
@@ -195,8 +209,7 @@ def run_scheduler(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()
 
     final: dict[str, float] = dict(env.last_eval or {}) if env.last_eval_step == tracker.step else {}
     if not final and not interrupted and tracker.terminated_reason is None and base_env.episode_steps > 0:

@@ -21,6 +21,7 @@ from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, 
 from falcon_rl.envs.stats import fn_info, q_stats
 from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
                               make_search_spaces, oracle_exclusion)
+from falcon_rl.progress import progress_bar
 from falcon_rl.training import Trainer
 from falcon_rl.utils import seed_everything
 
@@ -208,7 +209,7 @@ class NegativeMiningEnv(gym.Env):
         self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
-            self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx), self.trainer.step)
+            self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True), self.trainer.step)
         self.history = MemberHistory(n, train.specificity)
         self._warmup(warmup)
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
@@ -345,6 +346,7 @@ class NegativeMiningEnv(gym.Env):
         train = self.data.train
         b = self.cfg.train.batch_size
         order = np.zeros(0, dtype=np.int64)
+        bar = progress_bar(steps, "warm-up", self.cfg.logging.progress, interval=self.cfg.logging.progress_interval)
         for _ in range(steps):
             if order.size < b:
                 order = np.concatenate([order, self.rng.permutation(train.n_pairs)])
@@ -354,6 +356,8 @@ class NegativeMiningEnv(gym.Env):
                 raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: {out.losses}")
             self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
             self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+            bar.update(1, mlm=out.losses["mlm"])
+        bar.close()
 
     def _next_space(self) -> None:
         """Advance to the next search space and compute its similarity and state."""

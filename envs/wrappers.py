@@ -3,7 +3,8 @@
 - :class:`SymmetricActions` — exposes ``Box(-1, 1, (|M|,))`` and maps ``a -> q = (a + 1) / 2``
   (SB3 recommends symmetric, normalised Box actions; SAC/TD3 squash into [-1, 1]).
 - :class:`RetrievalEval` — evaluates retrieval every N env steps and at every episode end,
-  *before* an auto-reset replaces the model, and reports it in ``info["eval"]``.
+  *before* an auto-reset replaces the model, and reports it in ``info["eval"]``; optionally
+  also once right after the first reset (the step-0 point of the eval curves).
 """
 
 from __future__ import annotations
@@ -46,15 +47,20 @@ class RetrievalEval(gym.Wrapper):
     :param every: evaluate every N env steps (0: never mid-episode).
     :param at_end: evaluate when the episode is truncated or terminated.
     :param final_step: also evaluate at this global env step (the last of a run).
+    :param at_start: also evaluate right after the first reset (warm-up and embedding pass done,
+        no mined batch trained yet): ``start_eval``, and ``info["eval"]`` of that reset.
     """
 
-    def __init__(self, env: gym.Env, every: int = 0, at_end: bool = True, final_step: int | None = None) -> None:
+    def __init__(self, env: gym.Env, every: int = 0, at_end: bool = True, final_step: int | None = None,
+                 at_start: bool = False) -> None:
         super().__init__(env)
         if every < 0:
             raise ValueError(f"every={every} must be >= 0")
         self.every = int(every)
         self.at_end = bool(at_end)
         self.final_step = final_step
+        self.at_start = bool(at_start)
+        self.start_eval: dict[str, float] | None = None
         self.last_eval: dict[str, float] | None = None
         self.last_eval_step = -1
         self.total_steps = 0
@@ -62,7 +68,12 @@ class RetrievalEval(gym.Wrapper):
 
     def reset(self, **kwargs: Any) -> tuple[np.ndarray, dict[str, Any]]:
         self._episode_steps = 0
-        return self.env.reset(**kwargs)
+        obs, info = self.env.reset(**kwargs)
+        if self.at_start and self.total_steps == 0 and self.start_eval is None:
+            base = self.env.unwrapped
+            self.start_eval = base.evaluate()  # type: ignore[attr-defined]
+            info = dict(info, eval=self.start_eval, eval_step=int(base.trainer.step))  # type: ignore[attr-defined]
+        return obs, info
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)

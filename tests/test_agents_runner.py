@@ -34,12 +34,17 @@ def small(tmp_path_factory):
     return base, load_data(base.data), RUN + [f"data.cache_dir={cache}"]
 
 
-def tb_tags(run_dir) -> tuple[set[str], set[str]]:
+def tb_events(run_dir):
+    """Every event file of the run's ``tb`` directory, read as TensorBoard reads one run."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
-    tags = acc.Tags()
+    return acc
+
+
+def tb_tags(run_dir) -> tuple[set[str], set[str]]:
+    tags = tb_events(run_dir).Tags()
     return set(tags["scalars"]), set(tags["histograms"])
 
 
@@ -54,6 +59,7 @@ def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     assert all(np.isfinite(h["loss_mlm"]))
     assert 0.0 <= record["mean_fn_rate"] <= 1.0
     assert 0.0 <= record["final"]["i2t_r1_mp"] <= 100.0 and h["eval"][-1]["step"] == 2
+    assert h["eval"][0]["step"] == 0 and 0.0 <= h["eval"][0]["i2t_r1_mp"] <= 100.0  # eval.at_start
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["final"] == record["final"] and saved["steps"] == 2
     suffix = ".zip" if name in ("ppo", "a2c", "sac", "td3") else ".pt"
@@ -64,6 +70,20 @@ def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     assert "mining/q_hist" in hists
     assert any(t.startswith("mining/q_by_specificity/") for t in scalars)
     assert any(t.startswith("mining/fn_rate_by_specificity/") for t in scalars)
+    events = tb_events(tmp_path)
+    assert [e.step for e in events.Scalars("eval/i2t_r1_mp")][0] == 0
+    sb3_tags = {t for t in scalars if t.startswith("train/")}
+    if name in ("ppo", "a2c", "sac", "td3"):  # SB3's own learning metrics, in the same run, on env steps
+        expected = {"ppo": {"train/policy_gradient_loss", "train/value_loss", "train/entropy_loss", "train/approx_kl"},
+                    "a2c": {"train/policy_loss", "train/value_loss", "train/entropy_loss"},
+                    "sac": {"train/actor_loss", "train/critic_loss", "train/ent_coef"},
+                    "td3": {"train/critic_loss"}}[name]
+        assert expected <= sb3_tags, sb3_tags
+        reward_steps = {e.step for e in events.Scalars("reward/step")}
+        for tag in sb3_tags:
+            assert {e.step for e in events.Scalars(tag)} <= reward_steps, tag
+    else:
+        assert not sb3_tags
     if name == "grit":
         assert all(d and set(d.values()) == {1.0} for d in h["q_by_specificity"])
     if name == "oracle":

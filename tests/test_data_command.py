@@ -58,3 +58,15 @@ def test_load_data_bundle(tmp_path):
     assert sum(e["count"] for e in spec.values()) == 200
     off_diag = (train.match.sum() - 200) / (200 * 199)
     assert d["train"]["random_pair_fn_rate"] == pytest.approx(off_diag)
+
+
+def test_sample_titles_count_facts_and_matches_in_the_right_number():
+    from types import SimpleNamespace
+
+    from falcon_rl.data.preview import sample_title
+
+    split = SimpleNamespace(captions=["a red object", "a small red circle in the top left"],
+                            specificity=np.array([1, 3]), match=np.array([[True, False], [True, True]]))
+    assert sample_title(split, 0).endswith("[1 fact, 1 matching image]")
+    assert sample_title(split, 1).endswith("[3 facts, 2 matching images]")
+    assert sample_title(SimpleNamespace(captions=["x"], specificity=None, match=None), 0) == "x"

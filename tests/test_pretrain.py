@@ -38,12 +38,13 @@ def test_cli_smoke_run_writes_checkpoint_tensorboard_and_results(tmp_path, capsy
     assert set(results["final_losses"]) == {"itc", "itm", "mlm", "total"}
     for key in ("i2t_r1_mp", "t2i_map"):
         assert 0.0 <= results["headline"][key] <= 100.0 and 0.0 < results["chance"][key] < 100.0
-    assert [h["step"] for h in results["history"]] == [3, 6]
+    assert [h["step"] for h in results["history"]] == [0, 3, 6]  # step 0: the initial model (eval.at_start)
     events = EventAccumulator(str(out / "tb"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
     assert {"loss/itc", "loss/itm", "loss/mlm", "loss/total", "train/lr", "eval/i2t_r1_mp", "eval/t2i_map"} <= tags
     assert [e.step for e in events.Scalars("loss/total")] == [1, 2, 3, 4, 5, 6]
+    assert [e.step for e in events.Scalars("eval/i2t_r1_mp")] == [0, 3, 6]
     assert "i2t_r1_mp" in capsys.readouterr().out
     assert "train:\n  seed: 0" in (out / "config.yaml").read_text()
 
@@ -82,4 +83,4 @@ def test_interrupt_saves_and_resume_is_exact(tmp_path, bundle):
     np.testing.assert_allclose(list(resumed["final_losses"].values()), list(straight["final_losses"].values()),
                                rtol=0, atol=1e-6)
     assert resumed["metrics"]["t2i_map"] == pytest.approx(straight["metrics"]["t2i_map"], abs=1e-6)
-    assert [h["step"] for h in resumed["history"]] == [3, 6, 9, 12, 15, 16]
+    assert [h["step"] for h in resumed["history"]] == [0, 3, 6, 9, 12, 15, 16]

@@ -1,8 +1,9 @@
 """PNG plots of an ablation: reward curves, R@1 and FN rate vs step, q by caption specificity.
 
 Each run record's ``history`` holds per-env-step lists (``step``, ``reward``, ``fn_rate``,
-``q_by_specificity`` = list of {F: mean q}) and ``eval`` (a list of {"step": s, metric: v}).
-Curves are averaged over seeds per scheduler, with the min–max band over seeds.
+``q_by_specificity`` = list of {F: mean q}) and ``eval`` (a list of {"step": s, metric: v};
+with ``eval.at_start`` it starts at step 0). Curves are the mean over seeds per scheduler; the
+shaded band is the min–max over seeds, and every figure says so in its legend.
 """
 
 from __future__ import annotations
@@ -15,6 +16,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+
+#: what the shaded band around a mean curve is
+BAND_LABEL = "band: min–max over seeds"
 
 
 def _ok(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -43,11 +49,12 @@ def _band(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return x, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
 
 
-def plot_step_curve(runs: Sequence[dict[str, Any]], key: str, ylabel: str, path: str | Path,
-                    smooth: int = 1, title: str | None = None) -> Path | None:
-    """Mean over seeds of ``history[key]`` vs ``history['step']`` for every scheduler."""
+def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smooth: int = 1,
+                      title: str | None = None) -> Figure | None:
+    """Mean over seeds of ``history[key]`` vs ``history['step']`` for every scheduler, with the
+    min–max band over seeds (None when nothing to draw)."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    drawn = 0
+    drawn, banded = 0, False
     for name, group in _by_scheduler(runs).items():
         series = []
         for r in group:
@@ -63,8 +70,26 @@ def plot_step_curve(runs: Sequence[dict[str, Any]], key: str, ylabel: str, path:
         (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})")
         if len(series) > 1:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            banded = True
         drawn += 1
-    return _finish(fig, ax, drawn, path, "env step", ylabel, title or ylabel)
+    if not drawn:
+        plt.close(fig)
+        return None
+    what = "line: mean over seeds" + (f"; {BAND_LABEL}" if banded else "")
+    _label_axes(ax, "env step", ylabel, f"{title or ylabel}\n{what}")
+    handles, labels = ax.get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(color="grey", alpha=0.3))
+        labels.append(BAND_LABEL)
+    ax.legend(handles, labels, fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_curve(runs: Sequence[dict[str, Any]], key: str, ylabel: str, path: str | Path,
+                    smooth: int = 1, title: str | None = None) -> Path | None:
+    """:func:`step_curve_figure` saved as a PNG at ``path``."""
+    return _save(step_curve_figure(runs, key, ylabel, smooth, title), path)
 
 
 def _eval_series(run: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarray] | None:
@@ -74,22 +99,24 @@ def _eval_series(run: dict[str, Any], metric: str) -> tuple[np.ndarray, np.ndarr
     return np.array([e["step"] for e in evals], float), np.array([e[metric] for e in evals], float)
 
 
-def plot_eval_curve(runs: Sequence[dict[str, Any]], metric: str, path: str | Path,
-                    ylabel: str | None = None, reference: str = "random") -> Path | None:
+def eval_curve_figure(runs: Sequence[dict[str, Any]], metric: str, ylabel: str | None = None,
+                      reference: str = "random") -> Figure | None:
     """An evaluation metric (e.g. ``i2t_r1_mp``) vs step, from ``history['eval']``.
 
     Left: mean over seeds (min–max band when at most 3 schedulers, else the bands hide each
     other). Right, when ``reference`` ran: the difference to ``reference`` paired by seed, which
     removes the seed-to-seed spread that every scheduler shares (same data, init and masks).
+    One figure legend (below the panels) names the schedulers of both panels and the band.
     """
     groups = _by_scheduler(runs)
     ref = {int(r.get("seed", -1)): _eval_series(r, metric) for r in groups.get(reference, [])}
     ref = {k: v for k, v in ref.items() if v is not None}
     paired = bool(ref) and len(groups) > 1
-    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if paired else 1, figsize=(12 if paired else 7, 4.8), squeeze=False,
+                             layout="constrained")
     ax, dax = axes[0][0], (axes[0][1] if paired else None)
     bands = len(groups) <= 3
-    drawn = 0
+    drawn, banded = 0, False
     for name, group in groups.items():
         series, deltas = [], []
         for r in group:
@@ -108,19 +135,34 @@ def plot_eval_curve(runs: Sequence[dict[str, Any]], metric: str, path: str | Pat
         (line,) = ax.plot(x, mean, marker="o", label=f"{name} (n={len(series)})")
         if bands and len(series) > 1:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
+            banded = True
         if dax is not None and deltas:
             dx, dmean, dlo, dhi = _band(deltas)
-            dax.plot(dx, dmean, marker="o", color=line.get_color(), label=f"{name} (n={len(deltas)})")
+            dax.plot(dx, dmean, marker="o", color=line.get_color())
             if name != reference and len(deltas) > 1 and bands:
                 dax.fill_between(dx, dlo, dhi, color=line.get_color(), alpha=0.12)
+                banded = True
         drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    name = ylabel or metric
+    _label_axes(ax, "env step", name, f"{name} vs step (mean over seeds)")
     if dax is not None:
         dax.axhline(0.0, color="grey", lw=0.8)
-        dax.set_xlabel("env step")
-        dax.set_ylabel(f"Δ to {reference}, paired by seed")
-        dax.set_title(f"{ylabel or metric}: difference to {reference}")
-        dax.grid(alpha=0.3)
-    return _finish(fig, ax, drawn, path, "env step", ylabel or metric, f"{ylabel or metric} vs step")
+        _label_axes(dax, "env step", f"Δ to {reference}, paired by seed", f"{name}: difference to {reference}")
+    handles, labels = ax.get_legend_handles_labels()
+    if banded:
+        handles.append(Patch(color="grey", alpha=0.3))
+        labels.append(BAND_LABEL)
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(handles), 7), fontsize=8)
+    return fig
+
+
+def plot_eval_curve(runs: Sequence[dict[str, Any]], metric: str, path: str | Path,
+                    ylabel: str | None = None, reference: str = "random") -> Path | None:
+    """:func:`eval_curve_figure` saved as a PNG at ``path``."""
+    return _save(eval_curve_figure(runs, metric, ylabel, reference), path)
 
 
 def plot_q_by_specificity(runs: Sequence[dict[str, Any]], path: str | Path) -> Path | None:
@@ -175,16 +217,16 @@ def plot_q_by_specificity(runs: Sequence[dict[str, Any]], path: str | Path) -> P
     return path
 
 
-def _finish(fig, ax, drawn: int, path: str | Path, xlabel: str, ylabel: str, title: str) -> Path | None:
-    if not drawn:
-        plt.close(fig)
-        return None
+def _label_axes(ax, xlabel: str, ylabel: str, title: str) -> None:
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+
+
+def _save(fig: Figure | None, path: str | Path) -> Path | None:
+    if fig is None:
+        return None
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)

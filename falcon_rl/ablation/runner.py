@@ -5,6 +5,11 @@ resolved config, ``results.json``). A run whose ``results.json`` says ``ok`` is 
 rerun (resume); a failed run is recorded with its error and the others go on. At the end the
 runner writes ``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
 
+Progress (``logging.progress``, :mod:`falcon_rl.progress`): one overall bar of runs plus, with
+``ablation.workers > 1``, one bar per worker process showing its run (scheduler/seed), phase,
+env step / budget, last reward and ETA — the workers send their state through a queue and
+only the parent draws. When stderr is not a terminal the same state is printed as plain lines.
+
 The function that performs one run is injected (``run_fn``) so this module stays in the core
 library; the CLI passes :func:`falcon_rl.agents.runner.run_scheduler`.
 """
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from falcon_rl import progress
 from falcon_rl.ablation.plots import plot_all
 from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
 from falcon_rl.config import ExperimentConfig, dump_yaml
@@ -29,6 +35,8 @@ from falcon_rl.config.loader import build_dataclass, set_path, to_dict
 
 #: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
 RunFn = Callable[[ExperimentConfig, str, Path], dict[str, Any]]
+#: seconds between two looks at the workers' progress messages
+_POLL_SECONDS = 0.25
 
 
 @dataclass
@@ -89,7 +97,8 @@ def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
     dump_yaml(spec.cfg, spec.out_dir / "config.yaml")
     start = time.perf_counter()
     try:
-        record = dict(run_fn(spec.cfg, spec.agent_name, spec.out_dir))
+        with progress.scope(f"{spec.label}/seed{spec.seed}"):
+            record = dict(run_fn(spec.cfg, spec.agent_name, spec.out_dir))
         record.setdefault("status", "ok")
     except KeyboardInterrupt:
         raise
@@ -102,10 +111,12 @@ def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
     return record
 
 
-def _pool_init() -> None:
+def _pool_init(progress_queue: Any = None) -> None:
+    """Worker process: one torch thread; progress goes to the parent (None: no progress)."""
     import torch
 
     torch.set_num_threads(1)
+    progress.install_worker(progress_queue)
 
 
 def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
@@ -133,25 +144,41 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     if todo and prepare is not None:
         prepare(cfg)
     t0 = time.perf_counter()
-    if cfg.ablation.workers > 1 and len(todo) > 1:
-        ctx = mp.get_context("spawn")
-        with cf.ProcessPoolExecutor(cfg.ablation.workers, mp_context=ctx, initializer=_pool_init) as pool:
-            futures = {pool.submit(_execute, s, run_fn): s for s in todo}
-            for fut in cf.as_completed(futures):
-                s = futures[fut]
-                try:
-                    rec = fut.result()
-                except Exception as e:  # the worker process itself died
-                    rec = {"status": "failed", "error": f"worker died: {e}", "scheduler": s.label,
-                           "seed": s.seed}
-                    (s.out_dir / "results.json").write_text(json.dumps(rec))
-                records[(s.label, s.seed)] = rec
-                log(_summary_line(rec, len(records), len(specs), time.perf_counter() - t0))
-    else:
-        for s in todo:
-            rec = _execute(s, run_fn)
-            records[(s.label, s.seed)] = rec
+    mode = progress.resolve_mode(cfg.logging.progress)
+    board = progress.WorkerBoard(len(todo), mode, cfg.logging.progress_interval) if todo else None
+
+    def finished(s: RunSpec, rec: dict[str, Any]) -> None:
+        records[(s.label, s.seed)] = rec
+        board.run_finished(rec.get("status") == "ok")
+        with board.writing():
             log(_summary_line(rec, len(records), len(specs), time.perf_counter() - t0))
+
+    try:
+        if cfg.ablation.workers > 1 and len(todo) > 1:
+            ctx = mp.get_context("spawn")
+            queue = ctx.Queue() if mode != progress.OFF else None  # workers -> board
+            with cf.ProcessPoolExecutor(cfg.ablation.workers, mp_context=ctx, initializer=_pool_init,
+                                        initargs=(queue,)) as pool:
+                futures = {pool.submit(_execute, s, run_fn): s for s in todo}
+                pending = set(futures)
+                while pending:
+                    done, pending = cf.wait(pending, timeout=_POLL_SECONDS, return_when=cf.FIRST_COMPLETED)
+                    board.poll(queue)
+                    for fut in done:
+                        s = futures[fut]
+                        try:
+                            rec = fut.result()
+                        except Exception as e:  # the worker process itself died
+                            rec = {"status": "failed", "error": f"worker died: {e}", "scheduler": s.label,
+                                   "seed": s.seed}
+                            (s.out_dir / "results.json").write_text(json.dumps(rec))
+                        finished(s, rec)
+        else:
+            for s in todo:
+                finished(s, _execute(s, run_fn))
+    finally:
+        if board is not None:
+            board.close()
     runs = [records[(s.label, s.seed)] for s in specs]
     write_results_csv(runs, out_root / "results.csv")
     rows = aggregate(runs)

@@ -18,3 +18,5 @@ class EvalConfig:
     k_t2i: int = param(16, "ITM re-ranking depth text->image (ALBEF: 128)", ge=1)
     max_test: int = param(0, "evaluate on the first N test pairs only (0 = all)", ge=0)
     by_specificity: bool = param(True, "also report every metric per caption specificity (/spec{F})")
+    at_start: bool = param(True, "also evaluate before training, logged at step 0: pretrain's initial model; "
+                           "env runs right after reset (warm-up and embedding pass), before any mined batch")

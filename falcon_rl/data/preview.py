@@ -27,6 +27,22 @@ def pick_samples(split: PairSplit, n: int, seed: int = 0) -> np.ndarray:
     return np.array(sorted(picks, key=lambda i: (split.specificity[i], i)), dtype=np.int64)
 
 
+def count_noun(n: int, noun: str, plural: str | None = None) -> str:
+    """``1 fact``, ``2 facts``: ``n`` with the noun in the right number."""
+    return f"{n} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def sample_title(split: PairSplit, i: int, width: int = 38) -> str:
+    """Caption of pair ``i`` (wrapped, at most 4 lines) and ``[F facts, k matching images]``."""
+    meta = []
+    if split.specificity is not None:
+        meta.append(count_noun(int(split.specificity[i]), "fact"))
+    if split.match is not None:
+        meta.append(count_noun(int(split.match[i].sum()), "matching image"))
+    text = "\n".join(textwrap.wrap(split.captions[i], width)[:4])
+    return f"{text}\n[{', '.join(meta)}]" if meta else text
+
+
 def save_sample_grid(split: PairSplit, path: str | Path, mean: Sequence[float], std: Sequence[float],
                      n: int = 12, cols: int = 4, seed: int = 0, title: str = "") -> Path:
     """Save ``n`` sample images of ``split`` with caption, specificity and match count as a PNG."""
@@ -44,13 +60,7 @@ def save_sample_grid(split: PairSplit, path: str | Path, mean: Sequence[float], 
         ax.axis("off")
     for ax, i, img in zip(axes.ravel(), idx.tolist(), images):
         ax.imshow(img, interpolation="nearest")
-        meta = []
-        if split.specificity is not None:
-            meta.append(f"{split.specificity[i]} facts")
-        if split.match is not None:
-            meta.append(f"{int(split.match[i].sum())} matching images")
-        text = "\n".join(textwrap.wrap(split.captions[i], 38)[:4])
-        ax.set_title(f"{text}\n[{', '.join(meta)}]" if meta else text, fontsize=7.5)
+        ax.set_title(sample_title(split, i), fontsize=7.5)
     if title:
         fig.suptitle(title, fontsize=11)
     fig.tight_layout()

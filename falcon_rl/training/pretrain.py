@@ -5,6 +5,8 @@
 ``eval/<metric>``), checkpoints to ``<out_dir>/checkpoint.pt`` (every ``train.checkpoint_every``
 steps, at the end, and on Ctrl-C), and writes ``<out_dir>/results.json`` and the resolved
 ``<out_dir>/config.yaml``. ``resume=True`` continues exactly where the checkpoint stopped.
+With ``eval.at_start`` the initial model is evaluated too (the step-0 point of the eval/* curves);
+progress shows as ``logging.progress`` says (:mod:`falcon_rl.progress`).
 
 A *batch sampler* decides the batches of each epoch; the default is a uniform shuffle
 (ALBEF). A frozen negative-mining scheduler plugs in through the same hook::
@@ -29,6 +31,7 @@ import torch
 
 from falcon_rl.config import ExperimentConfig, dump_yaml
 from falcon_rl.data.base import DataBundle, PairSplit
+from falcon_rl.progress import progress_bar
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.training.evaluation import HEADLINE
 from falcon_rl.training.trainer import StepOutput, Trainer
@@ -108,14 +111,15 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step if resume else None)
 
     def evaluate() -> dict[str, float]:
-        metrics = trainer.evaluate(test, progress=cfg.logging.progress)
+        metrics = trainer.evaluate(test, progress=True)
         _log_scalars(writer, "eval", metrics, trainer.step)
         history.append({"step": trainer.step, **{k: metrics[k] for k in HEADLINE if k in metrics}})
         return metrics
 
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=steps, initial=trainer.step, desc="pretrain", unit="step", disable=not cfg.logging.progress)
+    if cfg.eval.at_start and trainer.step == 0 and not any(h["step"] == 0 for h in history):
+        evaluate()  # the step-0 point of every eval curve: the initial model
+    bar = progress_bar(steps, "pretrain", cfg.logging.progress, initial=trainer.step, announce=True,
+                       interval=cfg.logging.progress_interval)
     start, start_step = time.perf_counter(), trainer.step
     last: StepOutput | None = None
     try:
@@ -133,8 +137,7 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
                 raise RuntimeError(f"pretraining diverged at step {trainer.step + 1}: losses {last.losses}")
             if hasattr(sampler, "observe_step"):
                 sampler.observe_step(last)
-            bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in last.losses.items()}, refresh=False)
+            bar.update(1, **last.losses)
             if trainer.step % cfg.logging.log_every == 0:
                 _log_scalars(writer, "loss", last.losses, trainer.step)
                 _log_scalars(writer, "train", {"lr": last.stats["lr"], "temperature": last.stats["temperature"],

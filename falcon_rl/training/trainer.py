@@ -17,7 +17,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from falcon_rl.data.base import Batch, PairSplit
 from falcon_rl.models import ALBEF, MLMMasks, build_model, mask_tokens
 from falcon_rl.models.albef import trim_padding
 from falcon_rl.models.towers import resolve_attention
+from falcon_rl.progress import iterate
 from falcon_rl.training.checkpoint import (atomic_save, global_rng_state, load_payload, set_global_rng_state,
                                            to_safe)
 from falcon_rl.training.evaluation import chance_levels, rerank_with_scores, retrieval_metrics
@@ -200,11 +201,9 @@ class Trainer:
     # ------------------------------------------------------------------ embeddings
     def _chunks(self, n: int, batch_size: int | None, desc: str | None):
         size = int(batch_size or self.cfg.eval.batch_size)
-        starts = range(0, n, size)
-        if desc is not None and self.cfg.logging.progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc=desc, leave=False, unit="batch")
+        starts: Iterable[int] = range(0, n, size)
+        if desc is not None:
+            starts = iterate(starts, len(starts), desc, self.cfg.logging.progress)
         for s in starts:
             yield s, min(n, s + size)
 

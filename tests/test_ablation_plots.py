@@ -1,0 +1,57 @@
+"""Ablation figures: the band says what it is, one legend covers every panel of r1_vs_step."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import pytest
+
+from falcon_rl.ablation.plots import BAND_LABEL, eval_curve_figure, plot_all, step_curve_figure
+
+
+def run(name: str, seed: int, shift: float) -> dict:
+    steps = [1, 2, 3, 4]
+    return {"scheduler": name, "seed": seed, "status": "ok",
+            "history": {"step": steps, "reward": [0.1 + shift, 0.2, 0.15, 0.1 - shift],
+                        "fn_rate": [0.1, 0.1, 0.2, 0.1], "q_by_specificity": [{"1": 0.5, "3": 0.9}] * 4,
+                        "eval": [{"step": s, "i2t_r1_mp": 10.0 + s + shift} for s in (0, 2, 4)]}}
+
+
+RUNS = [run(name, seed, 0.01 * seed + 0.02 * k) for k, name in enumerate(("falcon", "oracle", "random"))
+        for seed in (0, 1)]
+
+
+def test_reward_plot_says_what_its_band_is():
+    fig = step_curve_figure(RUNS, "reward", "reward", smooth=1, title="Reward per env step")
+    ax = fig.axes[0]
+    assert "mean over seeds" in ax.get_title() and BAND_LABEL in ax.get_title()
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["falcon (n=2)", "oracle (n=2)", "random (n=2)", BAND_LABEL]
+    plt.close(fig)
+    single = step_curve_figure([r for r in RUNS if r["seed"] == 0], "reward", "reward")  # one seed: no band
+    assert BAND_LABEL not in single.axes[0].get_title()
+    assert BAND_LABEL not in [t.get_text() for t in single.axes[0].get_legend().get_texts()]
+    plt.close(single)
+
+
+def test_r1_vs_step_has_one_figure_legend_for_both_panels():
+    fig = eval_curve_figure(RUNS, "i2t_r1_mp", "R@1")
+    assert len(fig.axes) == 2  # the curves and the paired difference to random
+    assert all(ax.get_legend() is None for ax in fig.axes)
+    assert len(fig.legends) == 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels == ["falcon (n=2)", "oracle (n=2)", "random (n=2)", BAND_LABEL]
+    colours = {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()}
+    assert [line.get_color() for line in fig.axes[1].get_lines()][:3] == list(colours.values())
+    assert fig.axes[0].get_lines()[0].get_xdata()[0] == 0  # the curves start at the step-0 evaluation
+    plt.close(fig)
+
+
+def test_plot_all_writes_every_figure(tmp_path):
+    names = sorted(p.name for p in plot_all(RUNS, tmp_path))
+    assert names == ["fn_rate.png", "q_by_specificity.png", "r1_vs_step.png", "reward.png"]
+    assert all((tmp_path / n).stat().st_size > 5000 for n in names)
+
+
+@pytest.mark.parametrize("maker", [step_curve_figure, eval_curve_figure])
+def test_nothing_to_draw_gives_no_figure(maker):
+    assert maker([], "reward" if maker is step_curve_figure else "i2t_r1_mp", "y") is None
