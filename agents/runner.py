@@ -19,7 +19,7 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback
@@ -53,9 +53,10 @@ def _jsonable(x: Any) -> Any:
 class _Tracker:
     """Per-step bookkeeping shared by the online loop and the SB3 callback."""
 
-    def __init__(self, logger: RunLogger, bar: Progress) -> None:
+    def __init__(self, logger: RunLogger, make_bar: Callable[[], Progress]) -> None:
         self.logger = logger
-        self.bar = bar
+        self.make_bar = make_bar
+        self.bar: Progress | None = None
         self.start_logged = False
         self.step = 0
         self.episode = 0
@@ -80,13 +81,22 @@ class _Tracker:
                 "q": f"{info.get('q_mean', float('nan')):.2f}"}
         if "eval" in info and "i2t_r1_mp" in info["eval"]:
             post["R@1mp"] = f"{info['eval']['i2t_r1_mp']:.3f}"
+        if self.bar is None:
+            self.bar = self.make_bar()
         self.bar.update(1, **post)
 
-    def log_start_eval(self, env: RetrievalEval) -> None:
-        """The step-0 evaluation (``eval.at_start``), once, when the env made one."""
+    def start(self, env: RetrievalEval) -> None:
+        """After the first reset: log the step-0 evaluation (``eval.at_start``) and open the
+        env-step progress bar (its rate and ETA then leave out the warm-up)."""
         if env.start_eval is not None and not self.start_logged:
             self.logger.log_eval(0, env.start_eval)
             self.start_logged = True
+        if self.bar is None:
+            self.bar = self.make_bar()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class _SB3LogCallback(BaseCallback):
@@ -98,7 +108,7 @@ class _SB3LogCallback(BaseCallback):
         self.env = env
 
     def _on_training_start(self) -> None:  # SB3 has reset the env by now
-        self.tracker.log_start_eval(self.env)
+        self.tracker.start(self.env)
 
     def _on_rollout_start(self) -> None:  # SB3's train/* of the update that just ran, at its env step
         self.logger.dump(self.num_timesteps)
@@ -186,8 +196,8 @@ def run_scheduler(
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
 
     logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every)
-    bar = progress_bar(total, f"{name} env step", progress, announce=True, interval=cfg.logging.progress_interval)
-    tracker = _Tracker(logger, bar)
+    tracker = _Tracker(logger, lambda: progress_bar(total, f"{name} env step", progress, announce=True,
+                                                    interval=cfg.logging.progress_interval))
     interrupted = False
     try:
         if learning_sb3:
@@ -195,7 +205,7 @@ def run_scheduler(
             sched.learn(total, callback=_SB3LogCallback(tracker, env))  # type: ignore[attr-defined]
         else:
             obs, _ = env.reset(seed=cfg.train.seed)
-            tracker.log_start_eval(env)
+            tracker.start(env)
             while tracker.step < total:
                 action, _ = sched.predict(obs, deterministic=deterministic)
                 obs, reward, terminated, truncated, info = env.step(action)
@@ -209,7 +219,7 @@ def run_scheduler(
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        bar.close()
+        tracker.close()
 
     final: dict[str, float] = dict(env.last_eval or {}) if env.last_eval_step == tracker.step else {}
     if not final and not interrupted and tracker.terminated_reason is None and base_env.episode_steps > 0:
