@@ -24,6 +24,7 @@ from gymnasium import spaces
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.envs.spaces import action_space, observation_space, q_to_action, state_columns
+from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 
 
 @dataclass
@@ -117,6 +118,16 @@ class Scheduler:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned."""
+
+    def resume_state(self) -> dict[str, Any]:
+        """Everything an interrupted run needs to continue this scheduler exactly (taken between
+        two env steps; ``weights_only``-safe): :meth:`state_dict` and the sampling RNG."""
+        return {"state": self.state_dict(), "rng": numpy_generator_state(self.rng)}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`resume_state`."""
+        self.load_state_dict(state["state"])
+        set_numpy_generator_state(self.rng, state["rng"])
 
     def save(self, path: str | Path) -> Path:
         """Write the scheduler to ``path`` (a torch file, conventionally ``agent.pt``)."""

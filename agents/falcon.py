@@ -143,6 +143,14 @@ class FalconScheduler(Scheduler):
         return {"policy": self.policy.state_dict(), "learner": self.learner.state_dict(),
                 "in_dim": int(self.spec.observation_space.shape[1])}
 
+    def resume_state(self) -> dict[str, Any]:
+        return {**super().resume_state(), "learner": self.learner.resume_state(), "training": self.training}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        super().load_resume_state(state)
+        self.learner.load_resume_state(state["learner"])
+        self.training = bool(state["training"])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         in_dim = int(self.spec.observation_space.shape[1])
         if state["in_dim"] != in_dim:

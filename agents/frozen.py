@@ -5,7 +5,8 @@ returned object satisfies the batch-sampler hook of :func:`falcon_rl.training.pr
 at each epoch it cuts the training pairs into search spaces, shows the scheduler each space's
 state (from an embedding cache filled by the training forwards, as GRIT-VLP does) and builds
 the batches with the quantile chain and the scheduler's q. Without ``mining.refresh_at_start``
-the first epoch uses random batches to fill the cache.
+the first epoch uses random batches to fill the cache. Its checkpointed state (embedding cache,
+member history, the scheduler's sampling RNG) makes ``pretrain --resume`` exact.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from falcon_rl.data.base import PairSplit
 from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.spaces import action_to_q
 from falcon_rl.mining import EmbeddingCache, build_chain_batches, make_search_spaces, oracle_exclusion
+from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 
 
 class FrozenSchedulerSampler:
@@ -41,14 +43,24 @@ class FrozenSchedulerSampler:
         self.trainer: Any = None
         self.history: MemberHistory | None = None
         self.epoch_stats: list[dict[str, float]] = []
+        self.split: PairSplit | None = None
 
-    def _setup(self, trainer: Any, split: PairSplit) -> bool:
-        """Create the cache; returns whether it is already filled (a full refresh)."""
+    def attach(self, trainer: Any, split: PairSplit) -> None:
+        """The trainer and split of the run (pretrain calls this before training or resuming)."""
+        self.trainer = trainer
+        self.split = split
+
+    def _create(self, split: PairSplit) -> None:
         self.cache = EmbeddingCache(split.n_pairs, self.cfg.model.embed_dim)
         self.history = MemberHistory(split.n_pairs, split.specificity)
         if self.oracle and split.match is None:
             raise ValueError("the oracle scheduler (or env.oracle) needs a ground-truth match matrix, "
                              f"which data.source={self.cfg.data.source!r} does not have")
+
+    def _setup(self, trainer: Any, split: PairSplit) -> bool:
+        """Create the cache; returns whether it is already filled (a full refresh)."""
+        self._create(split)
+        assert self.cache is not None
         if self.cfg.mining.refresh_at_start:
             self.cache.refresh(lambda idx: trainer.embed_pairs(split, idx), trainer.step)
             return True
@@ -95,6 +107,29 @@ class FrozenSchedulerSampler:
             return
         self.cache.update(output.index, output.image_embed, output.text_embed, int(self.trainer.step))
         self.history.record_loss(output.index.numpy(), output.itc_per_sample.numpy())
+
+    def state_dict(self) -> dict[str, Any]:
+        """Cache, member history, the scheduler's RNG and the epoch stats (``weights_only``-safe)."""
+        state: dict[str, Any] = {"rng": numpy_generator_state(self.scheduler.rng), "epoch_stats": list(self.epoch_stats),
+                                 "cache": None, "history": None}
+        if self.cache is not None and self.history is not None:
+            state["cache"] = self.cache.state_dict()
+            state["history"] = self.history.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after :meth:`attach`)."""
+        set_numpy_generator_state(self.scheduler.rng, state["rng"])
+        self.epoch_stats = [dict(e) for e in state.get("epoch_stats", [])]
+        if state.get("cache") is None:
+            self.cache, self.history = None, None
+            return
+        if self.split is None:
+            raise RuntimeError("FrozenSchedulerSampler.load_state_dict() before attach(trainer, split)")
+        self._create(self.split)
+        assert self.cache is not None and self.history is not None
+        self.cache.load_state_dict(state["cache"])
+        self.history.load_state_dict(state["history"])
 
 
 def frozen_batch_sampler(path: str | Path, cfg: ExperimentConfig) -> FrozenSchedulerSampler:

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from falcon_rl.utils import after_existing_event_files
+
 
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float, np.floating, np.integer)) and math.isfinite(float(x))
@@ -28,14 +30,19 @@ class RunLogger:
     :param out_dir: run directory (event files go to ``out_dir/tb``); None: no TensorBoard.
     :param tensorboard: write event files.
     :param hist_every: write the ``mining/q_hist`` histogram every N env steps.
+    :param purge_step: a resumed run: TensorBoard drops the earlier try's events from this step
+        on (the first step the resumed run logs), so every step appears once.
     """
 
-    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True, hist_every: int = 5) -> None:
+    def __init__(self, out_dir: str | Path | None, tensorboard: bool = True, hist_every: int = 5,
+                 purge_step: int | None = None) -> None:
         self.writer = None
         if out_dir is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tb"))
+            if purge_step is not None:
+                after_existing_event_files(Path(out_dir) / "tb")
+            self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tb"), purge_step=purge_step)
         self.hist_every = max(1, int(hist_every))
         self.history: dict[str, list] = {
             "step": [], "episode": [], "reward": [], "fn_rate": [], "fn_pair_rate": [], "q_mean": [],
@@ -120,6 +127,16 @@ class RunLogger:
         self.evals.append({"step": int(step), **{k: float(v) for k, v in metrics.items()}})
         for k, v in metrics.items():
             self.scalar(f"eval/{k}", v, step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The in-memory histories (for a resume checkpoint)."""
+        return {"history": self.history, "episodes": self.episodes, "evals": self.evals}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        self.history = {k: list(v) for k, v in state["history"].items()}
+        self.episodes = [dict(e) for e in state["episodes"]]
+        self.evals = [dict(e) for e in state["evals"]]
 
     def close(self) -> None:
         """Flush and close the event files."""

@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
-import torch
 
 from falcon_rl.agents.base import Scheduler, SchedulerSpec
 from falcon_rl.agents.falcon import BatchLevelScheduler, FalconScheduler
 from falcon_rl.agents.heuristics import HEURISTICS
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
+from falcon_rl.training.checkpoint import load_torch_file
 
 #: online / heuristic schedulers (``agent.pt``)
 SCHEDULERS: dict[str, type[Scheduler]] = {
@@ -102,10 +102,7 @@ def load_scheduler(path: str | Path, cfg: ExperimentConfig, env: gym.Env | None 
         from falcon_rl.agents.sb3 import SB3Scheduler
 
         return SB3Scheduler.from_zip(path, cfg.agent, spec, env=None if frozen else env, seed=seed)
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - report the file whatever torch raised
-        raise ValueError(f"{path}: not a falcon-rl scheduler file ({type(e).__name__}: {e})") from e
+    blob = load_torch_file(path, "scheduler file")
     if not isinstance(blob, dict) or blob.get("format") != "falcon_rl.scheduler/1":
         raise ValueError(f"{path}: not a falcon-rl scheduler file (no 'format' entry)")
     key = canonical_name(blob["name"])

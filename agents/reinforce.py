@@ -128,6 +128,17 @@ class Reinforce:
         return {"optimizer": self.optimizer.state_dict(), "baseline": self.baseline,
                 "reward_var": self.reward_var, "observed": self.observed, "updates": self.updates}
 
+    def resume_state(self) -> dict[str, Any]:
+        """:meth:`state_dict` plus the steps buffered for the next update (exact resume)."""
+        return {**self.state_dict(), "pending": self._pending,
+                "buffer": [(obs, q, adv) for obs, q, adv in self._buffer]}
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`resume_state`."""
+        self.load_state_dict(state)
+        self._pending = tuple(state["pending"]) if state["pending"] is not None else None  # type: ignore[assignment]
+        self._buffer = [(obs, q, adv) for obs, q, adv in state["buffer"]]
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.optimizer.load_state_dict(state["optimizer"])

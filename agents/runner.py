@@ -10,7 +10,11 @@ first reset: warm-up and embedding pass done, no mined batch yet). Progress show
 ``logging.progress`` says (:mod:`falcon_rl.progress`). It saves the agent (``agent.pt`` or ``agent.zip``),
 ``config.yaml`` and ``results.json``, and returns the results record the ablation runner
 aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``steps``, ``history``).
-A ``KeyboardInterrupt`` ends the run early: what exists is saved (``interrupted: true``).
+Everything is validated before ``config.yaml`` is written, so an invalid run leaves a previous
+run's files alone. A resume checkpoint (``resume.pt``) is written every
+``agent.checkpoint_every`` env steps and on Ctrl-C; ``resume=True`` continues from it exactly
+(same TensorBoard steps, each logged once). A first Ctrl-C ends the run at the next consistent
+point with that checkpoint (``status: "interrupted"``); a second stops at once.
 """
 
 from __future__ import annotations
@@ -28,11 +32,14 @@ from falcon_rl.agents.base import Scheduler
 from falcon_rl.agents.logger import RunLogger
 from falcon_rl.agents.registry import canonical_name, is_sb3, load_scheduler, make_scheduler
 from falcon_rl.agents.sb3 import SB3Scheduler
-from falcon_rl.config import ExperimentConfig, dump_yaml
+from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, to_dict
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.progress import Progress, progress_bar
+from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_torch_file,
+                                           set_global_rng_state, to_safe)
+from falcon_rl.training.interrupt import GracefulInterrupt
 
 
 def _jsonable(x: Any) -> Any:
@@ -50,6 +57,18 @@ def _jsonable(x: Any) -> Any:
     return x
 
 
+#: the resume checkpoint's file name in the run directory
+CHECKPOINT_NAME = "resume.pt"
+CHECKPOINT_FORMAT = "falcon_rl.train_agent/1"
+#: config keys that may differ between an interrupted run and its resumption
+_RESUME_FREE_KEYS = ("logging.", "train.threads", "agent.checkpoint_every", "agent.trust_agent_file",
+                     "data.cache_dir", "data.use_cache", "data.num_workers")
+
+
+class _StopAtBoundary(Exception):
+    """Raised from the SB3 callback after the interrupt checkpoint: leaves ``model.learn``."""
+
+
 class _Tracker:
     """Per-step bookkeeping shared by the online loop and the SB3 callback."""
 
@@ -64,8 +83,13 @@ class _Tracker:
         self.ep_len = 0
         self.last_info: dict[str, Any] = {}
         self.terminated_reason: str | None = None
+        self._clock = time.perf_counter()
 
     def after_step(self, reward: float, done: bool, info: dict[str, Any], stats: dict[str, float]) -> None:
+        now = time.perf_counter()
+        if "step_time" not in info:  # wall-clock time per env step goes to the logger, not into info
+            info = {**info, "step_time": now - self._clock}
+        self._clock = now
         self.step += 1
         self.ep_reward += float(reward)
         self.ep_len += 1
@@ -98,20 +122,117 @@ class _Tracker:
         if self.bar is not None:
             self.bar.close()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "episode": self.episode, "ep_reward": self.ep_reward, "ep_len": self.ep_len,
+                "terminated_reason": self.terminated_reason, "start_logged": self.start_logged}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.episode = int(state["step"]), int(state["episode"])
+        self.ep_reward, self.ep_len = float(state["ep_reward"]), int(state["ep_len"])
+        self.terminated_reason = state["terminated_reason"]
+        self.start_logged = bool(state["start_logged"])
+
+
+class _Checkpointer:
+    """Writes and restores train-agent's resume checkpoint (``<out>/resume.pt``).
+
+    It holds the env (trainer, cache, history, search-space queue, RNGs), the retrieval-eval
+    wrapper's counters, the scheduler's :meth:`~falcon_rl.agents.base.Scheduler.resume_state`
+    (FALCON's policy, optimiser, baseline and buffer; an SB3 model between two updates), the
+    tracker and logger histories and the global RNGs, all ``weights_only``-safe.
+    """
+
+    def __init__(self, path: Path | None, identity: dict[str, Any], base_env: NegativeMiningEnv, env: RetrievalEval,
+                 sched: Scheduler, tracker: _Tracker, logger: RunLogger) -> None:
+        self.path = path
+        self.identity = identity
+        self.base_env, self.env, self.sched = base_env, env, sched
+        self.tracker, self.logger = tracker, logger
+        self.saved_step = -1
+
+    def save(self) -> None:
+        if self.path is None or self.tracker.step == self.saved_step:
+            return
+        payload = {
+            "format": CHECKPOINT_FORMAT, **self.identity,
+            "step": self.tracker.step,
+            "env": self.base_env.state_dict(),
+            "eval_wrapper": self.env.state_dict(),
+            "scheduler_state": self.sched.resume_state(),
+            "tracker": self.tracker.state_dict(),
+            "logger": self.logger.state_dict(),
+            "global_rng": global_rng_state(),
+        }
+        atomic_save(to_safe(payload, "resume"), self.path)
+        self.saved_step = self.tracker.step
+
+    def restore(self, payload: dict[str, Any]) -> None:
+        self.base_env.load_state_dict(payload["env"])
+        self.env.load_state_dict(payload["eval_wrapper"])
+        self.sched.load_resume_state(payload["scheduler_state"])
+        self.tracker.load_state_dict(payload["tracker"])
+        self.logger.load_state_dict(payload["logger"])
+        self.saved_step = self.tracker.step
+        set_global_rng_state(payload["global_rng"])  # last: building the objects above drew from them
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("overrides", "sb3_kwargs"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def read_resume_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
+    """Load ``resume.pt`` (``weights_only``) and check it belongs to this run (same scheduler,
+    budget and config, up to logging / thread / checkpoint settings)."""
+    payload = load_torch_file(path, "resume checkpoint")
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"resume checkpoint {path} cannot be read: not a train-agent checkpoint")
+    for key in ("scheduler", "total", "load_path"):
+        if payload.get(key) != identity[key]:
+            raise ConfigError(f"resume checkpoint {path} is for {key}={payload.get(key)!r}, this run has "
+                              f"{key}={identity[key]!r}")
+    saved, now = _flat(payload["config"]), _flat(identity["config"])
+    diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
+            and not any(k.startswith(free) for free in _RESUME_FREE_KEYS)]
+    if diff:
+        shown = "; ".join(f"{k}: checkpoint {saved.get(k)!r}, now {now.get(k)!r}" for k in diff[:5])
+        raise ConfigError(f"resume checkpoint {path} was written with a different config ({shown}); resume with "
+                          "the same config, or start over without --resume")
+    return payload
+
 
 class _SB3LogCallback(BaseCallback):
-    """Logs every env step of ``model.learn`` with the common tags."""
+    """Logs every env step of ``model.learn`` with the common tags; checkpoints at update
+    boundaries (the start of a rollout, after the previous ``train()``)."""
 
-    def __init__(self, tracker: _Tracker, env: RetrievalEval) -> None:
+    def __init__(self, tracker: _Tracker, env: RetrievalEval, checkpointer: _Checkpointer, every: int, total: int,
+                 stop: GracefulInterrupt) -> None:
         super().__init__()
         self.tracker = tracker
         self.env = env
+        self.checkpointer = checkpointer
+        self.every = every
+        self.total = total
+        self.stop = stop
 
     def _on_training_start(self) -> None:  # SB3 has reset the env by now
         self.tracker.start(self.env)
 
-    def _on_rollout_start(self) -> None:  # SB3's train/* of the update that just ran, at its env step
-        self.logger.dump(self.num_timesteps)
+    def _on_rollout_start(self) -> None:
+        self.logger.dump(self.num_timesteps)  # SB3's train/* of the update that just ran, at its env step
+        step = self.tracker.step
+        if step == 0 or step >= self.total:
+            return
+        due = self.every > 0 and step - max(self.checkpointer.saved_step, 0) >= self.every
+        if due or self.stop.requested:
+            self.checkpointer.save()
+        if self.stop.requested:
+            raise _StopAtBoundary
 
     def _on_training_end(self) -> None:
         self.logger.dump(self.num_timesteps)
@@ -141,13 +262,15 @@ def run_scheduler(
     load_path: str | Path | None = None,
     progress: bool | str | None = None,
     deterministic: bool | None = None,
+    resume: bool | str = False,
 ) -> dict[str, Any]:
     """Run scheduler ``scheduler`` (default ``cfg.agent.name``) and return its results record.
 
     :param cfg: the experiment.
     :param scheduler: registry name (:func:`falcon_rl.agents.available`).
-    :param out_dir: where TensorBoard events (``tb/``), the agent, ``config.yaml`` and
-        ``results.json`` go (default ``cfg.train.out_dir``); None-like ``""`` keeps nothing on disk.
+    :param out_dir: where TensorBoard events (``tb/``), the agent, ``config.yaml``,
+        ``results.json`` and the resume checkpoint (``resume.pt``) go (default
+        ``cfg.train.out_dir``); None-like ``""`` keeps nothing on disk.
     :param episodes: episodes of ``env.budget_steps`` steps. Default: 1 for online schedulers;
         SB3 agents learn for ``agent.sb3_total_steps`` env steps unless ``episodes`` is given
         (PPO / A2C: rounded up to whole rollouts of ``agent.sb3_n_steps``).
@@ -156,21 +279,30 @@ def run_scheduler(
     :param progress: progress display, ``"auto"`` / True / False (default ``cfg.logging.progress``).
     :param deterministic: mean-q actions (default: ``agent.frozen_deterministic`` for frozen
         agents, sampling otherwise).
+    :param resume: continue exactly from ``<out_dir>/resume.pt`` (True: it must exist;
+        ``"auto"``: if it exists, else start afresh). The checkpoint is written every
+        ``agent.checkpoint_every`` env steps (SB3: at the first update boundary after) and on a
+        first Ctrl-C, which ends the run at that point (``status: "interrupted"``); it is removed
+        when the run finishes.
     :returns: ``{"status", "scheduler", "final", "mean_reward", "mean_fn_rate", "wall_time",
         "steps", "episodes", "interrupted", "terminated_reason", "agent_path", "history",
-        "episode_rewards"}``; ``history`` holds per-step lists (``step``, ``reward``,
+        "episode_rewards"}``; ``status`` is ``ok``, ``terminated`` (the episode diverged; ``error``
+        says why) or ``interrupted``; ``history`` holds per-step lists (``step``, ``reward``,
         ``fn_rate``, ``q_by_specificity``, losses, ...) and ``eval`` ({"step", metric...}).
     """
     start = time.perf_counter()
     name = canonical_name(scheduler or cfg.agent.name)
     load_path = load_path if load_path is not None else cfg.agent.load_path
     out = Path(out_dir if out_dir is not None else cfg.train.out_dir).expanduser() if out_dir != "" else None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        dump_yaml(cfg, out / "config.yaml")
     progress = cfg.logging.progress if progress is None else progress
+    ckpt_path = out / CHECKPOINT_NAME if out is not None else None
+    if resume and ckpt_path is None:
+        raise ValueError("resume needs an output directory")
 
+    # validate everything (config, data, scheduler file) before anything is written into `out`
+    check_mining(cfg)
     base_env = NegativeMiningEnv(cfg, data=data)
+    _ = base_env.data
     frozen = load_path is not None
     budget = cfg.env.budget_steps
     learning_sb3 = is_sb3(name) and not frozen
@@ -194,29 +326,59 @@ def run_scheduler(
         base_env.set_gt_targets(True)
     if deterministic is None:
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
+    identity = {"scheduler": name, "total": int(total), "load_path": None if load_path is None else str(load_path),
+                "config": to_dict(cfg)}
+    payload = None
+    if resume and ckpt_path is not None and ckpt_path.is_file():
+        payload = read_resume_checkpoint(ckpt_path, identity)
+    elif resume is True:
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path} (nothing to resume in {out})")
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out / "config.yaml")
 
-    logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every)
+    logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every,
+                       purge_step=int(payload["step"]) + 1 if payload is not None else None)
     tracker = _Tracker(logger, lambda: progress_bar(total, f"{name} env step", progress, announce=True,
-                                                    interval=cfg.logging.progress_interval))
+                                                    initial=tracker.step, interval=cfg.logging.progress_interval))
+    checkpointer = _Checkpointer(ckpt_path, identity, base_env, env, sched, tracker, logger)
+    if payload is not None:
+        checkpointer.restore(payload)
+    every = cfg.agent.checkpoint_every
     interrupted = False
+    stop = GracefulInterrupt("Ctrl-C: stopping after this env step (SB3 agents: at the next update) and saving "
+                             f"{ckpt_path or 'nothing (no output dir)'}; Ctrl-C again to stop at once")
     try:
-        if learning_sb3:
-            sched.model.set_logger(logger.sb3_logger())  # type: ignore[attr-defined]  # train/* in our run
-            sched.learn(total, callback=_SB3LogCallback(tracker, env))  # type: ignore[attr-defined]
-        else:
-            obs, _ = env.reset(seed=cfg.train.seed)
-            tracker.start(env)
-            while tracker.step < total:
-                action, _ = sched.predict(obs, deterministic=deterministic)
-                obs, reward, terminated, truncated, info = env.step(action)
-                stats = sched.observe(reward, info)
-                done = terminated or truncated
-                tracker.after_step(reward, done, info, stats)
-                if terminated:
-                    break
-                if done and tracker.step < total:
-                    obs, _ = env.reset()
-    except KeyboardInterrupt:
+        with stop:
+            if learning_sb3:
+                sched.model.set_logger(logger.sb3_logger())  # type: ignore[attr-defined]  # train/* in our run
+                callback = _SB3LogCallback(tracker, env, checkpointer, every, total, stop)
+                try:
+                    sched.learn(total - tracker.step, callback=callback)  # type: ignore[attr-defined]
+                except _StopAtBoundary:
+                    interrupted = True
+            else:
+                if payload is not None:
+                    obs = base_env.observation
+                else:
+                    obs, _ = env.reset(seed=cfg.train.seed)
+                tracker.start(env)
+                while tracker.step < total:
+                    action, _ = sched.predict(obs, deterministic=deterministic)
+                    obs, reward, terminated, truncated, info = env.step(action)
+                    stats = sched.observe(reward, info)
+                    done = terminated or truncated
+                    tracker.after_step(reward, done, info, stats)
+                    if terminated:
+                        break
+                    if done and tracker.step < total:
+                        obs, _ = env.reset()
+                    if tracker.step < total and (stop.requested or (every and tracker.step % every == 0)):
+                        checkpointer.save()
+                    if stop.requested and tracker.step < total:
+                        interrupted = True
+                        break
+    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays the restart point
         interrupted = True
     finally:
         tracker.close()
@@ -232,8 +394,9 @@ def run_scheduler(
     h = logger.history
     rewards = np.asarray(h["reward"], dtype=float)
     fn = np.asarray(h["fn_rate"], dtype=float)
+    status = "interrupted" if interrupted else "terminated" if tracker.terminated_reason else "ok"
     record: dict[str, Any] = {
-        "status": "ok",
+        "status": status,
         "scheduler": name,
         "final": final,
         "mean_reward": float(np.nanmean(rewards)) if rewards.size else float("nan"),
@@ -248,8 +411,16 @@ def run_scheduler(
         "episode_rewards": [e["reward"] for e in logger.episodes],
         "history": {**h, "eval": logger.evals},
     }
+    if status == "terminated":
+        record["error"] = f"episode terminated at env step {tracker.step}: {tracker.terminated_reason}"
+    elif status == "interrupted":
+        saved = ckpt_path is not None and ckpt_path.is_file()
+        record["error"] = (f"interrupted at env step {tracker.step}"
+                           + (f"; resume from {ckpt_path} (env step {checkpointer.saved_step})" if saved else ""))
     record = _jsonable(record)
     if out is not None:
         (out / "results.json").write_text(json.dumps(record, indent=1))
+        if status != "interrupted" and ckpt_path is not None and ckpt_path.is_file():
+            ckpt_path.unlink()  # finished: nothing to resume
     base_env.close()
     return record

@@ -5,13 +5,14 @@ MultiDiscrete actions); ``sac`` and ``td3`` use the per-member off-policy polici
 Box envs are wrapped in :class:`~falcon_rl.envs.wrappers.SymmetricActions`, so the SB3 model
 acts in ``[-1, 1]`` and the adapter turns its actions back into q. Learning is SB3's own
 ``model.learn``; :class:`SB3Scheduler` makes the model satisfy the scheduler protocol, and
-``save``/``load`` are SB3's zip files (the algorithm name is stored inside).
+``save`` writes SB3's zip (the algorithm name is stored inside); loading never unpickles it
+(:mod:`falcon_rl.agents.sb3_zip`).
 """
 
 from __future__ import annotations
 
-import json
-import zipfile
+import warnings
+from collections import deque
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -21,12 +22,17 @@ from gymnasium import spaces
 from stable_baselines3 import A2C, PPO, SAC, TD3
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
+from stable_baselines3.common.save_util import recursive_getattr
 
 from falcon_rl.agents.base import Scheduler, SchedulerSpec
+from falcon_rl.agents.sb3_zip import (ALGO_KEY, AgentFileError, UntrustedAgentFile, declared_algorithm,
+                                     load_sb3_zip)
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy, MemberSACPolicy, MemberTD3Policy
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.envs.wrappers import SymmetricActions, symmetric_to_q
+from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 
 #: name -> (algorithm, policy class)
 ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type]] = {
@@ -36,8 +42,10 @@ ALGORITHMS: dict[str, tuple[type[BaseAlgorithm], type]] = {
     "td3": (TD3, MemberTD3Policy),
 }
 _OFF_POLICY = ("sac", "td3")
+#: replay-buffer arrays a resume checkpoint keeps (their filled part)
+_REPLAY_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 #: attribute saved inside SB3's zip naming the algorithm
-_ALGO_ATTR = "falcon_rl_algorithm"
+_ALGO_ATTR = ALGO_KEY
 
 
 def wrap_for_sb3(env: gym.Env) -> gym.Env:
@@ -105,6 +113,77 @@ class SB3Scheduler(Scheduler):
         self.model.learn(total_timesteps=total_timesteps, callback=callback, reset_num_timesteps=False)
         return self
 
+    def resume_state(self) -> dict[str, Any]:
+        """The model between two SB3 updates (``weights_only``-safe): weights and optimisers,
+        counters, the last observation, the action space's RNG (random warm-up actions), the
+        replay buffer's filled part (SAC/TD3) and the Monitor's episode bookkeeping. Taken at
+        a rollout start (after the previous ``train()``), where PPO/A2C's rollout buffer is empty."""
+        m = self.model
+        names, variables = m._get_torch_save_params()
+        state: dict[str, Any] = {
+            **super().resume_state(),
+            "params": {n: recursive_getattr(m, n).state_dict() for n in names},
+            "variables": {n: recursive_getattr(m, n).detach().clone() for n in variables
+                          if recursive_getattr(m, n) is not None},
+            "counters": {"num_timesteps": int(m.num_timesteps), "n_updates": int(m._n_updates),
+                         "episode_num": int(m._episode_num)},
+            "last_obs": m._last_obs, "last_episode_starts": m._last_episode_starts,
+            "last_original_obs": m._last_original_obs,
+            "action_space_rng": numpy_generator_state(m.action_space.np_random),
+            "ep_info_buffer": None if m.ep_info_buffer is None else [dict(e) for e in m.ep_info_buffer],
+            "ep_success_buffer": None if m.ep_success_buffer is None else [bool(e) for e in m.ep_success_buffer],
+            "replay": None, "monitor": None,
+        }
+        rb = getattr(m, "replay_buffer", None)
+        if rb is not None:
+            n = rb.buffer_size if rb.full else rb.pos
+            state["replay"] = {"pos": int(rb.pos), "full": bool(rb.full),
+                               **{k: getattr(rb, k)[:n].copy() for k in _REPLAY_ARRAYS if hasattr(rb, k)}}
+        monitor = _monitor_of(m)
+        if monitor is not None:
+            state["monitor"] = {"rewards": [float(r) for r in monitor.rewards], "needs_reset": monitor.needs_reset,
+                                "episode_returns": [float(r) for r in monitor.episode_returns],
+                                "episode_lengths": [int(n) for n in monitor.episode_lengths],
+                                "total_steps": int(monitor.total_steps)}
+        return state
+
+    def load_resume_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`resume_state` into a model built as the interrupted run built it."""
+        super().load_resume_state(state)
+        m = self.model
+        m.set_parameters(state["params"], exact_match=True, device=m.device)
+        for name, value in state["variables"].items():
+            recursive_getattr(m, name).data.copy_(value)
+        m.num_timesteps = int(state["counters"]["num_timesteps"])
+        m._n_updates = int(state["counters"]["n_updates"])
+        m._episode_num = int(state["counters"]["episode_num"])
+        for key in ("last_obs", "last_episode_starts", "last_original_obs"):
+            value = state[key]
+            setattr(m, f"_{key}", None if value is None else np.asarray(value).copy())
+        set_numpy_generator_state(m.action_space.np_random, state["action_space_rng"])
+        if state["ep_info_buffer"] is not None:
+            m.ep_info_buffer = deque((dict(e) for e in state["ep_info_buffer"]), maxlen=m._stats_window_size)
+            m.ep_success_buffer = deque(state["ep_success_buffer"] or [], maxlen=m._stats_window_size)
+        rb = getattr(m, "replay_buffer", None)
+        if rb is not None and state["replay"] is not None:
+            replay = state["replay"]
+            for k in _REPLAY_ARRAYS:
+                if k in replay:
+                    values = np.asarray(replay[k])
+                    getattr(rb, k)[:len(values)] = values
+            rb.pos, rb.full = int(replay["pos"]), bool(replay["full"])
+        vec_env = m.get_env()
+        if vec_env is not None:  # the seed SB3 set at construction was used by the first reset
+            vec_env._reset_seeds()
+        monitor = _monitor_of(m)
+        if monitor is not None and state["monitor"] is not None:
+            mon = state["monitor"]
+            monitor.rewards = list(mon["rewards"])
+            monitor.needs_reset = bool(mon["needs_reset"])
+            monitor.episode_returns = list(mon["episode_returns"])
+            monitor.episode_lengths = list(mon["episode_lengths"])
+            monitor.total_steps = int(mon["total_steps"])
+
     def save(self, path: str | Path) -> Path:
         """SB3's zip (``agent.zip``); the algorithm name is stored inside."""
         path = Path(path)
@@ -115,26 +194,51 @@ class SB3Scheduler(Scheduler):
 
     @classmethod
     def from_zip(cls, path: str | Path, agent: AgentConfig, spec: SchedulerSpec, env: gym.Env | None = None,
-                 seed: int = 0) -> "SB3Scheduler":
-        """Load an ``agent.zip`` written by :meth:`save` (``env``: continue training on it)."""
+                 seed: int = 0, trust: bool | None = None) -> "SB3Scheduler":
+        """Load an ``agent.zip`` written by :meth:`save` (``env``: continue training on it).
+
+        Nothing in the zip is unpickled (:mod:`falcon_rl.agents.sb3_zip`); a zip that would need
+        it is refused unless ``trust`` (default ``agent.trust_agent_file``), which hands the file
+        to SB3's own ``load`` (that runs its pickled entries).
+        """
+        trust = agent.trust_agent_file if trust is None else trust
         name = sb3_algorithm_of(path)
-        algo, _ = ALGORITHMS[name]
-        model = algo.load(str(path), env=wrap_for_sb3(env) if env is not None else None, device="cpu")
-        expected = spec.observation_space.shape
-        if model.observation_space.shape != expected:
-            raise ValueError(f"{path}: agent was trained on observations {model.observation_space.shape}, "
-                             f"this config gives {expected} (mining.search_space / state_* flags)")
+        algo, policy = ALGORITHMS[name]
+        wrapped = wrap_for_sb3(env) if env is not None else None
+        obs_space = spec.observation_space
+        act_space = (spaces.Box(-1.0, 1.0, shape=spec.action_space.shape, dtype=np.float32)
+                     if isinstance(spec.action_space, spaces.Box) else spec.action_space)
+        try:
+            vec_env = algo._wrap_env(wrapped) if wrapped is not None else None
+            model = load_sb3_zip(path, algo, policy, obs_space, act_space,
+                                 default_kwargs(name, agent, seed), env=vec_env)
+        except UntrustedAgentFile:
+            if not trust:
+                raise
+            warnings.warn(f"{path}: loaded with --trust-agent-file: SB3 unpickles (runs) its serialized entries",
+                          stacklevel=2)
+            model = algo.load(str(path), env=wrapped, device="cpu")
+            expected = spec.observation_space.shape
+            if model.observation_space.shape != expected:
+                raise AgentFileError(f"{path}: agent was trained on observations {model.observation_space.shape}, "
+                                     f"this config gives {expected} (mining.search_space / state_* flags)") from None
         return cls(name, model, spec, agent, seed)
 
 
+def _monitor_of(model: BaseAlgorithm) -> Monitor | None:
+    """The Monitor SB3 wrapped the (single) training env in, if any."""
+    vec_env = model.get_env()
+    envs = getattr(vec_env, "envs", None)
+    if not envs:
+        return None
+    env = envs[0]
+    while env is not None:
+        if isinstance(env, Monitor):
+            return env
+        env = getattr(env, "env", None)
+    return None
+
+
 def sb3_algorithm_of(path: str | Path) -> str:
-    """Which SB3 algorithm wrote the zip at ``path``."""
-    try:
-        with zipfile.ZipFile(path) as zf:
-            data = json.loads(zf.read("data").decode())
-    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a Stable-Baselines3 zip ({e})") from e
-    name = data.get(_ALGO_ATTR)
-    if name in ALGORITHMS:
-        return name
-    raise ValueError(f"{path}: cannot tell which SB3 algorithm wrote it (no {_ALGO_ATTR!r} entry)")
+    """Which SB3 algorithm wrote the zip at ``path`` (read from its JSON, nothing unpickled)."""
+    return declared_algorithm(path, tuple(ALGORITHMS))

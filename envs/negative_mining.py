@@ -11,8 +11,9 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-from falcon_rl.config import ExperimentConfig, load_config, parse_override, to_dict
+from falcon_rl.config import ExperimentConfig, check_mining, load_config, parse_override, to_dict
 from falcon_rl.config.loader import build_dataclass, set_path
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.observation import MemberHistory, space_observation
@@ -23,6 +24,7 @@ from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, g
                               make_search_spaces, oracle_exclusion)
 from falcon_rl.progress import progress_bar
 from falcon_rl.training import Trainer
+from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.utils import seed_everything
 
 
@@ -81,9 +83,9 @@ class NegativeMiningEnv(gym.Env):
 
     ## Episode End
 
-    Truncation after ``env.budget_steps`` steps. Termination when a training loss is not
-    finite (the update is skipped, ``info["terminated_reason"]`` says why and the returned
-    observation is the last finite one).
+    Truncation after ``env.budget_steps`` steps. Termination when a training loss or gradient
+    is not finite (the trainer skipped the update, ``info["terminated_reason"]`` says why and
+    the returned observation is the last finite one).
 
     ## Info
 
@@ -93,8 +95,9 @@ class NegativeMiningEnv(gym.Env):
     dataset has a match matrix ``fn_rate`` (picks that chose a true match),
     ``fn_pair_rate`` (matching in-batch pairs), ``fn_rate_by_specificity`` {F: rate},
     ``n_false_negatives``; ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
-    (dataset indices of every batch), ``trainer_step``, ``step_time`` (``env.info_timing``),
-    and ``terminated_reason`` on divergence.
+    (dataset indices of every batch), ``trainer_step``, ``member_reward``, ``terminated_reason``
+    on divergence, and the wall-clock ``step_time`` only with ``env.info_timing`` (off by
+    default: ``info`` is then a deterministic function of seed and actions).
 
     ## Arguments
 
@@ -121,9 +124,7 @@ class NegativeMiningEnv(gym.Env):
             raise TypeError(f"config must be an ExperimentConfig, a YAML path or None, got {type(config).__name__}")
         self.cfg = cfg
         m = cfg.mining
-        if cfg.train.batch_size > m.search_space:
-            raise ValueError(f"train.batch_size={cfg.train.batch_size} exceeds mining.search_space="
-                             f"{m.search_space}: a search space must hold at least one batch")
+        check_mining(cfg)
         self.state_columns: list[str] = state_columns(m)
         self.observation_space = observation_space(m)
         self.action_space = action_space(cfg.env, m.search_space)
@@ -191,6 +192,7 @@ class NegativeMiningEnv(gym.Env):
         data = self.data
         cfg = self.cfg
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
+        self._episode_seed = episode_seed
         seed_everything(episode_seed)
         self.rng = np.random.default_rng(episode_seed)
         train = data.train
@@ -262,6 +264,11 @@ class NegativeMiningEnv(gym.Env):
                     if not all(math.isfinite(v) for v in values):
                         reason = (f"non-finite loss at trainer step {self.trainer.step}: "
                                   + ", ".join(f"{k}={v}" for k, v in {**out.losses, **comp}.items()))
+                        break
+                    if out.stats.get("skipped"):
+                        reason = (f"update skipped at trainer step {self.trainer.step}: non-finite gradients "
+                                  f"(grad_norm={out.stats['grad_norm']}); the model did not train "
+                                  "(lower train.lr or set train.grad_clip > 0)")
                         break
                     for k in losses:
                         losses[k].append(out.losses[k])
@@ -352,8 +359,10 @@ class NegativeMiningEnv(gym.Env):
                 order = np.concatenate([order, self.rng.permutation(train.n_pairs)])
             idx, order = order[:b], order[b:]
             out = self.trainer.train_step(train.batch(idx))
-            if not all(math.isfinite(v) for v in out.losses.values()):
-                raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: {out.losses}")
+            if not all(math.isfinite(v) for v in out.losses.values()) or out.stats.get("skipped"):
+                raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: non-finite loss or "
+                                         f"gradients (grad_norm={out.stats.get('grad_norm')}, losses {out.losses}); "
+                                         "lower train.lr or set train.grad_clip > 0")
             self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
             self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
             bar.update(1, mlm=out.losses["mlm"])
@@ -370,6 +379,61 @@ class NegativeMiningEnv(gym.Env):
             spaces = make_search_spaces(mining, n, self.rng, img, txt)  # "keep": the short space is skipped
             self.spaces.extend(s for s in spaces if len(s) == self.members_per_space)
         self._members = np.asarray(self.spaces.popleft(), dtype=np.int64)
+        self._observe()
+
+    def _observe(self) -> None:
+        """Similarity and state of the current search space (deterministic given the cache)."""
         img, txt = self.cache.get(self._members)
         self._S, self._obs = space_observation(img, txt, self._members, self.cfg.mining,
                                                self.episode_steps / self.budget, self.history)
+
+    # ------------------------------------------------------------------ exact resume
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the episode depends on, ``weights_only``-safe (train-agent's resume checkpoint):
+        the trainer (model, optimiser, schedule, RNGs), embedding cache, member history, queue of
+        search spaces, the env's RNGs, counters. Taken between two steps."""
+        if self.trainer is None:
+            raise RuntimeError("NegativeMiningEnv.state_dict() called before reset()")
+        return {
+            "episode_seed": self._episode_seed, "trainer_total": self.trainer.total_steps,
+            "trainer": self.trainer.state_dict(),
+            "cache": self.cache.state_dict(), "history": self.history.state_dict(),
+            "fn_stats": self.fn_stats.state_dict(),
+            "spaces": [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in self.spaces],
+            "members": torch.as_tensor(self._members), "episode_steps": self.episode_steps, "done": self._done,
+            "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
+            "r1": float(self._r1), "oracle": self.oracle,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue the episode :meth:`state_dict` described (instead of :meth:`reset`)."""
+        data, cfg = self.data, self.cfg
+        train = data.train
+        self._episode_seed = int(state["episode_seed"])
+        run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=self._episode_seed))
+        if self._image_size is None:
+            self._image_size = int(train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
+        self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=int(state["trainer_total"]))
+        self.trainer.load_state_dict(state["trainer"])
+        self.cache = EmbeddingCache(train.n_pairs, cfg.model.embed_dim, device=self._cache_device())
+        self.cache.load_state_dict(state["cache"])
+        self.history = MemberHistory(train.n_pairs, train.specificity)
+        self.history.load_state_dict(state["history"])
+        self.fn_stats = FalseNegativeStats()
+        self.fn_stats.load_state_dict(state["fn_stats"])
+        self.spaces = deque(np.asarray(t, dtype=np.int64) for t in state["spaces"])
+        self.episode_steps = int(state["episode_steps"])
+        self._done = bool(state["done"])
+        self.rng = np.random.default_rng(0)
+        set_numpy_generator_state(self.rng, state["rng"])
+        set_numpy_generator_state(self.np_random, state["np_random"])
+        self.oracle = bool(state["oracle"])
+        self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
+        self._r1 = float(state["r1"])
+        self._members = np.asarray(state["members"], dtype=np.int64)
+        self._observe()
+
+    @property
+    def observation(self) -> np.ndarray:
+        """The current observation (what the last ``reset``/``step`` returned)."""
+        return self._obs.copy()

@@ -44,7 +44,11 @@ class MemberHistory:
         return {"last_loss": torch.from_numpy(self.last_loss.copy()), "prev_q": torch.from_numpy(self.prev_q.copy())}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`."""
+        """Restore :meth:`state_dict` (shapes must match this history's)."""
+        for key in ("last_loss", "prev_q"):
+            if tuple(state[key].shape) != self.last_loss.shape:
+                raise ValueError(f"member history {key!r} has shape {tuple(state[key].shape)}, "
+                                 f"expected {self.last_loss.shape}")
         self.last_loss = np.asarray(state["last_loss"], dtype=np.float32).copy()
         self.prev_q = np.asarray(state["prev_q"], dtype=np.float32).copy()
 

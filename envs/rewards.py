@@ -3,8 +3,10 @@
 Per-batch rewards are *before − after* differences of a loss on the batch just trained, with
 the same masks / inputs, computed by the trainer under ``no_grad``:
 
-- ``mlm`` (FALCON, default): ``L_MLM(θ_before) − L_MLM(θ_after)``; the "before" value is the
-  training forward's own MLM loss (one extra MLM forward per batch);
+- ``mlm`` (FALCON, default): ``L_MLM(θ_before) − L_MLM(θ_after)``, both in eval mode on the
+  same masks; with ``model.dropout = 0`` the training forward's own MLM loss *is* the eval-mode
+  "before" value (one extra MLM forward per batch), with dropout > 0 it is not (dropout makes
+  it noisier and larger), so "before" gets its own eval forward (two extra forwards);
 - ``itc``, ``itm``, ``itc+itm``: the same on the in-batch ITC / hardest-negative ITM losses
   (two extra forwards each); the paper reports that these let the scheduler cheat with
   trivial negatives (COCO TR@1 57.6 vs 61.7 with ΔMLM);
@@ -38,9 +40,14 @@ def train_with_reward(trainer: Trainer, batch: Batch, reward: str,
     :param itc_targets: (B, B) multi-positive ITC targets of the step (``env.gt_targets``), or None.
     """
     names = LOSS_REWARDS.get(reward, ())
-    if reward == "mlm":
+    if reward == "mlm" and trainer.cfg.model.dropout == 0:
         out = trainer.train_step(batch, itc_targets=itc_targets)
         return out, {"mlm": out.losses["mlm"] - trainer.mlm_loss(batch, out.mlm_masks)}
+    if reward == "mlm":  # dropout: the training forward's loss is not the eval-mode L_MLM(θ_before)
+        masks = trainer.make_mlm_masks(batch)
+        before = trainer.mlm_loss(batch, masks)
+        out = trainer.train_step(batch, masks, itc_targets=itc_targets)
+        return out, {"mlm": before - trainer.mlm_loss(batch, masks)}
     before = {n: _loss(trainer, n, batch) for n in names}
     out = trainer.train_step(batch, itc_targets=itc_targets)
     return out, {n: before[n] - _loss(trainer, n, batch) for n in names}

@@ -3,6 +3,10 @@
 Every subcommand lives in :mod:`falcon_rl.commands` as a module with ``HELP``,
 ``add_arguments(parser)`` and ``run(args) -> int``. Commands that take a config accept
 ``--config FILE`` and trailing ``key.sub=value`` overrides.
+
+Expected failures (a bad config, data file, checkpoint or agent file, a diverged run) print one
+line ``error: ...`` on stderr and exit non-zero: 2 for bad input, 130 after Ctrl-C; the
+traceback is shown only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -10,8 +14,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import traceback
 
 from falcon_rl.config import ConfigError
+
+#: exceptions that mean bad input or a failed run, not a bug: one line, no traceback
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, EOFError, ImportError)
 
 #: subcommand name -> module under falcon_rl.commands
 COMMANDS: dict[str, str] = {
@@ -33,6 +41,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falcon-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():
         try:
@@ -42,22 +51,41 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # command not built yet
             raise
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error")
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def one_line(error: BaseException) -> str:
+    """An exception's message on one line (its type where the message is empty)."""
+    text = " ".join(part.strip() for part in str(error).strip().splitlines() if part.strip())
+    if isinstance(error, KeyError) or not text:
+        text = f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
     try:
         return int(args._run(args) or 0)
     except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+        if debug:
+            traceback.print_exc()
+        print(f"config error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except EXPECTED_ERRORS as e:
+        if debug:
+            traceback.print_exc()
+        hint = "" if debug else "  (--debug shows the traceback)"
+        print(f"error: {one_line(e)}{hint}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Small shared helpers: seeding and device resolution."""
+"""Small shared helpers: seeding, device resolution, TensorBoard event-file order."""
 
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,3 +30,23 @@ def resolve_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
     return dev
+
+
+def after_existing_event_files(log_dir: str | Path) -> None:
+    """Wait (at most ~1 s) until the clock's second is later than that of every TensorBoard event
+    file in ``log_dir``.
+
+    TensorBoard reads a run's event files in file-name order, and a name starts with the
+    creation second, then host and pid. A resumed run's writer, whose ``purge_step`` must be
+    read after the earlier files' events, therefore needs a later second than theirs.
+    """
+    import time
+
+    stamps = []
+    for f in Path(log_dir).glob("events.out.tfevents.*"):
+        parts = f.name.split(".")
+        if len(parts) > 3 and parts[3].isdigit():
+            stamps.append(int(parts[3]))
+    if stamps:
+        while int(time.time()) <= max(stamps):
+            time.sleep(0.05)

@@ -144,8 +144,11 @@ def test_unreadable_image(root, tokenizer):
         warnings.simplefilter("always")
         split, _, _ = load_albef_json(_cfg(root, train, test, verify_images=True, on_missing="skip"), tokenizer)
     assert split.captions == ["x"] and any("skipped 1" in str(w.message) for w in caught)
-    # without verification: a clear error when the batch is loaded, naming file and entry
-    split, _, _ = load_albef_json(_cfg(root, train, test), tokenizer)
+    # by default the (cheap) header check finds it at start-up too
+    with pytest.raises(DataError, match=r"train.json: entry 1: not a readable image .*broken.png"):
+        load_albef_json(_cfg(root, train, test), tokenizer)
+    # without any check: a clear error when the batch is loaded, naming file and entry
+    split, _, _ = load_albef_json(_cfg(root, train, test, check_image_headers=False), tokenizer)
     with pytest.raises(DataError, match=r"train.json: entry 1: cannot read image .*broken.png"):
         split.batch([0, 1])
 

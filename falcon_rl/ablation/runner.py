@@ -2,8 +2,11 @@
 
 Every run gets its own directory ``<out_dir>/<scheduler>/seed<k>`` (TensorBoard events, the
 resolved config, ``results.json``). A run whose ``results.json`` says ``ok`` is skipped on a
-rerun (resume); a failed run is recorded with its error and the others go on. At the end the
-runner writes ``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
+rerun; any other run is run again, and the CLI's ``run_fn`` continues an interrupted one from
+its resume checkpoint (``run_scheduler(..., resume="auto")``). A failed run (an error, or an
+episode that terminated on divergence) is recorded with its error and the others go on; a run
+that reports ``status: "interrupted"`` (Ctrl-C) stops the ablation. At the end the runner
+writes ``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
 
 Progress (``logging.progress``, :mod:`falcon_rl.progress`): one overall bar of runs plus, with
 ``ablation.workers > 1``, one bar per worker process showing its run (scheduler/seed), phase,
@@ -30,7 +33,7 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.plots import plot_all
 from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
-from falcon_rl.config import ExperimentConfig, dump_yaml
+from falcon_rl.config import ExperimentConfig, check_mining, dump_yaml
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
 
 #: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
@@ -75,7 +78,9 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
             data["train"]["out_dir"] = str(run_dir)
             if cfg.ablation.workers > 1 and not data["train"]["threads"]:
                 data["train"]["threads"] = threads
-            run_cfg = build_dataclass(ExperimentConfig, data, f"{source} (ablation.overrides.{label})")
+            where = f"{source} (ablation.overrides.{label})"
+            run_cfg = build_dataclass(ExperimentConfig, data, where)
+            check_mining(run_cfg, where)
             specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
     return specs
 
@@ -108,6 +113,8 @@ def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
     record["scheduler"] = spec.label
     record["seed"] = spec.seed
     (spec.out_dir / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    if record["status"] == "interrupted":  # Ctrl-C inside the run: stop the ablation (a rerun continues it)
+        raise KeyboardInterrupt(f"{spec.label}/seed{spec.seed}: {record.get('error', 'interrupted')}")
     return record
 
 

@@ -29,6 +29,8 @@ def _prepare(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import functools
+
     from falcon_rl.ablation.runner import run_ablation
     from falcon_rl.agents.runner import run_scheduler
 
@@ -40,7 +42,8 @@ def run(args: argparse.Namespace) -> int:
     parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
     command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
-    out = run_ablation(cfg, run_scheduler, source=str(args.config), command=command.strip(),
+    run_fn = functools.partial(run_scheduler, resume="auto")  # an interrupted run continues where it stopped
+    out = run_ablation(cfg, run_fn, source=str(args.config), command=command.strip(),
                        prepare=_prepare, log=lambda s: print(s, flush=True))
     print()
     print(out["markdown"])

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from falcon_rl.config import load_config
+from falcon_rl.config import check_mining, load_config
 
 HELP = "pretrain the VLP model (ALBEF random batches, or --scheduler) with checkpoints, TensorBoard, results.json"
 
@@ -15,9 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from falcon_rl.cli import add_config_arguments
 
     parser.add_argument("--resume", action="store_true",
-                        help="continue exactly from <train.out_dir>/checkpoint.pt")
+                        help="continue exactly from <train.out_dir>/checkpoint.pt (written every "
+                             "train.checkpoint_every steps and on Ctrl-C; with --scheduler, pass it again)")
     parser.add_argument("--scheduler", metavar="PATH", default=None,
                         help="build batches with this trained (frozen) negative-mining scheduler")
+    parser.add_argument("--trust-agent-file", action="store_true",
+                        help="allow a --scheduler agent.zip whose pickled entries falcon-rl cannot rebuild to be "
+                             "unpickled (runs code from the file: only for files you trust)")
     add_config_arguments(parser)
 
 
@@ -34,13 +38,12 @@ def _frozen_sampler(path: str, cfg):
 def run(args: argparse.Namespace) -> int:
     from falcon_rl.training.pretrain import pretrain
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides) + (["agent.trust_agent_file=true"] if args.trust_agent_file else [])
+    cfg = load_config(args.config, overrides)
+    if args.scheduler:
+        check_mining(cfg, str(args.config or "<defaults>"))
     sampler = _frozen_sampler(args.scheduler, cfg) if args.scheduler else None
-    try:
-        results = pretrain(cfg, resume=args.resume, batch_sampler=sampler)
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    results = pretrain(cfg, resume=args.resume, batch_sampler=sampler)
     summary = {"step": results["step"], "train_seconds": round(results["train_seconds"], 1),
                **{k: round(v, 2) for k, v in results["headline"].items() if v is not None},
                **{f"chance_{k}": round(results["chance"][k], 2) for k in results["headline"]}}

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from falcon_rl.config import load_config
+from falcon_rl.config import check_mining, load_config
 
 HELP = "train (or run) a negative-mining scheduler on the env: TensorBoard, agent file, results.json"
 
@@ -22,6 +22,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", "-o", default=None, help="output directory (default train.out_dir)")
     parser.add_argument("--load", default=None, metavar="PATH",
                         help="run a trained agent (agent.pt / agent.zip), frozen")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue exactly from <out>/resume.pt (written every agent.checkpoint_every env "
+                             "steps and on Ctrl-C); use the same config and options")
+    parser.add_argument("--trust-agent-file", action="store_true",
+                        help="allow an agent.zip whose pickled entries falcon-rl cannot rebuild to be unpickled "
+                             "(runs code from the file: only for files you trust)")
     add_config_arguments(parser)
 
 
@@ -32,19 +38,24 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.agent:
         overrides.append(f"agent.name={args.agent}")
+    if args.trust_agent_file:
+        overrides.append("agent.trust_agent_file=true")
     cfg = load_config(args.config, overrides)
     if args.episodes is not None and args.episodes < 1:
-        print(f"--episodes={args.episodes} must be >= 1", file=sys.stderr)
+        print(f"error: --episodes={args.episodes} must be >= 1", file=sys.stderr)
         return 2
     try:
         canonical_name(cfg.agent.name)
     except ValueError as e:
-        print(f"{e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
+    check_mining(cfg, str(args.config or "<defaults>"))
     out_dir = args.out if args.out is not None else cfg.train.out_dir
-    results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load)
+    results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load,
+                            resume=args.resume)
     final = results.get("final") or {}
     summary = {
+        "status": results["status"],
         "agent": results["scheduler"],
         "steps": results["steps"],
         "mean_reward": results["mean_reward"],
@@ -52,7 +63,15 @@ def run(args: argparse.Namespace) -> int:
         **{k: final.get(k) for k in ("i2t_r1_mp", "t2i_map", "t2i_r1")},
         "wall_time": round(results["wall_time"], 1),
     }
+    if results.get("error"):
+        summary["error"] = results["error"]
     print(json.dumps(summary))
     print(f"results: {out_dir}/results.json   agent: {results['agent_path']}   "
           f"TensorBoard: tensorboard --logdir {out_dir}/tb")
-    return 130 if results.get("interrupted") else 0
+    if results["status"] == "interrupted":
+        print(f"interrupted: {results.get('error')}; continue with the same command and --resume", file=sys.stderr)
+        return 130
+    if results["status"] != "ok":
+        print(f"error: {results.get('error')}", file=sys.stderr)
+        return 1
+    return 0

@@ -35,3 +35,8 @@ class AgentConfig:
     credit: str = param("step", "FALCON credit: the step's mean reward to every member, or each batch's "
                         "reward to the members trained in it (paper §2.5)", choices=["step", "batch"])
     load_path: str | None = param(None, "load a trained agent (frozen) from this file")
+    checkpoint_every: int = param(10, "train-agent: write the resume checkpoint every N env steps (0: only on "
+                                  "Ctrl-C); SB3 agents at the first update boundary after N steps", ge=0)
+    trust_agent_file: bool = param(False, "let SB3 unpickle (run) the serialized entries of an agent.zip that "
+                                   "falcon-rl cannot rebuild; only for files from a trusted source "
+                                   "(CLI: --trust-agent-file)")

@@ -55,6 +55,8 @@ class DataConfig:
     image_root: str = param("", "albef_json: directory image paths are relative to")
     on_missing: str = param("error", "albef_json: a missing/unreadable image is an error or skipped",
                             choices=["error", "skip"])
+    check_image_headers: bool = param(True, "albef_json: read every image's header at load time (cheap; catches "
+                                      "files that are not images)")
     verify_images: bool = param(False, "albef_json: decode every image at load time (slower, catches corrupt files)")
     augment: bool = param(False, "albef_json: random-resized-crop + horizontal flip on the train split")
     crop_scale_min: float = param(0.5, "albef_json: smallest crop area fraction when augmenting", gt=0.0, le=1.0)

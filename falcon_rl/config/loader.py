@@ -142,6 +142,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if base is not None:
         if not isinstance(base, str):
             raise ConfigError(f"{path}: base={base!r} must be a file name")
+        if not (path.parent / base).expanduser().is_file():
+            raise ConfigError(f"{path}: base={base!r}: config file {path.parent / base} not found")
         parent = read_yaml(path.parent / base, _seen + (resolved,))
         data = _merge(parent, data)
     return data

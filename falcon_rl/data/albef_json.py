@@ -6,9 +6,11 @@
   standard (Karpathy) ground truth: caption c matches exactly its own image.
 
 Image paths are relative to ``image_root`` (absolute paths are kept). Every image is
-checked to exist at load time (and decoded, with ``verify_images``), so a bad file is
-reported at start-up naming the JSON file and entry, or skipped and counted in a warning
-with ``on_missing: skip``. Malformed JSON raises a :class:`DataError` naming the file, the
+checked at load time to exist and to have an image header Pillow recognises
+(``check_image_headers``, cheap: no decoding), or to decode fully (``verify_images``), so a bad
+file is reported at start-up naming the JSON file and entry, or skipped and counted in a
+warning with ``on_missing: skip``. A file whose header is fine but whose body is corrupt fails
+at the batch that meets it (``pretrain`` checkpoints first). Malformed JSON raises a :class:`DataError` naming the file, the
 entry index and the key.
 """
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from falcon_rl.config.data import DataConfig
 from falcon_rl.data.errors import DataError
@@ -113,9 +116,27 @@ def _unreadable(paths: list[str], workers: int) -> list[str | None]:
         return list(pool.map(check, paths))
 
 
+def _bad_header(path: str) -> str | None:
+    """None if Pillow recognises the file's header (format and size), else the error text."""
+    try:
+        with Image.open(path) as img:
+            img.size  # noqa: B018 - parsed from the header
+        return None
+    except Exception as e:  # noqa: BLE001 - any failure to identify means unreadable
+        return f"{type(e).__name__}: {e}"
+
+
+def _unreadable_headers(paths: list[str], workers: int) -> list[str | None]:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(_bad_header, paths))
+
+
 def parse_pairs(path: str, cfg: DataConfig) -> JsonPairs:
-    """Read one ALBEF JSON file into pairs, checking (and optionally decoding) every image."""
+    """Read one ALBEF JSON file into pairs, checking every image: it exists, its header is an
+    image (``data.check_image_headers``), and optionally it decodes (``data.verify_images``)."""
     entries = read_entries(path)
+    if not entries:
+        raise DataError(f"{path}: the list of entries is empty (no image-caption pairs)")
     # group entries by image: image_id where given, else the resolved path
     key_of_entry, first_entry, key_path = [], {}, {}
     for i, e in enumerate(entries):
@@ -129,6 +150,11 @@ def parse_pairs(path: str, cfg: DataConfig) -> JsonPairs:
         key_of_entry.append(key)
     keys = list(key_path)
     problems: dict[Any, str] = {k: "image file not found" for k in keys if not os.path.isfile(key_path[k])}
+    if cfg.check_image_headers and not cfg.verify_images:
+        to_check = [k for k in keys if k not in problems]
+        for k, err in zip(to_check, _unreadable_headers([key_path[k] for k in to_check], cfg.num_workers)):
+            if err is not None:
+                problems[k] = f"not a readable image ({err})"
     if cfg.verify_images:
         to_check = [k for k in keys if k not in problems]
         for k, err in zip(to_check, _unreadable([key_path[k] for k in to_check], cfg.num_workers)):

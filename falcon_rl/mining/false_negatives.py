@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -167,3 +168,17 @@ class FalseNegativeStats:
     def summary(self) -> dict[str, float]:
         """Rates and counts over everything added."""
         return self._total.rates()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The accumulated counts (plain ints, for checkpoints)."""
+        t = self._total
+        return {"picks": t.picks, "fn": t.fn, "pairs": t.pairs, "fn_pairs": t.fn_pairs, "forced": t.forced,
+                "spec_picks": dict(t.spec_picks), "spec_fn": dict(t.spec_fn)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+        t = _Counts(picks=int(state["picks"]), fn=int(state["fn"]), pairs=int(state["pairs"]),
+                    fn_pairs=int(state["fn_pairs"]), forced=int(state["forced"]))
+        t.spec_picks.update({int(k): int(v) for k, v in state["spec_picks"].items()})
+        t.spec_fn.update({int(k): int(v) for k, v in state["spec_fn"].items()})
+        self._total = t

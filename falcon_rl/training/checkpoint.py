@@ -108,9 +108,47 @@ def atomic_save(payload: dict, path: str | Path) -> Path:
     return path
 
 
-def load_payload(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU with a clear error for a missing file."""
+class CheckpointError(ValueError):
+    """A checkpoint (or other torch file) cannot be read; the message names the file and why."""
+
+
+def _why_unreadable(path: Path, error: BaseException) -> str:
+    import zipfile
+
+    size = path.stat().st_size
+    first = (str(error).strip().splitlines() or [""])[0][:200]
+    refused = "Weights only load failed" in str(error)
+    if size == 0:
+        return "the file is empty (0 bytes; a run killed while writing it?)"
+    if zipfile.is_zipfile(path):
+        if refused:
+            return ("it holds Python objects other than tensors and plain containers, which are never unpickled "
+                    f"(torch.load weights_only=True refused it: {first})")
+        return f"truncated or corrupt ({type(error).__name__}: {first})"
+    with path.open("rb") as f:
+        head = f.read(1)
+    if refused and head == b"\x80":
+        return ("it is a plain pickle (legacy torch format) holding Python objects other than tensors, which are "
+                "never unpickled (torch.load weights_only=True refused it)")
+    return f"not a torch file: no zip archive in its {size} bytes (truncated, or another format)"
+
+
+def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on CPU; any failure is a :class:`CheckpointError`
+    (or :class:`FileNotFoundError`) that names the file and why it could not be read."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - whatever torch raised, say which file and why
+        raise CheckpointError(f"{what} {path} cannot be read: {_why_unreadable(path, e)}") from e
+
+
+def load_payload(path: str | Path) -> dict:
+    """``torch.load(path, weights_only=True)`` on CPU with clear errors (:func:`load_torch_file`)."""
+    payload = load_torch_file(path, "checkpoint")
+    if not isinstance(payload, dict):
+        raise CheckpointError(f"checkpoint {path} cannot be read: it holds a {type(payload).__name__}, "
+                              "not a falcon-rl checkpoint")
+    return payload

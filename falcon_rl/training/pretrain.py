@@ -4,7 +4,10 @@
 ``<train.out_dir>/tb`` (``loss/itc``, ``loss/itm``, ``loss/mlm``, ``loss/total``, ``train/lr``,
 ``eval/<metric>``), checkpoints to ``<out_dir>/checkpoint.pt`` (every ``train.checkpoint_every``
 steps, at the end, and on Ctrl-C), and writes ``<out_dir>/results.json`` and the resolved
-``<out_dir>/config.yaml``. ``resume=True`` continues exactly where the checkpoint stopped.
+``<out_dir>/config.yaml``. ``resume=True`` continues exactly where the checkpoint stopped: a
+first Ctrl-C finishes the current step and checkpoints it (:mod:`falcon_rl.training.interrupt`),
+after ``kill -9`` the last periodic checkpoint is the restart point, and TensorBoard drops the
+first try's events after it (``purge_step``), so every step is logged once.
 With ``eval.at_start`` the initial model is evaluated too (the step-0 point of the eval/* curves);
 progress shows as ``logging.progress`` says (:mod:`falcon_rl.progress`).
 
@@ -13,9 +16,9 @@ A *batch sampler* decides the batches of each epoch; the default is a uniform sh
 
     def sampler(trainer: Trainer, split: PairSplit, epoch: int, rng: np.random.Generator) -> list[np.ndarray]
 
-It may also define ``observe_step(output: StepOutput)`` (called after every step, e.g. to fill
-an embedding cache) and ``state_dict()`` / ``load_state_dict(state)`` (checkpointed; tensors
-and primitives only).
+It may also define ``attach(trainer, split)`` (called once before training or resuming),
+``observe_step(output: StepOutput)`` (called after every step, e.g. to fill an embedding cache)
+and ``state_dict()`` / ``load_state_dict(state)`` (checkpointed; tensors and primitives only).
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ from falcon_rl.data.base import DataBundle, PairSplit
 from falcon_rl.progress import progress_bar
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.training.evaluation import HEADLINE
+from falcon_rl.training.interrupt import GracefulInterrupt
 from falcon_rl.training.trainer import StepOutput, Trainer
+from falcon_rl.utils import after_existing_event_files
 
 
 class BatchSampler(Protocol):
@@ -85,6 +90,8 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
     rng = np.random.default_rng(cfg.train.seed)
     epoch, position, batches = 0, 0, None
     history: list[dict] = []
+    if hasattr(sampler, "attach"):
+        sampler.attach(trainer, split)
     if resume:
         extra = trainer.load_checkpoint(ckpt)
         epoch, position = int(extra["epoch"]), int(extra["position"])
@@ -108,7 +115,10 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
     if cfg.logging.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step if resume else None)
+        # a resumed run re-logs every step after the checkpoint's: drop those of the first try
+        if resume:
+            after_existing_event_files(out_dir / "tb")
+        writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if resume else None)
 
     def evaluate() -> dict[str, float]:
         metrics = trainer.evaluate(test, progress=True)
@@ -116,41 +126,63 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         history.append({"step": trainer.step, **{k: metrics[k] for k in HEADLINE if k in metrics}})
         return metrics
 
+    from falcon_rl.data.errors import DataError
+
     if cfg.eval.at_start and trainer.step == 0 and not any(h["step"] == 0 for h in history):
         evaluate()  # the step-0 point of every eval curve: the initial model
     bar = progress_bar(steps, "pretrain", cfg.logging.progress, initial=trainer.step, announce=True,
                        interval=cfg.logging.progress_interval)
     start, start_step = time.perf_counter(), trainer.step
     last: StepOutput | None = None
+    consistent = True  # the state between two steps, which save() may write
     try:
-        while trainer.step < steps:
-            if batches is None or position >= len(batches):
-                if batches is not None:
-                    epoch += 1
-                batches, position = [np.asarray(b, dtype=np.int64) for b in sampler(trainer, split, epoch, rng)], 0
-                if not batches:
-                    raise RuntimeError(f"the batch sampler returned no batches for epoch {epoch}")
-            idx = batches[position]
-            position += 1
-            last = trainer.train_step(split.batch(idx))
-            if last.stats["skipped"]:
-                raise RuntimeError(f"pretraining diverged at step {trainer.step + 1}: losses {last.losses}")
-            if hasattr(sampler, "observe_step"):
-                sampler.observe_step(last)
-            bar.update(1, **last.losses)
-            if trainer.step % cfg.logging.log_every == 0:
-                _log_scalars(writer, "loss", last.losses, trainer.step)
-                _log_scalars(writer, "train", {"lr": last.stats["lr"], "temperature": last.stats["temperature"],
-                                               "grad_norm": last.stats["grad_norm"],
-                                               "step_time": last.stats["step_time"], "epoch": epoch}, trainer.step)
-            if cfg.train.eval_every and trainer.step % cfg.train.eval_every == 0 and trainer.step < steps:
-                evaluate()
-            if cfg.train.checkpoint_every and trainer.step % cfg.train.checkpoint_every == 0:
-                save()
+        with GracefulInterrupt() as stop:
+            while trainer.step < steps:
+                consistent = False
+                if batches is None or position >= len(batches):
+                    if batches is not None:
+                        epoch += 1
+                    batches, position = [np.asarray(b, dtype=np.int64) for b in sampler(trainer, split, epoch, rng)], 0
+                    if not batches:
+                        raise RuntimeError(f"the batch sampler returned no batches for epoch {epoch}")
+                try:
+                    batch = split.batch(batches[position])
+                except DataError as e:  # nothing trained on it yet: the state is still consistent
+                    save()
+                    raise DataError(f"{e} (checkpoint saved at step {trainer.step}: fix or remove the file, "
+                                    "then continue with --resume)") from e
+                last = trainer.train_step(batch)
+                if last.stats["skipped"]:
+                    losses = ", ".join(f"{k}={v:.4g}" for k, v in last.losses.items())
+                    raise RuntimeError(f"pretraining diverged at step {trainer.step + 1}: non-finite loss or "
+                                       f"gradients (grad_norm={last.stats['grad_norm']:.4g}; {losses}), the update "
+                                       "was skipped; lower train.lr or set train.grad_clip > 0")
+                position += 1
+                if hasattr(sampler, "observe_step"):
+                    sampler.observe_step(last)
+                bar.update(1, **last.losses)
+                if trainer.step % cfg.logging.log_every == 0:
+                    _log_scalars(writer, "loss", last.losses, trainer.step)
+                    _log_scalars(writer, "train", {"lr": last.stats["lr"], "temperature": last.stats["temperature"],
+                                                   "grad_norm": last.stats["grad_norm"],
+                                                   "step_time": last.stats["step_time"], "epoch": epoch},
+                                 trainer.step)
+                if cfg.train.eval_every and trainer.step % cfg.train.eval_every == 0 and trainer.step < steps:
+                    evaluate()
+                if cfg.train.checkpoint_every and trainer.step % cfg.train.checkpoint_every == 0:
+                    save()
+                consistent = True
+                if stop.requested and trainer.step < steps:
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
-        save()
         bar.close()
-        print(f"interrupted at step {trainer.step}: checkpoint saved to {ckpt} (continue with --resume)")
+        if consistent:
+            save()
+            print(f"interrupted at step {trainer.step}: checkpoint saved to {ckpt} (continue with --resume)")
+        else:
+            kept = (f"{ckpt} keeps the last checkpoint (continue with --resume)" if ckpt.is_file()
+                    else "no checkpoint was written yet")
+            print(f"interrupted inside step {trainer.step + 1}: {kept}")
         if writer is not None:
             writer.close()
         raise

@@ -28,8 +28,8 @@ from falcon_rl.models import ALBEF, MLMMasks, build_model, mask_tokens
 from falcon_rl.models.albef import trim_padding
 from falcon_rl.models.towers import resolve_attention
 from falcon_rl.progress import iterate
-from falcon_rl.training.checkpoint import (atomic_save, global_rng_state, load_payload, set_global_rng_state,
-                                           to_safe)
+from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_payload,
+                                           set_global_rng_state, to_safe)
 from falcon_rl.training.evaluation import chance_levels, rerank_with_scores, retrieval_metrics
 from falcon_rl.training.optim import build_optimizer, build_scheduler
 from falcon_rl.utils import resolve_device, seed_everything
@@ -348,14 +348,14 @@ class Trainer:
         self.mask_generator.set_state(state["mask"])
         self.itm_generator.set_state(state["itm"])
 
-    def save_checkpoint(self, path: str | Path, extra: dict | None = None) -> Path:
-        """Write model, optimiser, LR schedule, RNG states, step and ``extra`` atomically.
+    def state_dict(self, extra: dict | None = None) -> dict[str, Any]:
+        """Model, optimiser, LR schedule, RNG states, step and ``extra`` (what a checkpoint holds).
 
         ``extra`` must hold only tensors, NumPy arrays (stored as tensors) and
         dict/list/tuple/str/int/float/bool/None, because checkpoints are loaded with
         ``torch.load(weights_only=True)``; anything else raises :class:`TypeError` here.
         """
-        payload = {
+        return {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "total_steps": self.total_steps,
@@ -367,20 +367,34 @@ class Trainer:
             "rng": self.rng_state(),
             "extra": to_safe(extra or {}),
         }
-        return atomic_save(payload, path)
 
-    def load_checkpoint(self, path: str | Path) -> dict:
-        """Restore everything :meth:`save_checkpoint` wrote; returns its ``extra``."""
-        payload = load_payload(path)
+    def load_state_dict(self, payload: dict[str, Any], source: str | Path = "checkpoint") -> dict:
+        """Restore what :meth:`state_dict` returned; returns its ``extra``.
+
+        :param source: what to call the payload in errors (its file).
+        """
         if payload.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"checkpoint {path}: unknown format {payload.get('format')!r}")
+            raise CheckpointError(f"checkpoint {source}: unknown format {payload.get('format')!r}")
         mine, theirs = self._signature(), payload["signature"]
         if mine != theirs:
             diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-            raise ValueError(f"checkpoint {path} was written by a different model (checkpoint, this trainer): {diff}")
+            raise CheckpointError(f"checkpoint {source} was written by a different model (checkpoint, this "
+                                  f"trainer): {diff}")
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.set_rng_state(payload["rng"])
         self.step = int(payload["step"])
         return payload["extra"]
+
+    def save_checkpoint(self, path: str | Path, extra: dict | None = None) -> Path:
+        """Write :meth:`state_dict` atomically to ``path``."""
+        return atomic_save(self.state_dict(extra), path)
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore everything :meth:`save_checkpoint` wrote; returns its ``extra``.
+
+        A missing, empty, truncated or foreign file raises :class:`FileNotFoundError` or
+        :class:`~falcon_rl.training.checkpoint.CheckpointError` naming it and why.
+        """
+        return self.load_state_dict(load_payload(path), path)

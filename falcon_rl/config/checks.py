@@ -1,0 +1,25 @@
+"""Cross-section checks of a config that mines negatives (``train-agent``, ``ablate``,
+``pretrain --scheduler``, the env): caught when the config is read, before any data is loaded."""
+
+from __future__ import annotations
+
+from falcon_rl.config.loader import ConfigError
+from falcon_rl.config.schema import ExperimentConfig
+
+#: data sources whose train split has exactly ``data.n_train`` pairs
+GENERATED_SOURCES = ("synthetic_scenes", "digits_scenes")
+
+
+def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
+    """Raise :class:`ConfigError` naming the keys when search spaces cannot be formed.
+
+    ``mining.search_space`` must hold at least one batch (``>= train.batch_size``) and, for
+    the generated benchmarks, fit in the training split (``<= data.n_train``).
+    """
+    m, b = cfg.mining.search_space, cfg.train.batch_size
+    if m < b:
+        raise ConfigError(f"{source}: mining.search_space={m} is smaller than train.batch_size={b}: a search "
+                          "space must hold at least one batch")
+    if cfg.data.source in GENERATED_SOURCES and m > cfg.data.n_train:
+        raise ConfigError(f"{source}: mining.search_space={m} exceeds data.n_train={cfg.data.n_train}: lower "
+                          "mining.search_space or raise data.n_train")
