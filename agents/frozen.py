@@ -110,8 +110,8 @@ class FrozenSchedulerSampler:
 
     def state_dict(self) -> dict[str, Any]:
         """Cache, member history, the scheduler's RNG and the epoch stats (``weights_only``-safe)."""
-        state: dict[str, Any] = {"rng": numpy_generator_state(self.scheduler.rng), "epoch_stats": list(self.epoch_stats),
-                                 "cache": None, "history": None}
+        state: dict[str, Any] = {"rng": numpy_generator_state(self.scheduler.rng),
+                                 "epoch_stats": list(self.epoch_stats), "cache": None, "history": None}
         if self.cache is not None and self.history is not None:
             state["cache"] = self.cache.state_dict()
             state["history"] = self.history.state_dict()

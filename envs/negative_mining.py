@@ -403,6 +403,7 @@ class NegativeMiningEnv(gym.Env):
             "members": torch.as_tensor(self._members), "episode_steps": self.episode_steps, "done": self._done,
             "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
             "r1": float(self._r1), "oracle": self.oracle,
+            "split": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -430,6 +431,8 @@ class NegativeMiningEnv(gym.Env):
         self.oracle = bool(state["oracle"])
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
         self._r1 = float(state["r1"])
+        if state.get("split") is not None:
+            train.load_state_dict(state["split"])  # e.g. the augmentation RNG of image files
         self._members = np.asarray(state["members"], dtype=np.int64)
         self._observe()
 

@@ -19,7 +19,8 @@ import traceback
 from falcon_rl.config import ConfigError
 
 #: exceptions that mean bad input or a failed run, not a bug: one line, no traceback
-EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, EOFError, ImportError)
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (ValueError, RuntimeError, OSError, EOFError, ArithmeticError,
+                                                   ImportError)
 
 #: subcommand name -> module under falcon_rl.commands
 COMMANDS: dict[str, str] = {

@@ -199,3 +199,16 @@ def test_unreadable_torch_files_name_the_file_and_why(tmp_path, content, why):
     assert not marker.exists()
     with pytest.raises(CheckpointError, match=f"scheduler file {path} cannot be read"):
         load_torch_file(path, "scheduler file")
+
+
+def test_cli_refuses_a_crafted_scheduler_in_one_line(agent_zips, tmp_path, capsys):
+    from falcon_rl.cli import main
+
+    marker = tmp_path / "payload-ran"
+    crafted = _craft(agent_zips["ppo"], tmp_path / "agent.zip", marker, _serialized_keys(agent_zips["ppo"]))
+    tiny = ["model.preset=tiny", "data.n_train=128", "mining.search_space=32", "train.batch_size=16",
+            f"train.out_dir={tmp_path / 'pre'}", f"data.cache_dir={tmp_path / 'data'}"]
+    assert main(["pretrain", "--scheduler", str(crafted), *tiny]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {crafted}: entry ") and "--trust-agent-file" in err[0]
+    assert not marker.exists() and not (tmp_path / "pre").exists()

@@ -10,8 +10,8 @@ checked at load time to exist and to have an image header Pillow recognises
 (``check_image_headers``, cheap: no decoding), or to decode fully (``verify_images``), so a bad
 file is reported at start-up naming the JSON file and entry, or skipped and counted in a
 warning with ``on_missing: skip``. A file whose header is fine but whose body is corrupt fails
-at the batch that meets it (``pretrain`` checkpoints first). Malformed JSON raises a :class:`DataError` naming the file, the
-entry index and the key.
+at the batch that meets it (``pretrain`` checkpoints first). Malformed JSON raises a
+:class:`DataError` naming the file, the entry index and the key.
 """
 
 from __future__ import annotations

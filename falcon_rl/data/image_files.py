@@ -80,6 +80,18 @@ class ImageFileSplit(PairSplit):
         state["_pool"] = None  # thread pools do not pickle
         return state
 
+    def state_dict(self) -> dict:
+        """The augmentation RNG (checkpointed by ``pretrain`` and ``train-agent`` for exact resume)."""
+        from falcon_rl.training.checkpoint import numpy_generator_state
+
+        return {"rng": numpy_generator_state(self._rng)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        from falcon_rl.training.checkpoint import set_numpy_generator_state
+
+        set_numpy_generator_state(self._rng, state["rng"])
+
     def _load_one(self, image_id: int, seed: int | None) -> torch.Tensor:
         path = self.image_paths[image_id]
         try:

@@ -100,6 +100,8 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         history = list(extra.get("history", []))
         if hasattr(sampler, "load_state_dict") and "sampler" in extra:
             sampler.load_state_dict(extra["sampler"])
+        if hasattr(split, "load_state_dict") and "split" in extra:
+            split.load_state_dict(extra["split"])  # e.g. the augmentation RNG of image files
     out_dir.mkdir(parents=True, exist_ok=True)
     dump_yaml(cfg, out_dir / "config.yaml")
 
@@ -109,6 +111,8 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
                  "rng": numpy_generator_state(rng), "history": history}
         if hasattr(sampler, "state_dict"):
             extra["sampler"] = sampler.state_dict()
+        if hasattr(split, "state_dict"):
+            extra["split"] = split.state_dict()
         trainer.save_checkpoint(ckpt, extra)
 
     writer = None
