@@ -402,7 +402,7 @@ class NegativeMiningEnv(gym.Env):
             "spaces": [torch.as_tensor(np.asarray(s, dtype=np.int64)) for s in self.spaces],
             "members": torch.as_tensor(self._members), "episode_steps": self.episode_steps, "done": self._done,
             "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
-            "r1": float(self._r1), "oracle": self.oracle,
+            "r1": float(self._r1), "oracle": self.oracle, "gt_targets": self.gt_targets,
             "split": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
@@ -429,6 +429,7 @@ class NegativeMiningEnv(gym.Env):
         set_numpy_generator_state(self.rng, state["rng"])
         set_numpy_generator_state(self.np_random, state["np_random"])
         self.oracle = bool(state["oracle"])
+        self.gt_targets = bool(state.get("gt_targets", self.gt_targets))
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
         self._r1 = float(state["r1"])
         if state.get("split") is not None:
