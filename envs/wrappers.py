@@ -76,15 +76,16 @@ class RetrievalEval(gym.Wrapper):
         return obs, info
 
     def state_dict(self) -> dict[str, Any]:
-        """Counters and the last evaluation (for a resume checkpoint)."""
+        """Counters and the evaluations kept (for a resume checkpoint)."""
         return {"last_eval": self.last_eval, "last_eval_step": self.last_eval_step, "total_steps": self.total_steps,
-                "episode_steps": self._episode_steps}
+                "episode_steps": self._episode_steps, "start_eval": self.start_eval}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
         self.last_eval = None if state["last_eval"] is None else dict(state["last_eval"])
         self.last_eval_step, self.total_steps = int(state["last_eval_step"]), int(state["total_steps"])
         self._episode_steps = int(state["episode_steps"])
+        self.start_eval = None if state.get("start_eval") is None else dict(state["start_eval"])
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         obs, reward, terminated, truncated, info = self.env.step(action)
