@@ -247,6 +247,16 @@ class _SB3LogCallback(BaseCallback):
         return True
 
 
+def write_warm_start(cfg: ExperimentConfig) -> None:
+    """Reset a fresh env once so that it writes its post-warm-up state to ``cfg.env.warm_start``
+    (the ablation's shared warm-up; the seed is the one :func:`run_scheduler` resets with)."""
+    env = NegativeMiningEnv(cfg)
+    try:
+        env.reset(seed=cfg.train.seed)
+    finally:
+        env.close()
+
+
 def _nanmean(values: list[float]) -> float:
     arr = np.asarray(values, dtype=float)
     return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")

@@ -20,6 +20,7 @@ from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.stats import fn_info, q_stats
+from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm_signature
 from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
                               make_search_spaces, oracle_exclusion)
 from falcon_rl.progress import progress_bar
@@ -136,6 +137,7 @@ class NegativeMiningEnv(gym.Env):
         self._image_size: int | None = None
         self.trainer: Trainer | None = None
         self.episode_steps = 0
+        self._episodes_started = 0
         self._done = True
         if data is not None:
             self._check_data(data)
@@ -191,6 +193,11 @@ class NegativeMiningEnv(gym.Env):
         super().reset(seed=seed)
         data = self.data
         cfg = self.cfg
+        warm_path = Path(cfg.env.warm_start).expanduser() if cfg.env.warm_start else None
+        if warm_path is not None and not self._episodes_started and warm_path.is_file():
+            return self._reset_from_warm_start(warm_path, seed)
+        first_episode = not self._episodes_started
+        self._episodes_started += 1
         episode_seed = int(self.np_random.integers(0, 2**31 - 1))
         self._episode_seed = episode_seed
         seed_everything(episode_seed)
@@ -220,7 +227,20 @@ class NegativeMiningEnv(gym.Env):
         self.episode_steps = 0
         self._done = False
         self._next_space()
+        if warm_path is not None and first_episode:
+            save_warm_start(warm_path, warm_signature(cfg, seed), self.state_dict())
         info = {"episode_seed": episode_seed, "trainer_step": int(self.trainer.step), "warmup_steps": warmup}
+        return self._obs.copy(), info
+
+    def _reset_from_warm_start(self, path: Path, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
+        """First episode from a saved post-warm-up state (``env.warm_start``); the scheduler's
+        oracle / ground-truth-target modes stay those of this env."""
+        oracle, gt_targets = self.oracle, self.gt_targets
+        self.load_state_dict(load_warm_start(path, warm_signature(self.cfg, seed)))
+        self.oracle, self.gt_targets = oracle, gt_targets
+        self._episodes_started += 1
+        info = {"episode_seed": self._episode_seed, "trainer_step": int(self.trainer.step),
+                "warmup_steps": 0, "warm_start": str(path)}
         return self._obs.copy(), info
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -435,6 +455,7 @@ class NegativeMiningEnv(gym.Env):
         if state.get("split") is not None:
             train.load_state_dict(state["split"])  # e.g. the augmentation RNG of image files
         self._members = np.asarray(state["members"], dtype=np.int64)
+        self._episodes_started = max(self._episodes_started, 1)  # a resumed or warm-started episode
         self._observe()
 
     @property

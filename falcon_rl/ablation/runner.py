@@ -35,9 +35,12 @@ from falcon_rl.ablation.plots import plot_all
 from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
 from falcon_rl.config import ExperimentConfig, check_mining, dump_yaml
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
+from falcon_rl.training.warm_start import signature_digest, warm_signature
 
 #: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
 RunFn = Callable[[ExperimentConfig, str, Path], dict[str, Any]]
+#: ``warm_fn(cfg)`` writes the shared warm start ``cfg.env.warm_start`` (one env reset)
+WarmFn = Callable[[ExperimentConfig], None]
 #: seconds between two looks at the workers' progress messages
 _POLL_SECONDS = 0.25
 
@@ -80,6 +83,10 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
                 data["train"]["threads"] = threads
             where = f"{source} (ablation.overrides.{label})"
             run_cfg = build_dataclass(ExperimentConfig, data, where)
+            if cfg.ablation.shared_warmup and not run_cfg.env.warm_start:
+                digest = signature_digest(warm_signature(run_cfg, int(seed)))
+                data["env"]["warm_start"] = str(out_root / "warmup" / f"seed{seed}-{digest}.pt")
+                run_cfg = build_dataclass(ExperimentConfig, data, where)
             check_mining(run_cfg, where)
             specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
     return specs
@@ -126,13 +133,47 @@ def _pool_init(progress_queue: Any = None) -> None:
     progress.install_worker(progress_queue)
 
 
+def _warm_jobs(todo: list[RunSpec]) -> list[RunSpec]:
+    """One spec per shared warm-start file that the runs to do need and that does not exist yet."""
+    jobs: dict[str, RunSpec] = {}
+    for spec in todo:
+        path = spec.cfg.env.warm_start
+        if path and not Path(path).is_file() and path not in jobs:
+            jobs[path] = spec
+    return list(jobs.values())
+
+
+def _warm(spec: RunSpec, warm_fn: WarmFn) -> tuple[str, float]:
+    start = time.perf_counter()
+    warm_fn(spec.cfg)
+    return str(spec.cfg.env.warm_start), time.perf_counter() - start
+
+
+def _run_warm_ups(jobs: list[RunSpec], warm_fn: WarmFn, workers: int, log: Callable[[str], None]) -> None:
+    """The shared warm-ups (``ablation.shared_warmup``), one per seed, in parallel processes."""
+    log(f"shared warm-up: {len(jobs)} warm start(s) ({', '.join(f'seed {j.seed}' for j in jobs)}), "
+        f"each {jobs[0].cfg.env.warmup_steps} random-batch steps; the runs of a seed all start from it")
+    if workers > 1 and len(jobs) > 1:
+        ctx = mp.get_context("spawn")
+        with cf.ProcessPoolExecutor(min(workers, len(jobs)), mp_context=ctx, initializer=_pool_init) as pool:
+            for path, seconds in pool.map(_warm, jobs, [warm_fn] * len(jobs)):
+                log(f"warm start ready: {path} ({seconds:.0f} s)")
+    else:
+        for job in jobs:
+            path, seconds = _warm(job, warm_fn)
+            log(f"warm start ready: {path} ({seconds:.0f} s)")
+
+
 def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
                  command: str | None = None, log: Callable[[str], None] = print,
-                 prepare: Callable[[ExperimentConfig], None] | None = None) -> dict[str, Any]:
+                 prepare: Callable[[ExperimentConfig], None] | None = None,
+                 warm_fn: WarmFn | None = None) -> dict[str, Any]:
     """Run (or resume) every scheduler × seed, then write the tables and plots.
 
     :param prepare: called once before the runs (e.g. to generate and cache the dataset so
         parallel workers do not all generate it).
+    :param warm_fn: writes a shared warm start (``ablation.shared_warmup``); without it the
+        first run of each seed writes the file and the others of that seed may repeat it.
     :returns: ``{"runs": [...], "rows": aggregated rows, "files": {...}}``.
     """
     specs = run_specs(cfg, source)
@@ -150,6 +191,9 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
             todo.append(spec)
     if todo and prepare is not None:
         prepare(cfg)
+    jobs = _warm_jobs(todo)
+    if jobs and warm_fn is not None:
+        _run_warm_ups(jobs, warm_fn, cfg.ablation.workers, log)
     t0 = time.perf_counter()
     mode = progress.resolve_mode(cfg.logging.progress)
     board = progress.WorkerBoard(len(todo), mode, cfg.logging.progress_interval) if todo else None

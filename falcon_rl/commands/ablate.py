@@ -32,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
-    from falcon_rl.agents.runner import run_scheduler
+    from falcon_rl.agents.runner import run_scheduler, write_warm_start
 
     overrides = list(args.overrides)
     if args.out:
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     run_fn = functools.partial(run_scheduler, resume="auto")  # an interrupted run continues where it stopped
     out = run_ablation(cfg, run_fn, source=str(args.config), command=command.strip(),
-                       prepare=_prepare, log=lambda s: print(s, flush=True))
+                       prepare=_prepare, log=lambda s: print(s, flush=True), warm_fn=write_warm_start)
     print()
     print(out["markdown"])
     root = Path(cfg.ablation.out_dir)

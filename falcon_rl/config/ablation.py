@@ -16,3 +16,6 @@ class AblationConfig:
     workers: int = param(1, "parallel processes", ge=1)
     out_dir: str = param("runs/ablation", "log dir: <scheduler>/seed<k>, results.csv/.md, plots")
     overrides: dict = param({}, "per-scheduler config overrides {name: {key.sub: value}}")
+    shared_warmup: bool = param(False, "do each seed's random-batch warm-up once (env.warm_start files under "
+                                "<out_dir>/warmup/) and start every scheduler of that seed from it (the same "
+                                "computation every run of a seed would repeat)")

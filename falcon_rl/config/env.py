@@ -22,6 +22,9 @@ class EnvConfig:
                                      "toy reward: optimal q per specificity 1..8 (tests)",
                                      each_ge=0.0, each_le=1.0)
     checkpoint: str | None = param(None, "start each episode from this trainer checkpoint")
+    warm_start: str | None = param(None, "file of the env state after the first episode's warm-up: written by the "
+                                   "first run, loaded (config and seed checked) by every later run instead of "
+                                   "repeating the warm-up (ablation.shared_warmup sets it per seed)")
     oracle: bool = param(False, "exclude true matches from the chain (oracle; needs a match matrix)")
     gt_targets: bool = param(False, "train the mined batches' ITC/ITM on ground-truth multi-positive targets: truly "
                              "matching in-batch pairs are ITC positives and never ITM negatives (the loss-side "

@@ -47,6 +47,9 @@ class ModelConfig:
     queue_size: int = param(4096, "ITC feature queue length (momentum only)", ge=1)
     distill_alpha: float = param(0.4, "distillation weight alpha (momentum only)", ge=0.0, le=1.0)
     distill_warmup_steps: int = param(0, "alpha ramps linearly from 0 over these steps (ALBEF: 1st epoch)", ge=0)
+    itm_temperature: float | None = param(None, "temperature of the ITM negative sampling softmax over in-batch "
+                                          "cosine similarities (null: the learned ITC temperature, ALBEF); larger "
+                                          "values draw easier negatives", gt=0.0)
     itm_negatives: str = param("sample", "ITM hard negative: ALBEF multinomial or GRIT top-1",
                                choices=["sample", "hardest"])
     mlm_softmax: str = param("batch", "MLM output classes: the whole vocabulary, or the tokens present in the batch "

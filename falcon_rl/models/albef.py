@@ -294,8 +294,12 @@ class ALBEF(nn.Module):
 
         # ---------------- ITM: B positives + B text-anchored + B image-anchored hard negatives
         exclude = pos_batch > 0  # [image i, text j]
-        neg_text_for_image = itm_negatives(sim_i2t[:, :b], exclude, cfg.itm_negatives, generator)
-        neg_image_for_text = itm_negatives(sim_t2i[:, :b], exclude.t(), cfg.itm_negatives, generator)
+        itm_i2t, itm_t2i = sim_i2t[:, :b], sim_t2i[:, :b]
+        if cfg.itm_temperature is not None:  # sample from softmax(cos / τ_itm) instead of the ITC temperature
+            itm_i2t = itm_i2t * (temp / cfg.itm_temperature)
+            itm_t2i = itm_t2i * (temp / cfg.itm_temperature)
+        neg_text_for_image = itm_negatives(itm_i2t, exclude, cfg.itm_negatives, generator)
+        neg_image_for_text = itm_negatives(itm_t2i, exclude.t(), cfg.itm_negatives, generator)
         loss_itm = self._itm_loss(image_tokens, text_hidden, attention_mask, neg_image_for_text, neg_text_for_image)
 
         # ---------------- MLM

@@ -1,0 +1,78 @@
+"""Shared warm starts: the env state right after the random-batch warm-up, saved once and
+reloaded by every run that would repeat the same warm-up (``env.warm_start``).
+
+An ablation's schedulers differ only after the warm-up (random batches, DESIGN §2.1: GRIT
+fills its cache the same way): every run of a seed computes the same warm-up, so it can be
+computed once per seed, saved, and loaded by the other runs of that seed (bit-identical
+starting model, embedding cache and member history, whatever thread count each run uses).
+
+The file holds the env's ``state_dict()`` (``falcon_rl.envs.NegativeMiningEnv``) (``weights_only``-safe) and a
+*signature*: the config keys that shape the warm-up and what follows it (data, model,
+train and mining sections, env warm-up and budget) and the reset seed. Loading a file made
+under another signature is an error naming the keys that differ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from falcon_rl.config import ExperimentConfig, to_dict
+from falcon_rl.training.checkpoint import atomic_save, load_torch_file
+
+WARM_START_FORMAT = 1
+#: train keys that do not change what the warm-up computes
+_TRAIN_FREE = ("out_dir", "threads", "checkpoint_every", "eval_every", "steps")
+#: env keys that shape the warm-up and the LR schedule (budget) of the episode
+_ENV_KEYS = ("warmup_steps", "budget_steps", "reward", "checkpoint")
+
+
+def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
+    """What must agree between the run that wrote a warm start and a run that loads it."""
+    d = to_dict(cfg)
+    train = {k: v for k, v in d["train"].items() if k not in _TRAIN_FREE}
+    env = {k: d["env"][k] for k in _ENV_KEYS}
+    return {"data": d["data"], "model": d["model"], "train": train, "mining": d["mining"], "env": env,
+            "seed": seed}
+
+
+def signature_digest(signature: dict[str, Any]) -> str:
+    """Short stable hash of a signature (names the shared warm-start file of an ablation)."""
+    text = json.dumps(signature, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def signature_mismatch(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
+    """``key: file value != this run's value`` for every differing key (sorted)."""
+    a, b = _flatten(have), _flatten(want)
+    return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def save_warm_start(path: str | Path, signature: dict[str, Any], state: dict[str, Any]) -> Path:
+    """Write the post-warm-up state atomically."""
+    return atomic_save({"format": WARM_START_FORMAT, "signature": signature, "state": state}, path)
+
+
+def load_warm_start(path: str | Path, signature: dict[str, Any]) -> dict[str, Any]:
+    """The saved env state; :class:`ValueError` naming the differing keys if it was made under
+    another config or seed."""
+    payload = load_torch_file(path, "warm start (env.warm_start)")
+    if not isinstance(payload, dict) or payload.get("format") != WARM_START_FORMAT:
+        raise ValueError(f"warm start {path} is not a falcon-rl warm-start file (env.warm_start)")
+    diff = signature_mismatch(payload["signature"], signature)
+    if diff:
+        raise ValueError(f"warm start {path} was made by another run configuration (file != this run): "
+                         + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+                         + ". Delete the file or point env.warm_start elsewhere")
+    return payload["state"]

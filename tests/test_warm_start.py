@@ -1,0 +1,84 @@
+"""Shared warm starts (env.warm_start, ablation.shared_warmup): one warm-up per seed, every run
+of that seed starts from exactly the same post-warm-up state."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from falcon_rl.config import load_config
+from falcon_rl.data import load_data
+from falcon_rl.envs import NegativeMiningEnv, apply_overrides
+
+TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
+        "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=32",
+        "env.budget_steps=2", "env.warmup_steps=3", "train.warmup_steps=1", "eval.by_specificity=false"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = load_config(None, TINY + [f"data.cache_dir={tmp_path_factory.mktemp('data')}"])
+    return base, load_data(base.data)
+
+
+def test_the_second_run_loads_the_first_runs_warm_state_and_continues_identically(tiny, tmp_path):
+    base, data = tiny
+    cfg = apply_overrides(base, [f"env.warm_start={tmp_path / 'warm.pt'}"])
+    first = NegativeMiningEnv(cfg, data=data)
+    obs1, info1 = first.reset(seed=5)
+    assert (tmp_path / "warm.pt").is_file() and info1["warmup_steps"] == 3
+    second = NegativeMiningEnv(cfg, data=data)
+    calls = []
+    second._warmup = lambda steps: calls.append(steps)  # must not run: the state is loaded
+    obs2, info2 = second.reset(seed=5)
+    assert calls == [] and info2["warm_start"] == str(tmp_path / "warm.pt") and info2["trainer_step"] == 3
+    np.testing.assert_array_equal(obs1, obs2)
+    np.testing.assert_array_equal(first.members, second.members)
+    # the same action gives the same batches, losses and reward in both envs
+    q = np.linspace(0, 1, 64, dtype=np.float32)
+    r1, i1 = first.step(q)[1::3]
+    r2, i2 = second.step(q)[1::3]
+    assert r1 == r2 and i1["losses"] == i2["losses"]
+    for b1, b2 in zip(i1["batches"], i2["batches"]):
+        np.testing.assert_array_equal(b1, b2)
+
+
+def test_a_warm_state_from_another_config_or_seed_is_refused(tiny, tmp_path):
+    base, data = tiny
+    path = tmp_path / "warm.pt"
+    NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data).reset(seed=1)
+    other = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "train.lr=0.01"]), data=data)
+    with pytest.raises(ValueError, match=r"warm start .*warm.pt was made by another run configuration.*train.lr"):
+        other.reset(seed=1)
+    with pytest.raises(ValueError, match=r"seed: 1 != 2"):
+        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data).reset(seed=2)
+
+
+def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(tmp_path, monkeypatch):
+    from falcon_rl.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    root = tmp_path / "abl"
+    args = ["ablate", "--config", "configs/quickstart.yaml", "--out", str(root),
+            f"data.cache_dir={tmp_path / 'data'}", "data.n_train=128", "data.n_test=64",
+            "mining.search_space=32", "train.batch_size=16", "train.device=cpu", "train.threads=1",
+            "train.warmup_steps=2", "env.budget_steps=2", "env.warmup_steps=4", "env.eval_every=0",
+            "logging.progress=false", "ablation.schedulers=[random, grit]", "ablation.seeds=[0, 1]",
+            "ablation.workers=1", "ablation.shared_warmup=true"]
+    assert main(args) == 0
+    warm = sorted(p.name for p in (root / "warmup").glob("*.pt"))
+    assert len(warm) == 2 and warm[0].startswith("seed0-") and warm[1].startswith("seed1-")
+    step0 = {}
+    for name in ("random", "grit"):
+        for seed in (0, 1):
+            rec = json.loads((root / name / f"seed{seed}" / "results.json").read_text())
+            assert rec["status"] == "ok"
+            first = rec["history"]["eval"][0]
+            assert first["step"] == 0
+            step0[name, seed] = {k: v for k, v in first.items() if k != "step"}
+    assert step0["random", 0] == step0["grit", 0]  # the same model after the shared warm-up
+    assert step0["random", 1] == step0["grit", 1]
+    assert step0["random", 0] != step0["random", 1]  # and a different one per seed
