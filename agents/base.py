@@ -69,12 +69,15 @@ class Scheduler:
     :cvar name: registry name.
     :cvar needs_oracle: the environment must exclude true matches (oracle mode).
     :cvar needs_gt_targets: the environment must train on ground-truth ITC targets (``env.gt_targets``).
+    :cvar false_negatives: the loss-side false-negative handling the environment must train with
+        (``model.false_negatives``, e.g. ``mafa``), or None to leave the config's.
     :cvar learns_online: :meth:`observe` trains the scheduler.
     """
 
     name: ClassVar[str] = "base"
     needs_oracle: ClassVar[bool] = False
     needs_gt_targets: ClassVar[bool] = False
+    false_negatives: ClassVar[str | None] = None
     learns_online: ClassVar[bool] = False
 
     def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:

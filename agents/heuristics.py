@@ -14,7 +14,10 @@ Each maps the observation to q without learning:
   batch holds two matching pairs unless the space leaves no other choice (counted as forced);
 - ``oracle-targets`` — GRIT's q = 1 chain, false negatives kept in the batch but trained as
   positives: ITC/ITM on ground-truth multi-positive targets (``needs_gt_targets``), the
-  loss-side bound (what a perfect MAFA filter would give).
+  loss-side bound (what a perfect MAFA filter would give);
+- ``mafa`` — MAFA: GRIT's q = 1 chain with MAFA's losses (``model.false_negatives: mafa``):
+  connection mining with a frozen filter model and S-ITC (``falcon_rl.models.mafa``). Any other
+  scheduler gets MAFA's losses with ``model.false_negatives: mafa`` (e.g. ``falcon+mafa``).
 
 ``batch-level`` (one learned q per batch) lives in :mod:`falcon_rl.agents.falcon`.
 """
@@ -83,6 +86,13 @@ class OracleTargetsScheduler(GritScheduler):
     needs_gt_targets: ClassVar[bool] = True
 
 
+class MafaScheduler(GritScheduler):
+    """q = 1 (GRIT's chain) trained with MAFA's connection mining and S-ITC (Byun et al., 2024)."""
+
+    name: ClassVar[str] = "mafa"
+    false_negatives: ClassVar[str | None] = "mafa"
+
+
 class ProgressiveScheduler(Scheduler):
     """q moves linearly 0 -> 1 over the budget (the ``progress`` column)."""
 
@@ -108,5 +118,5 @@ class SofteningScheduler(ProgressiveScheduler):
 HEURISTICS: dict[str, type[Scheduler]] = {
     cls.name: cls
     for cls in (RandomScheduler, GritScheduler, ConstantScheduler, ProgressiveScheduler,
-                SofteningScheduler, OracleScheduler, OracleTargetsScheduler)
+                SofteningScheduler, OracleScheduler, OracleTargetsScheduler, MafaScheduler)
 }

@@ -4,9 +4,14 @@ Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, `
 ``loss/itm``, ``loss/mlm``, ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
 ``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, and ``agent/<stat>`` for what
-an online learner's ``observe`` returns. SB3 agents add SB3's own ``train/*`` metrics (policy /
-value / actor / critic losses, entropy, approx_kl, ...) through :meth:`RunLogger.sb3_logger`,
-into the same event file with the same step axis (SB3's ``num_timesteps`` = env steps).
+an online learner's ``observe`` returns. With MAFA (``model.false_negatives: mafa``):
+``mafa/precision``, ``mafa/recall`` (the filter at detecting false negatives, where the data
+know the true matches), ``mafa/fn_scored_rate``, ``mafa/converted_per_batch``,
+``mafa/kept_per_batch``, ``mafa/next_per_batch``, ``mafa/precision_by_specificity/<F>``,
+``mafa/recall_by_specificity/<F>`` (a rate with nothing to count is not written). SB3 agents
+add SB3's own ``train/*`` metrics (policy / value / actor / critic losses, entropy, approx_kl,
+...) through :meth:`RunLogger.sb3_logger`, into the same event file with the same step axis
+(SB3's ``num_timesteps`` = env steps).
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ class RunLogger:
         self.history: dict[str, list] = {
             "step": [], "episode": [], "reward": [], "fn_rate": [], "fn_pair_rate": [], "q_mean": [],
             "q_std": [], "loss_itc": [], "loss_itm": [], "loss_mlm": [], "step_time": [],
-            "q_by_specificity": [], "fn_rate_by_specificity": [],
+            "q_by_specificity": [], "fn_rate_by_specificity": [], "mafa": [],
         }
         self.episodes: list[dict[str, float]] = []
         self.evals: list[dict[str, Any]] = []
@@ -72,6 +77,7 @@ class RunLogger:
         h["q_by_specificity"].append({str(k): float(v) for k, v in info.get("q_by_specificity", {}).items()})
         h["fn_rate_by_specificity"].append(
             {str(k): float(v) for k, v in info.get("fn_rate_by_specificity", {}).items()})
+        h.setdefault("mafa", []).append(info.get("mafa", {}))
         if self.writer is None:
             if "eval" in info:
                 self.log_eval(step, info["eval"])
@@ -86,6 +92,14 @@ class RunLogger:
         for f, v in info.get("q_by_specificity", {}).items():
             self.scalar(f"mining/q_by_specificity/{f}", v, step)
         self.scalar("time/step", info.get("step_time"), step)
+        for key, v in info.get("mafa", {}).items():
+            if key == "counts":
+                continue
+            if isinstance(v, dict):
+                for f, x in v.items():
+                    self.scalar(f"mafa/{key}/{f}", x, step)
+            else:
+                self.scalar(f"mafa/{key}", v, step)
         q = info.get("q")
         if q is not None and step % self.hist_every == 0 and np.size(q):
             self.writer.add_histogram("mining/q_hist", np.asarray(q, dtype=np.float64), step, bins=20)

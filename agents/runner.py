@@ -9,7 +9,9 @@ ends, every ``env.eval_every`` env steps and, with ``eval.at_start``, at step 0 
 first reset: warm-up and embedding pass done, no mined batch yet). Progress shows as
 ``logging.progress`` says (:mod:`falcon_rl.progress`). It saves the agent (``agent.pt`` or ``agent.zip``),
 ``config.yaml`` and ``results.json``, and returns the results record the ablation runner
-aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``steps``, ``history``).
+aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``steps``, ``history``;
+with MAFA's losses the filter's ``mafa_*`` precision / recall columns and ``filter_time``, the cost
+of training its filter first, which ``wall_time`` leaves out).
 Everything is validated before ``config.yaml`` is written, so an invalid run leaves a previous
 run's files alone. A resume checkpoint (``resume.pt``) is written every
 ``agent.checkpoint_every`` env steps and on Ctrl-C; ``resume=True`` continues from it exactly
@@ -37,8 +39,10 @@ from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.progress import Progress, progress_bar
+from falcon_rl.mining.filter_quality import summarize as summarize_filter
 from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_torch_file,
                                            set_global_rng_state, to_safe)
+from falcon_rl.training.filter_stage import ensure_filter, needs_filter_training, with_filter_dir
 from falcon_rl.training.interrupt import GracefulInterrupt
 
 
@@ -334,6 +338,15 @@ def run_scheduler(
         base_env.set_oracle(True)
     if sched.needs_gt_targets:
         base_env.set_gt_targets(True)
+    if sched.false_negatives:
+        base_env.set_false_negatives(sched.false_negatives)
+    filter_time = None
+    if needs_filter_training(base_env.cfg):  # MAFA's filter is trained first; its cost is reported apart
+        stage = time.perf_counter()
+        base_env.cfg = with_filter_dir(base_env.cfg, out / "filter" if out is not None else None)
+        filter_time = ensure_filter(base_env.cfg, base_env.trainer_steps(total), base_env.data)
+        start += time.perf_counter() - stage
+    cfg = base_env.cfg
     if deterministic is None:
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
     identity = {"scheduler": name, "total": int(total), "load_path": None if load_path is None else str(load_path),
@@ -412,6 +425,8 @@ def run_scheduler(
         "mean_reward": float(np.nanmean(rewards)) if rewards.size else float("nan"),
         "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
         "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
+        **summarize_filter(h.get("mafa", [])),
+        "filter_time": filter_time,
         "wall_time": time.perf_counter() - start,
         "steps": tracker.step,
         "episodes": len(logger.episodes),

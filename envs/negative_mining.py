@@ -23,6 +23,7 @@ from falcon_rl.envs.stats import fn_info, q_stats
 from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm_signature
 from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
                               make_search_spaces, oracle_exclusion)
+from falcon_rl.mining.filter_quality import FilterCounts, count_batch
 from falcon_rl.progress import progress_bar
 from falcon_rl.training import Trainer
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
@@ -95,7 +96,10 @@ class NegativeMiningEnv(gym.Env):
     ``q_mean``, ``q_std``, ``q_quantiles``, ``q_by_specificity`` {F: mean q}, and where the
     dataset has a match matrix ``fn_rate`` (picks that chose a true match),
     ``fn_pair_rate`` (matching in-batch pairs), ``fn_rate_by_specificity`` {F: rate},
-    ``n_false_negatives``; ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
+    ``n_false_negatives``; with ``model.false_negatives: mafa`` a ``mafa`` dict (the filter's
+    ``precision`` / ``recall`` at detecting false negatives, ``converted_per_batch``, ...,
+    :mod:`falcon_rl.mining.filter_quality`, with the step's ``counts``);
+    ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
     (dataset indices of every batch), ``trainer_step``, ``member_reward``, ``terminated_reason``
     on divergence, and the wall-clock ``step_time`` only with ``env.info_timing`` (off by
     default: ``info`` is then a deterministic function of seed and actions).
@@ -109,6 +113,8 @@ class NegativeMiningEnv(gym.Env):
     ``env.oracle`` (exclude true matches from the chain, for the ``oracle`` scheduler).
     ``env.gt_targets`` trains the mined batches on ground-truth multi-positive ITC targets
     (every truly matching in-batch pair a positive, never an ITM negative; ``oracle-targets``).
+    ``model.false_negatives: mafa`` (or :meth:`set_false_negatives`, the ``mafa`` scheduler) trains
+    with MAFA's connection mining and S-ITC (``mafa`` section).
     Registered as ``falcon_rl/NegativeMining-v0`` and ``falcon_rl/NegativeMiningDiscrete-v0``.
     """
 
@@ -182,6 +188,34 @@ class NegativeMiningEnv(gym.Env):
         if self.gt_targets and self._data is not None:
             self._check_data(self._data)
 
+    def set_false_negatives(self, mode: str) -> None:
+        """Loss-side false-negative handling of the episodes to come (``model.false_negatives``:
+        ``none`` or ``mafa``); call before :meth:`reset`."""
+        if mode not in ("none", "mafa"):
+            raise ValueError(f"false-negative handling {mode!r} is not one of ['none', 'mafa']")
+        self.cfg = dataclasses.replace(self.cfg, model=dataclasses.replace(self.cfg.model, false_negatives=mode))
+
+    def warmup_length(self) -> int:
+        """Random-batch trainer steps at each reset before the first mined batch."""
+        cfg = self.cfg
+        if cfg.env.reward in TRAINING_FREE:
+            return 0
+        warmup = cfg.env.warmup_steps
+        if not cfg.mining.refresh_at_start:
+            warmup = max(warmup, math.ceil(self.data.train.n_pairs / cfg.train.batch_size))
+        return warmup
+
+    def trainer_steps(self, env_steps: int | None = None) -> int:
+        """Optimiser steps of ``env_steps`` env steps (default one episode), warm-ups included."""
+        env_steps = self.budget if env_steps is None else int(env_steps)
+        episodes = max(1, math.ceil(env_steps / self.budget))
+        return episodes * self.warmup_length() + env_steps * self._batches_per_space()
+
+    def _start_smoothing(self, warmup: int) -> None:
+        """S-ITC from the first mined step unless ``model.itc_smoothing_start`` says otherwise."""
+        if self.cfg.model.itc_smoothing_start is None:
+            self.trainer.itc_smoothing_start = warmup
+
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
         return full + (1 if rest and self.cfg.mining.remainder == "last_batch" else 0)
@@ -205,9 +239,7 @@ class NegativeMiningEnv(gym.Env):
         train = data.train
         n = train.n_pairs
         toy = cfg.env.reward in TRAINING_FREE
-        warmup = 0 if toy else cfg.env.warmup_steps
-        if not cfg.mining.refresh_at_start and not toy:
-            warmup = max(warmup, math.ceil(n / cfg.train.batch_size))
+        warmup = self.warmup_length()
         total = warmup + self.budget * self._batches_per_space()
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=episode_seed))
         if self._image_size is None:  # as the data render it (pretrain does the same)
@@ -215,6 +247,7 @@ class NegativeMiningEnv(gym.Env):
         self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=total)
         if cfg.env.checkpoint:
             self.trainer.load_checkpoint(Path(cfg.env.checkpoint).expanduser())
+        self._start_smoothing(warmup)
         self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
@@ -264,6 +297,7 @@ class NegativeMiningEnv(gym.Env):
         losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
+        mafa = FilterCounts() if cfg.model.false_negatives == "mafa" else None
         reason = None
         with stream:  # closes the builder thread also when training raises
             if cfg.env.reward == "toy":
@@ -295,6 +329,8 @@ class NegativeMiningEnv(gym.Env):
                     for k, v in comp.items():
                         components.setdefault(k, []).append(v)
                     rewards.append(sum(comp.values()))
+                    if mafa is not None and out.connections is not None:
+                        mafa += count_batch(train, out.index.numpy(), out.connections)
                     self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
                     self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
                 if reason is None and self.probe is not None:
@@ -321,6 +357,8 @@ class NegativeMiningEnv(gym.Env):
             "batches": [members[b] for b in chain.batches],
             "member_reward": self._member_reward(chain.batches, rewards, reward, len(members)),
         }
+        if mafa is not None:
+            info["mafa"] = {**mafa.rates(), "counts": mafa.to_dict()}
         if spec is not None:
             info["specificity"] = spec.copy()
         if terminated:
@@ -436,6 +474,7 @@ class NegativeMiningEnv(gym.Env):
             self._image_size = int(train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
         self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=int(state["trainer_total"]))
         self.trainer.load_state_dict(state["trainer"])
+        self._start_smoothing(self.warmup_length())
         self.cache = EmbeddingCache(train.n_pairs, cfg.model.embed_dim, device=self._cache_device())
         self.cache.load_state_dict(state["cache"])
         self.history = MemberHistory(train.n_pairs, train.specificity)

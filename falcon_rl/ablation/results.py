@@ -8,6 +8,13 @@ the final model, keys as in :mod:`falcon_rl.training.evaluation`), ``mean_reward
 The markdown table aggregates over seeds (mean ± std), adds each scheduler's difference to
 ``random`` paired by seed, and the *gap closed* ``(x − random) / (oracle − random)`` on the
 headline metrics (multi-positive image→text R@1 and t2i mAP, DESIGN §2.8).
+
+Runs with MAFA (``model.false_negatives: mafa``) also carry the filter's precision and recall at
+detecting false negatives (``mafa_precision``, ``mafa_recall``, ``mafa_converted_per_batch``, and
+``mafa_precision/spec{F}``, ``mafa_recall/spec{F}`` by caption specificity;
+:mod:`falcon_rl.mining.filter_quality`) and the cost of training their filter first
+(``filter_time``): columns of ``results.csv`` always, of ``results.md`` when some run has them
+(the time column then includes the filter's training).
 """
 
 from __future__ import annotations
@@ -25,10 +32,25 @@ HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
 TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
 #: run-level scalars shown in the table
 RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_fn_pair_rate", "mean_reward", "wall_time")
+#: MAFA's run-level scalars (top-level keys of a run record, when it used MAFA)
+MAFA_SCALARS: tuple[str, ...] = ("mafa_precision", "mafa_recall", "mafa_converted_per_batch", "filter_time")
 
 
-def flatten_run(run: dict[str, Any]) -> dict[str, Any]:
-    """One CSV row: identity, status, run scalars and every final metric."""
+def _is_run_scalar(key: str) -> bool:
+    return key in RUN_SCALARS or key in MAFA_SCALARS or key.startswith("mafa_")
+
+
+def _mafa_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
+    """The MAFA keys present in any run (the fixed ones first, then the by-specificity ones)."""
+    found = {k for r in runs for k in r if k.startswith("mafa_") or k == "filter_time"}
+    spec = sorted((k for k in found if k not in MAFA_SCALARS),
+                  key=lambda k: (k.split("/")[0], int(k.split("spec")[-1]) if k.split("spec")[-1].isdigit() else 0))
+    return [k for k in MAFA_SCALARS if k in found] + spec
+
+
+def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> dict[str, Any]:
+    """One CSV row: identity, status, run scalars, MAFA's scalars (``mafa_keys``, default the
+    run's own) and every final metric."""
     row: dict[str, Any] = {
         "scheduler": run.get("scheduler"),
         "seed": run.get("seed"),
@@ -38,6 +60,8 @@ def flatten_run(run: dict[str, Any]) -> dict[str, Any]:
     }
     for key in RUN_SCALARS:
         row[key] = run.get(key)
+    for key in _mafa_keys([run]) if mafa_keys is None else mafa_keys:
+        row[key] = run.get(key)
     for key, value in sorted((run.get("final") or {}).items()):
         row[key] = value
     return row
@@ -45,7 +69,8 @@ def flatten_run(run: dict[str, Any]) -> dict[str, Any]:
 
 def write_results_csv(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write one row per run (failed runs included, with their error)."""
-    rows = [flatten_run(r) for r in runs]
+    mafa = _mafa_keys(runs)  # every MAFA column, also for runs that have none (empty cells)
+    rows = [flatten_run(r, mafa) for r in runs]
     columns: list[str] = []
     for row in rows:
         for key in row:
@@ -62,7 +87,7 @@ def write_results_csv(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
 
 
 def _metric(run: dict[str, Any], key: str) -> float:
-    if key in RUN_SCALARS:
+    if _is_run_scalar(key):
         value = run.get(key)
     else:
         value = (run.get("final") or {}).get(key)
@@ -84,8 +109,10 @@ def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_MET
     Each row: ``scheduler``, ``n`` (seeds), ``<m>`` = (mean, std) for every metric,
     ``delta/<m>`` = mean ± std of (x − reference) paired by seed (NaN when the reference has
     no run with that seed), ``gap/<m>`` for the headline metrics, and ``failed`` (count).
-    Rows are sorted by the first headline metric, best first.
+    Rows are sorted by the first headline metric, best first. The MAFA scalars present in any
+    run are aggregated too.
     """
+    metrics = tuple(metrics) + tuple(k for k in _mafa_keys(runs) if k not in metrics)
     ok = [r for r in runs if r.get("status", "ok") == "ok"]
     by_sched: dict[str, dict[int, dict[str, Any]]] = {}
     for r in ok:
@@ -157,6 +184,8 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
     if percent is None:
         percent = metrics_are_percent(rows)
     ms = 1.0 if percent else 100.0  # retrieval-metric scale
+    mafa = _has(rows, "mafa_precision") or _has(rows, "mafa_converted_per_batch")
+    filtered = _has(rows, "filter_time")
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
@@ -165,17 +194,25 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
         "match counts). Δ = paired difference to `random` with the same seed. Gap closed =",
         "(x − random) / (oracle − random). FN rate = share of chain picks that are true matches;",
         "batch FN = share of all in-batch pairs that truly match (what ITC trains as negatives).",
-        "",
     ]
+    if mafa:
+        lines += ["MAFA filter: precision / recall at detecting false negatives among the hardest negatives it",
+                  "scored (ground truth from the benchmark); conv/batch = pairs converted to positives per batch."]
+    if filtered:
+        lines += ["Time includes training MAFA's filter first (its share in parentheses)."]
+    lines += [""]
     head = ["scheduler", "seeds", "i2t R@1 mp", "Δ", "gap", "t2i mAP", "Δ", "gap",
             "t2i R@1 mp", "i2t R@5 mp", "i2t R@1 strict", "t2i R@1 strict", "FN rate", "batch FN", "reward",
             "time s"]
+    if mafa:
+        head[-1:-1] = ["filter prec", "filter rec", "conv/batch"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
         gap1, gap2 = r.get("gap/i2t_r1_mp", float("nan")), r.get("gap/t2i_map", float("nan"))
         name = r["scheduler"] + (f" ({r['failed']} failed)" if r.get("failed") else "")
         wall = r["wall_time"][0]
+        filter_time = r.get("filter_time", (float("nan"), 0.0))[0]
         cells = [
             name, str(r["n"]),
             _fmt(r["i2t_r1_mp"], ms), _fmt_delta(r["delta/i2t_r1_mp"], ms),
@@ -184,8 +221,12 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
             "–" if math.isnan(gap2) else f"{gap2:.0%}",
             _fmt(r["t2i_r1_mp"], ms), _fmt(r["i2t_r5_mp"], ms), _fmt(r["i2t_r1"], ms), _fmt(r["t2i_r1"], ms),
             _fmt(r["mean_fn_rate"]), _fmt(r["mean_fn_pair_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
-            "–" if math.isnan(wall) else f"{wall:.0f}",
+            _time_cell(wall, filter_time),
         ]
+        if mafa:
+            cells[-1:-1] = [_fmt(r.get("mafa_precision", (float("nan"), 0.0))),
+                            _fmt(r.get("mafa_recall", (float("nan"), 0.0))),
+                            _fmt(r.get("mafa_converted_per_batch", (float("nan"), 0.0)), scale=1.0)]
         lines.append("| " + " | ".join(cells) + " |")
     by_name = {r["scheduler"]: r for r in rows}
     if "random" in by_name and "oracle" in by_name:
@@ -200,6 +241,44 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
             elif not math.isnan(d_std) and by_name["oracle"]["n"] > 1 and d_mean <= d_std:
                 lines += ["", f"Gap closed on {label} is unreliable: the oracle's paired gain over random "
                           f"({d_mean * ms:+.1f} ± {d_std * ms:.1f}) is within seed noise."]
+    if mafa:
+        lines += _mafa_by_specificity(rows)
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
+
+
+def _has(rows: Sequence[dict[str, Any]], key: str) -> bool:
+    return any(key in r and not math.isnan(r[key][0]) for r in rows)
+
+
+def _time_cell(wall: float, filter_time: float) -> str:
+    if math.isnan(wall):
+        return "–"
+    if math.isnan(filter_time):
+        return f"{wall:.0f}"
+    return f"{wall + filter_time:.0f} ({filter_time:.0f})"
+
+
+def _percent(x: float) -> str:
+    return "–" if math.isnan(x) else f"{x * 100:.0f}"
+
+
+def _mafa_by_specificity(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The filter's precision / recall by the scored caption's specificity, one row per scheduler."""
+    specs = sorted({int(k.split("spec")[-1]) for r in rows for k in r
+                    if k.startswith(("mafa_precision/spec", "mafa_recall/spec"))})
+    with_data = [r for r in rows if any(k.startswith(("mafa_precision/spec", "mafa_recall/spec"))
+                                        and not math.isnan(r[k][0]) for k in r)]
+    if not specs or not with_data:
+        return []
+    out = ["", "MAFA filter precision / recall (%) by the specificity F of the scored pair's caption:", "",
+           "| scheduler | " + " | ".join(f"F={f}" for f in specs) + " |", "|" + "---|" * (len(specs) + 1)]
+    nan = (float("nan"), 0.0)
+    for r in with_data:
+        cells = []
+        for f in specs:
+            p, q = r.get(f"mafa_precision/spec{f}", nan)[0], r.get(f"mafa_recall/spec{f}", nan)[0]
+            cells.append(f"{_percent(p)} / {_percent(q)}")
+        out.append(f"| {r['scheduler']} | " + " | ".join(cells) + " |")
+    return out

@@ -62,6 +62,7 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     A scheduler label may have overrides in ``ablation.overrides[label]`` (``{"agent.q": 0.7}``);
     ``agent.name`` there sets the scheduler behind a label (e.g. ``fixed-0.7`` → ``fixed``).
     The seed sets ``train.seed`` (model init, masks, mining and agent); the data stay the same.
+    MAFA runs share one filter, ``<ablation.out_dir>/filter`` (``mafa.filter_dir`` when null).
     """
     base = to_dict(cfg)
     out_root = Path(cfg.ablation.out_dir).expanduser()
@@ -79,6 +80,8 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
             data["train"]["seed"] = int(seed)
             run_dir = out_root / label / f"seed{seed}"
             data["train"]["out_dir"] = str(run_dir)
+            if data["mafa"].get("filter_dir") is None:
+                data["mafa"]["filter_dir"] = str(out_root / "filter")
             if cfg.ablation.workers > 1 and not data["train"]["threads"]:
                 data["train"]["threads"] = threads
             where = f"{source} (ablation.overrides.{label})"

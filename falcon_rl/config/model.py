@@ -62,7 +62,16 @@ class ModelConfig:
     itc_weight: float = param(1.0, "weight of the ITC loss", ge=0.0)
     itm_weight: float = param(1.0, "weight of the ITM loss", ge=0.0)
     mlm_weight: float = param(1.0, "weight of the MLM loss", ge=0.0)
-    itc_label_smoothing: float = param(0.0, "ITC label smoothing (MAFA uses 0.5)", ge=0.0, lt=1.0)
+    itc_label_smoothing: float | None = param(None, "ITC label smoothing ε, (1 - ε)·target + ε/N (MAFA's S-ITC); "
+                                              "null: mafa.smoothing with model.false_negatives=mafa, else 0",
+                                              ge=0.0, lt=1.0)
+    itc_smoothing_start: int | None = param(None, "trainer step from which ITC label smoothing applies; null: the "
+                                            "first mined step (after env.warmup_steps in train-agent / ablate, as "
+                                            "MAFA smooths from its 2nd epoch, GRIT's 1st being random), 0 in "
+                                            "pretrain", ge=0)
+    false_negatives: str = param("none", "loss-side false-negative handling: none, or mafa (MAFA's connection "
+                                 "mining with a frozen filter model, settings in the mafa section)",
+                                 choices=["none", "mafa"])
 
     def __post_init__(self) -> None:
         if self.temperature_min > self.temperature_max:

@@ -10,6 +10,7 @@ from falcon_rl.config.data import DataConfig
 from falcon_rl.config.env import EnvConfig
 from falcon_rl.config.eval import EvalConfig
 from falcon_rl.config.logging import LoggingConfig
+from falcon_rl.config.mafa import MafaConfig
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.config.train import TrainConfig
@@ -28,3 +29,4 @@ class ExperimentConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
+    mafa: MafaConfig = field(default_factory=MafaConfig)

@@ -6,6 +6,8 @@ Li et al., "Align before Fuse" (ALBEF, NeurIPS 2021). Three losses share the tow
   ``[CLS]`` with a learned temperature (clamped to ``[temperature_min, temperature_max]``);
   optional multi-positive soft targets, label smoothing, and (``momentum: true``) momentum
   encoders, feature queues and distillation with weight α.
+* A *pair planner* (:mod:`falcon_rl.models.pair_plan`, e.g. MAFA's connection mining) may
+  replace the in-batch ITC positives, the ITM pairs and their labels, and add MLM samples.
 * ITM: the fused ``[CLS]`` classifies 3·B pairs: B positives, B text-anchored and B
   image-anchored hard negatives drawn from the in-batch ITC similarity.
 * MLM: masked tokens predicted from the fused text (needs the image), with distillation
@@ -26,6 +28,7 @@ from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.towers import (build_text, build_vision, init_bert_style, layer_forward, padding_mask,
                                       resolve_attention, set_attention)
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
+from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.presets import ModelShape, resolve_shape
 
 
@@ -239,6 +242,8 @@ class ALBEF(nn.Module):
         alpha: float | None = None,
         generator: torch.Generator | None = None,
         update_queue: bool = True,
+        itc_smoothing: float | None = None,
+        pair_planner: PairPlanner | None = None,
     ) -> ALBEFOutput:
         """One ALBEF training forward pass.
 
@@ -251,6 +256,11 @@ class ALBEF(nn.Module):
         :param alpha: distillation weight (default ``cfg.distill_alpha``; momentum only).
         :param generator: random generator of the ITM negative sampling.
         :param update_queue: push this batch's momentum features into the queues.
+        :param itc_smoothing: ITC label smoothing ε of this step (default ``cfg.itc_label_smoothing``
+            or 0; the trainer passes the scheduled value).
+        :param pair_planner: called with the in-batch similarities once they are known; its
+            :class:`~falcon_rl.models.pair_plan.PairPlan` replaces the in-batch ITC positives, the
+            ITM pairs and labels, and adds MLM samples (MAFA's connection mining).
         """
         cfg = self.cfg
         attention_mask, input_ids, mlm_input_ids, mlm_labels = trim_padding(
@@ -286,21 +296,29 @@ class ALBEF(nn.Module):
             soft_i2t = soft_t2i = None
         sim_i2t = (image_feat @ text_all.t()).float() / temp
         sim_t2i = (text_feat @ image_all.t()).float() / temp
-        smoothing = cfg.itc_label_smoothing
+        plan = None if pair_planner is None else pair_planner(sim_i2t[:, :b].detach(), sim_t2i[:, :b].detach(),
+                                                                 pos_batch)
+        if plan is not None:
+            pos_i2t, pos_t2i = plan.itc_positives(pos_i2t, pos_t2i)
+        smoothing = float(itc_smoothing if itc_smoothing is not None else (cfg.itc_label_smoothing or 0.0))
         tgt_i2t = contrastive_targets(pos_i2t, smoothing, soft_i2t, alpha)
         tgt_t2i = contrastive_targets(pos_t2i, smoothing, soft_t2i, alpha)
         itc_rows = 0.5 * (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i))
         loss_itc = itc_rows.mean()
 
         # ---------------- ITM: B positives + B text-anchored + B image-anchored hard negatives
-        exclude = pos_batch > 0  # [image i, text j]
-        itm_i2t, itm_t2i = sim_i2t[:, :b], sim_t2i[:, :b]
-        if cfg.itm_temperature is not None:  # sample from softmax(cos / τ_itm) instead of the ITC temperature
-            itm_i2t = itm_i2t * (temp / cfg.itm_temperature)
-            itm_t2i = itm_t2i * (temp / cfg.itm_temperature)
-        neg_text_for_image = itm_negatives(itm_i2t, exclude, cfg.itm_negatives, generator)
-        neg_image_for_text = itm_negatives(itm_t2i, exclude.t(), cfg.itm_negatives, generator)
-        loss_itm = self._itm_loss(image_tokens, text_hidden, attention_mask, neg_image_for_text, neg_text_for_image)
+        if plan is None:
+            exclude = pos_batch > 0  # [image i, text j]
+            itm_i2t, itm_t2i = sim_i2t[:, :b], sim_t2i[:, :b]
+            if cfg.itm_temperature is not None:  # sample from softmax(cos / τ_itm) instead of the ITC temperature
+                itm_i2t = itm_i2t * (temp / cfg.itm_temperature)
+                itm_t2i = itm_t2i * (temp / cfg.itm_temperature)
+            neg_text_for_image = itm_negatives(itm_i2t, exclude, cfg.itm_negatives, generator)
+            neg_image_for_text = itm_negatives(itm_t2i, exclude.t(), cfg.itm_negatives, generator)
+        else:  # the planner's pairs (MAFA: mined hardest / next-hardest, converted pairs labelled 1)
+            neg_text_for_image, neg_image_for_text = plan.text_for_image, plan.image_for_text
+        loss_itm = self._itm_loss(image_tokens, text_hidden, attention_mask, neg_image_for_text, neg_text_for_image,
+                                  None if plan is None else plan.itm_labels())
 
         # ---------------- MLM
         classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, cfg.mlm_softmax)
@@ -311,6 +329,9 @@ class ALBEF(nn.Module):
                 logits_m = self.enc_m.mlm_logits(image_tokens_m, mlm_input_ids, attention_mask, mlm_labels, classes)
                 soft_mlm = torch.softmax(logits_m.float(), dim=-1)
         loss_mlm, loss_mlm_train = masked_lm_loss(logits, mlm_targets(mlm_labels, classes), soft_mlm, alpha)
+        if plan is not None and plan.mlm_text.numel():
+            loss_mlm_train = self._with_extra_mlm(loss_mlm_train, plan, image_tokens, mlm_input_ids, attention_mask,
+                                                  mlm_labels, classes, embedded_mlm)
 
         if self.enc_m is not None and update_queue:
             self._enqueue(image_feat_m, text_feat_m, index)
@@ -320,14 +341,36 @@ class ALBEF(nn.Module):
                            itc_rows.detach())
 
     def _itm_loss(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
-                  neg_image_for_text: torch.Tensor, neg_text_for_image: torch.Tensor) -> torch.Tensor:
+                  neg_image_for_text: torch.Tensor, neg_text_for_image: torch.Tensor,
+                  neg_labels: torch.Tensor | None = None) -> torch.Tensor:
+        """ITM cross-entropy on B positives, then B text-anchored and B image-anchored pairs labelled
+        ``neg_labels`` (2B,) (default all 0: negatives)."""
         b = image_tokens.shape[0]
         texts = torch.cat([text_hidden, text_hidden, text_hidden[neg_text_for_image]])
         masks = torch.cat([attention_mask, attention_mask, attention_mask[neg_text_for_image]])
         images = torch.cat([image_tokens, image_tokens[neg_image_for_text], image_tokens])
         logits = self.itm_head(self.enc.fuse(texts, masks, images)[:, 0, :])
-        labels = torch.cat([torch.ones(b, dtype=torch.long), torch.zeros(2 * b, dtype=torch.long)]).to(logits.device)
+        rest = torch.zeros(2 * b, dtype=torch.long) if neg_labels is None else neg_labels.long().cpu()
+        labels = torch.cat([torch.ones(b, dtype=torch.long), rest]).to(logits.device)
         return F.cross_entropy(logits.float(), labels)
+
+    def _with_extra_mlm(self, loss_mlm_train: torch.Tensor, plan: PairPlan, image_tokens: torch.Tensor,
+                        mlm_input_ids: torch.Tensor, attention_mask: torch.Tensor, mlm_labels: torch.Tensor,
+                        classes: torch.Tensor | None, embedded_mlm: torch.Tensor) -> torch.Tensor:
+        """The MLM training loss over the batch's masked tokens and those of the plan's extra
+        (image, text) samples, token-weighted (MAFA trains one MLM over both). The extra rows run in
+        their own pass, so the batch's own MLM loss (the reward's L_MLM) is computed exactly as
+        without a plan; they get no momentum distillation."""
+        t, i = plan.mlm_text, plan.mlm_image
+        labels = mlm_labels[t]
+        logits = self.enc.mlm_logits(image_tokens[i], mlm_input_ids[t], attention_mask[t], labels, classes,
+                                     embedded_mlm[t])
+        n_extra = logits.shape[0]
+        n_batch = int((mlm_labels != -100).sum())
+        if n_extra == 0:
+            return loss_mlm_train
+        extra, _ = masked_lm_loss(logits, mlm_targets(labels, classes))
+        return (n_batch * loss_mlm_train + n_extra * extra) / (n_batch + n_extra)
 
     # ------------------------------------------------------------------ evaluation losses
     @torch.no_grad()

@@ -30,6 +30,7 @@ from falcon_rl.models.towers import resolve_attention
 from falcon_rl.progress import iterate
 from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_payload,
                                            set_global_rng_state, to_safe)
+from falcon_rl.training.connection import ConnectionMining
 from falcon_rl.training.evaluation import chance_levels, rerank_with_scores, retrieval_metrics
 from falcon_rl.training.optim import build_optimizer, build_scheduler
 from falcon_rl.utils import resolve_device, seed_everything
@@ -52,6 +53,8 @@ class StepOutput:
     :ivar itc_per_sample: (B,) per-pair ITC loss (CPU, float32).
     :ivar stats: ``lr``, ``temperature``, ``grad_norm``, ``step_time`` (s), ``skipped`` (1.0 when
         the loss was not finite and the update was skipped).
+    :ivar connections: with ``model.false_negatives: mafa``, what connection mining decided on
+        the batch (:class:`falcon_rl.models.mafa.ConnectionReport`), else None.
     """
 
     losses: dict[str, float]
@@ -61,6 +64,7 @@ class StepOutput:
     mlm_masks: MLMMasks
     itc_per_sample: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
+    connections: Any = None
 
 
 class Trainer:
@@ -93,6 +97,12 @@ class Trainer:
         self.amp_dtype: torch.dtype | None = torch.bfloat16 if use_amp else None
         ids = self.model.special_ids
         self._special = [ids["cls"], ids["sep"], ids["pad"]]
+        #: first optimiser step with ITC label smoothing (the env sets it to its warm-up length when
+        #: ``model.itc_smoothing_start`` is null)
+        self.itc_smoothing_start = int(cfg.model.itc_smoothing_start or 0)
+        self.connections: ConnectionMining | None = None
+        if cfg.model.false_negatives == "mafa":
+            self.connections = ConnectionMining(cfg, self.model, tokenizer, image_size, self.device)
 
     # ------------------------------------------------------------------ helpers
     def _autocast(self) -> contextlib.AbstractContextManager:
@@ -105,6 +115,16 @@ class Trainer:
         if m.distill_warmup_steps <= 0:
             return m.distill_alpha
         return m.distill_alpha * min(1.0, self.step / m.distill_warmup_steps)
+
+    def itc_smoothing(self, step: int | None = None) -> float:
+        """ITC label smoothing ε of the step after ``step`` optimiser steps (default: now): 0 before
+        :attr:`itc_smoothing_start`, then ``model.itc_label_smoothing`` (null: ``mafa.smoothing``
+        with MAFA, else 0) — MAFA's S-ITC after a warm-up."""
+        step = self.step if step is None else int(step)
+        eps = self.cfg.model.itc_label_smoothing
+        if eps is None:
+            eps = self.cfg.mafa.smoothing if self.cfg.model.false_negatives == "mafa" else 0.0
+        return float(eps) if step >= self.itc_smoothing_start else 0.0
 
     @property
     def lr(self) -> float:
@@ -125,7 +145,8 @@ class Trainer:
 
         :param mlm_masks: masks to use (default: fresh ones from :meth:`make_mlm_masks`).
         :param itc_targets: (B, B) multi-positive ITC weights (``[i, j] > 0``: image i matches
-            text j); those pairs are never ITM negatives (MAFA connection mining).
+            text j); those pairs are never ITM negatives. With ``model.false_negatives: mafa``
+            connection mining adds the filter's false negatives to them (``StepOutput.connections``).
         A non-finite loss or gradient skips the update (``stats["skipped"] = 1``) and leaves the
         weights as they were; the losses are still reported, so the env can terminate on NaN.
         """
@@ -135,9 +156,11 @@ class Trainer:
         m = masks.to(self.device)
         targets = None if itc_targets is None else itc_targets.to(self.device)
         self.model.train()
+        planner = self.connections.planner(b) if self.connections is not None else None
         with self._autocast():
             out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
-                             itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator)
+                             itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
+                             itc_smoothing=self.itc_smoothing(), pair_planner=planner)
         values = torch.stack([out.itc, out.itm, out.mlm, out.loss]).detach().float().cpu().tolist()
         losses = dict(zip(("itc", "itm", "mlm", "total"), values))
         stats = {"lr": self.lr, "grad_norm": float("nan"), "skipped": 0.0}
@@ -152,6 +175,8 @@ class Trainer:
             self.model.clamp_temperature()
             self.model.momentum_update()
             self.step += 1
+            if self.connections is not None:
+                self.connections.after_update(self.model, self.step)
         else:
             self.optimizer.zero_grad(set_to_none=True)
             stats["skipped"] = 1.0
@@ -165,6 +190,7 @@ class Trainer:
             mlm_masks=MLMMasks(masks.input_ids.cpu(), masks.labels.cpu()),
             itc_per_sample=out.itc_per_sample.float().cpu(),
             stats=stats,
+            connections=self.connections.take_report() if self.connections is not None else None,
         )
 
     # ------------------------------------------------------------------ deterministic losses
@@ -365,6 +391,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": self.rng_state(),
+            "connections": self.connections.state_dict() if self.connections is not None else {},
             "extra": to_safe(extra or {}),
         }
 
@@ -384,6 +411,8 @@ class Trainer:
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
         self.set_rng_state(payload["rng"])
+        if self.connections is not None:
+            self.connections.load_state_dict(payload.get("connections") or {}, int(payload["step"]))
         self.step = int(payload["step"])
         return payload["extra"]
 

@@ -1,0 +1,184 @@
+"""MAFA's connection mining in the trainer: the frozen filter model and the per-batch planner
+(``model.false_negatives: mafa``; the ``mafa`` config section; docs/ALGORITHM.md §11).
+
+The filter (``mafa.filter``) is one of
+
+* ``pretrain`` / ``path`` — a frozen copy of a trainer checkpoint (``<mafa.filter_dir>/checkpoint.pt``
+  of the filter trained first by :func:`falcon_rl.training.filter_stage.ensure_filter`, or
+  ``mafa.path``), rebuilt from the checkpoint's own model config. This is the paper's setup:
+  MAFA's ``Pretrain_MAFA.py`` loads a separately trained filter (``--filter_checkpoint``), puts it
+  in eval mode and sets ``requires_grad = False`` on every parameter;
+* ``momentum`` — the online model's EMA towers (``model.momentum: true``) with its ITM head;
+* ``snapshot`` — a copy of the online towers and ITM head taken at the start and every
+  ``mafa.snapshot_every`` optimiser steps.
+
+The filter always scores under ``no_grad`` in eval mode; its decisions are discrete, so no
+gradient can reach it, and a ``pretrain`` / ``path`` / ``snapshot`` filter has no parameter
+that requires a gradient and none in the optimiser.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from falcon_rl.config import ConfigError, ExperimentConfig
+from falcon_rl.config.loader import build_dataclass
+from falcon_rl.config.model import ModelConfig
+from falcon_rl.data.base import Batch
+from falcon_rl.models import ALBEF, build_model
+from falcon_rl.models.mafa import ConnectionReport, FilterScorer, mine_connections
+from falcon_rl.models.pair_plan import PairPlan, PairPlanner
+from falcon_rl.models.towers import resolve_attention
+from falcon_rl.training.checkpoint import CheckpointError, load_payload
+
+#: buffers of ALBEF's momentum queues (not part of a filter)
+_QUEUE_BUFFERS = ("image_queue", "text_queue", "idx_queue", "queue_ptr")
+
+
+def filter_checkpoint_path(cfg: ExperimentConfig) -> Path:
+    """The checkpoint a ``pretrain`` or ``path`` filter is read from; a :class:`ConfigError` naming
+    the key when it is not set."""
+    m = cfg.mafa
+    if m.filter == "path":
+        if not m.path:
+            raise ConfigError("mafa.filter=path needs mafa.path (a trainer checkpoint, e.g. the checkpoint.pt "
+                              "that falcon-rl pretrain writes)")
+        return Path(m.path).expanduser()
+    if m.filter != "pretrain":
+        raise ValueError(f"mafa.filter={m.filter!r} has no checkpoint")
+    if not m.filter_dir:
+        raise ConfigError("mafa.filter=pretrain needs mafa.filter_dir (train-agent and ablate set it and train the "
+                          "filter there first; elsewhere use mafa.filter=path with mafa.path)")
+    return Path(m.filter_dir).expanduser() / "checkpoint.pt"
+
+
+def load_filter_model(path: str | Path, tokenizer, image_size: int, device: torch.device) -> ALBEF:
+    """A frozen ALBEF (eval mode, no parameter requiring a gradient) from a trainer checkpoint,
+    built with the checkpoint's own model config (without its momentum copy)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MAFA filter checkpoint {path} does not exist (train it first, e.g. falcon-rl "
+                                "pretrain, or let train-agent / ablate train it with mafa.filter=pretrain)")
+    payload = load_payload(path)
+    try:
+        saved = payload["config"]["model"]
+        state = payload["model"]
+        signature = payload["signature"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"MAFA filter checkpoint {path}: not a falcon-rl trainer checkpoint "
+                              f"(missing {e})") from e
+    model_cfg = build_dataclass(ModelConfig, dict(saved), f"MAFA filter checkpoint {path}", prefix="model")
+    model_cfg = dataclasses.replace(model_cfg, momentum=False, false_negatives="none")
+    for key, mine in (("vocab_size", len(tokenizer)), ("image_size", int(image_size))):
+        if signature.get(key) != mine:
+            raise CheckpointError(f"MAFA filter checkpoint {path}: {key} {signature.get(key)} differs from this "
+                                  f"run's {mine}")
+    model = build_model(model_cfg, tokenizer, image_size)
+    weights = {k: v for k, v in state.items() if not k.startswith("enc_m.") and k not in _QUEUE_BUFFERS}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"MAFA filter checkpoint {path}: the weights do not fit its model config: "
+                              f"{str(e).splitlines()[0]}") from e
+    model.set_attention(resolve_attention(model_cfg.attention, device))
+    return freeze(model.to(device))
+
+
+def freeze(module: nn.Module) -> nn.Module:
+    """Eval mode, every parameter ``requires_grad = False`` and no stored gradient."""
+    module.eval()
+    for p in module.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return module
+
+
+class ConnectionMining:
+    """The trainer's MAFA state: the filter and the planner of each training batch.
+
+    :param cfg: the experiment config (``mafa`` section; ``model.momentum`` for ``momentum``).
+    :param model: the online model (source of ``momentum`` and ``snapshot`` filters).
+    :param tokenizer, image_size, device: to rebuild a checkpoint filter.
+    """
+
+    def __init__(self, cfg: ExperimentConfig, model: ALBEF, tokenizer, image_size: int,
+                 device: torch.device) -> None:
+        self.cfg = cfg.mafa
+        self.kind = cfg.mafa.filter
+        self.model = model
+        self.snapshot_step = 0
+        self.last_report: ConnectionReport | None = None
+        if self.kind == "momentum":
+            if model.enc_m is None:
+                raise ConfigError("mafa.filter=momentum needs model.momentum=true (the EMA model is the filter)")
+            self.modules: tuple[nn.Module, nn.Module] = (model.enc_m, model.itm_head)
+        elif self.kind == "snapshot":
+            self.modules = self._snapshot(model)
+        else:
+            path = filter_checkpoint_path(cfg)
+            filt = load_filter_model(path, tokenizer, image_size, device)
+            self.modules = (filt.enc, filt.itm_head)
+        self.scorer = FilterScorer(*self.modules)
+
+    @staticmethod
+    def _snapshot(model: ALBEF) -> tuple[nn.Module, nn.Module]:
+        return freeze(copy.deepcopy(model.enc)), freeze(copy.deepcopy(model.itm_head))
+
+    def filter_parameters(self) -> list[torch.nn.Parameter]:
+        """The filter's parameters (for ``momentum``: the EMA towers and the online ITM head)."""
+        return [p for m in self.modules for p in m.parameters()]
+
+    def planner(self, batch: Batch) -> PairPlanner:
+        """The pair planner of one training batch (on the model's device); it records its
+        :class:`ConnectionReport` in :attr:`last_report`."""
+        score = self.scorer.bind(batch.image, batch.input_ids, batch.attention_mask)
+        m = self.cfg
+
+        def plan(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor) -> PairPlan:
+            out, self.last_report = mine_connections(sim_i2t, sim_t2i, positives, score, m.low, m.high, m.extra_mlm)
+            return out
+
+        return plan
+
+    def take_report(self) -> ConnectionReport | None:
+        """The last batch's report (and forget it)."""
+        report, self.last_report = self.last_report, None
+        return report
+
+    def after_update(self, model: ALBEF, step: int) -> None:
+        """After optimiser step ``step``: refresh a ``snapshot`` filter every ``mafa.snapshot_every`` steps."""
+        if self.kind == "snapshot" and step % self.cfg.snapshot_every == 0 and step != self.snapshot_step:
+            self.modules = self._snapshot(model)
+            self.scorer = FilterScorer(*self.modules)
+            self.snapshot_step = step
+
+    def state_dict(self) -> dict[str, Any]:
+        """A ``snapshot`` filter's weights and step (the others are rebuilt from config / model)."""
+        if self.kind != "snapshot":
+            return {}
+        enc, head = self.modules
+        return {"step": self.snapshot_step, "enc": enc.state_dict(), "head": head.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
+        """Restore :meth:`state_dict`, after the online model's weights of optimiser step ``step``
+        were loaded; a checkpoint without a snapshot (e.g. ``env.checkpoint`` from pretrain) starts
+        the snapshot filter from those weights."""
+        if self.kind != "snapshot":
+            return
+        if not state:
+            self.modules = self._snapshot(self.model)
+            self.scorer = FilterScorer(*self.modules)
+            self.snapshot_step = int(step)
+            return
+        enc, head = self.modules
+        enc.load_state_dict(state["enc"])
+        head.load_state_dict(state["head"])
+        freeze(enc)
+        freeze(head)
+        self.snapshot_step = int(state["step"])
