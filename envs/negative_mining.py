@@ -211,10 +211,14 @@ class NegativeMiningEnv(gym.Env):
         episodes = max(1, math.ceil(env_steps / self.budget))
         return episodes * self.warmup_length() + env_steps * self._batches_per_space()
 
-    def _start_smoothing(self, warmup: int) -> None:
-        """S-ITC from the first mined step unless ``model.itc_smoothing_start`` says otherwise."""
+    def _start_loss_options(self, first_mined_step: int) -> None:
+        """MAFA's connection mining from the episode's first mined optimiser step (the warm-up is
+        plain random-batch ALBEF for every scheduler), and S-ITC too unless
+        ``model.itc_smoothing_start`` is set."""
+        self._mining_start = int(first_mined_step)
+        self.trainer.connections_start = self._mining_start
         if self.cfg.model.itc_smoothing_start is None:
-            self.trainer.itc_smoothing_start = warmup
+            self.trainer.itc_smoothing_start = self._mining_start
 
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
@@ -247,7 +251,7 @@ class NegativeMiningEnv(gym.Env):
         self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=total)
         if cfg.env.checkpoint:
             self.trainer.load_checkpoint(Path(cfg.env.checkpoint).expanduser())
-        self._start_smoothing(warmup)
+        self._start_loss_options(self.trainer.step + warmup)
         self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
@@ -461,6 +465,7 @@ class NegativeMiningEnv(gym.Env):
             "members": torch.as_tensor(self._members), "episode_steps": self.episode_steps, "done": self._done,
             "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
             "r1": float(self._r1), "oracle": self.oracle, "gt_targets": self.gt_targets,
+            "mining_start": self._mining_start,
             "split": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
@@ -474,7 +479,7 @@ class NegativeMiningEnv(gym.Env):
             self._image_size = int(train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
         self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=int(state["trainer_total"]))
         self.trainer.load_state_dict(state["trainer"])
-        self._start_smoothing(self.warmup_length())
+        self._start_loss_options(int(state.get("mining_start", self.warmup_length())))
         self.cache = EmbeddingCache(train.n_pairs, cfg.model.embed_dim, device=self._cache_device())
         self.cache.load_state_dict(state["cache"])
         self.history = MemberHistory(train.n_pairs, train.specificity)

@@ -183,18 +183,21 @@ def test_smoothing_starts_exactly_at_the_configured_step(monkeypatch):
 def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "mafa.snapshot_every=2")
     conn = trainer.connections
-    initial = [p.detach().clone() for p in conn.filter_parameters()]
-    for step, batch in enumerate(_batches(3), start=1):
+    assert conn.modules is None  # nothing built before the first use
+
+    def online():
+        return [p.detach().clone() for p in list(trainer.model.enc.parameters()) + list(trainer.model.itm_head.parameters())]
+
+    taken = {}
+    for step, batch in enumerate(_batches(4)):  # optimiser steps 0..3 (before each update)
+        weights = online()
         out = trainer.train_step(batch)
         assert out.connections is not None and out.connections.decision.numel() == 32
-        filt = conn.filter_parameters()
-        online = list(trainer.model.enc.parameters()) + list(trainer.model.itm_head.parameters())
-        if step == 1:  # still the copy of the initial model
-            assert all(torch.equal(a, b) for a, b in zip(filt, initial))
-        if step == 2:  # the snapshot of the model after step 2
-            assert all(torch.equal(a, b.detach()) for a, b in zip(filt, online))
-        if step == 3:  # the model moved on, the filter did not
-            assert not all(torch.equal(a, b.detach()) for a, b in zip(filt, online))
+        taken[step] = (conn.snapshot_step, weights)
+    # taken at first use (step 0), again once two steps old (step 2), not in between
+    assert [taken[s][0] for s in range(4)] == [0, 0, 2, 2]
+    assert all(torch.equal(a, b) for a, b in zip(conn.filter_parameters(), taken[2][1]))
+    assert not all(torch.equal(a, b) for a, b in zip(conn.filter_parameters(), online()))  # the model moved on
     assert all(not p.requires_grad and p.grad is None for p in conn.filter_parameters())
     # exact resume: the snapshot travels in the trainer's checkpoint
     payload = trainer.state_dict()
@@ -202,6 +205,12 @@ def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
     again.load_state_dict(payload)
     assert again.connections.snapshot_step == 2
     assert all(torch.equal(a, b) for a, b in zip(again.connections.filter_parameters(), conn.filter_parameters()))
+    # connection mining only from connections_start on (the env's first mined step)
+    late = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot")
+    late.connections_start = 2
+    reports = [late.train_step(batch).connections for batch in _batches(3)]
+    assert reports[0] is None and reports[1] is None and reports[2] is not None
+    assert late.connections.snapshot_step == 2
 
 
 def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
@@ -210,7 +219,7 @@ def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
     saved = {k: v.clone() for k, v in source.model.state_dict().items()}
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=path", f"mafa.path={path}")
     conn = trainer.connections
-    enc, head = conn.modules
+    enc, head = conn.filter_modules()
     assert len(enc.text.encoder.layer) == 1 and not enc.training and not head.training
     params = conn.filter_parameters()
     assert params and all(not p.requires_grad for p in params)
@@ -235,7 +244,7 @@ def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
 def test_momentum_filter_and_config_errors(tmp_path):
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=momentum", "model.momentum=true",
                        "model.queue_size=32")
-    assert trainer.connections.modules[0] is trainer.model.enc_m
+    assert trainer.connections.filter_modules()[0] is trainer.model.enc_m
     batch = _batches(1)[0]
     trainer.model.train()
     out = trainer.train_step(batch)
@@ -244,7 +253,7 @@ def test_momentum_filter_and_config_errors(tmp_path):
         _trainer("model.false_negatives=mafa", "mafa.filter=momentum")
     with pytest.raises(ConfigError, match="mafa.path"):
         _trainer("model.false_negatives=mafa", "mafa.filter=path")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="mafa.path: .* does not exist"):
         _trainer("model.false_negatives=mafa", "mafa.filter=path", f"mafa.path={tmp_path / 'none.pt'}")
     with pytest.raises(ConfigError, match="mafa.filter_dir"):
         _trainer("model.false_negatives=mafa")

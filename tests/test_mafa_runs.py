@@ -24,13 +24,15 @@ TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.pro
 
 def test_env_reports_the_filter_every_step_and_smooths_after_the_warmup(tmp_path):
     cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path}", "model.false_negatives=mafa",
-                                    "mafa.filter=snapshot", "mafa.snapshot_every=1"])
+                                    "mafa.filter=snapshot", "mafa.snapshot_every=10"])
     env = NegativeMiningEnv(cfg, data=load_data(cfg.data))
     env.reset(seed=0)
     assert env.trainer.itc_smoothing_start == env.warmup_length() == 3 == env.trainer.step
+    assert env.trainer.connections_start == 3 and env.trainer.connections.snapshot_step is None  # unused so far
     assert env.trainer.itc_smoothing() == 0.5  # S-ITC from the first mined batch on
     assert env.trainer.itc_smoothing(2) == 0.0  # not during the random-batch warm-up
     info = env.step(np.ones(64, np.float32))[4]  # GRIT's chain: hardest negatives
+    assert env.trainer.connections.snapshot_step == 3  # the filter: the model after the warm-up
     mafa = info["mafa"]
     counts = mafa["counts"]
     assert counts["batches"] == 2 and counts["scored"] == 2 * 2 * 32  # both directions, every anchor
@@ -54,6 +56,7 @@ def _ablate_args(tmp_path) -> list[str]:
         "train.warmup_steps=1", "env.budget_steps=2", "env.warmup_steps=2", "env.eval_every=0",
         "eval.max_test=0", "logging.progress=false", "agent.hidden=16", "agent.blocks=1",
         "ablation.schedulers=[grit, mafa, falcon+mafa]", "ablation.seeds=[0]", "ablation.workers=1",
+        "ablation.shared_warmup=true",
         "ablation.overrides={falcon+mafa: {agent.name: falcon, model.false_negatives: mafa}}",
     ]
 
@@ -65,6 +68,8 @@ def test_ablate_with_mafa_rows_trains_one_filter_and_reports_it(tmp_path, capsys
     assert main(_ablate_args(tmp_path)) == 0
     capsys.readouterr()
     root = tmp_path / "abl"
+    # MAFA acts from the first mined step: every row, mafa ones included, starts from one shared warm-up
+    assert len(list((root / "warmup").glob("*.pt"))) == 1
     # one filter for both MAFA rows, trained first on the same data and step budget
     record = json.loads((root / "filter" / "filter.json").read_text())
     assert record["steps"] == 2 + 2 * 2 and record["wall_time"] > 0  # warm-up + 2 env steps x 2 batches
@@ -99,8 +104,8 @@ def test_ablate_with_mafa_rows_trains_one_filter_and_reports_it(tmp_path, capsys
 def test_env_with_mafa_continues_exactly_from_its_state(tmp_path):
     """Exact resume: the snapshot filter and S-ITC's start travel with the env's state."""
     cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path}", "env.budget_steps=3", "model.false_negatives=mafa",
-                                    "mafa.filter=snapshot", "mafa.snapshot_every=3", "mafa.high=0.55",
-                                    "mafa.low=0.45"])
+                                    "mafa.filter=snapshot", "mafa.snapshot_every=3", "mafa.low=0.2",
+                                    "mafa.high=0.3"])
     data = load_data(cfg.data)
     action = np.ones(64, np.float32)
 

@@ -21,8 +21,8 @@ class MafaConfig:
     filter: str = param("pretrain", "which frozen model scores the hardest negatives: pretrain = a separately "
                         "trained filter, trained first on the same data and step budget with random batches "
                         "(as in the paper; in mafa.filter_dir), path = a trainer checkpoint (mafa.path), "
-                        "momentum = the EMA model (needs model.momentum), snapshot = a copy of the model taken "
-                        "every mafa.snapshot_every steps",
+                        "momentum = the EMA model (needs model.momentum), snapshot = a copy of the model renewed "
+                        "every mafa.snapshot_every steps; connection mining runs from the first mined step",
                         choices=["pretrain", "path", "momentum", "snapshot"])
     path: str | None = param(None, "filter=path: a trainer checkpoint (e.g. <train.out_dir>/checkpoint.pt of "
                              "falcon-rl pretrain); its own model config is used")
@@ -31,7 +31,8 @@ class MafaConfig:
                                    "for all runs), <out>/filter in train-agent")
     filter_seed: int = param(0, "filter=pretrain: seed of the filter's training (one filter for every seed of an "
                              "ablation, as MAFA trains one)", ge=0)
-    snapshot_every: int = param(100, "filter=snapshot: copy the model into the filter every N trainer steps", ge=1)
+    snapshot_every: int = param(100, "filter=snapshot: the model is copied into the filter when mining starts and "
+                                "again whenever the copy is N optimiser steps old", ge=1)
     high: float = param(0.8, "filter P(match) above which a hardest negative is a false negative and becomes a "
                         "positive (MAFA 0.8)", ge=0.0, le=1.0)
     low: float = param(0.5, "filter P(match) below which it stays the ITM negative; from low to high the "

@@ -9,8 +9,8 @@ The filter (``mafa.filter``) is one of
   MAFA's ``Pretrain_MAFA.py`` loads a separately trained filter (``--filter_checkpoint``), puts it
   in eval mode and sets ``requires_grad = False`` on every parameter;
 * ``momentum`` — the online model's EMA towers (``model.momentum: true``) with its ITM head;
-* ``snapshot`` — a copy of the online towers and ITM head taken at the start and every
-  ``mafa.snapshot_every`` optimiser steps.
+* ``snapshot`` — a copy of the online towers and ITM head taken at first use and again
+  whenever it is ``mafa.snapshot_every`` optimiser steps old.
 
 The filter always scores under ``no_grad`` in eval mode; its decisions are discrete, so no
 gradient can reach it, and a ``pretrain`` / ``path`` / ``snapshot`` filter has no parameter
@@ -102,6 +102,13 @@ def freeze(module: nn.Module) -> nn.Module:
 class ConnectionMining:
     """The trainer's MAFA state: the filter and the planner of each training batch.
 
+    The filter is built when first used (the trainer uses it from
+    :attr:`~falcon_rl.training.Trainer.connections_start` on: after the env's random-batch
+    warm-up), so a warm-up never needs it; building it leaves the global RNGs untouched.
+    A ``snapshot`` filter is taken at first use and again whenever it is ``mafa.snapshot_every``
+    optimiser steps old. Config errors (a missing key, ``momentum`` without the EMA model, a
+    ``path`` that does not exist) are raised at construction.
+
     :param cfg: the experiment config (``mafa`` section; ``model.momentum`` for ``momentum``).
     :param model: the online model (source of ``momentum`` and ``snapshot`` filters).
     :param tokenizer, image_size, device: to rebuild a checkpoint filter.
@@ -112,32 +119,43 @@ class ConnectionMining:
         self.cfg = cfg.mafa
         self.kind = cfg.mafa.filter
         self.model = model
-        self.snapshot_step = 0
+        self._build = (tokenizer, int(image_size), device)
+        self.modules: tuple[nn.Module, nn.Module] | None = None
+        self.snapshot_step: int | None = None
         self.last_report: ConnectionReport | None = None
-        if self.kind == "momentum":
-            if model.enc_m is None:
-                raise ConfigError("mafa.filter=momentum needs model.momentum=true (the EMA model is the filter)")
-            self.modules: tuple[nn.Module, nn.Module] = (model.enc_m, model.itm_head)
-        elif self.kind == "snapshot":
-            self.modules = self._snapshot(model)
-        else:
-            path = filter_checkpoint_path(cfg)
-            filt = load_filter_model(path, tokenizer, image_size, device)
-            self.modules = (filt.enc, filt.itm_head)
-        self.scorer = FilterScorer(*self.modules)
+        self.path: Path | None = None
+        if self.kind == "momentum" and model.enc_m is None:
+            raise ConfigError("mafa.filter=momentum needs model.momentum=true (the EMA model is the filter)")
+        if self.kind in ("path", "pretrain"):
+            self.path = filter_checkpoint_path(cfg)
+            if self.kind == "path" and not self.path.is_file():
+                raise FileNotFoundError(f"mafa.path: MAFA filter checkpoint {self.path} does not exist")
 
-    @staticmethod
-    def _snapshot(model: ALBEF) -> tuple[nn.Module, nn.Module]:
-        return freeze(copy.deepcopy(model.enc)), freeze(copy.deepcopy(model.itm_head))
+    def _snapshot(self) -> tuple[nn.Module, nn.Module]:
+        return freeze(copy.deepcopy(self.model.enc)), freeze(copy.deepcopy(self.model.itm_head))
+
+    def filter_modules(self, step: int = 0) -> tuple[nn.Module, nn.Module]:
+        """The filter's towers and ITM head as used at optimiser step ``step`` (built or refreshed here)."""
+        if self.kind == "momentum":
+            self.modules = (self.model.enc_m, self.model.itm_head)
+        elif self.kind == "snapshot":
+            if self.snapshot_step is None or step - self.snapshot_step >= self.cfg.snapshot_every:
+                self.modules, self.snapshot_step = self._snapshot(), int(step)
+        elif self.modules is None:
+            tokenizer, image_size, device = self._build
+            with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the run's RNG stream
+                filt = load_filter_model(self.path, tokenizer, image_size, device)
+            self.modules = (filt.enc, filt.itm_head)
+        return self.modules
 
     def filter_parameters(self) -> list[torch.nn.Parameter]:
         """The filter's parameters (for ``momentum``: the EMA towers and the online ITM head)."""
-        return [p for m in self.modules for p in m.parameters()]
+        return [p for m in self.filter_modules(self.snapshot_step or 0) for p in m.parameters()]
 
-    def planner(self, batch: Batch) -> PairPlanner:
-        """The pair planner of one training batch (on the model's device); it records its
-        :class:`ConnectionReport` in :attr:`last_report`."""
-        score = self.scorer.bind(batch.image, batch.input_ids, batch.attention_mask)
+    def planner(self, batch: Batch, step: int) -> PairPlanner:
+        """The pair planner of one training batch at optimiser step ``step`` (on the model's
+        device); it records its :class:`ConnectionReport` in :attr:`last_report`."""
+        score = FilterScorer(*self.filter_modules(step)).bind(batch.image, batch.input_ids, batch.attention_mask)
         m = self.cfg
 
         def plan(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor) -> PairPlan:
@@ -151,34 +169,23 @@ class ConnectionMining:
         report, self.last_report = self.last_report, None
         return report
 
-    def after_update(self, model: ALBEF, step: int) -> None:
-        """After optimiser step ``step``: refresh a ``snapshot`` filter every ``mafa.snapshot_every`` steps."""
-        if self.kind == "snapshot" and step % self.cfg.snapshot_every == 0 and step != self.snapshot_step:
-            self.modules = self._snapshot(model)
-            self.scorer = FilterScorer(*self.modules)
-            self.snapshot_step = step
-
     def state_dict(self) -> dict[str, Any]:
         """A ``snapshot`` filter's weights and step (the others are rebuilt from config / model)."""
-        if self.kind != "snapshot":
+        if self.kind != "snapshot" or self.snapshot_step is None or self.modules is None:
             return {}
         enc, head = self.modules
         return {"step": self.snapshot_step, "enc": enc.state_dict(), "head": head.state_dict()}
 
-    def load_state_dict(self, state: dict[str, Any], step: int) -> None:
-        """Restore :meth:`state_dict`, after the online model's weights of optimiser step ``step``
-        were loaded; a checkpoint without a snapshot (e.g. ``env.checkpoint`` from pretrain) starts
-        the snapshot filter from those weights."""
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict` (after the online model's weights were loaded); without a
+        snapshot (none taken yet, or a checkpoint from a run without MAFA) it is taken at next use."""
         if self.kind != "snapshot":
             return
         if not state:
-            self.modules = self._snapshot(self.model)
-            self.scorer = FilterScorer(*self.modules)
-            self.snapshot_step = int(step)
+            self.modules, self.snapshot_step = None, None
             return
-        enc, head = self.modules
+        enc, head = self._snapshot()
         enc.load_state_dict(state["enc"])
         head.load_state_dict(state["head"])
-        freeze(enc)
-        freeze(head)
+        self.modules = (freeze(enc), freeze(head))
         self.snapshot_step = int(state["step"])

@@ -100,6 +100,8 @@ class Trainer:
         #: first optimiser step with ITC label smoothing (the env sets it to its warm-up length when
         #: ``model.itc_smoothing_start`` is null)
         self.itc_smoothing_start = int(cfg.model.itc_smoothing_start or 0)
+        #: first optimiser step with MAFA's connection mining (the env sets it to its warm-up length)
+        self.connections_start = 0
         self.connections: ConnectionMining | None = None
         if cfg.model.false_negatives == "mafa":
             self.connections = ConnectionMining(cfg, self.model, tokenizer, image_size, self.device)
@@ -156,7 +158,8 @@ class Trainer:
         m = masks.to(self.device)
         targets = None if itc_targets is None else itc_targets.to(self.device)
         self.model.train()
-        planner = self.connections.planner(b) if self.connections is not None else None
+        mafa = self.connections is not None and self.step >= self.connections_start
+        planner = self.connections.planner(b, self.step) if mafa else None
         with self._autocast():
             out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
                              itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
@@ -175,8 +178,6 @@ class Trainer:
             self.model.clamp_temperature()
             self.model.momentum_update()
             self.step += 1
-            if self.connections is not None:
-                self.connections.after_update(self.model, self.step)
         else:
             self.optimizer.zero_grad(set_to_none=True)
             stats["skipped"] = 1.0
@@ -412,7 +413,7 @@ class Trainer:
         self.scheduler.load_state_dict(payload["scheduler"])
         self.set_rng_state(payload["rng"])
         if self.connections is not None:
-            self.connections.load_state_dict(payload.get("connections") or {}, int(payload["step"]))
+            self.connections.load_state_dict(payload.get("connections") or {})
         self.step = int(payload["step"])
         return payload["extra"]
 

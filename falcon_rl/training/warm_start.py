@@ -34,7 +34,12 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     d = to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in _TRAIN_FREE}
     env = {k: d["env"][k] for k in _ENV_KEYS}
-    return {"data": d["data"], "model": d["model"], "train": train, "mining": d["mining"], "env": env,
+    model = dict(d["model"])
+    if model.get("itc_label_smoothing") is not None or model.get("itc_smoothing_start") is None:
+        # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
+        # the warm-up of a MAFA run is the same as everyone's
+        model.pop("false_negatives", None)
+    return {"data": d["data"], "model": model, "train": train, "mining": d["mining"], "env": env,
             "seed": seed}
 
 
