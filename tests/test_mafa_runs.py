@@ -57,7 +57,9 @@ def _ablate_args(tmp_path) -> list[str]:
         "eval.max_test=0", "logging.progress=false", "agent.hidden=16", "agent.blocks=1",
         "ablation.schedulers=[grit, mafa, falcon+mafa]", "ablation.seeds=[0]", "ablation.workers=1",
         "ablation.shared_warmup=true",
-        "ablation.overrides={falcon+mafa: {agent.name: falcon, model.false_negatives: mafa}}",
+        # falcon+mafa converts almost every scored pair (thresholds near 0), so precision is defined
+        "ablation.overrides={falcon+mafa: {agent.name: falcon, model.false_negatives: mafa, mafa.low: 0.0, "
+        "mafa.high: 0.01}}",
     ]
 
 
@@ -90,6 +92,12 @@ def test_ablate_with_mafa_rows_trains_one_filter_and_reports_it(tmp_path, capsys
         assert {"mafa/recall", "mafa/converted_per_batch", "mafa/kept_per_batch"} <= scalars
         assert any(t.startswith("mafa/recall_by_specificity/") for t in scalars)
         assert len(tags.Scalars("mafa/converted_per_batch")) == 2  # every env step
+    converted = rows["falcon+mafa"]
+    assert float(converted["mafa_converted_per_batch"]) > 0 and 0.0 < float(converted["mafa_precision"]) <= 1.0
+    assert float(converted["mafa_recall"]) > 0.9  # converting (nearly) everything finds (nearly) every FN
+    tags = EventAccumulator(str(root / "falcon+mafa" / "seed0" / "tb"))
+    tags.Reload()
+    assert len(tags.Scalars("mafa/precision")) == 2
     assert load_config(root / "falcon+mafa" / "seed0" / "config.yaml").agent.name == "falcon"
     assert rows["grit"]["mafa_recall"] == "" and rows["grit"]["filter_time"] == ""
     md = (root / "results.md").read_text()
