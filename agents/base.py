@@ -114,6 +114,13 @@ class Scheduler:
         """Hardness q in [0, 1], shape (n, |M|), for observations (n, |M|, F)."""
         raise NotImplementedError
 
+    @property
+    def learns_from_reward(self) -> bool:
+        """Whether this scheduler, as it is now, updates itself from the env reward (an online
+        learner that is not frozen). When not, ``env.compute_reward: auto`` skips the reward's
+        extra forwards (:meth:`~falcon_rl.envs.NegativeMiningEnv.set_compute_reward`)."""
+        return self.learns_online
+
     # --- persistence ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """What :meth:`save` stores besides name, agent config and spec (override to add)."""

@@ -133,6 +133,11 @@ class FalconScheduler(Scheduler):
             member_reward = info.get("member_reward")
         return self.learner.observe(reward, member_reward)
 
+    @property
+    def learns_from_reward(self) -> bool:
+        """REINFORCE reads the reward unless the scheduler is frozen."""
+        return self.training
+
     def freeze(self) -> "FalconScheduler":
         """Stop learning (frozen scheduler for a new pretraining run)."""
         self.training = False

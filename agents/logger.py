@@ -3,8 +3,9 @@
 Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, ``loss/itc``,
 ``loss/itm``, ``loss/mlm``, ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
-``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, and ``agent/<stat>`` for what
-an online learner's ``observe`` returns. With MAFA (``model.false_negatives: mafa``):
+``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, ``time/<part>`` (the step's
+wall time split, :mod:`falcon_rl.timing`), and ``agent/<stat>`` for what an online learner's
+``observe`` returns. With MAFA (``model.false_negatives: mafa``):
 ``mafa/precision``, ``mafa/recall`` (the filter at detecting false negatives, where the data
 know the true matches), ``mafa/fn_scored_rate``, ``mafa/converted_per_batch``,
 ``mafa/kept_per_batch``, ``mafa/next_per_batch``, ``mafa/precision_by_specificity/<F>``,
@@ -22,7 +23,15 @@ from typing import Any
 
 import numpy as np
 
+from falcon_rl.timing import TIME_PARTS
 from falcon_rl.utils import after_existing_event_files
+
+#: per-step history lists (``results.json`` ``history``); ``time_<part>`` / ``cpu_<part>`` hold the step's
+#: wall / main-thread CPU time split
+HISTORY_KEYS: tuple[str, ...] = (
+    "step", "episode", "reward", "fn_rate", "fn_pair_rate", "q_mean", "q_std", "loss_itc", "loss_itm", "loss_mlm",
+    "step_time", "step_cpu_time", "trainer_step", "n_batches", *(f"time_{p}" for p in TIME_PARTS),
+    *(f"cpu_{p}" for p in TIME_PARTS), "q_by_specificity", "fn_rate_by_specificity", "mafa")
 
 
 def _finite(x: Any) -> bool:
@@ -49,11 +58,7 @@ class RunLogger:
                 after_existing_event_files(Path(out_dir) / "tb")
             self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tb"), purge_step=purge_step)
         self.hist_every = max(1, int(hist_every))
-        self.history: dict[str, list] = {
-            "step": [], "episode": [], "reward": [], "fn_rate": [], "fn_pair_rate": [], "q_mean": [],
-            "q_std": [], "loss_itc": [], "loss_itm": [], "loss_mlm": [], "step_time": [],
-            "q_by_specificity": [], "fn_rate_by_specificity": [], "mafa": [],
-        }
+        self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
         self.episodes: list[dict[str, float]] = []
         self.evals: list[dict[str, Any]] = []
 
@@ -70,8 +75,13 @@ class RunLogger:
         h["step"].append(step)
         h["episode"].append(episode)
         h["reward"].append(float(reward))
-        for key in ("fn_rate", "fn_pair_rate", "q_mean", "q_std", "step_time"):
+        for key in ("fn_rate", "fn_pair_rate", "q_mean", "q_std", "step_time", "step_cpu_time", "trainer_step",
+                    "n_batches"):
             h[key].append(float(info.get(key, float("nan"))))
+        split, split_cpu = info.get("time", {}), info.get("cpu_time", {})
+        for part in TIME_PARTS:
+            h[f"time_{part}"].append(float(split.get(part, float("nan"))))
+            h[f"cpu_{part}"].append(float(split_cpu.get(part, float("nan"))))
         for key in ("itc", "itm", "mlm"):
             h[f"loss_{key}"].append(float(losses.get(key, float("nan"))))
         h["q_by_specificity"].append({str(k): float(v) for k, v in info.get("q_by_specificity", {}).items()})
@@ -100,6 +110,8 @@ class RunLogger:
                     self.scalar(f"mafa/{key}/{f}", x, step)
             else:
                 self.scalar(f"mafa/{key}", v, step)
+        for part, seconds in split.items():
+            self.scalar(f"time/{part}", seconds, step)
         q = info.get("q")
         if q is not None and step % self.hist_every == 0 and np.size(q):
             self.writer.add_histogram("mining/q_hist", np.asarray(q, dtype=np.float64), step, bins=20)
@@ -148,7 +160,12 @@ class RunLogger:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
-        self.history = {k: list(v) for k, v in state["history"].items()}
+        saved = {k: list(v) for k, v in state["history"].items()}
+        n = len(saved.get("step", []))
+        dicts = ("q_by_specificity", "fn_rate_by_specificity", "mafa")
+        missing = {k: [{} if k in dicts else float("nan") for _ in range(n)]
+                   for k in HISTORY_KEYS if k not in saved}  # an older checkpoint
+        self.history = {**saved, **missing}
         self.episodes = [dict(e) for e in state["episodes"]]
         self.evals = [dict(e) for e in state["evals"]]
 

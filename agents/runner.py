@@ -9,9 +9,16 @@ ends, every ``env.eval_every`` env steps and, with ``eval.at_start``, at step 0 
 first reset: warm-up and embedding pass done, no mined batch yet). Progress shows as
 ``logging.progress`` says (:mod:`falcon_rl.progress`). It saves the agent (``agent.pt`` or ``agent.zip``),
 ``config.yaml`` and ``results.json``, and returns the results record the ablation runner
-aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``steps``, ``history``;
-with MAFA's losses the filter's ``mafa_*`` precision / recall columns and ``filter_time``, the cost
-of training its filter first, which ``wall_time`` leaves out).
+aggregates (``final``, ``mean_reward``, ``mean_fn_rate``, ``wall_time``, ``time``, ``steps``,
+``history``; with MAFA's losses the filter's ``mafa_*`` precision / recall columns and
+``filter_time``, the cost of training its filter first, which ``wall_time`` and ``time`` leave out).
+
+The env computes the reward's extra forwards only when the scheduler learns from the reward
+(``env.compute_reward: auto``; SB3 agents that learn, FALCON unless frozen), or always / never
+as that key says; skipped, the reward is NaN (``mean_reward`` NaN, "–" in the tables). The
+record's ``time`` splits ``wall_time`` into the parts of :mod:`falcon_rl.timing` plus ``other``
+(setup, data, the scheduler's creation, logging, checkpoints); ``history`` holds the same split
+per env step (``time_<part>``), TensorBoard ``time/<part>``.
 Everything is validated before ``config.yaml`` is written, so an invalid run leaves a previous
 run's files alone. A resume checkpoint (``resume.pt``) is written every
 ``agent.checkpoint_every`` env steps and on Ctrl-C; ``resume=True`` continues from it exactly
@@ -40,6 +47,7 @@ from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.progress import Progress, progress_bar
 from falcon_rl.mining.filter_quality import summarize as summarize_filter
+from falcon_rl.timing import TIME_PARTS, Timings
 from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_torch_file,
                                            set_global_rng_state, to_safe)
 from falcon_rl.training.filter_stage import ensure_filter, needs_filter_training, with_filter_dir
@@ -74,11 +82,20 @@ class _StopAtBoundary(Exception):
 
 
 class _Tracker:
-    """Per-step bookkeeping shared by the online loop and the SB3 callback."""
+    """Per-step bookkeeping shared by the online loop and the SB3 callback.
 
-    def __init__(self, logger: RunLogger, make_bar: Callable[[], Progress]) -> None:
+    It also splits each env step's wall time (:mod:`falcon_rl.timing`; the main thread's CPU
+    time likewise): the env's own parts (train, reward, chain, state, eval) from
+    ``base_env.timing``, and as ``scheduler`` what the interval since the last step spent
+    outside the env, its evaluation, checkpoints and this tracker's logging (predict and
+    observe; SB3's rollout code and updates).
+    """
+
+    def __init__(self, logger: RunLogger, make_bar: Callable[[], Progress], base_env: NegativeMiningEnv) -> None:
         self.logger = logger
         self.make_bar = make_bar
+        self.base_env = base_env
+        self.timing = Timings()  # scheduler, checkpoint
         self.bar: Progress | None = None
         self.start_logged = False
         self.step = 0
@@ -88,12 +105,39 @@ class _Tracker:
         self.last_info: dict[str, Any] = {}
         self.terminated_reason: str | None = None
         self._clock = time.perf_counter()
+        self._cpu = time.process_time()
+        self._mark()
+
+    def _mark(self) -> None:
+        """Start a new interval of the time split."""
+        self._mark_at, self._mark_cpu = time.perf_counter(), time.thread_time()
+        self._mark_env = self.base_env.env_clock.snapshot()
+        self._mark_parts = self.base_env.timing.snapshot()
+        self._mark_own = self.timing.snapshot()
+
+    def _split(self) -> tuple[dict[str, float], dict[str, float]]:
+        """Wall and thread-CPU seconds per part since the last :meth:`_mark`; adds ``scheduler``
+        to the run's totals."""
+        env = self.base_env.env_clock.since(self._mark_env)
+        parts = self.base_env.timing.since(self._mark_parts)
+        own = self.timing.since(self._mark_own)
+        wall = {part: parts.get(part) for part in TIME_PARTS}
+        cpu = {part: parts.get_cpu(part) for part in TIME_PARTS}
+        outside = env.get("env") + parts.get("eval") + own.get("checkpoint")
+        outside_cpu = env.get_cpu("env") + parts.get_cpu("eval") + own.get_cpu("checkpoint")
+        wall["scheduler"] = max(0.0, time.perf_counter() - self._mark_at - outside)
+        cpu["scheduler"] = max(0.0, time.thread_time() - self._mark_cpu - outside_cpu)
+        self.timing.add("scheduler", wall["scheduler"], cpu["scheduler"])
+        return wall, cpu
 
     def after_step(self, reward: float, done: bool, info: dict[str, Any], stats: dict[str, float]) -> None:
-        now = time.perf_counter()
-        if "step_time" not in info:  # wall-clock time per env step goes to the logger, not into info
-            info = {**info, "step_time": now - self._clock}
-        self._clock = now
+        now, cpu = time.perf_counter(), time.process_time()
+        split, split_cpu = self._split()
+        # wall-clock (and process CPU) time per env step and its split go to the logger, not into info
+        info = {**info, "time": split, "cpu_time": split_cpu, "step_cpu_time": cpu - self._cpu}
+        if "step_time" not in info:
+            info["step_time"] = now - self._clock
+        self._clock, self._cpu = now, cpu
         self.step += 1
         self.ep_reward += float(reward)
         self.ep_len += 1
@@ -112,6 +156,12 @@ class _Tracker:
         if self.bar is None:
             self.bar = self.make_bar()
         self.bar.update(1, **post)
+        self._mark()
+
+    def finish(self) -> None:
+        """After the last step: what the scheduler did since (SB3's last update) joins its total."""
+        self._split()
+        self._mark()
 
     def start(self, env: RetrievalEval) -> None:
         """After the first reset: log the step-0 evaluation (``eval.at_start``) and open the
@@ -121,6 +171,8 @@ class _Tracker:
             self.start_logged = True
         if self.bar is None:
             self.bar = self.make_bar()
+        self._clock, self._cpu = time.perf_counter(), time.process_time()
+        self._mark()
 
     def close(self) -> None:
         if self.bar is not None:
@@ -157,6 +209,10 @@ class _Checkpointer:
     def save(self) -> None:
         if self.path is None or self.tracker.step == self.saved_step:
             return
+        with self.tracker.timing("checkpoint"):
+            self._save()
+
+    def _save(self) -> None:
         payload = {
             "format": CHECKPOINT_FORMAT, **self.identity,
             "step": self.tracker.step,
@@ -261,6 +317,29 @@ def write_warm_start(cfg: ExperimentConfig) -> None:
         env.close()
 
 
+def reward_needed(cfg: ExperimentConfig, sched: Scheduler, learning_sb3: bool) -> bool:
+    """Whether the env must compute the reward's extra forwards for this run (``env.compute_reward``):
+    ``auto`` when the scheduler learns from it, ``always``, or ``never`` (an error for a scheduler
+    that learns from it)."""
+    learns = bool(learning_sb3 or sched.learns_from_reward)
+    mode = cfg.env.compute_reward
+    if mode == "never" and learns:
+        raise ConfigError(f"env.compute_reward=never, but scheduler {sched.name!r} learns from the reward; use "
+                          "auto (or always)")
+    return learns or mode == "always"
+
+
+def run_time_split(env_timing: Timings, run_timing: Timings, total: float, cpu: bool = False) -> dict[str, float]:
+    """The run's ``time`` record: seconds per part (:data:`falcon_rl.timing.TIME_PARTS`) and
+    ``other`` = ``total`` minus their sum (setup, data, logging, checkpoints, env bookkeeping).
+    ``cpu``: the main thread's CPU seconds per part instead, and ``other`` from the process CPU
+    time ``total`` (which also counts the other threads: the chain's prefetch, torch's pool)."""
+    split = {part: env_timing.get_cpu(part) if cpu else env_timing.get(part) for part in TIME_PARTS}
+    split["scheduler"] = run_timing.get_cpu("scheduler") if cpu else run_timing.get("scheduler")
+    split["other"] = max(0.0, total - sum(split.values()))
+    return split
+
+
 def _nanmean(values: list[float]) -> float:
     arr = np.asarray(values, dtype=float)
     return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
@@ -304,7 +383,7 @@ def run_scheduler(
         says why) or ``interrupted``; ``history`` holds per-step lists (``step``, ``reward``,
         ``fn_rate``, ``q_by_specificity``, losses, ...) and ``eval`` ({"step", metric...}).
     """
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     name = canonical_name(scheduler or cfg.agent.name)
     load_path = load_path if load_path is not None else cfg.agent.load_path
     out = Path(out_dir if out_dir is not None else cfg.train.out_dir).expanduser() if out_dir != "" else None
@@ -338,14 +417,16 @@ def run_scheduler(
         base_env.set_oracle(True)
     if sched.needs_gt_targets:
         base_env.set_gt_targets(True)
+    base_env.set_compute_reward(reward_needed(cfg, sched, learning_sb3))  # may refuse: before anything is written
     if sched.false_negatives:
         base_env.set_false_negatives(sched.false_negatives)
     filter_time = None
     if needs_filter_training(base_env.cfg):  # MAFA's filter is trained first; its cost is reported apart
-        stage = time.perf_counter()
+        stage, stage_cpu = time.perf_counter(), time.process_time()
         base_env.cfg = with_filter_dir(base_env.cfg, out / "filter" if out is not None else None)
         filter_time = ensure_filter(base_env.cfg, base_env.trainer_steps(total), base_env.data)
         start += time.perf_counter() - stage
+        start_cpu += time.process_time() - stage_cpu
     cfg = base_env.cfg
     if deterministic is None:
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
@@ -363,7 +444,8 @@ def run_scheduler(
     logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every,
                        purge_step=int(payload["step"]) + 1 if payload is not None else None)
     tracker = _Tracker(logger, lambda: progress_bar(total, f"{name} env step", progress, announce=True,
-                                                    initial=tracker.step, interval=cfg.logging.progress_interval))
+                                                    initial=tracker.step, interval=cfg.logging.progress_interval),
+                       base_env)
     checkpointer = _Checkpointer(ckpt_path, identity, base_env, env, sched, tracker, logger)
     if payload is not None:
         checkpointer.restore(payload)
@@ -404,6 +486,7 @@ def run_scheduler(
     except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays the restart point
         interrupted = True
     finally:
+        tracker.finish()
         tracker.close()
 
     final: dict[str, float] = dict(env.last_eval or {}) if env.last_eval_step == tracker.step else {}
@@ -418,16 +501,20 @@ def run_scheduler(
     rewards = np.asarray(h["reward"], dtype=float)
     fn = np.asarray(h["fn_rate"], dtype=float)
     status = "interrupted" if interrupted else "terminated" if tracker.terminated_reason else "ok"
+    wall = time.perf_counter() - start
     record: dict[str, Any] = {
         "status": status,
         "scheduler": name,
         "final": final,
-        "mean_reward": float(np.nanmean(rewards)) if rewards.size else float("nan"),
+        "mean_reward": _nanmean(list(rewards)),
         "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
         "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
         **summarize_filter(h.get("mafa", [])),
         "filter_time": filter_time,
-        "wall_time": time.perf_counter() - start,
+        "reward_computed": base_env.computes_reward,
+        "wall_time": wall,
+        "time": run_time_split(base_env.timing, tracker.timing, wall),
+        "cpu_time": run_time_split(base_env.timing, tracker.timing, time.process_time() - start_cpu, cpu=True),
         "steps": tracker.step,
         "episodes": len(logger.episodes),
         "interrupted": interrupted,

@@ -108,6 +108,12 @@ class SB3Scheduler(Scheduler):
             return np.asarray(action, dtype=np.float64) / (self.spec.action_space.nvec - 1)
         return symmetric_to_q(action)
 
+    @property
+    def learns_from_reward(self) -> bool:
+        """An SB3 agent learns (from the reward) when it has an env to learn on; a frozen one
+        (loaded without env) does not."""
+        return self.model.get_env() is not None
+
     def learn(self, total_timesteps: int, callback: BaseCallback | None = None) -> "SB3Scheduler":
         """SB3 learning on the env the model was created with."""
         self.model.learn(total_timesteps=total_timesteps, callback=callback, reset_num_timesteps=False)

@@ -25,9 +25,14 @@ from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, g
                               make_search_spaces, oracle_exclusion)
 from falcon_rl.mining.filter_quality import FilterCounts, count_batch
 from falcon_rl.progress import progress_bar
+from falcon_rl.timing import Timings
 from falcon_rl.training import Trainer
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.utils import seed_everything
+
+
+#: the parts of :mod:`falcon_rl.timing` measured inside ``step`` (``info["time"]``)
+ENV_TIME_PARTS: tuple[str, ...] = ("train", "reward", "chain", "state")
 
 
 def apply_overrides(cfg: ExperimentConfig, overrides: list[str]) -> ExperimentConfig:
@@ -74,7 +79,12 @@ class NegativeMiningEnv(gym.Env):
     cross-modal alignment improvement: ``mlm`` (default, FALCON's ``ΔL_MLM`` before − after
     the update, same masks), ``itc``, ``itm``, ``itc+itm``, ``retrieval`` (held-out i2t R@1
     gain of the step), or ``toy`` — a diagnostic that trains nothing and peaks at
-    ``q = env.toy_optimum[F - 1]`` for a member of caption specificity F.
+    ``q = env.toy_optimum[F - 1]`` for a member of caption specificity F. The reward's extra
+    forwards run only when :attr:`computes_reward` is set (default: unless
+    ``env.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for schedulers
+    that do not learn from the reward, :meth:`set_compute_reward`); otherwise the reward is NaN
+    and ``reward_components`` is empty. ``env.reward_estimator=subbatch`` estimates the mlm
+    reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
 
     ## Starting State
 
@@ -101,8 +111,11 @@ class NegativeMiningEnv(gym.Env):
     :mod:`falcon_rl.mining.filter_quality`, with the step's ``counts``);
     ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
     (dataset indices of every batch), ``trainer_step``, ``member_reward``, ``terminated_reason``
-    on divergence, and the wall-clock ``step_time`` only with ``env.info_timing`` (off by
-    default: ``info`` is then a deterministic function of seed and actions).
+    on divergence, and the wall-clock ``step_time`` with its split ``time`` {train, reward, chain,
+    state} only with ``env.info_timing`` (off by default: ``info`` is then a deterministic
+    function of seed and actions). Whatever that flag, :attr:`timing` accumulates the seconds
+    per part (:mod:`falcon_rl.timing`; retrieval evaluations under ``eval``) and
+    :attr:`env_clock` (part ``env``) the seconds spent inside ``reset`` and ``step``.
 
     ## Arguments
 
@@ -139,6 +152,10 @@ class NegativeMiningEnv(gym.Env):
         self.budget = cfg.env.budget_steps
         self.oracle = bool(cfg.env.oracle if oracle is None else oracle)
         self.gt_targets = bool(cfg.env.gt_targets)
+        self.computes_reward = cfg.env.compute_reward != "never"  # the env cannot know its scheduler
+        # (not called compute_reward: SB3's env checker takes an env with that attribute for a GoalEnv)
+        self.timing = Timings()
+        self.env_clock = Timings()  # part "env": the time inside reset and step
         self._data = data
         self._image_size: int | None = None
         self.trainer: Trainer | None = None
@@ -219,6 +236,10 @@ class NegativeMiningEnv(gym.Env):
         self.trainer.connections_start = self._mining_start
         if self.cfg.model.itc_smoothing_start is None:
             self.trainer.itc_smoothing_start = self._mining_start
+    def set_compute_reward(self, enabled: bool = True) -> None:
+        """Run the reward's extra forwards (False: train only, reward NaN); the runner sets it
+        from ``env.compute_reward`` and whether its scheduler learns from the reward."""
+        self.computes_reward = bool(enabled)
 
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
@@ -228,6 +249,10 @@ class NegativeMiningEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a fresh pretraining run (new model or ``env.checkpoint``) and return the first state."""
+        with self.env_clock("env"):
+            return self._reset(seed)
+
+    def _reset(self, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
         super().reset(seed=seed)
         data = self.data
         cfg = self.cfg
@@ -255,15 +280,20 @@ class NegativeMiningEnv(gym.Env):
         self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
-            self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True), self.trainer.step)
+            with self.timing("state"):
+                self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True), self.trainer.step)
         self.history = MemberHistory(n, train.specificity)
         self._warmup(warmup)
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
-        self._r1 = self.probe.score(self.trainer) if self.probe is not None else 0.0
+        self._r1 = 0.0
+        if self.probe is not None and self.computes_reward:
+            with self.timing("reward"):
+                self._r1 = self.probe.score(self.trainer)
         self.spaces: deque[np.ndarray] = deque()
         self.episode_steps = 0
         self._done = False
-        self._next_space()
+        with self.timing("state"):
+            self._next_space()
         if warm_path is not None and first_episode:
             save_warm_start(warm_path, warm_signature(cfg, seed), self.state_dict())
         info = {"episode_seed": episode_seed, "trainer_step": int(self.trainer.step), "warmup_steps": warmup}
@@ -275,6 +305,9 @@ class NegativeMiningEnv(gym.Env):
         oracle, gt_targets = self.oracle, self.gt_targets
         self.load_state_dict(load_warm_start(path, warm_signature(self.cfg, seed)))
         self.oracle, self.gt_targets = oracle, gt_targets
+        if self.probe is not None and self.computes_reward:  # the writer may not have computed the reward
+            with self.timing("reward"):
+                self._r1 = self.probe.score(self.trainer)
         self._episodes_started += 1
         info = {"episode_seed": self._episode_seed, "trainer_step": int(self.trainer.step),
                 "warmup_steps": 0, "warm_start": str(path)}
@@ -287,16 +320,29 @@ class NegativeMiningEnv(gym.Env):
         if self._done:
             raise RuntimeError("the episode is over (truncated or terminated): call reset()")
         t0 = time.perf_counter()
+        before = self.timing.snapshot()
+        with self.env_clock("env"):
+            obs, reward, terminated, truncated, info = self._step(action)
+        if self.cfg.env.info_timing:
+            info["step_time"] = time.perf_counter() - t0
+            spent = self.timing.since(before)
+            info["time"] = {part: spent.get(part) for part in ENV_TIME_PARTS}
+        return obs, reward, terminated, truncated, info
+
+    def _step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         cfg = self.cfg
+        timing = self.timing
         q = action_to_q(action, self.action_space)
         train = self.data.train
         members = self._members
         exclude = oracle_exclusion(train, members) if self.oracle else None
         # batch b+1 of the chain is built in a background thread while batch b trains (§2.2)
-        stream = ChainStream(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
-                             remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend,
-                             prefetch=cfg.mining.chain_prefetch and cfg.env.reward != "toy",
-                             exclude_scope=cfg.mining.oracle_scope)
+        with timing("chain"):
+            stream = ChainStream(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,
+                                 remainder=cfg.mining.remainder, backend=cfg.mining.chain_backend,
+                                 prefetch=cfg.mining.chain_prefetch and cfg.env.reward != "toy",
+                                 exclude_scope=cfg.mining.oracle_scope)
+        compute = self.computes_reward
         spec = train.specificity[members] if train.specificity is not None else None
         losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
         components: dict[str, list[float]] = {}
@@ -305,14 +351,24 @@ class NegativeMiningEnv(gym.Env):
         reason = None
         with stream:  # closes the builder thread also when training raises
             if cfg.env.reward == "toy":
-                rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
+                with timing("reward"):
+                    rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
                 components["toy"] = [rewards[-1]]
             else:
-                for local in stream:
+                batches = iter(stream)
+                while True:
+                    with timing("chain"):  # includes the wait for the prefetch thread
+                        local = next(batches, None)
+                    if local is None:
+                        break
                     idx = members[local]
                     try:
+                        with timing("chain"):  # collating the batch is part of building it
+                            batch = train.batch(idx)
                         targets = ground_truth_targets(train, idx) if self.gt_targets else None
-                        out, comp = train_with_reward(self.trainer, train.batch(idx), cfg.env.reward, targets)
+                        out, comp = train_with_reward(self.trainer, batch, cfg.env.reward, targets,
+                                                      compute=compute, estimator=cfg.env.reward_estimator,
+                                                      subbatch=cfg.env.reward_subbatch, timing=timing)
                     except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
                         if self._weights_finite():
                             raise
@@ -332,20 +388,24 @@ class NegativeMiningEnv(gym.Env):
                         losses[k].append(out.losses[k])
                     for k, v in comp.items():
                         components.setdefault(k, []).append(v)
-                    rewards.append(sum(comp.values()))
+                    rewards.append(sum(comp.values()) if compute else float("nan"))
                     if mafa is not None and out.connections is not None:
                         mafa += count_batch(train, out.index.numpy(), out.connections)
-                    self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
-                    self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
-                if reason is None and self.probe is not None:
-                    r1 = self.probe.score(self.trainer)
+                    with timing("state"):  # what the next states read
+                        self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
+                        self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+                if reason is None and self.probe is not None and compute:
+                    with timing("reward"):
+                        r1 = self.probe.score(self.trainer)
                     components = {"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]}
                     rewards = [r1 - self._r1]
                     self._r1 = r1
-        chain = stream.result()
+        with timing("chain"):
+            chain = stream.result()
         self.history.record_q(members, q)
         self.episode_steps += 1
-        reward = float(np.mean(rewards)) * cfg.env.reward_scale if rewards else 0.0
+        empty = 0.0 if compute else float("nan")  # a step that terminated before its first batch trained
+        reward = float(np.mean(rewards)) * cfg.env.reward_scale if rewards else empty
         terminated = reason is not None
         truncated = not terminated and self.episode_steps >= self.budget
         self._done = terminated or truncated
@@ -368,9 +428,8 @@ class NegativeMiningEnv(gym.Env):
         if terminated:
             info["terminated_reason"] = reason
         else:
-            self._next_space()
-        if cfg.env.info_timing:
-            info["step_time"] = time.perf_counter() - t0
+            with timing("state"):
+                self._next_space()
         return self._obs.copy(), reward, terminated, truncated, info
 
     def _member_reward(self, batches: list[np.ndarray], rewards: list[float], reward: float,
@@ -398,7 +457,8 @@ class NegativeMiningEnv(gym.Env):
         """Retrieval metrics of the current model on the test split (percentages)."""
         if self.trainer is None:
             raise RuntimeError("NegativeMiningEnv.evaluate() called before reset()")
-        return self.trainer.evaluate(self.data.test)
+        with self.timing("eval"):
+            return self.trainer.evaluate(self.data.test)
 
     # ------------------------------------------------------------------ internals
     def _weights_finite(self) -> bool:
@@ -420,7 +480,9 @@ class NegativeMiningEnv(gym.Env):
             if order.size < b:
                 order = np.concatenate([order, self.rng.permutation(train.n_pairs)])
             idx, order = order[:b], order[b:]
-            out = self.trainer.train_step(train.batch(idx))
+            batch = train.batch(idx)
+            with self.timing("train"):
+                out = self.trainer.train_step(batch)
             if not all(math.isfinite(v) for v in out.losses.values()) or out.stats.get("skipped"):
                 raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: non-finite loss or "
                                          f"gradients (grad_norm={out.stats.get('grad_norm')}, losses {out.losses}); "

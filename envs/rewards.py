@@ -7,6 +7,10 @@ the same masks / inputs, computed by the trainer under ``no_grad``:
   same masks; with ``model.dropout = 0`` the training forward's own MLM loss *is* the eval-mode
   "before" value (one extra MLM forward per batch), with dropout > 0 it is not (dropout makes
   it noisier and larger), so "before" gets its own eval forward (two extra forwards);
+  ``env.reward_estimator: subbatch`` computes the same difference on ``env.reward_subbatch``
+  evenly spaced pairs of the batch with the same masks and softmax classes ("before" from the
+  training forward's per-token losses): one extra forward of k instead of B pairs, equal to
+  the exact reward when k >= B;
 - ``itc``, ``itm``, ``itc+itm``: the same on the in-batch ITC / hardest-negative ITM losses
   (two extra forwards each); the paper reports that these let the scheduler cheat with
   trivial negatives (COCO TR@1 57.6 vs 61.7 with ΔMLM);
@@ -22,6 +26,7 @@ import numpy as np
 import torch
 
 from falcon_rl.data.base import Batch, PairSplit
+from falcon_rl.timing import Timings
 from falcon_rl.training import StepOutput, Trainer
 from falcon_rl.training.evaluation import retrieval_metrics
 
@@ -32,25 +37,76 @@ LOSS_REWARDS: dict[str, tuple[str, ...]] = {"mlm": ("mlm",), "itc": ("itc",), "i
                                             "itc+itm": ("itc", "itm")}
 
 
-def train_with_reward(trainer: Trainer, batch: Batch, reward: str,
-                      itc_targets: torch.Tensor | None = None) -> tuple[StepOutput, dict[str, float]]:
+def train_with_reward(trainer: Trainer, batch: Batch, reward: str, itc_targets: torch.Tensor | None = None,
+                      *, compute: bool = True, estimator: str = "exact", subbatch: int = 32,
+                      timing: Timings | None = None) -> tuple[StepOutput, dict[str, float]]:
     """One training step on ``batch`` and its reward components ``{loss: before − after}``.
 
     For ``retrieval`` the components are empty (the gain is measured per env step).
     :param itc_targets: (B, B) multi-positive ITC targets of the step (``env.gt_targets``), or None.
+    :param compute: run the reward's extra forwards; False trains only and returns no
+        components (``env.compute_reward``: a scheduler that does not learn from the reward).
+    :param estimator: ``exact`` or ``subbatch`` (mlm only: the difference on ``subbatch``
+        evenly spaced pairs of the batch, :func:`subbatch_rows`; "before" comes from the
+        training forward's per-token losses, so it costs one forward of ``subbatch`` pairs).
+    :param timing: accumulates ``train`` (the step) and ``reward`` (the extra forwards).
     """
+    timing = timing if timing is not None else Timings()
     names = LOSS_REWARDS.get(reward, ())
-    if reward == "mlm" and trainer.cfg.model.dropout == 0:
-        out = trainer.train_step(batch, itc_targets=itc_targets)
-        return out, {"mlm": out.losses["mlm"] - trainer.mlm_loss(batch, out.mlm_masks)}
+    if not compute or not names:
+        with timing("train"):
+            return trainer.train_step(batch, itc_targets=itc_targets), {}
+    dropout = trainer.cfg.model.dropout > 0
+    if reward == "mlm" and estimator == "subbatch":
+        rows = subbatch_rows(len(batch), subbatch)
+        masks = trainer.make_mlm_masks(batch)  # what train_step would draw: the same masks as exact
+        if dropout:  # the training forward's loss is not the eval-mode L_MLM(θ_before)
+            with timing("reward"):
+                before = trainer.mlm_loss(batch, masks, rows)
+        with timing("train"):
+            out = trainer.train_step(batch, masks, itc_targets=itc_targets, mlm_tokens=not dropout)
+        with timing("reward"):
+            if not dropout:
+                before = _rows_mean(out.mlm_tokens, masks.labels, rows)
+            return out, {"mlm": before - trainer.mlm_loss(batch, masks, rows)}
+    if reward == "mlm" and not dropout:
+        with timing("train"):
+            out = trainer.train_step(batch, itc_targets=itc_targets)
+        with timing("reward"):
+            return out, {"mlm": out.losses["mlm"] - trainer.mlm_loss(batch, out.mlm_masks)}
     if reward == "mlm":  # dropout: the training forward's loss is not the eval-mode L_MLM(θ_before)
         masks = trainer.make_mlm_masks(batch)
-        before = trainer.mlm_loss(batch, masks)
-        out = trainer.train_step(batch, masks, itc_targets=itc_targets)
-        return out, {"mlm": before - trainer.mlm_loss(batch, masks)}
-    before = {n: _loss(trainer, n, batch) for n in names}
-    out = trainer.train_step(batch, itc_targets=itc_targets)
-    return out, {n: before[n] - _loss(trainer, n, batch) for n in names}
+        with timing("reward"):
+            before = trainer.mlm_loss(batch, masks)
+        with timing("train"):
+            out = trainer.train_step(batch, masks, itc_targets=itc_targets)
+        with timing("reward"):
+            return out, {"mlm": before - trainer.mlm_loss(batch, masks)}
+    with timing("reward"):
+        before = {n: _loss(trainer, n, batch) for n in names}
+    with timing("train"):
+        out = trainer.train_step(batch, itc_targets=itc_targets)
+    with timing("reward"):
+        return out, {n: before[n] - _loss(trainer, n, batch) for n in names}
+
+
+def subbatch_rows(batch_size: int, k: int) -> np.ndarray:
+    """``min(k, B)`` evenly spaced positions of a batch of ``B`` (all of them when ``k >= B``).
+
+    Deterministic (no RNG to checkpoint); spread over the whole quantile chain of the batch.
+    """
+    if k >= batch_size:
+        return np.arange(batch_size)
+    return np.unique(np.linspace(0, batch_size - 1, k).round().astype(np.int64))
+
+
+def _rows_mean(tokens: torch.Tensor | None, labels: torch.Tensor, rows: np.ndarray) -> float:
+    """Mean of the per-token losses (row-major over ``labels != -100``) of the given rows (0 when
+    they have no masked token, as :func:`~falcon_rl.models.losses.masked_lm_loss`)."""
+    assert tokens is not None
+    token_row = (labels != -100).nonzero()[:, 0]
+    keep = torch.isin(token_row, torch.as_tensor(rows, dtype=token_row.dtype))
+    return float(tokens[keep].double().mean()) if bool(keep.any()) else 0.0
 
 
 def _loss(trainer: Trainer, name: str, batch: Batch) -> float:

@@ -82,8 +82,12 @@ def killed(proc: subprocess.CompletedProcess) -> bool:
     return proc.returncode == -signal.SIGKILL
 
 
-#: wall-clock tags: their values differ between any two runs
+#: wall-clock tags (and every ``time/<part>`` of the step's time split): their values differ between any two runs
 TIME_TAGS = ("time/step", "train/step_time")
+
+
+def _wall_clock(tag: str) -> bool:
+    return tag in TIME_TAGS or tag.startswith("time/")
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -105,7 +109,7 @@ def assert_same_scalars(a: Path, b: Path) -> int:
         steps = [s for s, _ in sa[tag]]
         assert len(steps) == len(set(steps)), f"{tag}: a step logged twice in {a}: {steps}"
         assert steps == [s for s, _ in sb[tag]], f"{tag}: steps differ: {steps} vs {[s for s, _ in sb[tag]]}"
-        if tag not in TIME_TAGS:
+        if not _wall_clock(tag):
             assert [v for _, v in sa[tag]] == [v for _, v in sb[tag]], f"{tag}: values differ"
         n += len(steps)
     return n
@@ -114,10 +118,12 @@ def assert_same_scalars(a: Path, b: Path) -> int:
 def results(run_dir: Path) -> dict[str, Any]:
     """``results.json`` without wall-clock entries."""
     rec = json.loads((run_dir / "results.json").read_text())
-    for key in ("wall_time", "train_seconds", "steps_per_second"):
+    for key in ("wall_time", "train_seconds", "steps_per_second", "time", "cpu_time"):
         rec.pop(key, None)
     if isinstance(rec.get("history"), dict):
-        rec["history"].pop("step_time", None)
+        clock = [k for k in rec["history"] if k in ("step_time", "step_cpu_time") or k.startswith(("time_", "cpu_"))]
+        for key in clock:
+            rec["history"].pop(key)
     return rec
 
 

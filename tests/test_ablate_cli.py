@@ -37,7 +37,11 @@ def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     # the results table is printed and written
     assert "| scheduler | seeds | i2t R@1 mp |" in printed
     md = (root / "results.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| scheduler")]
+    lines = md.splitlines()
+    first = lines.index(next(line for line in lines if line.startswith("| scheduler")))
+    end = next(i for i in range(first, len(lines)) if not lines[i].startswith("|"))
+    table = lines[first + 2:end]  # the results table (the time table follows)
+    assert "| scheduler | total s | train | reward | chain | state | scheduler | eval | other |" in md
     assert sorted(line.split(" | ")[0][2:] for line in table) == sorted(SCHEDULERS)
     assert all(line.split(" | ")[1] == "2" for line in table)  # two seeds each
     # one CSV row per run with the identity, run scalars and final metrics
@@ -48,9 +52,13 @@ def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
         assert col in rows[0], col
     assert all(r["status"] == "ok" and r["steps"] == "3" for r in rows)
     assert all(0.0 <= float(r["i2t_r1_mp"]) <= 100.0 for r in rows)
-    # plots, with the mid-run evaluation giving r1_vs_step its points
-    for name in ("reward.png", "r1_vs_step.png", "fn_rate.png", "q_by_specificity.png"):
+    # plots, with the mid-run evaluation giving r1_vs_step its points; no reward curve: heuristics do not
+    # compute the reward (env.compute_reward: auto), and their reward column shows "–"
+    for name in ("r1_vs_step.png", "fn_rate.png", "q_by_specificity.png"):
         assert (root / name).is_file() and (root / name).stat().st_size > 1000, name
+    assert not (root / "reward.png").exists()
+    assert all(r["mean_reward"] == "" and float(r["time_reward"]) == 0.0 for r in rows)
+    assert all(line.split(" | ")[-2] == "–" for line in table)
     # every run dir: results.json (with the eval curve) and TensorBoard events
     for s in SCHEDULERS:
         for k in (0, 1):

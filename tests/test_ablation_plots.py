@@ -55,3 +55,15 @@ def test_plot_all_writes_every_figure(tmp_path):
 @pytest.mark.parametrize("maker", [step_curve_figure, eval_curve_figure])
 def test_nothing_to_draw_gives_no_figure(maker):
     assert maker([], "reward" if maker is step_curve_figure else "i2t_r1_mp", "y") is None
+
+
+def test_reward_plot_names_the_schedulers_without_a_reward():
+    """Heuristics do not compute the reward (env.compute_reward: auto): their NaN / null rewards
+    draw no curve, and the title says so; with no reward at all there is no figure."""
+    skipped = [{**r, "history": {**r["history"], "reward": [None] * 4}} for r in RUNS if r["scheduler"] != "falcon"]
+    mixed = skipped + [r for r in RUNS if r["scheduler"] == "falcon"]
+    fig = step_curve_figure(mixed, "reward", "reward")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels[0] == "falcon (n=2)" and "no values (not computed): oracle, random" in fig.axes[0].get_title()
+    plt.close(fig)
+    assert step_curve_figure(skipped, "reward", "reward") is None

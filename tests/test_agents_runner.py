@@ -11,6 +11,7 @@ import torch
 
 from falcon_rl.agents import available, load_scheduler, make_scheduler
 from falcon_rl.agents.frozen import frozen_batch_sampler
+from falcon_rl.agents.registry import SB3_AGENTS, SCHEDULERS
 from falcon_rl.agents.runner import run_scheduler
 from falcon_rl.cli import main
 from falcon_rl.config import load_config
@@ -22,9 +23,12 @@ RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.prog
        "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "logging.hist_every=1",
        "agent.sb3_total_steps=2", "agent.sb3_n_steps=2", "agent.hidden=16", "agent.blocks=1",
        "agent.sb3_hidden=[16]"]
-COMMON_TAGS = {"reward/step", "reward/episode", "loss/itc", "loss/itm", "loss/mlm", "mining/q_mean",
+COMMON_TAGS = {"loss/itc", "loss/itm", "loss/mlm", "mining/q_mean",
                "mining/q_std", "mining/fn_rate", "mining/fn_pair_rate", "eval/i2t_r1_mp", "eval/t2i_map",
-               "eval/t2i_r1", "time/step"}
+               "eval/t2i_r1", "time/step", "time/train", "time/reward", "time/chain", "time/state", "time/scheduler",
+               "time/eval"}
+#: only where the run computes the reward (schedulers that learn from it, env.compute_reward=auto)
+REWARD_TAGS = {"reward/step", "reward/episode"}
 
 
 @pytest.fixture(scope="module")
@@ -67,6 +71,12 @@ def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     assert (tmp_path / "config.yaml").is_file()
     scalars, hists = tb_tags(tmp_path)
     assert COMMON_TAGS <= scalars, COMMON_TAGS - scalars  # the same tags for every scheduler
+    # the reward's extra forwards only for schedulers that learn from it (env.compute_reward=auto)
+    assert record["reward_computed"] == (name in SB3_AGENTS or SCHEDULERS[name].learns_online)
+    if record["reward_computed"]:
+        assert REWARD_TAGS <= scalars
+    else:
+        assert not REWARD_TAGS & scalars  # NaN rewards are not logged
     assert "mining/q_hist" in hists
     assert any(t.startswith("mining/q_by_specificity/") for t in scalars)
     assert any(t.startswith("mining/fn_rate_by_specificity/") for t in scalars)

@@ -52,9 +52,11 @@ def _band(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
 def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smooth: int = 1,
                       title: str | None = None) -> Figure | None:
     """Mean over seeds of ``history[key]`` vs ``history['step']`` for every scheduler, with the
-    min–max band over seeds (None when nothing to draw)."""
+    min–max band over seeds (None when nothing to draw). Schedulers without a finite value (e.g.
+    the reward of a heuristic, which does not compute it) are named in the title."""
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn, banded = 0, False
+    missing: list[str] = []
     for name, group in _by_scheduler(runs).items():
         series = []
         for r in group:
@@ -65,6 +67,7 @@ def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smo
             x = np.asarray(h.get("step", np.arange(1, y.size + 1)), dtype=float)[: y.size]
             series.append((x, _smooth(y, smooth)))
         if not series:
+            missing.append(name)
             continue
         x, mean, lo, hi = _band(series)
         (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})")
@@ -76,6 +79,8 @@ def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smo
         plt.close(fig)
         return None
     what = "line: mean over seeds" + (f"; {BAND_LABEL}" if banded else "")
+    if missing:
+        what += f"\nno values (not computed): {', '.join(missing)}"
     _label_axes(ax, "env step", ylabel, f"{title or ylabel}\n{what}")
     handles, labels = ax.get_legend_handles_labels()
     if banded:

@@ -3,7 +3,9 @@
 A *run record* is the JSON-able dict a scheduler run writes to ``<scheduler>/seed<k>/results.json``:
 ``scheduler``, ``seed``, ``status`` ("ok" | "failed"), ``error``, ``final`` (retrieval metrics of
 the final model, keys as in :mod:`falcon_rl.training.evaluation`), ``mean_reward``,
-``mean_fn_rate``, ``wall_time``, ``steps`` and ``history`` (per-step curves for the plots).
+``mean_fn_rate``, ``wall_time``, ``time`` (its split by part, :mod:`falcon_rl.timing`, plus
+``other``), ``steps`` and ``history`` (per-step curves for the plots). A reward the run did not
+compute (``env.compute_reward``) is NaN / null and shows as "–".
 
 The markdown table aggregates over seeds (mean ± std), adds each scheduler's difference to
 ``random`` paired by seed, and the *gap closed* ``(x − random) / (oracle − random)`` on the
@@ -26,6 +28,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from falcon_rl.timing import TIME_PARTS
+
 #: the headline metrics (DESIGN §2.8): multi-positive image->text R@1 and t2i mAP
 HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
 #: further metrics shown in the markdown table
@@ -34,10 +38,12 @@ TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "t2i_r1_mp", "i2t_r5_m
 RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_fn_pair_rate", "mean_reward", "wall_time")
 #: MAFA's run-level scalars (top-level keys of a run record, when it used MAFA)
 MAFA_SCALARS: tuple[str, ...] = ("mafa_precision", "mafa_recall", "mafa_converted_per_batch", "filter_time")
+#: the run's wall-time split (record ``time``): results.csv columns and the time table
+TIME_SCALARS: tuple[str, ...] = tuple(f"time_{part}" for part in TIME_PARTS) + ("time_other",)
 
 
 def _is_run_scalar(key: str) -> bool:
-    return key in RUN_SCALARS or key in MAFA_SCALARS or key.startswith("mafa_")
+    return key in RUN_SCALARS or key in TIME_SCALARS or key in MAFA_SCALARS or key.startswith("mafa_")
 
 
 def _mafa_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -58,8 +64,8 @@ def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> 
         "error": (run.get("error") or "").replace("\n", " ")[:500],
         "steps": run.get("steps"),
     }
-    for key in RUN_SCALARS:
-        row[key] = run.get(key)
+    for key in RUN_SCALARS + TIME_SCALARS:
+        row[key] = _scalar(run, key)
     for key in _mafa_keys([run]) if mafa_keys is None else mafa_keys:
         row[key] = run.get(key)
     for key, value in sorted((run.get("final") or {}).items()):
@@ -86,9 +92,16 @@ def write_results_csv(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     return path
 
 
+def _scalar(run: dict[str, Any], key: str) -> Any:
+    """A run-level scalar of the record (``time_<part>`` from its ``time`` split), or None."""
+    if key in TIME_SCALARS:
+        return (run.get("time") or {}).get(key[len("time_"):])
+    return run.get(key)
+
+
 def _metric(run: dict[str, Any], key: str) -> float:
     if _is_run_scalar(key):
-        value = run.get(key)
+        value = _scalar(run, key)
     else:
         value = (run.get("final") or {}).get(key)
     return float("nan") if value is None else float(value)
@@ -102,7 +115,7 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(arr.mean()), std, int(arr.size)
 
 
-def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS + RUN_SCALARS,
+def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS + RUN_SCALARS + TIME_SCALARS,
               reference: str = "random", upper: str = "oracle") -> list[dict[str, Any]]:
     """Aggregate successful runs over seeds.
 
@@ -243,6 +256,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
                           f"({d_mean * ms:+.1f} ± {d_std * ms:.1f}) is within seed noise."]
     if mafa:
         lines += _mafa_by_specificity(rows)
+    lines += _time_table(rows)
     if notes:
         lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
@@ -282,3 +296,22 @@ def _mafa_by_specificity(rows: Sequence[dict[str, Any]]) -> list[str]:
             cells.append(f"{_percent(p)} / {_percent(q)}")
         out.append(f"| {r['scheduler']} | " + " | ".join(cells) + " |")
     return out
+
+
+def _time_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown lines of the wall-time split per run (mean over seeds), empty without time data."""
+    if not any(not math.isnan(r.get(key, (float("nan"), 0.0))[0]) for r in rows for key in TIME_SCALARS):
+        return []
+    head = ["scheduler", "total s", *(p for p in TIME_PARTS), "other"]
+    lines = ["", "Wall time per run in seconds, mean over seeds, split by part: train = forward + backward + "
+             "optimiser, reward = the reward's extra forwards (none when the scheduler does not learn from it), "
+             "chain = batch building (quantile chain, collation), state = cache and history updates, similarity and "
+             "observation, scheduler = predict + update, eval = retrieval evaluations, other = setup, data, logging.", "",
+             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for r in rows:
+        cells = [r["scheduler"]]
+        for key in ("wall_time",) + TIME_SCALARS:
+            mean = r.get(key, (float("nan"), 0.0))[0]
+            cells.append("–" if math.isnan(mean) else f"{mean:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines

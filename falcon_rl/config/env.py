@@ -34,5 +34,15 @@ class EnvConfig:
     eval_every: int = param(0, "train-agent: evaluate retrieval every N env steps (0: at episode ends only)",
                             ge=0)
     eval_at_end: bool = param(True, "train-agent: evaluate retrieval at the end of every episode")
-    info_timing: bool = param(False, "put the wall-clock step_time in info (off by default, so info is exactly "
-                                     "reproducible and Gymnasium's checker passes; train-agent logs time/step anyway)")
+    info_timing: bool = param(False, "put the wall-clock step_time and its split (time: train, reward, chain, "
+                                     "state) in info (off by default, so info is exactly reproducible and "
+                                     "Gymnasium's checker passes; train-agent logs time/* anyway)")
+    compute_reward: str = param("auto", "compute the reward's extra forwards: auto = only when the scheduler learns "
+                                "from the reward (train-agent / ablate decide; a bare env computes it), always "
+                                "(e.g. to log it for heuristics), never (reward NaN)",
+                                choices=["auto", "always", "never"])
+    reward_estimator: str = param("exact", "mlm reward: exact (L_MLM before - after on the whole batch) or subbatch "
+                                  "(the same difference on env.reward_subbatch evenly spaced pairs of the batch, "
+                                  "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
+    reward_subbatch: int = param(32, "env.reward_estimator=subbatch: pairs of each batch the after-loss is "
+                                 "computed on (>= train.batch_size: the whole batch, equal to exact)", ge=1)

@@ -42,6 +42,8 @@ class ALBEFOutput:
     :ivar mlm_train: the MLM loss optimised (with distillation when momentum is on).
     :ivar image_feat, text_feat: (B, D) normalised ITC embeddings (with grad).
     :ivar itc_per_sample: (B,) per-pair ITC loss, mean of both directions (detached).
+    :ivar mlm_tokens: (M,) plain MLM cross-entropy per masked position, row-major (detached;
+        only when asked for: the sub-batch reward estimate's L_MLM(θ_before)).
     """
 
     loss: torch.Tensor
@@ -52,6 +54,7 @@ class ALBEFOutput:
     image_feat: torch.Tensor
     text_feat: torch.Tensor
     itc_per_sample: torch.Tensor
+    mlm_tokens: torch.Tensor | None = None
 
 
 class Encoders(nn.Module):
@@ -244,6 +247,7 @@ class ALBEF(nn.Module):
         update_queue: bool = True,
         itc_smoothing: float | None = None,
         pair_planner: PairPlanner | None = None,
+        mlm_tokens: bool = False,
     ) -> ALBEFOutput:
         """One ALBEF training forward pass.
 
@@ -261,6 +265,8 @@ class ALBEF(nn.Module):
         :param pair_planner: called with the in-batch similarities once they are known; its
             :class:`~falcon_rl.models.pair_plan.PairPlan` replaces the in-batch ITC positives, the
             ITM pairs and labels, and adds MLM samples (MAFA's connection mining).
+        :param mlm_tokens: also return the per-position plain MLM cross-entropy of the batch's own
+            masked positions (``mlm_tokens``; MAFA's extra MLM samples are not among them).
         """
         cfg = self.cfg
         attention_mask, input_ids, mlm_input_ids, mlm_labels = trim_padding(
@@ -328,7 +334,9 @@ class ALBEF(nn.Module):
             with torch.no_grad():
                 logits_m = self.enc_m.mlm_logits(image_tokens_m, mlm_input_ids, attention_mask, mlm_labels, classes)
                 soft_mlm = torch.softmax(logits_m.float(), dim=-1)
-        loss_mlm, loss_mlm_train = masked_lm_loss(logits, mlm_targets(mlm_labels, classes), soft_mlm, alpha)
+        mlm_tgt = mlm_targets(mlm_labels, classes)
+        loss_mlm, loss_mlm_train = masked_lm_loss(logits, mlm_tgt, soft_mlm, alpha)
+        tokens = F.cross_entropy(logits.detach().float(), mlm_tgt, reduction="none") if mlm_tokens else None
         if plan is not None and plan.mlm_text.numel():
             loss_mlm_train = self._with_extra_mlm(loss_mlm_train, plan, image_tokens, mlm_input_ids, attention_mask,
                                                   mlm_labels, classes, embedded_mlm)
@@ -338,7 +346,7 @@ class ALBEF(nn.Module):
 
         total = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.mlm_weight * loss_mlm_train
         return ALBEFOutput(total, loss_itc, loss_itm, loss_mlm, loss_mlm_train, image_feat, text_feat,
-                           itc_rows.detach())
+                           itc_rows.detach(), tokens)
 
     def _itm_loss(self, image_tokens: torch.Tensor, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
                   neg_image_for_text: torch.Tensor, neg_text_for_image: torch.Tensor,
@@ -375,13 +383,16 @@ class ALBEF(nn.Module):
     # ------------------------------------------------------------------ evaluation losses
     @torch.no_grad()
     def mlm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, mlm_input_ids: torch.Tensor,
-                 mlm_labels: torch.Tensor) -> torch.Tensor:
+                 mlm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """Plain MLM cross-entropy of the online model on given masks (the reward's L_MLM).
 
         Runs exactly the computation of the MLM branch of :meth:`forward`.
+        :param classes: the in-batch softmax classes to use (those of a whole batch when these
+            rows are a sub-batch of it); default: those of the given rows.
         """
         attention_mask, mlm_input_ids, mlm_labels = trim_padding(attention_mask, mlm_input_ids, mlm_labels)
-        classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, self.cfg.mlm_softmax)
+        if classes is None:
+            classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, self.cfg.mlm_softmax)
         image_tokens, _ = self.enc.encode_image(image)
         logits = self.enc.mlm_logits(image_tokens, mlm_input_ids, attention_mask, mlm_labels, classes)
         return masked_lm_loss(logits, mlm_targets(mlm_labels, classes))[0]

@@ -25,7 +25,7 @@ import torch
 from falcon_rl.config import ExperimentConfig, to_dict
 from falcon_rl.data.base import Batch, PairSplit
 from falcon_rl.models import ALBEF, MLMMasks, build_model, mask_tokens
-from falcon_rl.models.albef import trim_padding
+from falcon_rl.models.albef import mlm_classes, trim_padding
 from falcon_rl.models.towers import resolve_attention
 from falcon_rl.progress import iterate
 from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_payload,
@@ -55,6 +55,8 @@ class StepOutput:
         the loss was not finite and the update was skipped).
     :ivar connections: with ``model.false_negatives: mafa``, what connection mining decided on
         the batch (:class:`falcon_rl.models.mafa.ConnectionReport`), else None.
+    :ivar mlm_tokens: (M,) plain MLM cross-entropy per masked position of ``mlm_masks``, row-major
+        (CPU, float32), when :meth:`Trainer.train_step` was asked for it; else None.
     """
 
     losses: dict[str, float]
@@ -65,6 +67,7 @@ class StepOutput:
     itc_per_sample: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
     connections: Any = None
+    mlm_tokens: torch.Tensor | None = None
 
 
 class Trainer:
@@ -142,13 +145,14 @@ class Trainer:
                            self.mask_generator, m.mlm_mask_ratio, m.mlm_random_ratio)
 
     def train_step(self, batch: Batch, mlm_masks: MLMMasks | None = None,
-                   itc_targets: torch.Tensor | None = None) -> StepOutput:
+                   itc_targets: torch.Tensor | None = None, mlm_tokens: bool = False) -> StepOutput:
         """One optimiser step of ITC + ITM + MLM on ``batch``.
 
         :param mlm_masks: masks to use (default: fresh ones from :meth:`make_mlm_masks`).
         :param itc_targets: (B, B) multi-positive ITC weights (``[i, j] > 0``: image i matches
             text j); those pairs are never ITM negatives. With ``model.false_negatives: mafa``
             connection mining adds the filter's false negatives to them (``StepOutput.connections``).
+        :param mlm_tokens: also return the per-position MLM cross-entropy (``StepOutput.mlm_tokens``).
         A non-finite loss or gradient skips the update (``stats["skipped"] = 1``) and leaves the
         weights as they were; the losses are still reported, so the env can terminate on NaN.
         """
@@ -163,7 +167,7 @@ class Trainer:
         with self._autocast():
             out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
                              itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
-                             itc_smoothing=self.itc_smoothing(), pair_planner=planner)
+                             itc_smoothing=self.itc_smoothing(), pair_planner=planner, mlm_tokens=mlm_tokens)
         values = torch.stack([out.itc, out.itm, out.mlm, out.loss]).detach().float().cpu().tolist()
         losses = dict(zip(("itc", "itm", "mlm", "total"), values))
         stats = {"lr": self.lr, "grad_norm": float("nan"), "skipped": 0.0}
@@ -192,21 +196,31 @@ class Trainer:
             itc_per_sample=out.itc_per_sample.float().cpu(),
             stats=stats,
             connections=self.connections.take_report() if self.connections is not None else None,
+            mlm_tokens=None if out.mlm_tokens is None else out.mlm_tokens.float().cpu(),
         )
 
     # ------------------------------------------------------------------ deterministic losses
     @torch.no_grad()
-    def mlm_loss(self, batch: Batch, masks: MLMMasks) -> float:
+    def mlm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
         """Plain MLM cross-entropy of the current weights on ``batch`` with ``masks`` (no update).
 
         Equals ``train_step(batch, masks).losses["mlm"]`` when evaluated just before that step
         (dropout 0; same autocast), which makes FALCON's ΔMLM exact.
+        :param rows: only these batch positions (a sub-batch: the mean over their masked tokens,
+            scored against the whole batch's softmax classes, ``model.mlm_softmax``).
         """
         self.model.eval()
+        classes = None
+        if rows is not None:
+            classes = mlm_classes(masks.input_ids, masks.labels, batch.attention_mask, self.cfg.model.mlm_softmax)
+            take = torch.as_tensor(np.asarray(rows, dtype=np.int64))
+            batch = Batch(batch.image[take], batch.input_ids[take], batch.attention_mask[take], batch.index[take])
+            masks = MLMMasks(masks.input_ids[take], masks.labels[take])
         b = batch.to(self.device)
         m = masks.to(self.device)
         with self._autocast():
-            loss = self.model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
+            loss = self.model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels,
+                                       None if classes is None else classes.to(self.device))
         return float(loss)
 
     @torch.no_grad()
