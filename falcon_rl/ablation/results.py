@@ -64,10 +64,12 @@ def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> 
         "error": (run.get("error") or "").replace("\n", " ")[:500],
         "steps": run.get("steps"),
     }
-    for key in RUN_SCALARS + TIME_SCALARS:
-        row[key] = _scalar(run, key)
+    for key in RUN_SCALARS:
+        row[key] = run.get(key)
     for key in _mafa_keys([run]) if mafa_keys is None else mafa_keys:
         row[key] = run.get(key)
+    for key in TIME_SCALARS:
+        row[key] = _scalar(run, key)
     for key, value in sorted((run.get("final") or {}).items()):
         row[key] = value
     return row
