@@ -1,7 +1,7 @@
-"""``model`` section: the ALBEF-style VLP model (DESIGN §2.8).
+"""``model`` section: the VLP model, ALBEF or BLIP-2 stage 1 (DESIGN §2.8; docs/ALGORITHM.md §12).
 
-Shapes come from ``preset`` (see :mod:`falcon_rl.models.presets`); every shape key left at
-``null`` takes the preset's value, an explicit value overrides it.
+``framework`` picks the model; shapes come from ``preset`` (see :mod:`falcon_rl.models.presets`);
+every shape key left at ``null`` takes the preset's value, an explicit value overrides it.
 """
 
 from __future__ import annotations
@@ -15,8 +15,14 @@ from falcon_rl.config.fields import param
 class ModelConfig:
     """Model shapes and loss settings. ``preset`` fills shapes; explicit keys override it."""
 
-    preset: str = param("tiny", "size preset", choices=["tiny", "small", "minilm", "albef-base"])
-    vision_path: str | None = param(None, "local pretrained ViT directory (else random init)")
+    framework: str = param("albef", "VLP framework: albef (ViT + BERT text and fusion encoders, ITC/ITM/MLM) or "
+                           "blip2 (BLIP-2 stage 1: a frozen ViT + a Q-Former trained with ITC/ITM/ITG)",
+                           choices=["albef", "blip2"])
+    preset: str = param("tiny", "size preset (blip2-* presets need framework=blip2; an ALBEF preset with "
+                        "framework=blip2 gives a Q-Former as deep as its text + fusion layers)",
+                        choices=["tiny", "small", "minilm", "albef-base", "blip2-tiny", "blip2-base"])
+    vision_path: str | None = param(None, "local pretrained ViT directory (else random init; blip2: the frozen "
+                                    "image encoder)")
     text_path: str | None = param(None, "local pretrained BERT directory (minilm: shipped weights)")
     patch_size: int | None = param(None, "ViT patch size (null: preset)", ge=1)
     patch_stem: str | None = param(None, "ViT patch embedding: linear (ViT) or conv (3x3 stride-2 convolutions, "
@@ -32,6 +38,17 @@ class ModelConfig:
                               ge=1)
     mlp_ratio: int | None = param(None, "feed-forward width / hidden width of randomly initialised ViT/BERT "
                                   "(null: preset)", ge=1)
+    qformer_layers: int | None = param(None, "blip2: Q-Former (BERT) layers (null: preset; for an ALBEF preset "
+                                       "text_layers + fusion_layers)", ge=1)
+    num_query_tokens: int | None = param(None, "blip2: learned query tokens of the Q-Former (null: preset; BLIP-2 "
+                                         "32)", ge=1)
+    cross_attention_freq: int | None = param(None, "blip2: a Q-Former layer cross-attends to the image every N "
+                                             "layers, starting with the first (null: preset; BLIP-2 2)", ge=1)
+    blip2_vision_checkpoint: str | None = param(None, "blip2: a falcon-rl ALBEF trainer checkpoint (e.g. "
+                                                "<train.out_dir>/checkpoint.pt of falcon-rl pretrain) whose ViT "
+                                                "becomes the frozen image encoder (its vision shape must match)")
+    itg_label_smoothing: float = param(0.1, "blip2: label smoothing of the ITG loss optimised (LAVIS 0.1); the "
+                                       "reported and rewarded ITG loss is the plain cross-entropy", ge=0.0, lt=1.0)
     max_positions: int = param(512, "BERT position-embedding table size (>= data.max_text_len)", ge=4)
     init_std: float | None = param(None, "std of the normal init of new weights, BERT's initializer_range "
                                           "(null: preset; 0.02 in BERT, larger in the shallow presets)", gt=0.0)
@@ -52,8 +69,9 @@ class ModelConfig:
                                           "values draw easier negatives", gt=0.0)
     itm_negatives: str = param("sample", "ITM hard negative: ALBEF multinomial or GRIT top-1",
                                choices=["sample", "hardest"])
-    mlm_softmax: str = param("batch", "MLM output classes: the whole vocabulary, or the tokens present in the batch "
-                             "(in-batch sampled softmax; ~40 ms/step cheaper on CPU at B=64)",
+    mlm_softmax: str = param("batch", "output classes of the language-modelling loss (ALBEF's MLM, BLIP-2's ITG): the "
+                             "whole vocabulary, or the tokens present in the batch (in-batch sampled softmax; ~40 "
+                             "ms/step cheaper on CPU at B=64)",
                              choices=["full", "batch"])
     mlm_prob: float = param(0.15, "MLM masking probability (ALBEF 0.15, GRIT 0.5)", gt=0.0, lt=1.0)
     mlm_mask_ratio: float = param(0.8, "of the masked tokens: share replaced by [MASK] (BERT 0.8)", ge=0.0, le=1.0)
@@ -61,7 +79,7 @@ class ModelConfig:
                                     ge=0.0, le=1.0)
     itc_weight: float = param(1.0, "weight of the ITC loss", ge=0.0)
     itm_weight: float = param(1.0, "weight of the ITM loss", ge=0.0)
-    mlm_weight: float = param(1.0, "weight of the MLM loss", ge=0.0)
+    mlm_weight: float = param(1.0, "weight of the language-modelling loss (MLM; ITG for blip2)", ge=0.0)
     itc_label_smoothing: float | None = param(None, "ITC label smoothing ε, (1 - ε)·target + ε/N (MAFA's S-ITC); "
                                               "null: mafa.smoothing with model.false_negatives=mafa, else 0",
                                               ge=0.0, lt=1.0)
@@ -76,5 +94,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.temperature_min > self.temperature_max:
             raise ValueError(f"temperature_min={self.temperature_min} > temperature_max={self.temperature_max}")
+        if self.framework == "blip2" and self.momentum:
+            raise ValueError("momentum=true is ALBEF's momentum distillation; BLIP-2 stage 1 (framework=blip2) has "
+                             "no momentum encoder: set model.momentum=false")
         if self.mlm_mask_ratio + self.mlm_random_ratio > 1.0 + 1e-9:
             raise ValueError(f"mlm_mask_ratio + mlm_random_ratio = {self.mlm_mask_ratio + self.mlm_random_ratio} > 1")

@@ -28,6 +28,7 @@ from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.towers import (build_text, build_vision, init_bert_style, layer_forward, padding_mask,
                                       resolve_attention, set_attention)
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
+from falcon_rl.models.masking import MLMMasks, mask_tokens
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.presets import ModelShape, resolve_shape
 
@@ -55,6 +56,15 @@ class ALBEFOutput:
     text_feat: torch.Tensor
     itc_per_sample: torch.Tensor
     mlm_tokens: torch.Tensor | None = None
+
+    @property
+    def lm(self) -> torch.Tensor:
+        """The framework's LM loss (:class:`falcon_rl.models.protocol.VLPOutput`): MLM."""
+        return self.mlm
+
+    @property
+    def lm_train(self) -> torch.Tensor:
+        return self.mlm_train
 
 
 class Encoders(nn.Module):
@@ -167,13 +177,19 @@ def mlm_targets(labels: torch.Tensor, classes: torch.Tensor | None) -> torch.Ten
 
 
 class ALBEF(nn.Module):
-    """ALBEF with ITC, ITM and MLM heads; build with :func:`falcon_rl.models.build_model`.
+    """ALBEF with ITC, ITM and MLM heads (a :class:`falcon_rl.models.protocol.VLPModel`; its LM loss is
+    MLM); build with :func:`falcon_rl.models.build_model`.
 
     :param cfg: the ``model`` config section.
     :param vocab_size: tokenizer vocabulary size (30522 for bert-base-uncased).
     :param special_ids: dict with ``pad``, ``cls``, ``sep``, ``mask`` token ids.
     :param image_size: side of the (square) input images in pixels.
     """
+
+    framework = "albef"
+    lm_name = "mlm"
+    #: one ITC vector per image
+    image_vectors = 0
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, special_ids: dict[str, int], image_size: int) -> None:
         super().__init__()
@@ -197,6 +213,58 @@ class ALBEF(nn.Module):
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
         else:
             self.enc_m = None
+
+    # ------------------------------------------------------------------ protocol
+    def signature(self) -> dict:
+        """Shapes a checkpoint must share with this model."""
+        shape = {k: v for k, v in vars(self.shape).items() if k not in ("text_path", "vision_path")}
+        return {"shape": shape, "vocab_size": self.vocab_size, "image_size": self.image_size,
+                "embed_dim": self.cfg.embed_dim, "momentum": self.cfg.momentum}
+
+    def make_lm_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      generator: torch.Generator) -> MLMMasks:
+        """BERT masks for MLM drawn from ``generator`` (``model.mlm_prob`` and ratios; [CLS], [SEP],
+        [PAD] are never masked)."""
+        m, ids = self.cfg, self.special_ids
+        return mask_tokens(input_ids, attention_mask, [ids["cls"], ids["sep"], ids["pad"]], ids["mask"],
+                           self.vocab_size, m.mlm_prob, generator, m.mlm_mask_ratio, m.mlm_random_ratio)
+
+    @torch.no_grad()
+    def image_embeddings(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, D) normalised ITC image embeddings."""
+        return self.enc.encode_image(image)[1]
+
+    @torch.no_grad()
+    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, D) normalised ITC text embeddings."""
+        attention_mask, input_ids = trim_padding(attention_mask, input_ids)
+        return self.enc.text_feature(self.enc.encode_text(input_ids, attention_mask))
+
+    def itm_image_state(self, image: torch.Tensor) -> torch.Tensor:
+        """Image tokens for the fusion encoder."""
+        return self.enc.encode_image(image)[0]
+
+    def itm_text_state(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Text-encoder hidden states for the fusion encoder."""
+        return self.enc.encode_text(input_ids, attention_mask)
+
+    def filter_view(self):
+        """The towers and ITM head as a MAFA filter (:class:`falcon_rl.models.mafa.FilterScorer`, sharing them)."""
+        from falcon_rl.models.mafa import FilterScorer
+
+        return FilterScorer(self.enc, self.itm_head)
+
+    def momentum_filter_view(self):
+        """The momentum towers with the online ITM head as a MAFA filter."""
+        from falcon_rl.models.mafa import FilterScorer
+
+        if self.enc_m is None:
+            raise ValueError("mafa.filter=momentum needs model.momentum=true (the EMA model is the filter)")
+        return FilterScorer(self.enc_m, self.itm_head)
+
+    def frozen_copy(self) -> nn.Module:
+        """A copy of the towers and ITM head for a snapshot filter."""
+        return copy.deepcopy(self.filter_view())
 
     # ------------------------------------------------------------------ state updates
     def set_attention(self, kernel: str) -> None:
@@ -396,6 +464,11 @@ class ALBEF(nn.Module):
         image_tokens, _ = self.enc.encode_image(image)
         logits = self.enc.mlm_logits(image_tokens, mlm_input_ids, attention_mask, mlm_labels, classes)
         return masked_lm_loss(logits, mlm_targets(mlm_labels, classes))[0]
+
+    def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
+                lm_labels: torch.Tensor) -> torch.Tensor:
+        """The framework's LM loss: :meth:`mlm_loss`."""
+        return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels)
 
     @torch.no_grad()
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

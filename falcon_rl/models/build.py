@@ -1,9 +1,14 @@
-"""``build_model``: the ALBEF model for a tokenizer and an image size."""
+"""``build_model``: the VLP model of ``model.framework`` for a tokenizer and an image size."""
 
 from __future__ import annotations
 
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.albef import ALBEF
+from falcon_rl.models.blip2 import BLIP2
+from falcon_rl.models.protocol import VLPModel
+
+#: ``model.framework`` -> model class (each a :class:`~falcon_rl.models.protocol.VLPModel`)
+FRAMEWORKS = {"albef": ALBEF, "blip2": BLIP2}
 
 
 def special_token_ids(tokenizer) -> dict[str, int]:
@@ -18,10 +23,14 @@ def special_token_ids(tokenizer) -> dict[str, int]:
     return ids
 
 
-def build_model(cfg: ModelConfig, tokenizer, image_size: int) -> ALBEF:
-    """ALBEF for ``tokenizer``'s vocabulary and square images of side ``image_size``.
+def build_model(cfg: ModelConfig, tokenizer, image_size: int) -> VLPModel:
+    """The ``cfg.framework`` model (ALBEF or BLIP-2 stage 1) for ``tokenizer``'s vocabulary and square
+    images of side ``image_size``.
 
     Shapes come from ``cfg.preset`` updated by explicit keys (:func:`resolve_shape`); the
     ``minilm`` preset (or ``text_path``) loads pretrained text weights offline.
     """
-    return ALBEF(cfg, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer), image_size=image_size)
+    if cfg.framework not in FRAMEWORKS:
+        raise ValueError(f"model.framework={cfg.framework!r} is not one of {sorted(FRAMEWORKS)}")
+    return FRAMEWORKS[cfg.framework](cfg, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer),
+                                     image_size=image_size)

@@ -162,9 +162,10 @@ def _eval_mode(*modules: nn.Module) -> Iterator[None]:
             m.train(mode)
 
 
-class FilterScorer:
-    """The filter's ITM match probability of (image, text) pairs of a batch, under ``no_grad`` and
-    in eval mode (MAFA: ``filter_model.eval()``, every parameter ``requires_grad = False``).
+class FilterScorer(nn.Module):
+    """An ALBEF filter: its ITM match probability of (image, text) pairs of a batch, under ``no_grad``
+    and in eval mode (MAFA: ``filter_model.eval()``, every parameter ``requires_grad = False``); the
+    :class:`falcon_rl.models.protocol.FilterModel` of ALBEF.
 
     :param encoders: the filter's towers (:class:`falcon_rl.models.albef.Encoders`: a frozen
         checkpoint's, a snapshot's, or the momentum model's).
@@ -172,6 +173,7 @@ class FilterScorer:
     """
 
     def __init__(self, encoders: nn.Module, itm_head: nn.Module) -> None:
+        super().__init__()
         self.encoders = encoders
         self.itm_head = itm_head
 
