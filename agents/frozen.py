@@ -51,7 +51,8 @@ class FrozenSchedulerSampler:
         self.split = split
 
     def _create(self, split: PairSplit) -> None:
-        self.cache = EmbeddingCache(split.n_pairs, self.cfg.model.embed_dim)
+        vectors = int(self.trainer.image_vectors) if self.trainer is not None else 0
+        self.cache = EmbeddingCache(split.n_pairs, self.cfg.model.embed_dim, image_vectors=vectors)
         self.history = MemberHistory(split.n_pairs, split.specificity)
         if self.oracle and split.match is None:
             raise ValueError("the oracle scheduler (or env.oracle) needs a ground-truth match matrix, "

@@ -1,7 +1,7 @@
 """One logger for every scheduler: the same TensorBoard tags and in-memory histories.
 
 Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, ``loss/itc``,
-``loss/itm``, ``loss/mlm``, ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
+``loss/itm``, ``loss/mlm`` (BLIP-2: ``loss/itg``, the framework's LM loss), ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
 ``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, ``time/<part>`` (the step's
 wall time split, :mod:`falcon_rl.timing`), and ``agent/<stat>`` for what an online learner's
@@ -27,7 +27,7 @@ from falcon_rl.timing import TIME_PARTS
 from falcon_rl.utils import after_existing_event_files
 
 #: per-step history lists (``results.json`` ``history``); ``time_<part>`` / ``cpu_<part>`` hold the step's
-#: wall / main-thread CPU time split
+#: wall / main-thread CPU time split; ``loss_mlm`` is ``loss_<lm_name>`` of the run (``loss_itg`` for BLIP-2)
 HISTORY_KEYS: tuple[str, ...] = (
     "step", "episode", "reward", "fn_rate", "fn_pair_rate", "q_mean", "q_std", "loss_itc", "loss_itm", "loss_mlm",
     "step_time", "step_cpu_time", "trainer_step", "n_batches", *(f"time_{p}" for p in TIME_PARTS),
@@ -46,10 +46,13 @@ class RunLogger:
     :param hist_every: write the ``mining/q_hist`` histogram every N env steps.
     :param purge_step: a resumed run: TensorBoard drops the earlier try's events from this step
         on (the first step the resumed run logs), so every step appears once.
+    :param lm_name: the model's LM loss (``mlm``, ``itg``: :func:`falcon_rl.models.lm_loss_name`).
     """
 
     def __init__(self, out_dir: str | Path | None, tensorboard: bool = True, hist_every: int = 5,
-                 purge_step: int | None = None) -> None:
+                 purge_step: int | None = None, lm_name: str = "mlm") -> None:
+        self.lm_name = lm_name
+        self.history_keys = tuple(f"loss_{lm_name}" if k == "loss_mlm" else k for k in HISTORY_KEYS)
         self.writer = None
         if out_dir is not None and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -58,7 +61,7 @@ class RunLogger:
                 after_existing_event_files(Path(out_dir) / "tb")
             self.writer = SummaryWriter(log_dir=str(Path(out_dir) / "tb"), purge_step=purge_step)
         self.hist_every = max(1, int(hist_every))
-        self.history: dict[str, list] = {key: [] for key in HISTORY_KEYS}
+        self.history: dict[str, list] = {key: [] for key in self.history_keys}
         self.episodes: list[dict[str, float]] = []
         self.evals: list[dict[str, Any]] = []
 
@@ -82,7 +85,7 @@ class RunLogger:
         for part in TIME_PARTS:
             h[f"time_{part}"].append(float(split.get(part, float("nan"))))
             h[f"cpu_{part}"].append(float(split_cpu.get(part, float("nan"))))
-        for key in ("itc", "itm", "mlm"):
+        for key in ("itc", "itm", self.lm_name):
             h[f"loss_{key}"].append(float(losses.get(key, float("nan"))))
         h["q_by_specificity"].append({str(k): float(v) for k, v in info.get("q_by_specificity", {}).items()})
         h["fn_rate_by_specificity"].append(
@@ -93,7 +96,7 @@ class RunLogger:
                 self.log_eval(step, info["eval"])
             return
         self.scalar("reward/step", reward, step)
-        for key in ("itc", "itm", "mlm"):
+        for key in ("itc", "itm", self.lm_name):
             self.scalar(f"loss/{key}", losses.get(key), step)
         for key in ("q_mean", "q_std", "fn_rate", "fn_pair_rate"):
             self.scalar(f"mining/{key}", info.get(key), step)
@@ -164,7 +167,7 @@ class RunLogger:
         n = len(saved.get("step", []))
         dicts = ("q_by_specificity", "fn_rate_by_specificity", "mafa")
         missing = {k: [{} if k in dicts else float("nan") for _ in range(n)]
-                   for k in HISTORY_KEYS if k not in saved}  # an older checkpoint
+                   for k in self.history_keys if k not in saved}  # an older checkpoint
         self.history = {**saved, **missing}
         self.episodes = [dict(e) for e in state["episodes"]]
         self.evals = [dict(e) for e in state["evals"]]

@@ -48,6 +48,7 @@ from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.progress import Progress, progress_bar
 from falcon_rl.mining.filter_quality import summarize as summarize_filter
 from falcon_rl.timing import TIME_PARTS, Timings
+from falcon_rl.models import lm_loss_name
 from falcon_rl.training.checkpoint import (CheckpointError, atomic_save, global_rng_state, load_torch_file,
                                            set_global_rng_state, to_safe)
 from falcon_rl.training.filter_stage import ensure_filter, needs_filter_training, with_filter_dir
@@ -442,7 +443,8 @@ def run_scheduler(
         dump_yaml(cfg, out / "config.yaml")
 
     logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every,
-                       purge_step=int(payload["step"]) + 1 if payload is not None else None)
+                       purge_step=int(payload["step"]) + 1 if payload is not None else None,
+                       lm_name=lm_loss_name(cfg.model))
     tracker = _Tracker(logger, lambda: progress_bar(total, f"{name} env step", progress, announce=True,
                                                     initial=tracker.step, interval=cfg.logging.progress_interval),
                        base_env)

@@ -1,4 +1,5 @@
-"""The negative-mining environment: ALBEF pretraining as a Gymnasium env (DESIGN §2.1-2.4, §2.7)."""
+"""The negative-mining environment: VLP pretraining (ALBEF or BLIP-2 stage 1) as a Gymnasium env
+(DESIGN §2.1-2.4, §2.7)."""
 
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ class NegativeMiningEnv(gym.Env):
 
     ## Description
 
-    The environment *is* an ALBEF-style pretraining run (FALCON, arXiv 2505.11192). Each
+    The environment *is* a VLP pretraining run (FALCON, arXiv 2505.11192) of the
+    ``model.framework`` model, ALBEF or BLIP-2 stage 1 (it drives the model only through
+    :class:`falcon_rl.models.protocol.VLPModel`, the state does not depend on the framework). Each
     episode starts a fresh model (or ``env.checkpoint``), fills an embedding cache of the
     training pairs and cuts them into random search spaces M of ``mining.search_space`` pairs.
     At every step the agent sees the current search space and chooses a hardness ``q`` for
@@ -76,15 +79,16 @@ class NegativeMiningEnv(gym.Env):
     ## Rewards
 
     ``env.reward`` (× ``env.reward_scale``), the mean over the step's batches of a proxy for
-    cross-modal alignment improvement: ``mlm`` (default, FALCON's ``ΔL_MLM`` before − after
-    the update, same masks), ``itc``, ``itm``, ``itc+itm``, ``retrieval`` (held-out i2t R@1
+    cross-modal alignment improvement: ``lm`` / ``mlm`` (default, FALCON's ``ΔL_MLM`` before −
+    after the update, same masks; with BLIP-2 the drop of its ITG loss), ``itc``, ``itm``,
+    ``itc+itm``, ``retrieval`` (held-out i2t R@1
     gain of the step), or ``toy`` — a diagnostic that trains nothing and peaks at
     ``q = env.toy_optimum[F - 1]`` for a member of caption specificity F. The reward's extra
     forwards run only when :attr:`computes_reward` is set (default: unless
     ``env.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for schedulers
     that do not learn from the reward, :meth:`set_compute_reward`); otherwise the reward is NaN
-    and ``reward_components`` is empty. ``env.reward_estimator=subbatch`` estimates the mlm
-    reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
+    and ``reward_components`` is empty. ``env.reward_estimator=subbatch`` estimates the lm
+    (mlm) reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
 
     ## Starting State
 
@@ -101,7 +105,7 @@ class NegativeMiningEnv(gym.Env):
 
     ## Info
 
-    Per step: ``losses`` (mean itc, itm, mlm of the step's training batches),
+    Per step: ``losses`` (mean itc, itm and the LM loss — mlm or itg — of the step's training batches),
     ``reward_components``, ``q`` (per member) and ``specificity`` (per member, where known),
     ``q_mean``, ``q_std``, ``q_quantiles``, ``q_by_specificity`` {F: mean q}, and where the
     dataset has a match matrix ``fn_rate`` (picks that chose a true match),
@@ -277,7 +281,8 @@ class NegativeMiningEnv(gym.Env):
         if cfg.env.checkpoint:
             self.trainer.load_checkpoint(Path(cfg.env.checkpoint).expanduser())
         self._start_loss_options(self.trainer.step + warmup)
-        self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device())
+        self.cache = EmbeddingCache(n, cfg.model.embed_dim, device=self._cache_device(),
+                                    image_vectors=self.trainer.image_vectors)
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
             with self.timing("state"):
@@ -344,7 +349,7 @@ class NegativeMiningEnv(gym.Env):
                                  exclude_scope=cfg.mining.oracle_scope)
         compute = self.computes_reward
         spec = train.specificity[members] if train.specificity is not None else None
-        losses: dict[str, list[float]] = {"itc": [], "itm": [], "mlm": []}
+        losses: dict[str, list[float]] = {"itc": [], "itm": [], self.trainer.lm_name: []}
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
         mafa = FilterCounts() if cfg.model.false_negatives == "mafa" else None
@@ -489,7 +494,7 @@ class NegativeMiningEnv(gym.Env):
                                          "lower train.lr or set train.grad_clip > 0")
             self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
             self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
-            bar.update(1, mlm=out.losses["mlm"])
+            bar.update(1, **{out.lm_name: out.lm})
         bar.close()
 
     def _next_space(self) -> None:
@@ -542,7 +547,8 @@ class NegativeMiningEnv(gym.Env):
         self.trainer = Trainer(run_cfg, data.tokenizer, self._image_size, total_steps=int(state["trainer_total"]))
         self.trainer.load_state_dict(state["trainer"])
         self._start_loss_options(int(state.get("mining_start", self.warmup_length())))
-        self.cache = EmbeddingCache(train.n_pairs, cfg.model.embed_dim, device=self._cache_device())
+        self.cache = EmbeddingCache(train.n_pairs, cfg.model.embed_dim, device=self._cache_device(),
+                                    image_vectors=self.trainer.image_vectors)
         self.cache.load_state_dict(state["cache"])
         self.history = MemberHistory(train.n_pairs, train.specificity)
         self.history.load_state_dict(state["history"])

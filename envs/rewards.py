@@ -3,14 +3,16 @@
 Per-batch rewards are *before − after* differences of a loss on the batch just trained, with
 the same masks / inputs, computed by the trainer under ``no_grad``:
 
-- ``mlm`` (FALCON, default): ``L_MLM(θ_before) − L_MLM(θ_after)``, both in eval mode on the
-  same masks; with ``model.dropout = 0`` the training forward's own MLM loss *is* the eval-mode
-  "before" value (one extra MLM forward per batch), with dropout > 0 it is not (dropout makes
-  it noisier and larger), so "before" gets its own eval forward (two extra forwards);
-  ``env.reward_estimator: subbatch`` computes the same difference on ``env.reward_subbatch``
-  evenly spaced pairs of the batch with the same masks and softmax classes ("before" from the
-  training forward's per-token losses): one extra forward of k instead of B pairs, equal to
-  the exact reward when k >= B;
+- ``lm`` / ``mlm`` (FALCON, default; the same reward under two names): ``L_LM(θ_before) −
+  L_LM(θ_after)`` of the framework's language-modelling loss — ALBEF's MLM (FALCON's ΔL_MLM),
+  BLIP-2's image-grounded text generation (ITG) — both in eval mode on the same masks; the
+  component is named after the loss (``mlm`` / ``itg``). With ``model.dropout = 0`` the training
+  forward's own LM loss *is* the eval-mode "before" value (one extra LM forward per batch), with
+  dropout > 0 it is not (dropout makes it noisier and larger), so "before" gets its own eval
+  forward (two extra forwards); ``env.reward_estimator: subbatch`` computes the same difference
+  on ``env.reward_subbatch`` evenly spaced pairs of the batch with the same masks and softmax
+  classes ("before" from the training forward's per-token losses): one extra forward of k
+  instead of B pairs, equal to the exact reward when k >= B;
 - ``itc``, ``itm``, ``itc+itm``: the same on the in-batch ITC / hardest-negative ITM losses
   (two extra forwards each); the paper reports that these let the scheduler cheat with
   trivial negatives (COCO TR@1 57.6 vs 61.7 with ΔMLM);
@@ -28,25 +30,29 @@ import torch
 from falcon_rl.data.base import Batch, PairSplit
 from falcon_rl.timing import Timings
 from falcon_rl.training import StepOutput, Trainer
+from falcon_rl.mining.similarity import text_image_similarity
 from falcon_rl.training.evaluation import retrieval_metrics
 
 #: rewards that need no training step (the env does not train under them)
 TRAINING_FREE = ("toy",)
-#: per-batch loss-difference rewards and the losses they difference
-LOSS_REWARDS: dict[str, tuple[str, ...]] = {"mlm": ("mlm",), "itc": ("itc",), "itm": ("itm",),
+#: per-batch loss-difference rewards and the losses they difference (``lm``: the framework's LM loss)
+LOSS_REWARDS: dict[str, tuple[str, ...]] = {"lm": ("lm",), "mlm": ("lm",), "itc": ("itc",), "itm": ("itm",),
                                             "itc+itm": ("itc", "itm")}
+#: reward names of the LM-loss reward (``mlm``: its name before BLIP-2)
+LM_REWARDS = ("lm", "mlm")
 
 
 def train_with_reward(trainer: Trainer, batch: Batch, reward: str, itc_targets: torch.Tensor | None = None,
                       *, compute: bool = True, estimator: str = "exact", subbatch: int = 32,
                       timing: Timings | None = None) -> tuple[StepOutput, dict[str, float]]:
-    """One training step on ``batch`` and its reward components ``{loss: before − after}``.
+    """One training step on ``batch`` and its reward components ``{loss: before − after}`` (the LM
+    component named after the model's LM loss: ``mlm`` or ``itg``).
 
     For ``retrieval`` the components are empty (the gain is measured per env step).
     :param itc_targets: (B, B) multi-positive ITC targets of the step (``env.gt_targets``), or None.
     :param compute: run the reward's extra forwards; False trains only and returns no
         components (``env.compute_reward``: a scheduler that does not learn from the reward).
-    :param estimator: ``exact`` or ``subbatch`` (mlm only: the difference on ``subbatch``
+    :param estimator: ``exact`` or ``subbatch`` (lm / mlm only: the difference on ``subbatch``
         evenly spaced pairs of the batch, :func:`subbatch_rows`; "before" comes from the
         training forward's per-token losses, so it costs one forward of ``subbatch`` pairs).
     :param timing: accumulates ``train`` (the step) and ``reward`` (the extra forwards).
@@ -57,31 +63,32 @@ def train_with_reward(trainer: Trainer, batch: Batch, reward: str, itc_targets: 
         with timing("train"):
             return trainer.train_step(batch, itc_targets=itc_targets), {}
     dropout = trainer.cfg.model.dropout > 0
-    if reward == "mlm" and estimator == "subbatch":
+    lm = trainer.lm_name
+    if reward in LM_REWARDS and estimator == "subbatch":
         rows = subbatch_rows(len(batch), subbatch)
-        masks = trainer.make_mlm_masks(batch)  # what train_step would draw: the same masks as exact
-        if dropout:  # the training forward's loss is not the eval-mode L_MLM(θ_before)
+        masks = trainer.make_lm_masks(batch)  # what train_step would draw: the same masks as exact
+        if dropout:  # the training forward's loss is not the eval-mode L_LM(θ_before)
             with timing("reward"):
-                before = trainer.mlm_loss(batch, masks, rows)
+                before = trainer.lm_loss(batch, masks, rows)
         with timing("train"):
             out = trainer.train_step(batch, masks, itc_targets=itc_targets, mlm_tokens=not dropout)
         with timing("reward"):
             if not dropout:
                 before = _rows_mean(out.mlm_tokens, masks.labels, rows)
-            return out, {"mlm": before - trainer.mlm_loss(batch, masks, rows)}
-    if reward == "mlm" and not dropout:
+            return out, {lm: before - trainer.lm_loss(batch, masks, rows)}
+    if reward in LM_REWARDS and not dropout:
         with timing("train"):
             out = trainer.train_step(batch, itc_targets=itc_targets)
         with timing("reward"):
-            return out, {"mlm": out.losses["mlm"] - trainer.mlm_loss(batch, out.mlm_masks)}
-    if reward == "mlm":  # dropout: the training forward's loss is not the eval-mode L_MLM(θ_before)
-        masks = trainer.make_mlm_masks(batch)
+            return out, {lm: out.lm - trainer.lm_loss(batch, out.lm_masks)}
+    if reward in LM_REWARDS:  # dropout: the training forward's loss is not the eval-mode L_LM(θ_before)
+        masks = trainer.make_lm_masks(batch)
         with timing("reward"):
-            before = trainer.mlm_loss(batch, masks)
+            before = trainer.lm_loss(batch, masks)
         with timing("train"):
             out = trainer.train_step(batch, masks, itc_targets=itc_targets)
         with timing("reward"):
-            return out, {"mlm": before - trainer.mlm_loss(batch, masks)}
+            return out, {lm: before - trainer.lm_loss(batch, masks)}
     with timing("reward"):
         before = {n: _loss(trainer, n, batch) for n in names}
     with timing("train"):
@@ -140,5 +147,5 @@ class RetrievalProbe:
         """i2t R@1 (multi-positive) of the trainer's current model, in [0, 1]."""
         img = trainer.embed_images(self.split, self.image_ids)
         txt = trainer.embed_texts(self.split, self.pairs)
-        metrics = retrieval_metrics(txt @ img.t(), self.caption_image, self.match, None, ks=(1,))
+        metrics = retrieval_metrics(text_image_similarity(txt, img), self.caption_image, self.match, None, ks=(1,))
         return metrics["i2t_r1_mp"] / 100.0

@@ -183,7 +183,7 @@ def test_smoothing_starts_exactly_at_the_configured_step(monkeypatch):
 def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "mafa.snapshot_every=2")
     conn = trainer.connections
-    assert conn.modules is None  # nothing built before the first use
+    assert conn.filter is None  # nothing built before the first use
 
     def online():
         return [p.detach().clone() for p in list(trainer.model.enc.parameters()) + list(trainer.model.itm_head.parameters())]
@@ -219,7 +219,8 @@ def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
     saved = {k: v.clone() for k, v in source.model.state_dict().items()}
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=path", f"mafa.path={path}")
     conn = trainer.connections
-    enc, head = conn.filter_modules()
+    filt = conn.filter_model()
+    enc, head = filt.encoders, filt.itm_head
     assert len(enc.text.encoder.layer) == 1 and not enc.training and not head.training
     params = conn.filter_parameters()
     assert params and all(not p.requires_grad for p in params)
@@ -244,7 +245,7 @@ def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
 def test_momentum_filter_and_config_errors(tmp_path):
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=momentum", "model.momentum=true",
                        "model.queue_size=32")
-    assert trainer.connections.filter_modules()[0] is trainer.model.enc_m
+    assert trainer.connections.filter_model().encoders is trainer.model.enc_m
     batch = _batches(1)[0]
     trainer.model.train()
     out = trainer.train_step(batch)

@@ -15,7 +15,7 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
 
     ``mining.search_space`` must hold at least one batch (``>= train.batch_size``) and, for
     the generated benchmarks, fit in the training split (``<= data.n_train``); the sub-batch
-    reward estimator exists for the mlm reward only.
+    reward estimator exists for the lm (mlm) reward only.
     """
     m, b = cfg.mining.search_space, cfg.train.batch_size
     if m < b:
@@ -24,6 +24,6 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.data.source in GENERATED_SOURCES and m > cfg.data.n_train:
         raise ConfigError(f"{source}: mining.search_space={m} exceeds data.n_train={cfg.data.n_train}: lower "
                           "mining.search_space or raise data.n_train")
-    if cfg.env.reward_estimator == "subbatch" and cfg.env.reward != "mlm":
-        raise ConfigError(f"{source}: env.reward_estimator=subbatch estimates the mlm reward only (env.reward="
+    if cfg.env.reward_estimator == "subbatch" and cfg.env.reward not in ("lm", "mlm"):
+        raise ConfigError(f"{source}: env.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
                           f"{cfg.env.reward!r}); use env.reward_estimator=exact")

@@ -11,7 +11,9 @@ from falcon_rl.config.fields import param
 class EnvConfig:
     """Episode, reward and action-space settings."""
 
-    reward: str = param("mlm", "proxy reward", choices=["mlm", "itc", "itm", "itc+itm", "retrieval", "toy"])
+    reward: str = param("mlm", "proxy reward: lm = the drop of the framework's language-modelling loss (ALBEF's MLM, "
+                        "BLIP-2's ITG; mlm is the same, its name before BLIP-2), itc, itm, itc+itm, retrieval, toy",
+                        choices=["lm", "mlm", "itc", "itm", "itc+itm", "retrieval", "toy"])
     reward_scale: float = param(1.0, "reward multiplier", gt=0.0)
     budget_steps: int = param(20, "env steps (search spaces) per episode; the end is 'truncated'", ge=1)
     action: str = param("box", "continuous q per member or K discrete levels",
@@ -41,7 +43,7 @@ class EnvConfig:
                                 "from the reward (train-agent / ablate decide; a bare env computes it), always "
                                 "(e.g. to log it for heuristics), never (reward NaN)",
                                 choices=["auto", "always", "never"])
-    reward_estimator: str = param("exact", "mlm reward: exact (L_MLM before - after on the whole batch) or subbatch "
+    reward_estimator: str = param("exact", "lm (mlm) reward: exact (L_LM before - after on the whole batch) or subbatch "
                                   "(the same difference on env.reward_subbatch evenly spaced pairs of the batch, "
                                   "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
     reward_subbatch: int = param(32, "env.reward_estimator=subbatch: pairs of each batch the after-loss is "

@@ -29,20 +29,31 @@ class EmbeddingCache:
     :param n: number of pairs (dataset size).
     :param dim: embedding size D.
     :param device: where the float32 tables live (a GPU cache makes S cheap to build there).
+    :param image_vectors: ITC vectors per image (the model's ``image_vectors``): 0 for one (ALBEF),
+        Q for BLIP-2's per-query vectors, compared to a text by their maximum
+        (:mod:`falcon_rl.mining.similarity`); memory ``n · Q · D · 4`` bytes.
 
-    :ivar img, txt: (n, D) float32 tensors; rows never written are zero.
+    :ivar img: (n, D) or (n, Q, D) float32; rows never written are zero.
+    :ivar txt: (n, D) float32.
     :ivar written: (n,) int64 step at which each row was last written, -1 if never.
     """
 
-    def __init__(self, n: int, dim: int, device: str | torch.device = "cpu") -> None:
-        if n < 1 or dim < 1:
-            raise ValueError(f"EmbeddingCache needs n >= 1 and dim >= 1, got n={n}, dim={dim}")
+    def __init__(self, n: int, dim: int, device: str | torch.device = "cpu", image_vectors: int = 0) -> None:
+        if n < 1 or dim < 1 or image_vectors < 0:
+            raise ValueError(f"EmbeddingCache needs n >= 1, dim >= 1 and image_vectors >= 0, got n={n}, dim={dim}, "
+                             f"image_vectors={image_vectors}")
         self.n = int(n)
         self.dim = int(dim)
+        self.image_vectors = int(image_vectors)
         self.device = torch.device(device)
-        self.img = torch.zeros(self.n, self.dim, dtype=torch.float32, device=self.device)
+        self.img = torch.zeros(self.n, *self.image_row, dtype=torch.float32, device=self.device)
         self.txt = torch.zeros(self.n, self.dim, dtype=torch.float32, device=self.device)
         self.written = torch.full((self.n,), -1, dtype=torch.int64)
+
+    @property
+    def image_row(self) -> tuple[int, ...]:
+        """Shape of one image row: (D,) or (Q, D)."""
+        return (self.image_vectors, self.dim) if self.image_vectors else (self.dim,)
 
     # ------------------------------------------------------------------------------- writing
 
@@ -65,8 +76,8 @@ class EmbeddingCache:
         idx = self._index(index)
         it = _as_tensor("img", img, self.device)
         tt = _as_tensor("txt", txt, self.device)
-        expected = (idx.numel(), self.dim)
-        for name, t in (("img", it), ("txt", tt)):
+        for name, t, row in (("img", it, self.image_row), ("txt", tt, (self.dim,))):
+            expected = (idx.numel(), *row)
             if tuple(t.shape) != expected:
                 raise ValueError(f"cache update: {name} has shape {tuple(t.shape)}, expected {expected} "
                                  f"({idx.numel()} indices, dim {self.dim})")
@@ -141,7 +152,7 @@ class EmbeddingCache:
         missing = {"img", "txt", "written"} - set(state)
         if missing:
             raise KeyError(f"cache state is missing {sorted(missing)}")
-        for name, shape in (("img", (self.n, self.dim)), ("txt", (self.n, self.dim)), ("written", (self.n,))):
+        for name, shape in (("img", (self.n, *self.image_row)), ("txt", (self.n, self.dim)), ("written", (self.n,))):
             if tuple(state[name].shape) != shape:
                 raise ValueError(f"cache state {name!r} has shape {tuple(state[name].shape)}, expected {shape}")
         self.img.copy_(state["img"].to(self.device, torch.float32))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.mining._jit import njit
@@ -127,9 +128,14 @@ def neighbourhood_spaces(
     random unassigned pairs. ``k`` is capped at n. Cost: O(N·k) memory and graph work plus
     the k-NN search.
 
-    :param img, txt: normalised ITC embeddings of all n pairs, (n, D).
+    :param img, txt: normalised ITC embeddings of all n pairs, (n, D). Images with several vectors
+        (n, Q, D) (BLIP-2's queries, whose similarity to a text is their maximum) are represented
+        here by their normalised mean vector: the neighbourhoods are then approximate, while the
+        quantile chain inside each space uses the exact maximum.
     :return: int64 index arrays; ``remainder`` as in the module docstring.
     """
+    if img.ndim == 3:
+        img = F.normalize(torch.as_tensor(img, dtype=torch.float32).mean(dim=1), dim=-1)
     if img.ndim != 2 or tuple(img.shape) != tuple(txt.shape):
         raise ValueError(f"img and txt must both be (n, D) with the same shape, got {tuple(img.shape)} "
                          f"and {tuple(txt.shape)}")

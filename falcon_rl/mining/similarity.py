@@ -5,6 +5,11 @@ how hard pair ``b`` is as a negative of anchor ``a`` in both ITC directions. Sin
 ``img_a·txt_b + txt_a·img_b = [img_a, txt_a] · [txt_b, img_b]`` it is one matrix product of
 inner size 2D, written into a single |M|×|M| float32 output (no temporaries of that size).
 The diagonal, the anchor's own pair, is ``-inf``.
+
+An image may have several ITC vectors (BLIP-2: one per Q-Former query, (|M|, Q, D)); its
+similarity to a text is then the maximum over its vectors (Li et al. 2023, §3.2 ITC), so
+``S_i2t[a, b] = max_k img_a^k · txt_b`` and ``S_t2i = S_i2tᵀ``: ``S = P + Pᵀ`` with one
+(|M|·Q)×|M| product.
 """
 
 from __future__ import annotations
@@ -14,21 +19,44 @@ import torch
 
 
 def _check_pair(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> None:
-    if img.ndim != 2 or txt.ndim != 2 or tuple(img.shape) != tuple(txt.shape):
-        raise ValueError(f"img and txt must both be (|M|, D) with the same shape, got {tuple(img.shape)} "
+    ok = txt.ndim == 2 and img.ndim in (2, 3) and img.shape[0] == txt.shape[0] and img.shape[-1] == txt.shape[1]
+    if not ok:
+        raise ValueError(f"img must be (|M|, D) or (|M|, Q, D) and txt (|M|, D), got {tuple(img.shape)} "
                          f"and {tuple(txt.shape)}")
     if img.shape[0] < 2:
         raise ValueError(f"a search space needs at least 2 members, got {img.shape[0]}")
 
 
+def _max_over_vectors(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """(n_i, n_t) ``max_k img[i, k] · txt[t]`` of (n_i, Q, D) images and (n_t, D) texts, float32."""
+    n, q, d = img.shape
+    if isinstance(img, torch.Tensor):
+        prod = img.reshape(n * q, d).to(torch.float32) @ txt.to(torch.float32).T
+        return prod.view(n, q, -1).amax(dim=1)
+    prod = np.asarray(img, dtype=np.float32).reshape(n * q, d) @ np.asarray(txt, dtype=np.float32).T
+    return prod.reshape(n, q, -1).max(axis=1)
+
+
 def search_space_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
     """|M|×|M| float32 ``S = S_i2t + S_t2i`` with ``-inf`` on the diagonal.
 
-    :param img: normalised image ITC embeddings of the members, (|M|, D).
+    :param img: normalised image ITC embeddings of the members, (|M|, D), or (|M|, Q, D) several
+        vectors per image compared by their maximum (BLIP-2).
     :param txt: normalised text ITC embeddings, (|M|, D), row ``a`` the caption of pair ``a``.
     :return: numpy for numpy inputs; a torch tensor on the inputs' device for torch inputs.
     """
     _check_pair(img, txt)
+    if img.ndim == 3:
+        if isinstance(img, torch.Tensor) or isinstance(txt, torch.Tensor):
+            it = torch.as_tensor(img)
+            P = _max_over_vectors(it, torch.as_tensor(txt, device=it.device))
+            S = P + P.T
+            S.fill_diagonal_(float("-inf"))
+            return S
+        P = _max_over_vectors(img, txt)
+        S = (P + P.T).astype(np.float32, copy=False)
+        np.fill_diagonal(S, -np.inf)
+        return S
     if isinstance(img, torch.Tensor) or isinstance(txt, torch.Tensor):
         it = torch.as_tensor(img)
         tt = torch.as_tensor(txt, device=it.device)
@@ -42,3 +70,16 @@ def search_space_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | to
     S = u @ v.T
     np.fill_diagonal(S, -np.inf)
     return S
+
+
+def text_image_similarity(txt: torch.Tensor, img: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """(n_t, n_i) float32 ITC similarity of texts (n_t, D) to images (n_i, D) — ``txt @ imgᵀ`` — or to
+    images with several vectors (n_i, Q, D) — the maximum over each image's vectors (BLIP-2);
+    computed ``chunk`` texts at a time (retrieval evaluation)."""
+    if img.ndim == 2:
+        return txt.float() @ img.float().T
+    if img.ndim != 3 or txt.ndim != 2 or img.shape[-1] != txt.shape[-1]:
+        raise ValueError(f"txt must be (n_t, D) and img (n_i, D) or (n_i, Q, D), got {tuple(txt.shape)} and "
+                         f"{tuple(img.shape)}")
+    parts = [_max_over_vectors(img, txt[s:s + chunk]).T for s in range(0, txt.shape[0], chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, img.shape[0])

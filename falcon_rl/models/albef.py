@@ -466,9 +466,9 @@ class ALBEF(nn.Module):
         return masked_lm_loss(logits, mlm_targets(mlm_labels, classes))[0]
 
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor) -> torch.Tensor:
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
         """The framework's LM loss: :meth:`mlm_loss`."""
-        return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels)
+        return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels, classes)
 
     @torch.no_grad()
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

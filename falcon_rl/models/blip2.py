@@ -67,6 +67,7 @@ class BLIP2Output:
     :ivar itg: plain ITG cross-entropy on the given targets (the reward's L_LM(θ_before)).
     :ivar itg_train: the ITG loss optimised (label smoothing, extra planner samples).
     :ivar image_feat: (B, Q, D) normalised per-query ITC embeddings (with grad).
+    :ivar mlm_tokens: (M,) plain ITG cross-entropy per target (row-major) when asked for, else None.
     """
 
     loss: torch.Tensor
@@ -77,6 +78,7 @@ class BLIP2Output:
     image_feat: torch.Tensor
     text_feat: torch.Tensor
     itc_per_sample: torch.Tensor
+    mlm_tokens: torch.Tensor | None = None
 
     @property
     def lm(self) -> torch.Tensor:
@@ -252,11 +254,10 @@ class BLIP2(nn.Module):
         raise ValueError("mafa.filter=momentum needs a momentum model, which BLIP-2 (model.framework=blip2) "
                          "does not have: use mafa.filter=pretrain, path or snapshot")
 
-    def frozen_copy(self) -> "BLIP2":
-        """A copy for a snapshot filter (the frozen image encoder is shared, not copied)."""
+    def frozen_copy(self) -> BLIP2Filter:
+        """A copy of the model as a snapshot filter (the frozen image encoder is shared, not copied)."""
         vision = self.vision
-        memo = {id(vision): vision}
-        return copy.deepcopy(self, memo)
+        return BLIP2Filter(copy.deepcopy(self, {id(vision): vision}))
 
     # ------------------------------------------------------------------ encoders
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
@@ -328,15 +329,17 @@ class BLIP2(nn.Module):
         return F.linear(states, predictions.decoder.weight[classes], predictions.decoder.bias[classes])
 
     def _itg(self, image_tokens: torch.Tensor, dec_input_ids: torch.Tensor, attention_mask: torch.Tensor,
-             labels: torch.Tensor, classes: torch.Tensor | None,
-             smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """(plain CE, smoothed CE, number of targets)."""
+             labels: torch.Tensor, classes: torch.Tensor | None, smoothing: float = 0.0,
+             tokens: bool = False) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor | None]:
+        """(plain CE, smoothed CE, number of targets, per-target plain CE if ``tokens``)."""
         logits = self.itg_logits(image_tokens, dec_input_ids, attention_mask, labels, classes)
         targets = mlm_targets(labels[:, 1:], classes)
         plain, _ = masked_lm_loss(logits, targets)
+        per_target = F.cross_entropy(logits.detach().float(), targets, reduction="none") if tokens else None
         if smoothing <= 0 or targets.numel() == 0:
-            return plain, plain, int(targets.numel())
-        return plain, F.cross_entropy(logits.float(), targets, label_smoothing=smoothing), int(targets.numel())
+            return plain, plain, int(targets.numel()), per_target
+        smoothed = F.cross_entropy(logits.float(), targets, label_smoothing=smoothing)
+        return plain, smoothed, int(targets.numel()), per_target
 
     # ------------------------------------------------------------------ forward
     def forward(
@@ -353,10 +356,12 @@ class BLIP2(nn.Module):
         update_queue: bool = True,
         itc_smoothing: float | None = None,
         pair_planner: PairPlanner | None = None,
+        mlm_tokens: bool = False,
     ) -> BLIP2Output:
         """One stage-1 training forward (module docstring); arguments as
         :meth:`falcon_rl.models.albef.ALBEF.forward` (``lm_*`` from :meth:`make_lm_masks`; ``alpha``
-        and ``update_queue`` belong to momentum distillation and are ignored)."""
+        and ``update_queue`` belong to momentum distillation and are ignored; ``mlm_tokens`` returns
+        the per-target plain ITG loss of the batch's own captions)."""
         cfg = self.cfg
         attention_mask, input_ids, lm_input_ids, lm_labels = trim_padding(
             attention_mask, input_ids, lm_input_ids, lm_labels)
@@ -398,18 +403,18 @@ class BLIP2(nn.Module):
 
         # ---------------- ITG
         classes = mlm_classes(lm_input_ids, lm_labels, attention_mask, cfg.mlm_softmax)
-        loss_itg, loss_itg_train, n_batch = self._itg(image_tokens, lm_input_ids, attention_mask, lm_labels, classes,
-                                                      cfg.itg_label_smoothing)
+        loss_itg, loss_itg_train, n_batch, tokens = self._itg(image_tokens, lm_input_ids, attention_mask, lm_labels,
+                                                              classes, cfg.itg_label_smoothing, mlm_tokens)
         if plan is not None and plan.mlm_text.numel():
             t, i = plan.mlm_text, plan.mlm_image
-            _, extra, n_extra = self._itg(image_tokens[i], lm_input_ids[t], attention_mask[t], lm_labels[t], classes,
-                                          cfg.itg_label_smoothing)
+            _, extra, n_extra, _ = self._itg(image_tokens[i], lm_input_ids[t], attention_mask[t], lm_labels[t],
+                                             classes, cfg.itg_label_smoothing)
             if n_extra:
                 loss_itg_train = (n_batch * loss_itg_train + n_extra * extra) / (n_batch + n_extra)
 
         total = cfg.itc_weight * loss_itc + cfg.itm_weight * loss_itm + cfg.mlm_weight * loss_itg_train
         return BLIP2Output(total, loss_itc, loss_itm, loss_itg, loss_itg_train, image_feat, text_feat,
-                           itc_rows.detach())
+                           itc_rows.detach(), tokens)
 
     def _itm_loss(self, image_tokens: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                   neg_image_for_text: torch.Tensor, neg_text_for_image: torch.Tensor,
@@ -428,10 +433,14 @@ class BLIP2(nn.Module):
     # ------------------------------------------------------------------ evaluation losses
     @torch.no_grad()
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor) -> torch.Tensor:
-        """Plain ITG cross-entropy on given targets (the reward's L_LM), as the training forward computes it."""
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Plain ITG cross-entropy on given targets (the reward's L_LM), as the training forward computes it.
+
+        :param classes: the in-batch softmax classes to use (a whole batch's, for a sub-batch of it);
+            default: those of the given rows."""
         attention_mask, lm_input_ids, lm_labels = trim_padding(attention_mask, lm_input_ids, lm_labels)
-        classes = mlm_classes(lm_input_ids, lm_labels, attention_mask, self.cfg.mlm_softmax)
+        if classes is None:
+            classes = mlm_classes(lm_input_ids, lm_labels, attention_mask, self.cfg.mlm_softmax)
         return self._itg(self.encode_image(image), lm_input_ids, attention_mask, lm_labels, classes)[0]
 
     def _features(self, image: torch.Tensor, input_ids: torch.Tensor,

@@ -34,3 +34,8 @@ def build_model(cfg: ModelConfig, tokenizer, image_size: int) -> VLPModel:
         raise ValueError(f"model.framework={cfg.framework!r} is not one of {sorted(FRAMEWORKS)}")
     return FRAMEWORKS[cfg.framework](cfg, vocab_size=len(tokenizer), special_ids=special_token_ids(tokenizer),
                                      image_size=image_size)
+
+
+def lm_loss_name(cfg: ModelConfig) -> str:
+    """The name of ``cfg.framework``'s LM loss in logs and reward components (``mlm``, ``itg``)."""
+    return FRAMEWORKS[cfg.framework].lm_name

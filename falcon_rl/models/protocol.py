@@ -38,6 +38,7 @@ class VLPOutput(Protocol):
     :ivar image_feat: normalised ITC image embeddings with grad: (B, D), or (B, Q, D) per query.
     :ivar text_feat: (B, D) normalised ITC text embeddings with grad.
     :ivar itc_per_sample: (B,) per-pair ITC loss, mean of both directions (detached).
+    :ivar mlm_tokens: (M,) per-target plain LM cross-entropy when asked for, else None.
     """
 
     loss: torch.Tensor
@@ -46,6 +47,7 @@ class VLPOutput(Protocol):
     image_feat: torch.Tensor
     text_feat: torch.Tensor
     itc_per_sample: torch.Tensor
+    mlm_tokens: torch.Tensor | None
 
     @property
     def lm(self) -> torch.Tensor: ...
@@ -94,10 +96,13 @@ class VLPModel(Protocol):
                 lm_input_ids: torch.Tensor, lm_labels: torch.Tensor, index: torch.Tensor | None = None,
                 itc_targets: torch.Tensor | None = None, alpha: float | None = None,
                 generator: torch.Generator | None = None, update_queue: bool = True,
-                itc_smoothing: float | None = None, pair_planner: PairPlanner | None = None) -> VLPOutput:
+                itc_smoothing: float | None = None, pair_planner: PairPlanner | None = None,
+                mlm_tokens: bool = False) -> VLPOutput:
         """One training forward: ITC, ITM (in-batch hard negatives drawn with ``generator``; pairs with
         ``itc_targets > 0`` or equal ``index`` are positives, never negatives) and the LM loss on the
-        given masks; ``pair_planner`` (MAFA) may replace positives, ITM pairs and add LM samples."""
+        given masks; ``pair_planner`` (MAFA) may replace positives, ITM pairs and add LM samples;
+        ``mlm_tokens`` also returns the per-target plain LM cross-entropy (``mlm_tokens``, row-major
+        over ``lm_labels != -100``) for the sub-batch reward estimate."""
         ...
 
     def make_lm_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -107,8 +112,9 @@ class VLPModel(Protocol):
         ...
 
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor) -> torch.Tensor:
-        """The plain LM cross-entropy on given masks, exactly as the training forward computes it."""
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """The plain LM cross-entropy on given masks, exactly as the training forward computes it
+        (``classes``: the in-batch softmax classes of a whole batch when these rows are part of it)."""
         ...
 
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -8,9 +8,14 @@ The filter (``mafa.filter``) is one of
   ``mafa.path``), rebuilt from the checkpoint's own model config. This is the paper's setup:
   MAFA's ``Pretrain_MAFA.py`` loads a separately trained filter (``--filter_checkpoint``), puts it
   in eval mode and sets ``requires_grad = False`` on every parameter;
-* ``momentum`` — the online model's EMA towers (``model.momentum: true``) with its ITM head;
-* ``snapshot`` — a copy of the online towers and ITM head taken at first use and again
-  whenever it is ``mafa.snapshot_every`` optimiser steps old.
+* ``momentum`` — the online model's EMA towers (``model.momentum: true``) with its ITM head
+  (ALBEF only: BLIP-2 has no momentum model);
+* ``snapshot`` — a copy of the online towers and ITM head (BLIP-2: of the Q-Former and its
+  heads, sharing the frozen image encoder) taken at first use and again whenever it is
+  ``mafa.snapshot_every`` optimiser steps old.
+
+The filter is any framework's ITM through :class:`falcon_rl.models.protocol.FilterModel`; a
+checkpoint filter is rebuilt with its own ``model.framework``.
 
 The filter always scores under ``no_grad`` in eval mode; its decisions are discrete, so no
 gradient can reach it, and a ``pretrain`` / ``path`` / ``snapshot`` filter has no parameter
@@ -19,7 +24,6 @@ that requires a gradient and none in the optimiser.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -31,9 +35,10 @@ from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.loader import build_dataclass
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.data.base import Batch
-from falcon_rl.models import ALBEF, build_model
-from falcon_rl.models.mafa import ConnectionReport, FilterScorer, mine_connections
+from falcon_rl.models import VLPModel, build_model
+from falcon_rl.models.mafa import ConnectionReport, mine_connections
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
+from falcon_rl.models.protocol import FilterModel
 from falcon_rl.models.towers import resolve_attention
 from falcon_rl.training.checkpoint import CheckpointError, load_payload
 
@@ -58,9 +63,10 @@ def filter_checkpoint_path(cfg: ExperimentConfig) -> Path:
     return Path(m.filter_dir).expanduser() / "checkpoint.pt"
 
 
-def load_filter_model(path: str | Path, tokenizer, image_size: int, device: torch.device) -> ALBEF:
-    """A frozen ALBEF (eval mode, no parameter requiring a gradient) from a trainer checkpoint,
-    built with the checkpoint's own model config (without its momentum copy)."""
+def load_filter_model(path: str | Path, tokenizer, image_size: int, device: torch.device) -> VLPModel:
+    """A frozen model (eval mode, no parameter requiring a gradient) from a trainer checkpoint,
+    built with the checkpoint's own model config (its framework, without a momentum copy): an
+    ALBEF filter may serve a BLIP-2 run and the other way round."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAFA filter checkpoint {path} does not exist (train it first, e.g. falcon-rl "
@@ -102,7 +108,8 @@ def freeze(module: nn.Module) -> nn.Module:
 class ConnectionMining:
     """The trainer's MAFA state: the filter and the planner of each training batch.
 
-    The filter is built when first used (the trainer uses it from
+    The filter is a :class:`falcon_rl.models.protocol.FilterModel` (ALBEF's or BLIP-2's ITM, frozen).
+    It is built when first used (the trainer uses it from
     :attr:`~falcon_rl.training.Trainer.connections_start` on: after the env's random-batch
     warm-up), so a warm-up never needs it; building it leaves the global RNGs untouched.
     A ``snapshot`` filter is taken at first use and again whenever it is ``mafa.snapshot_every``
@@ -114,48 +121,51 @@ class ConnectionMining:
     :param tokenizer, image_size, device: to rebuild a checkpoint filter.
     """
 
-    def __init__(self, cfg: ExperimentConfig, model: ALBEF, tokenizer, image_size: int,
+    def __init__(self, cfg: ExperimentConfig, model: VLPModel, tokenizer, image_size: int,
                  device: torch.device) -> None:
         self.cfg = cfg.mafa
         self.kind = cfg.mafa.filter
         self.model = model
         self._build = (tokenizer, int(image_size), device)
-        self.modules: tuple[nn.Module, nn.Module] | None = None
+        self.filter: FilterModel | None = None
         self.snapshot_step: int | None = None
         self.last_report: ConnectionReport | None = None
         self.path: Path | None = None
-        if self.kind == "momentum" and model.enc_m is None:
-            raise ConfigError("mafa.filter=momentum needs model.momentum=true (the EMA model is the filter)")
+        if self.kind == "momentum":
+            try:
+                model.momentum_filter_view()
+            except ValueError as e:
+                raise ConfigError(str(e)) from e
         if self.kind in ("path", "pretrain"):
             self.path = filter_checkpoint_path(cfg)
             if self.kind == "path" and not self.path.is_file():
                 raise FileNotFoundError(f"mafa.path: MAFA filter checkpoint {self.path} does not exist")
 
-    def _snapshot(self) -> tuple[nn.Module, nn.Module]:
-        return freeze(copy.deepcopy(self.model.enc)), freeze(copy.deepcopy(self.model.itm_head))
+    def _snapshot(self) -> FilterModel:
+        return freeze(self.model.frozen_copy())
 
-    def filter_modules(self, step: int = 0) -> tuple[nn.Module, nn.Module]:
-        """The filter's towers and ITM head as used at optimiser step ``step`` (built or refreshed here)."""
+    def filter_model(self, step: int = 0) -> FilterModel:
+        """The filter as used at optimiser step ``step`` (built or refreshed here)."""
         if self.kind == "momentum":
-            self.modules = (self.model.enc_m, self.model.itm_head)
+            self.filter = self.model.momentum_filter_view()
         elif self.kind == "snapshot":
             if self.snapshot_step is None or step - self.snapshot_step >= self.cfg.snapshot_every:
-                self.modules, self.snapshot_step = self._snapshot(), int(step)
-        elif self.modules is None:
+                self.filter, self.snapshot_step = self._snapshot(), int(step)
+        elif self.filter is None:
             tokenizer, image_size, device = self._build
             with torch.random.fork_rng(devices=[]):  # building initialises weights: keep the run's RNG stream
-                filt = load_filter_model(self.path, tokenizer, image_size, device)
-            self.modules = (filt.enc, filt.itm_head)
-        return self.modules
+                self.filter = load_filter_model(self.path, tokenizer, image_size, device).filter_view()
+        assert self.filter is not None
+        return self.filter
 
     def filter_parameters(self) -> list[torch.nn.Parameter]:
         """The filter's parameters (for ``momentum``: the EMA towers and the online ITM head)."""
-        return [p for m in self.filter_modules(self.snapshot_step or 0) for p in m.parameters()]
+        return list(self.filter_model(self.snapshot_step or 0).parameters())
 
     def planner(self, batch: Batch, step: int) -> PairPlanner:
         """The pair planner of one training batch at optimiser step ``step`` (on the model's
         device); it records its :class:`ConnectionReport` in :attr:`last_report`."""
-        score = FilterScorer(*self.filter_modules(step)).bind(batch.image, batch.input_ids, batch.attention_mask)
+        score = self.filter_model(step).bind(batch.image, batch.input_ids, batch.attention_mask)
         m = self.cfg
 
         def plan(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor) -> PairPlan:
@@ -171,10 +181,9 @@ class ConnectionMining:
 
     def state_dict(self) -> dict[str, Any]:
         """A ``snapshot`` filter's weights and step (the others are rebuilt from config / model)."""
-        if self.kind != "snapshot" or self.snapshot_step is None or self.modules is None:
+        if self.kind != "snapshot" or self.snapshot_step is None or self.filter is None:
             return {}
-        enc, head = self.modules
-        return {"step": self.snapshot_step, "enc": enc.state_dict(), "head": head.state_dict()}
+        return {"step": self.snapshot_step, "weights": self.filter.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (after the online model's weights were loaded); without a
@@ -182,10 +191,9 @@ class ConnectionMining:
         if self.kind != "snapshot":
             return
         if not state:
-            self.modules, self.snapshot_step = None, None
+            self.filter, self.snapshot_step = None, None
             return
-        enc, head = self._snapshot()
-        enc.load_state_dict(state["enc"])
-        head.load_state_dict(state["head"])
-        self.modules = (freeze(enc), freeze(head))
+        filt = self._snapshot()
+        filt.load_state_dict(state["weights"])
+        self.filter = freeze(filt)
         self.snapshot_step = int(state["step"])

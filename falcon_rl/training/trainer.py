@@ -1,14 +1,16 @@
-"""The VLP trainer: one ALBEF optimisation step at a time, plus the losses the env's reward
-needs, embedding passes, retrieval evaluation and exact-resume checkpoints (DESIGN §2.4, §2.8).
+"""The VLP trainer: one optimisation step at a time of the ``model.framework`` model (ALBEF or
+BLIP-2 stage 1), plus the losses the env's reward needs, embedding passes, retrieval evaluation
+and exact-resume checkpoints (DESIGN §2.4, §2.8). It reaches the model only through
+:class:`falcon_rl.models.protocol.VLPModel`.
 
 The env (``falcon_rl.envs``) drives it batch by batch::
 
     trainer = Trainer(cfg, tokenizer, image_size, total_steps)
-    masks = trainer.make_mlm_masks(batch)
-    before = trainer.mlm_loss(batch, masks)     # == out.losses["mlm"] below
+    masks = trainer.make_lm_masks(batch)
+    before = trainer.lm_loss(batch, masks)      # == out.losses[trainer.lm_name] below
     out = trainer.train_step(batch, masks)
-    after = trainer.mlm_loss(batch, masks)
-    reward = before - after                     # FALCON's ΔMLM
+    after = trainer.lm_loss(batch, masks)
+    reward = before - after                     # FALCON's ΔL_LM (ΔMLM for ALBEF, ΔITG for BLIP-2)
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 
 from falcon_rl.config import ExperimentConfig, to_dict
 from falcon_rl.data.base import Batch, PairSplit
-from falcon_rl.models import ALBEF, MLMMasks, build_model, mask_tokens
+from falcon_rl.mining.similarity import text_image_similarity
+from falcon_rl.models import MLMMasks, VLPModel, build_model
 from falcon_rl.models.albef import mlm_classes, trim_padding
 from falcon_rl.models.towers import resolve_attention
 from falcon_rl.progress import iterate
@@ -45,33 +48,47 @@ _ITM_STREAM = 0x69746D
 class StepOutput:
     """What :meth:`Trainer.train_step` returns.
 
-    :ivar losses: ``itc``, ``itm``, ``mlm``, ``total`` (Python floats); ``mlm`` is the plain MLM
-        cross-entropy of the training forward on ``mlm_masks``, i.e. L_MLM(θ_before).
-    :ivar image_embed, text_embed: (B, D) normalised ITC embeddings of θ_before (CPU, float32).
+    :ivar losses: ``itc``, ``itm``, the LM loss under its name ``lm_name`` (``mlm`` for ALBEF, ``itg``
+        for BLIP-2) and ``total`` (Python floats); the LM loss is the plain cross-entropy of the
+        training forward on ``lm_masks``, i.e. L_LM(θ_before).
+    :ivar image_embed, text_embed: normalised ITC embeddings of θ_before (CPU, float32): text (B, D),
+        image (B, D) or (B, Q, D) (``model.image_vectors``).
     :ivar index: (B,) dataset pair indices of the batch (CPU).
-    :ivar mlm_masks: the masks used (CPU).
+    :ivar lm_masks: the LM masks used (CPU); ``mlm_masks`` is the same (the name before BLIP-2).
     :ivar itc_per_sample: (B,) per-pair ITC loss (CPU, float32).
     :ivar stats: ``lr``, ``temperature``, ``grad_norm``, ``step_time`` (s), ``skipped`` (1.0 when
         the loss was not finite and the update was skipped).
     :ivar connections: with ``model.false_negatives: mafa``, what connection mining decided on
         the batch (:class:`falcon_rl.models.mafa.ConnectionReport`), else None.
-    :ivar mlm_tokens: (M,) plain MLM cross-entropy per masked position of ``mlm_masks``, row-major
-        (CPU, float32), when :meth:`Trainer.train_step` was asked for it; else None.
+    :ivar mlm_tokens: (M,) plain LM cross-entropy per target of ``lm_masks`` (MLM: masked position,
+        ITG: predicted token), row-major (CPU, float32), when :meth:`Trainer.train_step` was asked
+        for it; else None.
     """
 
     losses: dict[str, float]
     image_embed: torch.Tensor
     text_embed: torch.Tensor
     index: torch.Tensor
-    mlm_masks: MLMMasks
+    lm_masks: MLMMasks
     itc_per_sample: torch.Tensor
     stats: dict[str, float] = field(default_factory=dict)
     connections: Any = None
     mlm_tokens: torch.Tensor | None = None
+    lm_name: str = "mlm"
+
+    @property
+    def mlm_masks(self) -> MLMMasks:
+        """The LM masks (:attr:`lm_masks`)."""
+        return self.lm_masks
+
+    @property
+    def lm(self) -> float:
+        """The plain LM loss of the step, L_LM(θ_before)."""
+        return self.losses[self.lm_name]
 
 
 class Trainer:
-    """ALBEF pretraining with AdamW, warm-up + cosine LR, gradient clipping and bf16 autocast on CUDA.
+    """VLP pretraining (``model.framework``) with AdamW, warm-up + cosine LR, gradient clipping and bf16 autocast on CUDA.
 
     :param cfg: the experiment config (``model``, ``train``, ``eval`` sections are used).
     :param tokenizer: the BERT tokenizer of the data (vocabulary and special tokens).
@@ -88,7 +105,7 @@ class Trainer:
             torch.set_num_threads(tcfg.threads)
         seed_everything(tcfg.seed)
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
-        self.model: ALBEF = build_model(cfg.model, tokenizer, image_size).to(self.device)
+        self.model: VLPModel = build_model(cfg.model, tokenizer, image_size).to(self.device)
         self.model.set_attention(resolve_attention(cfg.model.attention, self.device))
         self.total_steps = int(total_steps if total_steps is not None else tcfg.steps)
         self.optimizer = build_optimizer(self.model, tcfg)
@@ -98,8 +115,6 @@ class Trainer:
         self.step = 0
         use_amp = tcfg.amp == "bf16" or (tcfg.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype: torch.dtype | None = torch.bfloat16 if use_amp else None
-        ids = self.model.special_ids
-        self._special = [ids["cls"], ids["sep"], ids["pad"]]
         #: first optimiser step with ITC label smoothing (the env sets it to its warm-up length when
         #: ``model.itc_smoothing_start`` is null)
         self.itc_smoothing_start = int(cfg.model.itc_smoothing_start or 0)
@@ -132,32 +147,44 @@ class Trainer:
         return float(eps) if step >= self.itc_smoothing_start else 0.0
 
     @property
+    def lm_name(self) -> str:
+        """Name of the model's LM loss in ``losses`` and reward components: ``mlm`` or ``itg``."""
+        return self.model.lm_name
+
+    @property
+    def image_vectors(self) -> int:
+        """ITC vectors per image of the model (0: one (n, D) vector; Q: (n, Q, D) query vectors)."""
+        return int(self.model.image_vectors)
+
+    @property
     def lr(self) -> float:
         """Current learning rate (of the first parameter group)."""
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ training
+    def make_lm_masks(self, batch: Batch) -> MLMMasks:
+        """The LM masks of ``batch`` (ALBEF: BERT masks drawn from the trainer's own generator,
+        reproducible and checkpointed; BLIP-2: the ITG targets, which draw nothing)."""
+        return self.model.make_lm_masks(batch.input_ids.cpu(), batch.attention_mask.cpu(), self.mask_generator)
+
     def make_mlm_masks(self, batch: Batch) -> MLMMasks:
-        """BERT masks for ``batch`` from the trainer's own generator (reproducible, checkpointed)."""
-        m = self.cfg.model
-        return mask_tokens(batch.input_ids.cpu(), batch.attention_mask.cpu(), self._special,
-                           self.model.special_ids["mask"], self.model.vocab_size, m.mlm_prob,
-                           self.mask_generator, m.mlm_mask_ratio, m.mlm_random_ratio)
+        """:meth:`make_lm_masks` (its name before BLIP-2)."""
+        return self.make_lm_masks(batch)
 
     def train_step(self, batch: Batch, mlm_masks: MLMMasks | None = None,
                    itc_targets: torch.Tensor | None = None, mlm_tokens: bool = False) -> StepOutput:
-        """One optimiser step of ITC + ITM + MLM on ``batch``.
+        """One optimiser step of ITC + ITM + the LM loss (MLM / ITG) on ``batch``.
 
-        :param mlm_masks: masks to use (default: fresh ones from :meth:`make_mlm_masks`).
+        :param mlm_masks: LM masks to use (default: fresh ones from :meth:`make_lm_masks`).
         :param itc_targets: (B, B) multi-positive ITC weights (``[i, j] > 0``: image i matches
             text j); those pairs are never ITM negatives. With ``model.false_negatives: mafa``
             connection mining adds the filter's false negatives to them (``StepOutput.connections``).
-        :param mlm_tokens: also return the per-position MLM cross-entropy (``StepOutput.mlm_tokens``).
+        :param mlm_tokens: also return the per-target LM cross-entropy (``StepOutput.mlm_tokens``).
         A non-finite loss or gradient skips the update (``stats["skipped"] = 1``) and leaves the
         weights as they were; the losses are still reported, so the env can terminate on NaN.
         """
         t0 = time.perf_counter()
-        masks = mlm_masks if mlm_masks is not None else self.make_mlm_masks(batch)
+        masks = mlm_masks if mlm_masks is not None else self.make_lm_masks(batch)
         b = batch.to(self.device)
         m = masks.to(self.device)
         targets = None if itc_targets is None else itc_targets.to(self.device)
@@ -168,8 +195,8 @@ class Trainer:
             out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
                              itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
                              itc_smoothing=self.itc_smoothing(), pair_planner=planner, mlm_tokens=mlm_tokens)
-        values = torch.stack([out.itc, out.itm, out.mlm, out.loss]).detach().float().cpu().tolist()
-        losses = dict(zip(("itc", "itm", "mlm", "total"), values))
+        values = torch.stack([out.itc, out.itm, out.lm, out.loss]).detach().float().cpu().tolist()
+        losses = dict(zip(("itc", "itm", self.lm_name, "total"), values))
         stats = {"lr": self.lr, "grad_norm": float("nan"), "skipped": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
         if np.isfinite(losses["total"]):
@@ -192,21 +219,22 @@ class Trainer:
             image_embed=out.image_feat.detach().float().cpu(),
             text_embed=out.text_feat.detach().float().cpu(),
             index=batch.index.detach().cpu(),
-            mlm_masks=MLMMasks(masks.input_ids.cpu(), masks.labels.cpu()),
+            lm_masks=MLMMasks(masks.input_ids.cpu(), masks.labels.cpu()),
             itc_per_sample=out.itc_per_sample.float().cpu(),
             stats=stats,
             connections=self.connections.take_report() if self.connections is not None else None,
             mlm_tokens=None if out.mlm_tokens is None else out.mlm_tokens.float().cpu(),
+            lm_name=self.lm_name,
         )
 
     # ------------------------------------------------------------------ deterministic losses
     @torch.no_grad()
-    def mlm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
-        """Plain MLM cross-entropy of the current weights on ``batch`` with ``masks`` (no update).
+    def lm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
+        """Plain LM cross-entropy (MLM / ITG) of the current weights on ``batch`` with ``masks`` (no update).
 
-        Equals ``train_step(batch, masks).losses["mlm"]`` when evaluated just before that step
-        (dropout 0; same autocast), which makes FALCON's ΔMLM exact.
-        :param rows: only these batch positions (a sub-batch: the mean over their masked tokens,
+        Equals ``train_step(batch, masks).lm`` when evaluated just before that step (dropout 0;
+        same autocast), which makes FALCON's ΔL_LM exact.
+        :param rows: only these batch positions (a sub-batch: the mean over their LM targets,
             scored against the whole batch's softmax classes, ``model.mlm_softmax``).
         """
         self.model.eval()
@@ -219,9 +247,13 @@ class Trainer:
         b = batch.to(self.device)
         m = masks.to(self.device)
         with self._autocast():
-            loss = self.model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels,
-                                       None if classes is None else classes.to(self.device))
+            loss = self.model.lm_loss(b.image, b.attention_mask, m.input_ids, m.labels,
+                                      None if classes is None else classes.to(self.device))
         return float(loss)
+
+    def mlm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
+        """:meth:`lm_loss` (its name before BLIP-2)."""
+        return self.lm_loss(batch, masks, rows)
 
     @torch.no_grad()
     def itc_loss(self, batch: Batch) -> float:
@@ -251,15 +283,16 @@ class Trainer:
     @torch.no_grad()
     def embed_images(self, split: PairSplit, image_ids: np.ndarray, batch_size: int | None = None,
                      desc: str | None = None) -> torch.Tensor:
-        """Normalised ITC image embeddings (n, D), CPU float32."""
+        """Normalised ITC image embeddings, CPU float32: (n, D), or (n, Q, D) per query (BLIP-2)."""
         self.model.eval()
         ids = np.asarray(image_ids, dtype=np.int64)
         out = []
         for s, e in self._chunks(len(ids), batch_size, desc):
             with self._autocast():
-                _, feat = self.model.enc.encode_image(split.load_images(ids[s:e]).to(self.device))
+                feat = self.model.image_embeddings(split.load_images(ids[s:e]).to(self.device))
             out.append(feat.float().cpu())
-        return torch.cat(out) if out else torch.zeros(0, self.cfg.model.embed_dim)
+        empty = (0, self.image_vectors, self.cfg.model.embed_dim) if self.image_vectors else (0, self.cfg.model.embed_dim)
+        return torch.cat(out) if out else torch.zeros(empty)
 
     @torch.no_grad()
     def embed_texts(self, split: PairSplit, pair_indices: np.ndarray, batch_size: int | None = None,
@@ -272,16 +305,12 @@ class Trainer:
             ids = split.input_ids[idx[s:e]].to(self.device)
             mask = split.attention_mask[idx[s:e]].to(self.device)
             with self._autocast():
-                out.append(self._text_feature(ids, mask).float().cpu())
+                out.append(self.model.text_embeddings(ids, mask).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, self.cfg.model.embed_dim)
-
-    def _text_feature(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        mask, ids = trim_padding(mask, ids)
-        return self.model.enc.text_feature(self.model.enc.encode_text(ids, mask))
 
     def embed_pairs(self, split: PairSplit, indices: np.ndarray | None = None, batch_size: int | None = None,
                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised ITC embeddings (img, txt), each (n, D) CPU float32, of the given pairs
+        """Normalised ITC embeddings (img, txt), CPU float32, of the given pairs
         (default all), in batches without gradients (the mining cache refresh, DESIGN §2.1)."""
         idx = np.arange(split.n_pairs) if indices is None else np.asarray(indices, dtype=np.int64)
         img = self.embed_images(split, split.pair_image[idx], batch_size, "embed images" if progress else None)
@@ -320,7 +349,7 @@ class Trainer:
         pairs, image_ids, caption_image, match, spec = self.eval_subset(split)
         img = self.embed_images(split, image_ids, desc="eval images" if progress else None)
         txt = self.embed_texts(split, pairs, desc="eval texts" if progress else None)
-        sim = txt @ img.t()
+        sim = text_image_similarity(txt, img)
         metrics = retrieval_metrics(sim, caption_image, match, spec, ecfg.ks)
         if ecfg.itm_rerank:
             sim_t2i, sim_i2t = self._itm_rerank(split, sim, pairs, image_ids)
@@ -330,7 +359,7 @@ class Trainer:
 
     def _itm_rerank(self, split: PairSplit, sim: torch.Tensor, pairs: np.ndarray,
                     image_ids: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """ALBEF re-ranking: ITM P(match) of each query's ITC top-k, placed above the rest."""
+        """ALBEF's re-ranking (also BLIP-2's): ITM P(match) of each query's ITC top-k, placed above the rest."""
         ecfg = self.cfg.eval
         k_t2i = min(ecfg.k_t2i, sim.shape[1])
         k_i2t = min(ecfg.k_i2t, sim.shape[0])
@@ -359,24 +388,22 @@ class Trainer:
             ids = split.input_ids[torch.as_tensor(cap)].to(self.device)
             mask = split.attention_mask[torch.as_tensor(cap)].to(self.device)
             mask, ids = trim_padding(mask, ids)
+            model = self.model
             with self._autocast():
                 if queries_are_text:  # one text per query, k candidate images
-                    tokens, _ = self.model.enc.encode_image(split.load_images(img).to(self.device))
-                    text_hidden = self.model.enc.encode_text(ids[::k], mask[::k]).repeat_interleave(k, dim=0)
+                    tokens = model.itm_image_state(split.load_images(img).to(self.device))
+                    text_state = model.itm_text_state(ids[::k], mask[::k]).repeat_interleave(k, dim=0)
                 else:  # one image per query, k candidate texts
-                    tokens, _ = self.model.enc.encode_image(split.load_images(image_ids[q]).to(self.device))
+                    tokens = model.itm_image_state(split.load_images(image_ids[q]).to(self.device))
                     tokens = tokens.repeat_interleave(k, dim=0)
-                    text_hidden = self.model.enc.encode_text(ids, mask)
-                scores = self.model.itm_scores(tokens, text_hidden, mask)
+                    text_state = model.itm_text_state(ids, mask)
+                scores = model.itm_scores(tokens, text_state, mask)
             out[s:e] = scores.float().cpu().view(e - s, k)
         return out
 
     # ------------------------------------------------------------------ checkpoints
     def _signature(self) -> dict[str, Any]:
-        shape = self.model.shape
-        return {"shape": {k: v for k, v in vars(shape).items() if k not in ("text_path", "vision_path")},
-                "vocab_size": self.model.vocab_size, "image_size": self.model.image_size,
-                "embed_dim": self.cfg.model.embed_dim, "momentum": self.cfg.model.momentum}
+        return self.model.signature()
 
     def rng_state(self) -> dict:
         """Every RNG the training depends on (global ones and the trainer's generators)."""
