@@ -301,3 +301,36 @@ def test_config_errors():
         tiny_config("model.framework=blip2", "model.momentum=true")
     with pytest.raises(ValueError, match="framework=blip2"):
         build_model(tiny_config("model.preset=blip2-tiny").model, tokenizer(), 32)
+
+
+# ------------------------------------------------------------------ mining with per-query image vectors
+def test_similarity_and_cache_with_query_vectors():
+    import numpy as np
+
+    from falcon_rl.mining import EmbeddingCache, search_space_similarity
+    from falcon_rl.mining.search_spaces import neighbourhood_spaces
+    from falcon_rl.mining.similarity import text_image_similarity
+
+    g = torch.Generator().manual_seed(0)
+    img = F.normalize(torch.randn(6, 3, 4, generator=g), dim=-1)
+    txt = F.normalize(torch.randn(6, 4, generator=g), dim=-1)
+    p = torch.tensor([[max(float(img[a, k] @ txt[b]) for k in range(3)) for b in range(6)] for a in range(6)])
+    expected = p + p.t()
+    expected.fill_diagonal_(float("-inf"))
+    torch.testing.assert_close(search_space_similarity(img, txt), expected)
+    np.testing.assert_allclose(search_space_similarity(img.numpy(), txt.numpy()), expected.numpy(), rtol=1e-6)
+    torch.testing.assert_close(text_image_similarity(txt, img, chunk=4), p.t())  # (texts, images), chunked
+    torch.testing.assert_close(text_image_similarity(txt, img[:, 0]), txt @ img[:, 0].t())  # one vector: a product
+    cache = EmbeddingCache(6, 4, image_vectors=3)
+    cache.update(np.arange(6), img, txt, step=1)
+    got_img, got_txt = cache.get([4, 1])
+    assert torch.equal(got_img, img[[4, 1]]) and torch.equal(got_txt, txt[[4, 1]])
+    again = EmbeddingCache(6, 4, image_vectors=3)
+    again.load_state_dict(cache.state_dict())
+    assert torch.equal(again.img, cache.img)
+    with pytest.raises(ValueError, match=r"expected \(6, 3, 4\)"):
+        cache.update(np.arange(6), img[:, 0], txt, step=2)
+    with pytest.raises(ValueError, match="shape"):
+        EmbeddingCache(6, 4).load_state_dict(cache.state_dict())
+    spaces = neighbourhood_spaces(img, txt, 3, np.random.default_rng(0), k=3)
+    assert sorted(np.concatenate(spaces).tolist()) == list(range(6))
