@@ -301,6 +301,13 @@ def test_config_errors():
         tiny_config("model.framework=blip2", "model.momentum=true")
     with pytest.raises(ValueError, match="framework=blip2"):
         build_model(tiny_config("model.preset=blip2-tiny").model, tokenizer(), 32)
+    from falcon_rl.config import check_mining
+
+    with pytest.raises(ConfigError, match="model.preset=blip2-tiny is a BLIP-2 preset"):
+        check_mining(tiny_config("model.preset=blip2-tiny"))
+    with pytest.raises(ConfigError, match="mafa.filter=momentum needs a momentum model"):
+        check_mining(tiny_config("model.framework=blip2", "model.false_negatives=mafa", "mafa.filter=momentum"))
+    check_mining(tiny_config("model.framework=blip2"))  # an ALBEF preset is fine: the fallback Q-Former
 
 
 # ------------------------------------------------------------------ mining with per-query image vectors

@@ -237,6 +237,7 @@ def test_ablate_with_framework_blip2(tmp_path, tiny, monkeypatch, capsys):
             "ablation.workers=1"]
     assert main(args) == 0
     assert "| scheduler | seeds | i2t R@1 mp |" in capsys.readouterr().out
+    assert "model blip2, preset tiny" in (tmp_path / "abl" / "results.md").read_text()
     rows = list(csv.DictReader((tmp_path / "abl" / "results.csv").open()))
     assert sorted(r["scheduler"] for r in rows) == sorted(schedulers)
     assert all(r["status"] == "ok" and r["steps"] == "3" for r in rows)
@@ -245,3 +246,7 @@ def test_ablate_with_framework_blip2(tmp_path, tiny, monkeypatch, capsys):
     assert "framework: blip2" in cfg_text
     assert all(np.isfinite(v) for v in rec["history"]["loss_itg"])
     assert max(float(r["mean_fn_rate"]) for r in rows if r["scheduler"] == "oracle") <= 0.05
+    # the same out_dir with the other framework is not mistaken for finished runs
+    assert main([a for a in args if a != "model.framework=blip2"]) == 2
+    err = capsys.readouterr().err
+    assert "holds a finished run of another configuration" in err and "model.framework: 'blip2' != 'albef'" in err

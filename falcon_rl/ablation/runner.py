@@ -2,7 +2,7 @@
 
 Every run gets its own directory ``<out_dir>/<scheduler>/seed<k>`` (TensorBoard events, the
 resolved config, ``results.json``). A run whose ``results.json`` says ``ok`` is skipped on a
-rerun; any other run is run again, and the CLI's ``run_fn`` continues an interrupted one from
+rerun (after checking that its ``config.yaml`` is the same run: :func:`check_finished_run`); any other run is run again, and the CLI's ``run_fn`` continues an interrupted one from
 its resume checkpoint (``run_scheduler(..., resume="auto")``). A failed run (an error, or an
 episode that terminated on divergence) is recorded with its error and the others go on; a run
 that reports ``status: "interrupted"`` (Ctrl-C) stops the ablation. At the end the runner
@@ -33,9 +33,9 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.plots import plot_all
 from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
-from falcon_rl.config import ExperimentConfig, check_mining, dump_yaml
+from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
-from falcon_rl.training.warm_start import signature_digest, warm_signature
+from falcon_rl.training.warm_start import signature_digest, signature_mismatch, warm_signature
 
 #: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
 RunFn = Callable[[ExperimentConfig, str, Path], dict[str, Any]]
@@ -104,6 +104,25 @@ def load_record(run_dir: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+
+
+def check_finished_run(spec: RunSpec) -> None:
+    """A finished run is only reused for the same run: its ``config.yaml`` must have the spec's
+    warm-up signature (data, model — ``model.framework`` included —, train, mining, env budget and
+    seed); else a :class:`ConfigError` naming the differing keys (switching e.g. the framework
+    with the same ``ablation.out_dir`` would otherwise report the old runs as the new ones)."""
+    saved = spec.out_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    try:
+        old = load_config(saved)
+    except ConfigError:  # written by an older falcon-rl with other keys: compare what both have
+        return
+    diff = signature_mismatch(warm_signature(old, spec.seed), warm_signature(spec.cfg, spec.seed))
+    if diff:
+        raise ConfigError(f"{spec.out_dir} holds a finished run of another configuration (its config.yaml != "
+                          "this ablation): " + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
+                          + ". Use another ablation.out_dir (or --out), or delete that run to redo it")
 
 
 def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
@@ -188,6 +207,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     for spec in specs:
         old = load_record(spec.out_dir)
         if old is not None and old.get("status") == "ok":
+            check_finished_run(spec)
             records[(spec.label, spec.seed)] = old
             log(f"[skip] {spec.label}/seed{spec.seed}: results exist")
         else:
@@ -238,7 +258,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     rows = aggregate(runs)
     notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "
              f"Data: {cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs; "
-             f"model preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
+             f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
     md = render_markdown(rows, command=command, notes=notes)
     (out_root / "results.md").write_text(md)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from falcon_rl.config import check_mining, load_config
+from falcon_rl.config import check_mining, check_model, load_config
 
 HELP = "pretrain the VLP model (ALBEF random batches, or --scheduler) with checkpoints, TensorBoard, results.json"
 
@@ -40,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
     overrides = list(args.overrides) + (["agent.trust_agent_file=true"] if args.trust_agent_file else [])
     cfg = load_config(args.config, overrides)
+    check_model(cfg, str(args.config or "<defaults>"))
     if args.scheduler:
         check_mining(cfg, str(args.config or "<defaults>"))
     sampler = _frozen_sampler(args.scheduler, cfg) if args.scheduler else None
