@@ -1,7 +1,8 @@
 """One logger for every scheduler: the same TensorBoard tags and in-memory histories.
 
 Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, ``loss/itc``,
-``loss/itm``, ``loss/mlm`` (BLIP-2: ``loss/itg``, the framework's LM loss), ``mining/q_mean``, ``mining/q_std``, ``mining/q_hist``,
+``loss/itm``, ``loss/mlm`` (BLIP-2: ``loss/itg``, the framework's LM loss), ``mining/q_mean``,
+``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
 ``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, ``time/<part>`` (the step's
 wall time split, :mod:`falcon_rl.timing`), and ``agent/<stat>`` for what an online learner's

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from falcon_rl.data.base import Batch, PairSplit
+from falcon_rl.mining.similarity import text_image_similarity
 from falcon_rl.timing import Timings
 from falcon_rl.training import StepOutput, Trainer
-from falcon_rl.mining.similarity import text_image_similarity
 from falcon_rl.training.evaluation import retrieval_metrics
 
 #: rewards that need no training step (the env does not train under them)

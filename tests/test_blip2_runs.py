@@ -87,6 +87,30 @@ def test_reward_is_the_drop_of_the_itg_loss_and_the_cache_holds_query_vectors(ti
     assert runs["lm"] == runs["mlm"] and runs["lm"][0] == reward
 
 
+@pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)`")  # the deepcopy rewraps step
+def test_subbatch_reward_estimate_of_the_itg_drop(tiny):
+    from falcon_rl.envs.rewards import subbatch_rows, train_with_reward
+    from falcon_rl.training import Trainer
+
+    cfg, data, _ = tiny
+    trainer = Trainer(cfg(), data.tokenizer, 32, total_steps=10)
+    batch = data.train.batch(np.arange(16))
+    trainer.train_step(batch)
+    twin = copy.deepcopy(trainer)
+    masks = twin.make_lm_masks(batch)
+    rows = subbatch_rows(16, 5)
+    before = twin.lm_loss(batch, masks, rows)
+    out, comp = train_with_reward(trainer, batch, "lm", estimator="subbatch", subbatch=5)
+    assert set(comp) == {"itg"} and out.mlm_tokens is not None
+    assert out.mlm_tokens.numel() == int((masks.labels != -100).sum())  # one loss per ITG target
+    assert float(out.mlm_tokens.mean()) == pytest.approx(out.lm, rel=1e-5)
+    assert comp["itg"] == pytest.approx(before - trainer.lm_loss(batch, masks, rows), abs=1e-6)
+    whole = copy.deepcopy(twin)
+    _, exact = train_with_reward(twin, batch, "lm")
+    _, all_rows = train_with_reward(whole, batch, "lm", estimator="subbatch", subbatch=16)
+    assert all_rows["itg"] == pytest.approx(exact["itg"], abs=1e-6)
+
+
 def test_image_encoder_stays_frozen_in_the_trainer(tiny):
     env = _env(tiny)
     env.reset(seed=0)

@@ -37,15 +37,15 @@ def small(tmp_path_factory):
 
 @pytest.fixture
 def mlm_calls(monkeypatch):
-    """Counts calls of Trainer.mlm_loss (the reward's extra MLM forward)."""
+    """Counts calls of Trainer.lm_loss (the reward's extra LM forward: MLM for ALBEF)."""
     calls = []
-    real = Trainer.mlm_loss
+    real = Trainer.lm_loss
 
     def counting(self, *args, **kwargs):
         calls.append(1)
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Trainer, "mlm_loss", counting)
+    monkeypatch.setattr(Trainer, "lm_loss", counting)
     return calls
 
 
@@ -150,7 +150,7 @@ def test_subbatch_of_the_whole_batch_equals_the_exact_reward(small):
         np.testing.assert_allclose(i_sub["member_reward"], i_exact["member_reward"], atol=1e-6)
         assert i_part["losses"] == i_exact["losses"]  # the estimator does not change training
         assert math.isfinite(r_part) and r_part != pytest.approx(r_exact, abs=1e-6)
-    with pytest.raises(ConfigError, match="reward_estimator=subbatch estimates the mlm reward only"):
+    with pytest.raises(ConfigError, match="reward_estimator=subbatch estimates the lm \\(mlm\\) reward only"):
         NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_estimator=subbatch"]), data=data)
 
 

@@ -2,11 +2,12 @@
 
 Every run gets its own directory ``<out_dir>/<scheduler>/seed<k>`` (TensorBoard events, the
 resolved config, ``results.json``). A run whose ``results.json`` says ``ok`` is skipped on a
-rerun (after checking that its ``config.yaml`` is the same run: :func:`check_finished_run`); any other run is run again, and the CLI's ``run_fn`` continues an interrupted one from
-its resume checkpoint (``run_scheduler(..., resume="auto")``). A failed run (an error, or an
-episode that terminated on divergence) is recorded with its error and the others go on; a run
-that reports ``status: "interrupted"`` (Ctrl-C) stops the ablation. At the end the runner
-writes ``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
+rerun (after checking that its ``config.yaml`` is the same run: :func:`check_finished_run`); any
+other run is run again, and the CLI's ``run_fn`` continues an interrupted one from its resume
+checkpoint (``run_scheduler(..., resume="auto")``). A failed run (an error, or an episode that
+terminated on divergence) is recorded with its error and the others go on; a run that reports
+``status: "interrupted"`` (Ctrl-C) stops the ablation. At the end the runner writes
+``results.csv``, ``results.md`` and the PNG plots into ``out_dir``.
 
 Progress (``logging.progress``, :mod:`falcon_rl.progress`): one overall bar of runs plus, with
 ``ablation.workers > 1``, one bar per worker process showing its run (scheduler/seed), phase,

@@ -5,5 +5,6 @@ from falcon_rl.config.fields import param
 from falcon_rl.config.loader import ConfigError, dump_yaml, load_config, parse_override, read_yaml, to_dict
 from falcon_rl.config.schema import ExperimentConfig
 
-__all__ = ["ConfigError", "ExperimentConfig", "check_mining", "check_model", "dump_yaml", "load_config", "param", "parse_override",
+__all__ = ["ConfigError", "ExperimentConfig", "check_mining", "check_model", "dump_yaml", "load_config", "param",
+           "parse_override",
            "read_yaml", "to_dict"]

@@ -43,7 +43,8 @@ class EnvConfig:
                                 "from the reward (train-agent / ablate decide; a bare env computes it), always "
                                 "(e.g. to log it for heuristics), never (reward NaN)",
                                 choices=["auto", "always", "never"])
-    reward_estimator: str = param("exact", "lm (mlm) reward: exact (L_LM before - after on the whole batch) or subbatch "
+    reward_estimator: str = param("exact", "lm (mlm) reward: exact (L_LM before - after on the whole batch) or "
+                                  "subbatch "
                                   "(the same difference on env.reward_subbatch evenly spaced pairs of the batch, "
                                   "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
     reward_subbatch: int = param(32, "env.reward_estimator=subbatch: pairs of each batch the after-loss is "

@@ -9,5 +9,6 @@ from falcon_rl.models.presets import PRESETS, ModelShape, QFormerShape, minilm_p
 from falcon_rl.models.protocol import VLPModel, VLPOutput
 
 __all__ = ["ALBEF", "ALBEFOutput", "BLIP2", "BLIP2Output", "FRAMEWORKS", "MLMMasks", "ModelShape", "PRESETS",
-           "QFormerShape", "VLPModel", "VLPOutput", "build_model", "lm_loss_name", "mask_tokens", "minilm_path", "resolve_qformer",
+           "QFormerShape", "VLPModel", "VLPOutput", "build_model", "lm_loss_name", "mask_tokens", "minilm_path",
+           "resolve_qformer",
            "resolve_shape", "special_token_ids"]

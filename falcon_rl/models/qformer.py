@@ -180,8 +180,9 @@ class QFormer(nn.Module):
             bert = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
         cfg = bert.config
         if cfg.hidden_size != self.config.hidden_size or cfg.num_attention_heads != self.config.num_attention_heads:
+            mine = f"{self.config.hidden_size} / {self.config.num_attention_heads}"
             raise ValueError(f"model.text_path={path}: BERT width {cfg.hidden_size} / heads {cfg.num_attention_heads} "
-                             f"differ from the Q-Former's {self.config.hidden_size} / {self.config.num_attention_heads}")
+                             f"differ from the Q-Former's {mine}")
         if cfg.num_hidden_layers < len(self.layers):
             raise ValueError(f"model.text_path={path}: BERT has {cfg.num_hidden_layers} layers, the Q-Former "
                              f"{len(self.layers)} (lower model.qformer_layers)")

@@ -88,7 +88,8 @@ class StepOutput:
 
 
 class Trainer:
-    """VLP pretraining (``model.framework``) with AdamW, warm-up + cosine LR, gradient clipping and bf16 autocast on CUDA.
+    """VLP pretraining (``model.framework``) with AdamW, warm-up + cosine LR, gradient clipping and bf16
+    autocast on CUDA.
 
     :param cfg: the experiment config (``model``, ``train``, ``eval`` sections are used).
     :param tokenizer: the BERT tokenizer of the data (vocabulary and special tokens).
@@ -291,7 +292,8 @@ class Trainer:
             with self._autocast():
                 feat = self.model.image_embeddings(split.load_images(ids[s:e]).to(self.device))
             out.append(feat.float().cpu())
-        empty = (0, self.image_vectors, self.cfg.model.embed_dim) if self.image_vectors else (0, self.cfg.model.embed_dim)
+        d = self.cfg.model.embed_dim
+        empty = (0, self.image_vectors, d) if self.image_vectors else (0, d)
         return torch.cat(out) if out else torch.zeros(empty)
 
     @torch.no_grad()
