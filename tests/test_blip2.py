@@ -341,3 +341,23 @@ def test_similarity_and_cache_with_query_vectors():
         EmbeddingCache(6, 4).load_state_dict(cache.state_dict())
     spaces = neighbourhood_spaces(img, txt, 3, np.random.default_rng(0), k=3)
     assert sorted(np.concatenate(spaces).tolist()) == list(range(6))
+
+
+def test_both_frameworks_implement_the_protocol_and_nothing_outside_models_asks_which():
+    import re
+    from pathlib import Path
+
+    from falcon_rl.models import VLPModel
+
+    albef = build_model(tiny_config().model, tokenizer(), 32)
+    blip2 = _model()
+    for model in (albef, blip2):
+        assert isinstance(model, VLPModel)
+    assert (albef.lm_name, albef.image_vectors) == ("mlm", 0) and (blip2.lm_name, blip2.image_vectors) == ("itg", 8)
+    root = Path(__file__).resolve().parents[1]
+    asks = re.compile(r"framework\s*[!=]=|isinstance\([^)]*\b(ALBEF|BLIP2)\b|\.enc\.|\.qformer\b")
+    found = [f"{path.relative_to(root)}:{i}" for folder in ("envs", "agents", "falcon_rl/mining", "falcon_rl/training",
+                                                              "falcon_rl/ablation")
+             for path in sorted((root / folder).rglob("*.py"))
+             for i, line in enumerate(path.read_text().splitlines(), 1) if asks.search(line)]
+    assert not found, found

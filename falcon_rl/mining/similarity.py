@@ -21,8 +21,8 @@ import torch
 def _check_pair(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> None:
     ok = txt.ndim == 2 and img.ndim in (2, 3) and img.shape[0] == txt.shape[0] and img.shape[-1] == txt.shape[1]
     if not ok:
-        raise ValueError(f"img must be (|M|, D) or (|M|, Q, D) and txt (|M|, D), got {tuple(img.shape)} "
-                         f"and {tuple(txt.shape)}")
+        raise ValueError(f"img and txt must both be (|M|, D) (or img (|M|, Q, D)) of the same shape, got "
+                         f"{tuple(img.shape)} and {tuple(txt.shape)}")
     if img.shape[0] < 2:
         raise ValueError(f"a search space needs at least 2 members, got {img.shape[0]}")
 
