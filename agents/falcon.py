@@ -158,7 +158,7 @@ class FalconScheduler(Scheduler):
             member_reward = info.get("member_own_reward")
             if member_reward is None:
                 raise ValueError("agent.credit=member needs each member's own loss change, info['member_own_reward'], "
-                                 "which the env gives for env.reward mlm, mlm_sample, mlm_hi or toy")
+                                 "which the env gives for env.reward lm (mlm), lm_sample, mlm_hi or toy")
         return self.learner.observe(reward, member_reward, info.get("member_batch"))
 
     @property

@@ -38,7 +38,7 @@ class AgentConfig:
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
     credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
                         "reward to the members trained in it (batch, paper §2.5), or each member's own loss "
-                        "change in its batch (member: per-sample ΔL of its pair, env.reward mlm, mlm_sample or "
+                        "change in its batch (member: per-sample ΔL of its pair, env.reward lm (mlm), lm_sample or "
                         "mlm_hi)", choices=["step", "batch", "member"])
     center: str = param("none", "advantages of per-member credit: reward - moving-average baseline (none), minus "
                         "the mean over the step's members (step: the learning-rate trend cancels; needs credit "
