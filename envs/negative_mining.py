@@ -89,15 +89,20 @@ class NegativeMiningEnv(gym.Env):
     forwards run only when :attr:`computes_reward` is set (default: unless
     ``env.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for schedulers
     that do not learn from the reward, :meth:`set_compute_reward`); otherwise the reward is NaN
-    and ``reward_components`` is empty. ``env.reward_estimator=subbatch`` estimates the lm
-    (mlm) reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
+    and ``reward_components`` holds only the ``env.reward_log`` options. ``env.reward_estimator=subbatch``
+    estimates the lm (mlm) reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
+    ``mlm_hi``, ``lm_sample``, ``val_itc``, ``val_lm`` and the options logged beside the reward
+    (``env.reward_log``, for any scheduler) are :mod:`falcon_rl.envs.reward_components`'s; with a
+    ``val_*`` option ``env.val_pairs`` training pairs are held out of the warm-up and search spaces.
 
     ## Starting State
 
     A new model seeded from the episode seed (``reset(seed=...)`` re-seeds everything), or
     the trainer checkpoint ``env.checkpoint``; the cache holds a full embedding pass
     (``mining.refresh_at_start``) or the embeddings of ``env.warmup_steps`` (at least one
-    epoch of) random-batch training steps.
+    epoch of) random-batch training steps. With ``env.warm_start`` the first episode (every
+    episode with ``env.warm_start_episodes: every``, each with fresh randomness) starts from the
+    saved post-warm-up state instead.
 
     ## Episode End
 
@@ -116,7 +121,10 @@ class NegativeMiningEnv(gym.Env):
     ``precision`` / ``recall`` at detecting false negatives, ``converted_per_batch``, ...,
     :mod:`falcon_rl.mining.filter_quality`, with the step's ``counts``);
     ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
-    (dataset indices of every batch), ``trainer_step``, ``member_reward``, ``terminated_reason``
+    (dataset indices of every batch), ``trainer_step``, ``member_reward`` (each member's batch's
+    reward), ``member_batch`` (its batch, -1: untrained), ``member_own_reward`` (its own loss change,
+    with ``agent.credit: member`` or reward ``lm_sample``), ``batch_stats`` (the per-batch view,
+    with ``env.reward_log``), ``terminated_reason``
     on divergence, and the wall-clock ``step_time`` with its split ``time`` {train, reward, chain,
     state} only with ``env.info_timing`` (off by default: ``info`` is then a deterministic
     function of seed and actions). Whatever that flag, :attr:`timing` accumulates the seconds

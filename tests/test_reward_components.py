@@ -189,3 +189,16 @@ def test_reward_option_errors_name_the_key(tiny):
         check_mining(apply_overrides(base, ["env.reward=val_itc", "env.val_pairs=200"]))
     with pytest.raises(ConfigError, match=r"env.reward_log needs a reward measured per trained batch"):
         check_mining(apply_overrides(base, ["env.reward=toy", "env.reward_log=[mlm]"]))
+
+
+def test_logged_options_are_computed_for_a_scheduler_that_does_not_learn(tiny, tmp_path):
+    from falcon_rl.agents.runner import run_scheduler
+
+    base, data = tiny
+    cfg = apply_overrides(base, ["env.reward_log=[itc, val_lm]", "logging.tensorboard=false", "env.budget_steps=2"])
+    record = run_scheduler(cfg, "grit", tmp_path, data=data)  # env.compute_reward: auto -> no env.reward
+    assert record["status"] == "ok" and record["reward_computed"] is False
+    assert all(r is None for r in record["history"]["reward"])  # NaN in JSON
+    for comps, stats in zip(record["history"]["reward_components"], record["history"]["batch_stats"]):
+        assert set(comps) == {"itc", "val_lm"} and all(np.isfinite(list(comps.values())))
+        assert set(stats["rewards"]) == {"itc", "val_lm"} and len(stats["fn_pairs"]) == 2
