@@ -202,3 +202,27 @@ def test_logged_options_are_computed_for_a_scheduler_that_does_not_learn(tiny, t
     for comps, stats in zip(record["history"]["reward_components"], record["history"]["batch_stats"]):
         assert set(comps) == {"itc", "val_lm"} and all(np.isfinite(list(comps.values())))
         assert set(stats["rewards"]) == {"itc", "val_lm"} and len(stats["fn_pairs"]) == 2
+
+
+def test_reward_options_with_blip2(tmp_path):
+    """The LM-family options go through the model protocol: per-sample ΔL_ITG, the ITG loss on the
+    held-out pairs and their ITC over query vectors; mlm_hi (ALBEF's MLM masks) is refused."""
+    cfg = load_config(None, ["model.framework=blip2", "model.preset=blip2-tiny", "train.device=cpu",
+                             "train.threads=1", "logging.progress=false", "data.n_train=96", "data.n_test=32",
+                             "mining.search_space=32", "train.batch_size=16", "env.budget_steps=2",
+                             "train.warmup_steps=1", "eval.by_specificity=false", "env.val_pairs=16",
+                             "env.reward=lm", "agent.credit=member", f"data.cache_dir={tmp_path}",
+                             "env.reward_log=[lm, itc, lm_sample, val_itc, val_lm]"])
+    env = NegativeMiningEnv(cfg)
+    env.reset(seed=0)
+    reward, info = env.step(np.full(32, 0.5, np.float32))[1::3]
+    comps = info["reward_components"]
+    assert set(comps) == {"itg", "itc", "lm_sample", "val_itc", "val_lm"} and reward == comps["itg"]
+    assert all(np.isfinite(list(comps.values())))
+    own = info["member_own_reward"]
+    assert own.shape == (32,) and own.std() > 0
+    batch_of = info["member_batch"]
+    for b in (0, 1):  # the batch's token-weighted ΔL_ITG lies within its members' own values
+        assert own[batch_of == b].min() <= info["batch_stats"]["rewards"]["itg"][b] <= own[batch_of == b].max()
+    with pytest.raises(ConfigError, match="mlm_hi reward re-masks captions for ALBEF's MLM"):
+        check_mining(apply_overrides(cfg, ["env.reward_log=[mlm_hi]"]))
