@@ -12,6 +12,7 @@ network reads the members' *mean* state and draws one q for the whole search spa
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import numpy as np
@@ -25,6 +26,20 @@ from falcon_rl.config.agent import AgentConfig
 
 #: q is kept this far inside (0, 1) when scoring it, so log-probabilities stay finite
 _Q_EPS = 1e-4
+
+
+def check_learner_options(agent: AgentConfig) -> None:
+    """Refuse combinations of ``agent.credit``, ``agent.center`` and ``agent.update_unit`` that have
+    no per-member advantages to work on (a clear error naming the keys)."""
+    if agent.center == "step" and agent.credit == "step":
+        raise ValueError("agent.center=step centres per-member rewards within the step: it needs agent.credit=batch "
+                         "or member (with credit=step every member has the same reward, so all advantages are 0)")
+    if agent.center == "batch" and agent.credit != "member":
+        raise ValueError(f"agent.center=batch centres each member's own reward within its batch: it needs "
+                         f"agent.credit=member (with credit={agent.credit} the members of a batch share one reward)")
+    if agent.update_unit == "batch" and agent.credit == "step":
+        raise ValueError("agent.update_unit=batch updates once per batch from that batch's members' advantages: it "
+                         "needs agent.credit=batch or member")
 
 
 class ResidualBlock(nn.Module):
@@ -86,6 +101,7 @@ class FalconScheduler(Scheduler):
 
     def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:
         super().__init__(agent, spec, seed)
+        check_learner_options(agent)
         in_dim = int(spec.observation_space.shape[1])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -125,13 +141,25 @@ class FalconScheduler(Scheduler):
         return np.broadcast_to(q, obs.shape[:2]).copy()
 
     def observe(self, reward: float, info: dict[str, Any] | None = None) -> dict[str, float]:
-        """REINFORCE credit for the last sampled action (ignored when frozen)."""
+        """REINFORCE credit for the last sampled action (ignored when frozen).
+
+        ``agent.credit``: ``step`` uses ``reward``; ``batch`` the env's ``info["member_reward"]`` (the
+        reward of each member's batch); ``member`` its ``info["member_own_reward"]`` (each member's own
+        loss change). ``info["member_batch"]`` tells centring and per-batch updates the batches.
+        """
         if not self.training:
             return {}
+        info = info or {}
+        credit = self.agent.credit
         member_reward = None
-        if self.agent.credit == "batch" and info is not None:
+        if credit == "batch":
             member_reward = info.get("member_reward")
-        return self.learner.observe(reward, member_reward)
+        elif credit == "member" and self.learner._pending is not None and math.isfinite(float(reward)):
+            member_reward = info.get("member_own_reward")
+            if member_reward is None:
+                raise ValueError("agent.credit=member needs each member's own loss change, info['member_own_reward'], "
+                                 "which the env gives for env.reward lm (mlm), lm_sample, mlm_hi or toy")
+        return self.learner.observe(reward, member_reward, info.get("member_batch"))
 
     @property
     def learns_from_reward(self) -> bool:

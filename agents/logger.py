@@ -4,7 +4,8 @@ Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, `
 ``loss/itm``, ``loss/mlm`` (BLIP-2: ``loss/itg``, the framework's LM loss), ``mining/q_mean``,
 ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
-``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``time/step``, ``time/<part>`` (the step's
+``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``reward/<option>`` (every option of
+``env.reward_log``), ``time/step``, ``time/<part>`` (the step's
 wall time split, :mod:`falcon_rl.timing`), and ``agent/<stat>`` for what an online learner's
 ``observe`` returns. With MAFA (``model.false_negatives: mafa``):
 ``mafa/precision``, ``mafa/recall`` (the filter at detecting false negatives, where the data
@@ -32,7 +33,10 @@ from falcon_rl.utils import after_existing_event_files
 HISTORY_KEYS: tuple[str, ...] = (
     "step", "episode", "reward", "fn_rate", "fn_pair_rate", "q_mean", "q_std", "loss_itc", "loss_itm", "loss_mlm",
     "step_time", "step_cpu_time", "trainer_step", "n_batches", *(f"time_{p}" for p in TIME_PARTS),
-    *(f"cpu_{p}" for p in TIME_PARTS), "q_by_specificity", "fn_rate_by_specificity", "mafa")
+    *(f"cpu_{p}" for p in TIME_PARTS), "q_by_specificity", "fn_rate_by_specificity", "mafa", "reward_components",
+    "batch_stats")
+#: history entries holding one dict per step
+_DICT_KEYS: tuple[str, ...] = ("q_by_specificity", "fn_rate_by_specificity", "mafa", "reward_components", "batch_stats")
 
 
 def _finite(x: Any) -> bool:
@@ -92,6 +96,9 @@ class RunLogger:
         h["fn_rate_by_specificity"].append(
             {str(k): float(v) for k, v in info.get("fn_rate_by_specificity", {}).items()})
         h.setdefault("mafa", []).append(info.get("mafa", {}))
+        h.setdefault("reward_components", []).append({str(k): float(v) for k, v in
+                                                      info.get("reward_components", {}).items()})
+        h.setdefault("batch_stats", []).append(info.get("batch_stats", {}))
         if self.writer is None:
             if "eval" in info:
                 self.log_eval(step, info["eval"])
@@ -106,6 +113,9 @@ class RunLogger:
         for f, v in info.get("q_by_specificity", {}).items():
             self.scalar(f"mining/q_by_specificity/{f}", v, step)
         self.scalar("time/step", info.get("step_time"), step)
+        if info.get("batch_stats"):  # logged reward options (env.reward_log): each under reward/<name>
+            for key, v in info.get("reward_components", {}).items():
+                self.scalar(f"reward/{key}", v, step)
         for key, v in info.get("mafa", {}).items():
             if key == "counts":
                 continue
@@ -166,8 +176,7 @@ class RunLogger:
         """Restore :meth:`state_dict`."""
         saved = {k: list(v) for k, v in state["history"].items()}
         n = len(saved.get("step", []))
-        dicts = ("q_by_specificity", "fn_rate_by_specificity", "mafa")
-        missing = {k: [{} if k in dicts else float("nan") for _ in range(n)]
+        missing = {k: [{} if k in _DICT_KEYS else float("nan") for _ in range(n)]
                    for k in self.history_keys if k not in saved}  # an older checkpoint
         self.history = {**saved, **missing}
         self.episodes = [dict(e) for e in state["episodes"]]

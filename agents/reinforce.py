@@ -1,11 +1,25 @@
 """REINFORCE with a moving-average baseline, as FALCON trains its scheduler (DESIGN §2.5).
 
 Each env step is a one-step bandit: the action (one q per member) earns the step's reward
-(the alignment proxy of FALCON). The log-probability of the action is the sum of its
-members' log-probabilities; the advantage is ``reward - baseline`` (moving average with
-momentum ``agent.baseline_momentum``), optionally divided by a running std of the reward
-(``agent.normalize_reward``); an entropy bonus (``agent.entropy_coef``) keeps exploring.
-Updates are made every ``agent.update_every`` env steps from the steps collected since.
+(the alignment proxy of FALCON). Its log-probability is the sum of the members'
+log-probabilities. The advantage is ``reward - baseline`` (moving average with momentum
+``agent.baseline_momentum``), or per member (``agent.credit``: the reward of the member's batch,
+or the member's own loss change) and then optionally centred within the step or the batch
+(``agent.center``: the mean over the step's members / the batch's members is subtracted, so the
+learning-rate trend of the reward cancels). With ``agent.normalize_reward`` the advantages are
+divided by a slowly forgetting running std (momentum ``agent.reward_std_momentum``); an entropy
+bonus (``agent.entropy_coef``) keeps exploring. Updates are made every ``agent.update_every`` env
+steps from the steps collected since, as one gradient step (``agent.update_unit: step``) or one
+per trained batch of each step, from that batch's members (``update_unit: batch``).
+
+The policy-gradient loss is the *mean* over members of ``-A_i log π(q_i | s_i)`` (the sum divided
+by |M|, the same direction), so that a gradient's norm does not grow with |M| and
+``agent.grad_clip`` only cuts outliers. With the plain sum and normalised advantages every
+update of a 512-member step had a pre-clip norm of 50-1 000 and was clipped: each step then moved
+by the sign of the advantage, whatever its size, which is not REINFORCE's estimator; together with
+a fast (10-step) std that shrank to the converged policy's sampling noise, so that pure-noise
+advantages kept full size, a two-class bandit drifted until the final LayerNorm mapped both
+classes to one vector and both fell to the same q (tests/test_learner_options.py).
 """
 
 from __future__ import annotations
@@ -13,6 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -20,6 +35,20 @@ from falcon_rl.config.agent import AgentConfig
 
 #: ``log_prob_entropy(obs, q) -> (log_prob (n,), entropy (n,))`` of whole actions
 LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def centred(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """``values`` minus their mean (``groups`` None) or minus the mean of their group (members with
+    a negative group, e.g. not trained in any batch, get 0)."""
+    if groups is None:
+        return values - values.mean()
+    out = torch.zeros_like(values)
+    for g in torch.unique(groups):
+        if int(g) < 0:
+            continue
+        sel = groups == g
+        out[sel] = values[sel] - values[sel].mean()
+    return out
 
 
 class Reinforce:
@@ -41,103 +70,152 @@ class Reinforce:
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=agent.lr)
         self.baseline: float | None = None
         self.reward_var: float | None = None
+        self.var_updates = 0
         self.observed = 0
         self.updates = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._buffer: list[tuple[torch.Tensor, torch.Tensor, float]] = []
+        #: (obs, q, advantage: float or (M,) tensor, batch of each member (M,) or None)
+        self._buffer: list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]] = []
 
     def record(self, obs: torch.Tensor, q: torch.Tensor) -> None:
         """Remember the observation and sampled action that the next reward is for."""
         self._pending = (obs.detach(), q.detach())
 
-    def observe(self, reward: float, member_reward: Any = None) -> dict[str, float]:
+    def _per_member(self, member_reward: Any) -> torch.Tensor | None:
+        if member_reward is None or self.member_log_prob_entropy is None:
+            return None
+        values = torch.as_tensor(np.asarray(member_reward, dtype=np.float32)).reshape(-1)
+        return values if bool(torch.isfinite(values).all()) else None
+
+    def _scale(self, spread: float) -> float:
+        """Add one step's mean squared advantage to the running variance; the std to divide by."""
+        if not self.agent.normalize_reward:
+            return 1.0
+        m = self.agent.reward_std_momentum
+        self.reward_var = m * (self.reward_var or 0.0) + (1.0 - m) * spread
+        self.var_updates += 1
+        var = self.reward_var / (1.0 - m ** self.var_updates) if m > 0 else self.reward_var
+        return math.sqrt(var) + 1e-12
+
+    def observe(self, reward: float, member_reward: Any = None, member_batch: Any = None) -> dict[str, float]:
         """Credit ``reward`` to the last recorded action; update every ``update_every`` steps.
 
-        With ``member_reward`` (one reward per member, e.g. the reward of the batch each member
-        was trained in) the advantage is per member and multiplies that member's log-probability;
-        the baseline and the reward scale are shared.
+        :param member_reward: one reward per member (the reward of its batch, or its own loss
+            change): the advantage is then per member and multiplies that member's log-probability.
+        :param member_batch: the batch each member was trained in (-1: none), for
+            ``agent.center=batch`` and ``agent.update_unit=batch``.
         """
         if self._pending is None:  # deterministic / frozen predictions are not learned from
             return {}
         r = float(reward)
-        per_member = None
-        if member_reward is not None:
-            per_member = torch.as_tensor(member_reward, dtype=torch.float32).reshape(-1)
-            if not bool(torch.isfinite(per_member).all()):
-                per_member = None
         if not math.isfinite(r):
             self._pending = None
             return {"skipped_nonfinite_reward": 1.0}
-        m = self.agent.baseline_momentum
-        if self.baseline is None:
+        per_member = self._per_member(member_reward)
+        groups = None if member_batch is None else torch.as_tensor(np.asarray(member_batch, dtype=np.int64))
+        first = self.baseline is None
+        if first:
             self.baseline, self.reward_var = r, 0.0
         self.observed += 1
-        advantage = r - self.baseline
-        scale = 1.0
-        if self.agent.normalize_reward and self.reward_var is not None:
-            self.reward_var = m * self.reward_var + (1.0 - m) * advantage * advantage
-            if self.observed > 1:  # bias-corrected EMA (the first advantage is 0 by construction)
-                var = self.reward_var / (1.0 - m ** (self.observed - 1)) if m > 0 else self.reward_var
-                scale = math.sqrt(var) + 1e-12
-        stats = {"baseline": self.baseline, "advantage": advantage / scale}
-        self.baseline = m * self.baseline + (1.0 - m) * r
+        baseline = float(self.baseline)
+        center = self.agent.center
+        advantage: Any
+        if per_member is not None and center != "none":
+            if center == "batch" and groups is None:
+                raise ValueError("agent.center=batch needs the batch of every member (info['member_batch'])")
+            advantage = centred(per_member, groups if center == "batch" else None)
+            scale = self._scale(float((advantage ** 2).mean()))
+        elif per_member is not None:
+            advantage = per_member - baseline
+            scale = self._scale(float((advantage ** 2).mean()))
+        else:
+            advantage = r - baseline
+            scale = self._scale(advantage * advantage) if not first else 1.0  # the first is 0 by construction
+        advantage = advantage / scale
+        mean_adv = float(advantage.abs().mean()) if isinstance(advantage, torch.Tensor) else advantage
+        stats = {"baseline": baseline, "advantage": mean_adv, "reward_std": scale}
+        self.baseline = self.agent.baseline_momentum * baseline + (1.0 - self.agent.baseline_momentum) * r
         obs, q = self._pending
         self._pending = None
-        if per_member is not None and self.member_log_prob_entropy is not None:
-            baseline = stats["baseline"]
-            self._buffer.append((obs, q, (per_member - baseline) / scale))
-        else:
-            self._buffer.append((obs, q, advantage / scale))
+        self._buffer.append((obs, q, advantage, groups))
         if len(self._buffer) >= self.agent.update_every:
             stats.update(self.update())
         return stats
 
-    def update(self) -> dict[str, float]:
-        """One gradient step on the buffered steps."""
-        if not self._buffer:
-            return {}
+    def _terms(self) -> list[list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]]]:
+        """The buffered steps grouped into gradient steps: all at once, or one per trained batch
+        of each step (``agent.update_unit=batch``; the entry's last item selects its members)."""
+        if self.agent.update_unit != "batch":
+            return [[(obs, q, adv, None) for obs, q, adv, _ in self._buffer]]
+        groups = []
+        for obs, q, adv, member_batch in self._buffer:
+            if not isinstance(adv, torch.Tensor) or member_batch is None:
+                groups.append([(obs, q, adv, None)])
+                continue
+            for b in torch.unique(member_batch):
+                if int(b) >= 0:
+                    groups.append([(obs, q, adv, member_batch == b)])
+        return groups
+
+    def _loss(self, terms: list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy-gradient loss and entropy, both means over members (and over the steps)."""
         losses, entropies = [], []
-        for obs, q, adv in self._buffer:
-            if isinstance(adv, torch.Tensor):  # per-member advantages
+        for obs, q, adv, select in terms:
+            if self.member_log_prob_entropy is not None:
                 log_prob, entropy = self.member_log_prob_entropy(obs, q)
-                losses.append(-(adv * log_prob).sum(dim=-1).mean())
-                entropies.append(entropy.sum(dim=-1).mean())
-            else:
-                log_prob, entropy = self.log_prob_entropy(obs, q)
+                if select is not None:
+                    log_prob, entropy = log_prob[..., select], entropy[..., select]
+                    adv = adv[select]
                 losses.append(-(adv * log_prob).mean())
                 entropies.append(entropy.mean())
+            else:  # whole-action log-probabilities (sums over the members)
+                log_prob, entropy = self.log_prob_entropy(obs, q)
+                members = q.shape[-1]
+                losses.append(-(adv * log_prob).mean() / members)
+                entropies.append(entropy.mean() / members)
+        return torch.stack(losses).mean(), torch.stack(entropies).mean()
+
+    def update(self) -> dict[str, float]:
+        """One gradient step on the buffered steps (or one per trained batch, ``update_unit``)."""
+        if not self._buffer:
+            return {}
+        groups = self._terms()
         self._buffer.clear()
-        pg_loss = torch.stack(losses).mean()
-        entropy = torch.stack(entropies).mean()
-        loss = pg_loss - self.agent.entropy_coef * entropy
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = float("nan")
-        if self.agent.grad_clip > 0:
-            grad_norm = float(nn.utils.clip_grad_norm_(self.policy.parameters(), self.agent.grad_clip))
-        self.optimizer.step()
-        self.updates += 1
-        out = {"pg_loss": float(pg_loss.detach()), "entropy": float(entropy.detach()),
-               "updates": float(self.updates)}
-        if grad_norm == grad_norm:
-            out["grad_norm"] = grad_norm
+        pg_losses, ents, norms = [], [], []
+        for terms in groups:
+            pg_loss, entropy = self._loss(terms)
+            loss = pg_loss - self.agent.entropy_coef * entropy
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.agent.grad_clip > 0:
+                norms.append(float(nn.utils.clip_grad_norm_(self.policy.parameters(), self.agent.grad_clip)))
+            self.optimizer.step()
+            self.updates += 1
+            pg_losses.append(float(pg_loss.detach()))
+            ents.append(float(entropy.detach()))
+        out = {"pg_loss": float(np.mean(pg_losses)), "entropy": float(np.mean(ents)), "updates": float(self.updates)}
+        if norms:
+            out["grad_norm"] = float(np.max(norms))
         return out
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser and baseline statistics (for exact resume)."""
         return {"optimizer": self.optimizer.state_dict(), "baseline": self.baseline,
-                "reward_var": self.reward_var, "observed": self.observed, "updates": self.updates}
+                "reward_var": self.reward_var, "var_updates": self.var_updates, "observed": self.observed,
+                "updates": self.updates}
 
     def resume_state(self) -> dict[str, Any]:
         """:meth:`state_dict` plus the steps buffered for the next update (exact resume)."""
         return {**self.state_dict(), "pending": self._pending,
-                "buffer": [(obs, q, adv) for obs, q, adv in self._buffer]}
+                "buffer": [(obs, q, adv, groups) for obs, q, adv, groups in self._buffer]}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`resume_state`."""
         self.load_state_dict(state)
         self._pending = tuple(state["pending"]) if state["pending"] is not None else None  # type: ignore[assignment]
-        self._buffer = [(obs, q, adv) for obs, q, adv in state["buffer"]]
+        self._buffer = [(entry[0], entry[1], entry[2], entry[3] if len(entry) > 3 else None)
+                        for entry in state["buffer"]]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
@@ -145,4 +223,5 @@ class Reinforce:
         self.baseline = state["baseline"]
         self.reward_var = state["reward_var"]
         self.observed = int(state["observed"])
+        self.var_updates = int(state.get("var_updates", max(self.observed - 1, 0)))
         self.updates = int(state["updates"])

@@ -18,6 +18,8 @@ from falcon_rl.config import ExperimentConfig, check_mining, load_config, parse_
 from falcon_rl.config.loader import build_dataclass, set_path
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.observation import MemberHistory, space_observation
+from falcon_rl.envs.reward_components import (MEMBER_REWARDS, RewardMeter, batch_stats, member_batches,
+                                              reward_parts)
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.stats import fn_info, q_stats
@@ -87,15 +89,20 @@ class NegativeMiningEnv(gym.Env):
     forwards run only when :attr:`computes_reward` is set (default: unless
     ``env.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for schedulers
     that do not learn from the reward, :meth:`set_compute_reward`); otherwise the reward is NaN
-    and ``reward_components`` is empty. ``env.reward_estimator=subbatch`` estimates the lm
-    (mlm) reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
+    and ``reward_components`` holds only the ``env.reward_log`` options. ``env.reward_estimator=subbatch``
+    estimates the lm (mlm) reward on a sub-batch (:func:`falcon_rl.envs.rewards.train_with_reward`).
+    ``mlm_hi``, ``lm_sample``, ``val_itc``, ``val_lm`` and the options logged beside the reward
+    (``env.reward_log``, for any scheduler) are :mod:`falcon_rl.envs.reward_components`'s; with a
+    ``val_*`` option ``env.val_pairs`` training pairs are held out of the warm-up and search spaces.
 
     ## Starting State
 
     A new model seeded from the episode seed (``reset(seed=...)`` re-seeds everything), or
     the trainer checkpoint ``env.checkpoint``; the cache holds a full embedding pass
     (``mining.refresh_at_start``) or the embeddings of ``env.warmup_steps`` (at least one
-    epoch of) random-batch training steps.
+    epoch of) random-batch training steps. With ``env.warm_start`` the first episode (every
+    episode with ``env.warm_start_episodes: every``, each with fresh randomness) starts from the
+    saved post-warm-up state instead.
 
     ## Episode End
 
@@ -114,7 +121,10 @@ class NegativeMiningEnv(gym.Env):
     ``precision`` / ``recall`` at detecting false negatives, ``converted_per_batch``, ...,
     :mod:`falcon_rl.mining.filter_quality`, with the step's ``counts``);
     ``n_forced`` (oracle fallback picks), ``n_batches``, ``batches``
-    (dataset indices of every batch), ``trainer_step``, ``member_reward``, ``terminated_reason``
+    (dataset indices of every batch), ``trainer_step``, ``member_reward`` (each member's batch's
+    reward), ``member_batch`` (its batch, -1: untrained), ``member_own_reward`` (its own loss change,
+    with ``agent.credit: member`` or reward ``lm_sample``), ``batch_stats`` (the per-batch view,
+    with ``env.reward_log``), ``terminated_reason``
     on divergence, and the wall-clock ``step_time`` with its split ``time`` {train, reward, chain,
     state} only with ``env.info_timing`` (off by default: ``info`` is then a deterministic
     function of seed and actions). Whatever that flag, :attr:`timing` accumulates the seconds
@@ -157,6 +167,9 @@ class NegativeMiningEnv(gym.Env):
         self.oracle = bool(cfg.env.oracle if oracle is None else oracle)
         self.gt_targets = bool(cfg.env.gt_targets)
         self.computes_reward = cfg.env.compute_reward != "never"  # the env cannot know its scheduler
+        #: each member's own loss change in info["member_own_reward"] (agent.credit=member, lm_sample)
+        self.own_rewards = cfg.agent.credit == "member" or cfg.env.reward == "lm_sample"
+        self._meter: RewardMeter | None = None
         # (not called compute_reward: SB3's env checker takes an env with that attribute for a GoalEnv)
         self.timing = Timings()
         self.env_clock = Timings()  # part "env": the time inside reset and step
@@ -165,6 +178,7 @@ class NegativeMiningEnv(gym.Env):
         self.trainer: Trainer | None = None
         self.episode_steps = 0
         self._episodes_started = 0
+        self._warm_seed: int | None = None
         self._done = True
         if data is not None:
             self._check_data(data)
@@ -179,6 +193,19 @@ class NegativeMiningEnv(gym.Env):
             self._data = load_data(self.cfg.data)
             self._check_data(self._data)
         return self._data
+
+    @property
+    def meter(self) -> RewardMeter:
+        """The extra reward options, the validation hold-out and the pairs training may use
+        (:mod:`falcon_rl.envs.reward_components`)."""
+        if self._meter is None:
+            meter = RewardMeter(self.cfg, self.data.train)
+            if meter.pool.size < self.members_per_space:
+                raise ValueError(f"env.val_pairs={self.cfg.env.held_out_pairs} held-out pairs (and the other pairs of "
+                                 f"their images) leave {meter.pool.size} training pairs, fewer than mining.search_space="
+                                 f"{self.members_per_space}: lower env.val_pairs")
+            self._meter = meter
+        return self._meter
 
     def _check_data(self, data: DataBundle) -> None:
         train = data.train
@@ -261,7 +288,10 @@ class NegativeMiningEnv(gym.Env):
         data = self.data
         cfg = self.cfg
         warm_path = Path(cfg.env.warm_start).expanduser() if cfg.env.warm_start else None
-        if warm_path is not None and not self._episodes_started and warm_path.is_file():
+        every = cfg.env.warm_start_episodes == "every"
+        if not self._episodes_started:
+            self._warm_seed = seed  # the seed the warm-start file is made and checked with
+        if warm_path is not None and (not self._episodes_started or every) and warm_path.is_file():
             return self._reset_from_warm_start(warm_path, seed)
         first_episode = not self._episodes_started
         self._episodes_started += 1
@@ -305,18 +335,38 @@ class NegativeMiningEnv(gym.Env):
         return self._obs.copy(), info
 
     def _reset_from_warm_start(self, path: Path, seed: int | None) -> tuple[np.ndarray, dict[str, Any]]:
-        """First episode from a saved post-warm-up state (``env.warm_start``); the scheduler's
-        oracle / ground-truth-target modes stay those of this env."""
+        """An episode from a saved post-warm-up state (``env.warm_start``): the first one, and with
+        ``env.warm_start_episodes: every`` each later one too, which then gets fresh randomness
+        (new search spaces, chain, masks, ITM negatives) from the env's seed stream. The
+        scheduler's oracle / ground-truth-target modes stay those of this env."""
         oracle, gt_targets = self.oracle, self.gt_targets
-        self.load_state_dict(load_warm_start(path, warm_signature(self.cfg, seed)))
+        later = bool(self._episodes_started)
+        fresh = int(self.np_random.integers(0, 2**31 - 1)) if later else None
+        stream = numpy_generator_state(self.np_random)
+        self.load_state_dict(load_warm_start(path, warm_signature(self.cfg, self._warm_seed if later else seed)))
         self.oracle, self.gt_targets = oracle, gt_targets
+        if fresh is not None:
+            set_numpy_generator_state(self.np_random, stream)  # the episode seeds go on, not restart
+            self._fresh_randomness(fresh)
         if self.probe is not None and self.computes_reward:  # the writer may not have computed the reward
             with self.timing("reward"):
                 self._r1 = self.probe.score(self.trainer)
         self._episodes_started += 1
-        info = {"episode_seed": self._episode_seed, "trainer_step": int(self.trainer.step),
+        info = {"episode_seed": self._episode_seed if fresh is None else fresh, "trainer_step": int(self.trainer.step),
                 "warmup_steps": 0, "warm_start": str(path)}
         return self._obs.copy(), info
+
+    def _fresh_randomness(self, seed: int) -> None:
+        """Reseed what an episode draws after the warm-up (the env's chain / search-space RNG, the
+        trainer's mask and ITM generators, the global RNGs) and cut new search spaces."""
+        seed_everything(seed)
+        self.rng = np.random.default_rng(seed)
+        mask_seed, itm_seed = np.random.SeedSequence(seed).generate_state(2)
+        self.trainer.mask_generator.manual_seed(int(mask_seed))
+        self.trainer.itm_generator.manual_seed(int(itm_seed))
+        self.spaces.clear()
+        with self.timing("state"):
+            self._next_space()
 
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
         """Build the current search space's batches with ``action``'s q, train on them, reward."""
@@ -352,6 +402,11 @@ class NegativeMiningEnv(gym.Env):
         losses: dict[str, list[float]] = {"itc": [], "itm": [], self.trainer.lm_name: []}
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
+        meter = self.meter
+        metered = meter.handles(compute, self.own_rewards)
+        meter.begin_step()
+        per_batch: list[dict[str, float]] = []  # every trained batch's components (info batch_stats)
+        own = np.full(len(members), np.nan) if self.own_rewards else None
         mafa = FilterCounts() if cfg.model.false_negatives == "mafa" else None
         reason = None
         with stream:  # closes the builder thread also when training raises
@@ -359,6 +414,9 @@ class NegativeMiningEnv(gym.Env):
                 with timing("reward"):
                     rewards.append(toy_reward(q, spec, cfg.env.toy_optimum))
                 components["toy"] = [rewards[-1]]
+                if own is not None:  # each member's own term of the toy reward
+                    opt = np.asarray(cfg.env.toy_optimum, dtype=np.float64)
+                    own = -(q - opt[np.clip(spec - 1, 0, len(opt) - 1)]) ** 2
             else:
                 batches = iter(stream)
                 while True:
@@ -371,9 +429,15 @@ class NegativeMiningEnv(gym.Env):
                         with timing("chain"):  # collating the batch is part of building it
                             batch = train.batch(idx)
                         targets = ground_truth_targets(train, idx) if self.gt_targets else None
-                        out, comp = train_with_reward(self.trainer, batch, cfg.env.reward, targets,
-                                                      compute=compute, estimator=cfg.env.reward_estimator,
-                                                      subbatch=cfg.env.reward_subbatch, timing=timing)
+                        own_values = None
+                        if metered:
+                            out, measured = meter.train(self.trainer, batch, targets, compute=compute,
+                                                        own=self.own_rewards, timing=timing)
+                            comp, own_values = measured.components, measured.own
+                        else:
+                            out, comp = train_with_reward(self.trainer, batch, cfg.env.reward, targets,
+                                                          compute=compute, estimator=cfg.env.reward_estimator,
+                                                          subbatch=cfg.env.reward_subbatch, timing=timing)
                     except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
                         if self._weights_finite():
                             raise
@@ -393,7 +457,12 @@ class NegativeMiningEnv(gym.Env):
                         losses[k].append(out.losses[k])
                     for k, v in comp.items():
                         components.setdefault(k, []).append(v)
-                    rewards.append(sum(comp.values()) if compute else float("nan"))
+                    rewards.append(sum(comp.get(p, 0.0) for p in reward_parts(cfg.env.reward, self.trainer.lm_name)) if compute
+                                   else float("nan"))
+                    per_batch.append(comp)
+                    if own is not None:  # a pair without a masked token gets its batch's reward
+                        own[local] = rewards[-1] if own_values is None else np.where(
+                            np.isfinite(own_values), own_values, rewards[-1])
                     if mafa is not None and out.connections is not None:
                         mafa += count_batch(train, out.index.numpy(), out.connections)
                     with timing("state"):  # what the next states read
@@ -402,7 +471,7 @@ class NegativeMiningEnv(gym.Env):
                 if reason is None and self.probe is not None and compute:
                     with timing("reward"):
                         r1 = self.probe.score(self.trainer)
-                    components = {"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]}
+                    components.update({"retrieval": [r1 - self._r1], "r1_before": [self._r1], "r1_after": [r1]})
                     rewards = [r1 - self._r1]
                     self._r1 = r1
         with timing("chain"):
@@ -425,7 +494,15 @@ class NegativeMiningEnv(gym.Env):
             "trainer_step": int(self.trainer.step),
             "batches": [members[b] for b in chain.batches],
             "member_reward": self._member_reward(chain.batches, rewards, reward, len(members)),
+            "member_batch": member_batches(chain.batches, len(members),
+                                           len(chain.batches) if cfg.env.reward == "toy" else len(per_batch)),
         }
+        if own is not None and cfg.env.reward in (*MEMBER_REWARDS, "toy"):  # untrained members: the step's mean
+            fill = float(np.mean(rewards)) if rewards else 0.0
+            info["member_own_reward"] = (np.where(np.isfinite(own), own, fill) * cfg.env.reward_scale
+                                         ).astype(np.float32)
+        if cfg.env.reward_log:
+            info["batch_stats"] = batch_stats(train, members, chain, per_batch)
         if mafa is not None:
             info["mafa"] = {**mafa.rates(), "counts": mafa.to_dict()}
         if spec is not None:
@@ -478,12 +555,13 @@ class NegativeMiningEnv(gym.Env):
     def _warmup(self, steps: int) -> None:
         """Random-batch training steps that fill the cache (GRIT's first epoch)."""
         train = self.data.train
+        pool = self.meter.pool  # every pair unless validation pairs are held out
         b = self.cfg.train.batch_size
         order = np.zeros(0, dtype=np.int64)
         bar = progress_bar(steps, "warm-up", self.cfg.logging.progress, interval=self.cfg.logging.progress_interval)
         for _ in range(steps):
             if order.size < b:
-                order = np.concatenate([order, self.rng.permutation(train.n_pairs)])
+                order = np.concatenate([order, pool[self.rng.permutation(pool.size)]])
             idx, order = order[:b], order[b:]
             batch = train.batch(idx)
             with self.timing("train"):
@@ -500,13 +578,13 @@ class NegativeMiningEnv(gym.Env):
     def _next_space(self) -> None:
         """Advance to the next search space and compute its similarity and state."""
         if not self.spaces:
-            n = self.data.train.n_pairs
+            pool = self.meter.pool  # every pair unless validation pairs are held out
             mining = self.cfg.mining
             img = txt = None
             if mining.space_kind == "neighbourhood":
-                img, txt = self.cache.get(np.arange(n))
-            spaces = make_search_spaces(mining, n, self.rng, img, txt)  # "keep": the short space is skipped
-            self.spaces.extend(s for s in spaces if len(s) == self.members_per_space)
+                img, txt = self.cache.get(pool)
+            spaces = make_search_spaces(mining, pool.size, self.rng, img, txt)  # "keep": the short space is skipped
+            self.spaces.extend(pool[s] for s in spaces if len(s) == self.members_per_space)
         self._members = np.asarray(self.spaces.popleft(), dtype=np.int64)
         self._observe()
 
@@ -532,7 +610,7 @@ class NegativeMiningEnv(gym.Env):
             "members": torch.as_tensor(self._members), "episode_steps": self.episode_steps, "done": self._done,
             "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
             "r1": float(self._r1), "oracle": self.oracle, "gt_targets": self.gt_targets,
-            "mining_start": self._mining_start,
+            "mining_start": self._mining_start, "warm_seed": self._warm_seed,
             "split": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
         }
 
@@ -568,6 +646,7 @@ class NegativeMiningEnv(gym.Env):
             train.load_state_dict(state["split"])  # e.g. the augmentation RNG of image files
         self._members = np.asarray(state["members"], dtype=np.int64)
         self._episodes_started = max(self._episodes_started, 1)  # a resumed or warm-started episode
+        self._warm_seed = state.get("warm_seed", self._warm_seed)
         self._observe()
 
     @property

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "pretrain": "pretrain",
     "train-agent": "train_agent",
     "ablate": "ablate",
+    "reward-check": "reward_check",
 }
 
 

@@ -19,7 +19,11 @@ class AgentConfig:
     update_every: int = param(1, "REINFORCE update every N env steps", ge=1)
     baseline_momentum: float = param(0.9, "moving-average reward baseline momentum", ge=0.0, lt=1.0)
     entropy_coef: float = param(1e-3, "entropy bonus weight", ge=0.0)
-    normalize_reward: bool = param(True, "divide advantages by a running reward std")
+    normalize_reward: bool = param(True, "divide advantages by a running std of the advantages (momentum "
+                                   "agent.reward_std_momentum)")
+    reward_std_momentum: float = param(0.999, "momentum of the running advantage std of agent.normalize_reward: "
+                                       "slow, so that it keeps the reward's range and does not shrink to the "
+                                       "converged policy's sampling noise", ge=0.0, lt=1.0)
     min_concentration: float = param(1.0, "lower bound added to Beta alpha, beta", ge=0.0)
     grad_clip: float = param(1.0, "FALCON / batch-level: max gradient norm of an update (0 = off)", ge=0.0)
     seed: int | None = param(None, "scheduler sampling / init seed (null: train.seed)", ge=0)
@@ -32,8 +36,17 @@ class AgentConfig:
     sb3_pool: str = param("mean+max", "SB3 critics: pooling of member features",
                           choices=["mean", "max", "mean+max"])
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
-    credit: str = param("step", "FALCON credit: the step's mean reward to every member, or each batch's "
-                        "reward to the members trained in it (paper §2.5)", choices=["step", "batch"])
+    credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
+                        "reward to the members trained in it (batch, paper §2.5), or each member's own loss "
+                        "change in its batch (member: per-sample ΔL of its pair, env.reward lm (mlm), lm_sample or "
+                        "mlm_hi)", choices=["step", "batch", "member"])
+    center: str = param("none", "advantages of per-member credit: reward - moving-average baseline (none), minus "
+                        "the mean over the step's members (step: the learning-rate trend cancels; needs credit "
+                        "batch or member) or over the member's batch (batch; needs credit member)",
+                        choices=["none", "step", "batch"])
+    update_unit: str = param("step", "FALCON: one REINFORCE update per env step (from agent.update_every steps), or "
+                             "one per trained batch, from that batch's members (batch; needs credit batch or "
+                             "member)", choices=["step", "batch"])
     load_path: str | None = param(None, "load a trained agent (frozen) from this file")
     checkpoint_every: int = param(10, "train-agent: write the resume checkpoint every N env steps (0: only on "
                                   "Ctrl-C); SB3 agents at the first update boundary after N steps", ge=0)

@@ -42,3 +42,37 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.env.reward_estimator == "subbatch" and cfg.env.reward not in ("lm", "mlm"):
         raise ConfigError(f"{source}: env.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
                           f"{cfg.env.reward!r}); use env.reward_estimator=exact")
+    check_rewards(cfg, source)
+
+
+#: per-batch reward options env.reward_log accepts (falcon_rl.envs.reward_components.BATCH_REWARDS)
+LOGGABLE_REWARDS = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm")
+#: rewards with a loss change per member (agent.credit: member)
+MEMBER_CREDIT_REWARDS = ("lm", "mlm", "lm_sample", "mlm_hi", "toy")
+
+
+def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
+    """``env.reward_log`` names, the validation hold-out and per-member credit (FALCON learners)."""
+    env = cfg.env
+    bad = [n for n in env.reward_log if n not in LOGGABLE_REWARDS]
+    if bad:
+        raise ConfigError(f"{source}: env.reward_log has {bad}, not per-batch reward options; choose from "
+                          f"{list(LOGGABLE_REWARDS)}")
+    if "mlm_hi" in (env.reward, *env.reward_log) and cfg.model.framework != "albef":
+        raise ConfigError(f"{source}: the mlm_hi reward re-masks captions for ALBEF's MLM; model.framework="
+                          f"{cfg.model.framework!r} has no MLM (drop mlm_hi from env.reward / env.reward_log)")
+    if env.reward_log and env.reward in ("toy", "retrieval"):
+        raise ConfigError(f"{source}: env.reward_log needs a reward measured per trained batch; env.reward="
+                          f"{env.reward!r} trains {'nothing' if env.reward == 'toy' else 'per step'}")
+    held = env.held_out_pairs
+    if held and cfg.data.source in GENERATED_SOURCES and cfg.data.n_train - held < cfg.mining.search_space:
+        raise ConfigError(f"{source}: env.val_pairs={held} held-out pairs leave {cfg.data.n_train - held} of "
+                          f"data.n_train={cfg.data.n_train} for training, fewer than mining.search_space="
+                          f"{cfg.mining.search_space}: lower env.val_pairs or raise data.n_train")
+    if cfg.agent.name in ("falcon", "batch-level") and cfg.agent.credit == "member":
+        if env.reward not in MEMBER_CREDIT_REWARDS:
+            raise ConfigError(f"{source}: agent.credit=member needs a loss change per member: env.reward in "
+                              f"{list(MEMBER_CREDIT_REWARDS)}, not {env.reward!r}")
+        if env.reward_estimator != "exact":
+            raise ConfigError(f"{source}: agent.credit=member needs every member's loss change: "
+                              "env.reward_estimator=exact, not subbatch")

@@ -11,9 +11,22 @@ from falcon_rl.config.fields import param
 class EnvConfig:
     """Episode, reward and action-space settings."""
 
-    reward: str = param("mlm", "proxy reward: lm = the drop of the framework's language-modelling loss (ALBEF's MLM, "
-                        "BLIP-2's ITG; mlm is the same, its name before BLIP-2), itc, itm, itc+itm, retrieval, toy",
-                        choices=["lm", "mlm", "itc", "itm", "itc+itm", "retrieval", "toy"])
+    reward: str = param("mlm", "proxy reward (what the scheduler learns from): lm = the drop of the framework's "
+                        "language-modelling loss (ALBEF's MLM, BLIP-2's ITG; mlm is the same, its name before "
+                        "BLIP-2), itc, itm, itc+itm, mlm_hi (ΔL_MLM on masks of its own at env.reward_mlm_prob; "
+                        "ALBEF), lm_sample (per-sample ΔL_LM, mean over pairs), val_itc / val_lm (loss drop on "
+                        "env.val_pairs held-out training pairs), retrieval, toy",
+                        choices=["lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
+                                 "retrieval", "toy"])
+    reward_log: list[str] = param([], "extra per-batch reward options computed for logging only, on the same steps "
+                                  "(info reward_components / batch_stats, the run history; falcon-rl reward-check), "
+                                  "also for heuristics: any of lm (mlm), itc, itm, itc+itm, mlm_hi, lm_sample, "
+                                  "val_itc, val_lm")
+    reward_mlm_prob: float = param(0.5, "mlm_hi reward: masking probability of its own masks (GRIT's 0.5)",
+                                   gt=0.0, lt=1.0)
+    val_pairs: int = param(256, "val_itc / val_lm rewards: evenly spaced training pairs held out (with every pair "
+                           "of their images) from the search spaces and the warm-up, on which the loss drop is "
+                           "measured; only held out when such a reward is computed or logged", ge=1)
     reward_scale: float = param(1.0, "reward multiplier", gt=0.0)
     budget_steps: int = param(20, "env steps (search spaces) per episode; the end is 'truncated'", ge=1)
     action: str = param("box", "continuous q per member or K discrete levels",
@@ -27,6 +40,10 @@ class EnvConfig:
     warm_start: str | None = param(None, "file of the env state after the first episode's warm-up: written by the "
                                    "first run, loaded (config and seed checked) by every later run instead of "
                                    "repeating the warm-up (ablation.shared_warmup sets it per seed)")
+    warm_start_episodes: str = param("first", "which episodes start from env.warm_start: the first only (later "
+                                     "ones train a new model), or every one (the same warm model each episode, "
+                                     "fresh search spaces, chain and mask randomness: train-agent --episodes N)",
+                                     choices=["first", "every"])
     oracle: bool = param(False, "exclude true matches from the chain (oracle; needs a match matrix)")
     gt_targets: bool = param(False, "train the mined batches' ITC/ITM on ground-truth multi-positive targets: truly "
                              "matching in-batch pairs are ITC positives and never ITM negatives (the loss-side "
@@ -49,3 +66,10 @@ class EnvConfig:
                                   "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
     reward_subbatch: int = param(32, "env.reward_estimator=subbatch: pairs of each batch the after-loss is "
                                  "computed on (>= train.batch_size: the whole batch, equal to exact)", ge=1)
+
+    @property
+    def held_out_pairs(self) -> int:
+        """Training pairs held out for the validation rewards: ``val_pairs`` when a ``val_*`` reward
+        is computed or logged, else 0 (nothing is held out)."""
+        names = (self.reward, *self.reward_log)
+        return self.val_pairs if any(str(n).startswith("val_") for n in names) else 0

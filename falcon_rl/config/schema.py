@@ -13,6 +13,7 @@ from falcon_rl.config.logging import LoggingConfig
 from falcon_rl.config.mafa import MafaConfig
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.config.model import ModelConfig
+from falcon_rl.config.reward_check import RewardCheckConfig
 from falcon_rl.config.train import TrainConfig
 
 
@@ -30,3 +31,4 @@ class ExperimentConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ablation: AblationConfig = field(default_factory=AblationConfig)
     mafa: MafaConfig = field(default_factory=MafaConfig)
+    reward_check: RewardCheckConfig = field(default_factory=RewardCheckConfig)

@@ -451,24 +451,29 @@ class ALBEF(nn.Module):
     # ------------------------------------------------------------------ evaluation losses
     @torch.no_grad()
     def mlm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, mlm_input_ids: torch.Tensor,
-                 mlm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+                 mlm_labels: torch.Tensor, classes: torch.Tensor | None = None,
+                 per_token: bool = False) -> torch.Tensor:
         """Plain MLM cross-entropy of the online model on given masks (the reward's L_MLM).
 
         Runs exactly the computation of the MLM branch of :meth:`forward`.
         :param classes: the in-batch softmax classes to use (those of a whole batch when these
             rows are a sub-batch of it); default: those of the given rows.
+        :param per_token: the cross-entropy of every masked position (M,), row-major, as the
+            training forward's ``mlm_tokens``, instead of their mean.
         """
         attention_mask, mlm_input_ids, mlm_labels = trim_padding(attention_mask, mlm_input_ids, mlm_labels)
         if classes is None:
             classes = mlm_classes(mlm_input_ids, mlm_labels, attention_mask, self.cfg.mlm_softmax)
         image_tokens, _ = self.enc.encode_image(image)
         logits = self.enc.mlm_logits(image_tokens, mlm_input_ids, attention_mask, mlm_labels, classes)
+        if per_token:
+            return F.cross_entropy(logits.float(), mlm_targets(mlm_labels, classes), reduction="none")
         return masked_lm_loss(logits, mlm_targets(mlm_labels, classes))[0]
 
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None, per_token: bool = False) -> torch.Tensor:
         """The framework's LM loss: :meth:`mlm_loss`."""
-        return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels, classes)
+        return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels, classes, per_token)
 
     @torch.no_grad()
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

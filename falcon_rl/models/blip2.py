@@ -433,15 +433,17 @@ class BLIP2(nn.Module):
     # ------------------------------------------------------------------ evaluation losses
     @torch.no_grad()
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None, per_token: bool = False) -> torch.Tensor:
         """Plain ITG cross-entropy on given targets (the reward's L_LM), as the training forward computes it.
 
         :param classes: the in-batch softmax classes to use (a whole batch's, for a sub-batch of it);
-            default: those of the given rows."""
+            default: those of the given rows.
+        :param per_token: the cross-entropy of every target (M,), row-major, instead of their mean."""
         attention_mask, lm_input_ids, lm_labels = trim_padding(attention_mask, lm_input_ids, lm_labels)
         if classes is None:
             classes = mlm_classes(lm_input_ids, lm_labels, attention_mask, self.cfg.mlm_softmax)
-        return self._itg(self.encode_image(image), lm_input_ids, attention_mask, lm_labels, classes)[0]
+        out = self._itg(self.encode_image(image), lm_input_ids, attention_mask, lm_labels, classes, tokens=per_token)
+        return out[3] if per_token else out[0]
 
     def _features(self, image: torch.Tensor, input_ids: torch.Tensor,
                   attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

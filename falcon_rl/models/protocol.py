@@ -112,9 +112,11 @@ class VLPModel(Protocol):
         ...
 
     def lm_loss(self, image: torch.Tensor, attention_mask: torch.Tensor, lm_input_ids: torch.Tensor,
-                lm_labels: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+                lm_labels: torch.Tensor, classes: torch.Tensor | None = None, per_token: bool = False) -> torch.Tensor:
         """The plain LM cross-entropy on given masks, exactly as the training forward computes it
-        (``classes``: the in-batch softmax classes of a whole batch when these rows are part of it)."""
+        (``classes``: the in-batch softmax classes of a whole batch when these rows are part of it;
+        ``per_token``: the (M,) per-target cross-entropies, row-major over ``lm_labels != -100``,
+        instead of their mean: per-sample ΔL_LM)."""
         ...
 
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -230,13 +230,16 @@ class Trainer:
 
     # ------------------------------------------------------------------ deterministic losses
     @torch.no_grad()
-    def lm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
+    def lm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None,
+                per_token: bool = False) -> Any:
         """Plain LM cross-entropy (MLM / ITG) of the current weights on ``batch`` with ``masks`` (no update).
 
         Equals ``train_step(batch, masks).lm`` when evaluated just before that step (dropout 0;
         same autocast), which makes FALCON's ΔL_LM exact.
         :param rows: only these batch positions (a sub-batch: the mean over their LM targets,
             scored against the whole batch's softmax classes, ``model.mlm_softmax``).
+        :param per_token: return the (M,) CPU float32 cross-entropies of the LM targets (row-major,
+            as ``StepOutput.mlm_tokens``) instead of their mean (per-sample ΔL_LM).
         """
         self.model.eval()
         classes = None
@@ -249,12 +252,13 @@ class Trainer:
         m = masks.to(self.device)
         with self._autocast():
             loss = self.model.lm_loss(b.image, b.attention_mask, m.input_ids, m.labels,
-                                      None if classes is None else classes.to(self.device))
-        return float(loss)
+                                      None if classes is None else classes.to(self.device), per_token=per_token)
+        return loss.float().cpu() if per_token else float(loss)
 
-    def mlm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None) -> float:
+    def mlm_loss(self, batch: Batch, masks: MLMMasks, rows: np.ndarray | None = None,
+                 per_token: bool = False) -> Any:
         """:meth:`lm_loss` (its name before BLIP-2)."""
-        return self.lm_loss(batch, masks, rows)
+        return self.lm_loss(batch, masks, rows, per_token)
 
     @torch.no_grad()
     def itc_loss(self, batch: Batch) -> float:

@@ -34,6 +34,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     d = to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in _TRAIN_FREE}
     env = {k: d["env"][k] for k in _ENV_KEYS}
+    if cfg.env.held_out_pairs:  # validation pairs held out change what the warm-up trains on
+        env["held_out"] = cfg.env.held_out_pairs
     model = dict(d["model"])
     if model.get("itc_label_smoothing") is not None or model.get("itc_smoothing_start") is None:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):

@@ -1,0 +1,48 @@
+"""``falcon-rl reward-check``: fixed policies x seeds, every reward option on the same runs, and
+how each tracks retrieval (see falcon_rl.ablation.reward_check)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+
+from falcon_rl.config import load_config
+
+HELP = ("run fixed policies x seeds logging every reward option; write how each option's mean reward "
+        "rank-correlates with the final retrieval metrics and its per-batch regression on false negatives "
+        "and hardness (reward_check.md/.csv/.png)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from falcon_rl.cli import add_config_arguments
+
+    parser.add_argument("--out", default=None, help="output dir (overrides reward_check.out_dir)")
+    add_config_arguments(parser, required=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    import functools
+
+    from falcon_rl.ablation.reward_check import run_reward_check
+    from falcon_rl.agents.runner import run_scheduler, write_warm_start
+    from falcon_rl.commands.ablate import _prepare
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"reward_check.out_dir={args.out}")
+    cfg = load_config(args.config, overrides)
+    parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
+    command = "falcon-rl reward-check " + " ".join(shlex.quote(a) for a in parts)
+    start = time.perf_counter()
+    run_fn = functools.partial(run_scheduler, resume="auto")
+    out = run_reward_check(cfg, run_fn, source=str(args.config), command=command, prepare=_prepare,
+                           log=lambda s: print(s, flush=True), warm_fn=write_warm_start)
+    print()
+    print(out["markdown"])
+    for key, path in out["files"].items():
+        print(f"{key}: {path}")
+    print(f"total wall time: {time.perf_counter() - start:.0f} s")
+    runs = out["ablation"]["runs"]
+    failed = sum(r.get("status") != "ok" for r in runs)
+    return 1 if failed == len(runs) else 0

@@ -1,0 +1,108 @@
+"""``falcon-rl reward-check`` (falcon_rl/ablation/reward_check.py) and the per-batch regression
+(falcon_rl/ablation/batch_regression.py)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from falcon_rl.ablation.batch_regression import batch_regression, centred_ols
+from falcon_rl.ablation.reward_check import fixed_label, reward_check_config, spearman
+from falcon_rl.config import ConfigError, load_config
+
+
+def test_spearman_ranks_ties_and_degenerate_inputs():
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 2, 3, 4, 5], [1, 3, 2, 5, 4]) == pytest.approx(0.8)  # 1 - 6·4 / (5·24)
+    assert spearman([1, 1, 2, 3], [1, 2, 3, 4]) == pytest.approx(0.9486832980505138)  # tied ranks averaged
+    assert np.isnan(spearman([1, 2], [1, 2])) and np.isnan(spearman([1, 1, 1], [1, 2, 3]))
+    assert spearman([1, 2, np.nan, 3], [1, 2, 5, 3]) == pytest.approx(1.0)
+
+
+def test_centred_regression_recovers_known_coefficients_despite_a_trend():
+    """y = trend(step) + 0.002·fn − 0.05·hardness + noise, with fn and hardness drifting with the step
+    like the trend: the fit without centring is biased, the centred one recovers the truth."""
+    rng = np.random.default_rng(0)
+    steps, per = 400, 8
+    group = np.repeat(np.arange(steps), per)
+    t = group / steps
+    trend = 0.09 * np.exp(-4 * t)  # ΔL_MLM falls ~10x over a run
+    fn = rng.poisson(20 + 30 * t)  # harder later: more false negatives
+    hard = np.clip(0.3 + 0.5 * t + 0.1 * rng.standard_normal(t.size), 0, 1)
+    y = trend + 0.002 * fn - 0.05 * hard + 0.004 * rng.standard_normal(t.size)
+    X = np.stack([fn, hard], axis=1)
+    fit = centred_ols(y, X, group)
+    assert fit.n == steps * per and fit.groups == steps
+    assert abs(fit.coef["fn_pairs"] - 0.002) < 3 * fit.se["fn_pairs"]
+    assert abs(fit.coef["hardness"] + 0.05) < 3 * fit.se["hardness"]
+    assert fit.se["fn_pairs"] == pytest.approx(0.004 / np.sqrt(np.var(fn - np.repeat(
+        [fn[group == g].mean() for g in range(steps)], per)) * fit.n), rel=0.1)  # the OLS standard error
+    assert fit.t["fn_pairs"] > 10 and fit.t["hardness"] < -5
+    plain = np.linalg.lstsq(np.column_stack([np.ones_like(y), X]), y, rcond=None)[0]
+    assert abs(plain[2] + 0.05) > 10 * fit.se["hardness"]  # the trend leaks into the uncentred slope
+
+
+def test_regression_reads_the_runs_batch_stats():
+    records = [{"status": "ok", "history": {"batch_stats": [
+        {"fn_pairs": [1.0, 3.0, 2.0], "rank_quantile": [0.1, 0.5, 0.2], "q_mean": [0, 0, 0],
+         "rewards": {"mlm": [0.10, 0.12, 0.13]}},
+        {"fn_pairs": [0.0, 4.0, 1.0], "rank_quantile": [0.9, 0.3, 0.6], "q_mean": [0, 0, 0],
+         "rewards": {"mlm": [0.05, 0.09, 0.04]}},
+        {},
+    ]}}] * 2
+    fit = batch_regression(records, "mlm")
+    assert fit.n == 12 and fit.groups == 4 and np.isfinite(fit.coef["fn_pairs"])
+    assert np.isnan(batch_regression(records, "itc").coef["fn_pairs"])  # not logged: nothing to fit
+
+
+def test_reward_check_config_expands_fixed_labels_and_logs_every_option():
+    cfg = load_config(None, ["reward_check.policies=[fixed-0, fixed-0.75, random]", "reward_check.out_dir=/tmp/x",
+                             "reward_check.rewards=[mlm, val_itc]"])
+    abl = reward_check_config(cfg)
+    assert abl.ablation.schedulers == ["fixed-0", "fixed-0.75", "random"] and abl.ablation.out_dir == "/tmp/x"
+    assert abl.ablation.overrides["fixed-0.75"] == {"agent.name": "fixed", "agent.q": 0.75}
+    assert abl.env.reward_log == ["mlm", "val_itc"] and abl.env.compute_reward == "always"
+    assert fixed_label("fixed-.5") == 0.5 and fixed_label("fixed") is None and fixed_label("grit") is None
+    with pytest.raises(ConfigError, match=r"reward_check.rewards has \['toy'\]"):
+        reward_check_config(load_config(None, ["reward_check.rewards=[toy]"]))
+    with pytest.raises(ConfigError, match=r"'fixed-2' has q=2.0 outside"):
+        reward_check_config(load_config(None, ["reward_check.policies=[fixed-2]"]))
+
+
+def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsys, monkeypatch):
+    from falcon_rl.cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    root = tmp_path / "rc"
+    options = ["lm", "itc", "mlm_hi", "lm_sample", "val_itc", "val_lm"]
+    args = ["reward-check", "--config", "configs/quickstart.yaml", "--out", str(root),
+            f"data.cache_dir={tmp_path / 'data'}", "data.n_train=160", "data.n_test=48", "mining.search_space=32",
+            "train.batch_size=16", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
+            "env.budget_steps=2", "env.warmup_steps=3", "env.eval_every=0", "logging.progress=false",
+            "logging.tensorboard=false", "env.val_pairs=16", "reward_check.policies=[fixed-0.25, grit]",
+            f"reward_check.rewards=[{', '.join(options)}]", "ablation.seeds=[0, 1]", "ablation.workers=1",
+            "ablation.shared_warmup=true"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| reward | runs | ρ i2t_r1_mp | ρ t2i_map | ρ i2t_map |" in printed
+    rows = list(csv.DictReader((root / "reward_check.csv").open()))
+    assert [r["reward"] for r in rows] == options
+    for r in rows:
+        assert r["runs"] == "4" and -1.0 <= float(r["rho_i2t_r1_mp"]) <= 1.0, r
+        assert int(r["batches"]) == 4 * 2 * 2 and r["fn_pairs_coef"] != "" and r["hardness_t"] != ""
+    runs = list(csv.DictReader((root / "reward_check_runs.csv").open()))
+    assert sorted((r["policy"], r["seed"]) for r in runs) == [("fixed-0.25", "0"), ("fixed-0.25", "1"),
+                                                               ("grit", "0"), ("grit", "1")]
+    assert all(float(r[f"reward_{n}"]) == float(r[f"reward_{n}"]) for r in runs for n in options)  # no NaN
+    assert (root / "reward_check.png").stat().st_size > 5000 and (root / "reward_check.md").is_file()
+    rec = json.loads((root / "fixed-0.25" / "seed0" / "results.json").read_text())
+    assert rec["history"]["reward_components"][0].keys() >= {"mlm", *options[1:]}  # lm: under the loss's name
+    # the two policies ran from one shared warm-up per seed, and a rerun skips every finished run
+    assert len(list((root / "warmup").glob("*.pt"))) == 2
+    assert main(args) == 0
+    assert capsys.readouterr().out.count("[skip]") == 4
