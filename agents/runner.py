@@ -43,6 +43,8 @@ from falcon_rl.agents.registry import canonical_name, is_sb3, load_scheduler, ma
 from falcon_rl.agents.sb3 import SB3Scheduler
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, to_dict
 from falcon_rl.data.base import DataBundle
+from falcon_rl.distributed import world
+from falcon_rl.envs.lockstep import Lockstep, follow
 from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.progress import Progress, progress_bar
@@ -253,6 +255,11 @@ def read_resume_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, An
     payload = load_torch_file(path, "resume checkpoint")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"resume checkpoint {path} cannot be read: not a train-agent checkpoint")
+    saved = int(payload.get("world_size", 1))
+    if saved != identity["world_size"]:
+        raise ConfigError(f"resume checkpoint {path} was written by {saved} process(es), this run has "
+                          f"{identity['world_size']}: resume with the same number (torchrun --nproc_per_node {saved}"
+                          f"{'' if saved > 1 else ', or no torchrun'})")
     for key in ("scheduler", "total", "load_path"):
         if payload.get(key) != identity[key]:
             raise ConfigError(f"resume checkpoint {path} is for {key}={payload.get(key)!r}, this run has "
@@ -378,6 +385,8 @@ def run_scheduler(
         ``agent.checkpoint_every`` env steps (SB3: at the first update boundary after) and on a
         first Ctrl-C, which ends the run at that point (``status: "interrupted"``); it is removed
         when the run finishes.
+    Under torchrun every rank calls it: rank 0 runs the scheduler, logs and writes every file; the
+    other ranks follow its env calls (:mod:`falcon_rl.envs.lockstep`) and return rank 0's record.
     :returns: ``{"status", "scheduler", "final", "mean_reward", "mean_fn_rate", "wall_time",
         "steps", "episodes", "interrupted", "terminated_reason", "agent_path", "history",
         "episode_rewards"}``; ``status`` is ``ok``, ``terminated`` (the episode diverged; ``error``
@@ -385,6 +394,7 @@ def run_scheduler(
         ``fn_rate``, ``q_by_specificity``, losses, ...) and ``eval`` ({"step", metric...}).
     """
     start, start_cpu = time.perf_counter(), time.process_time()
+    ranks = world()
     name = canonical_name(scheduler or cfg.agent.name)
     load_path = load_path if load_path is not None else cfg.agent.load_path
     out = Path(out_dir if out_dir is not None else cfg.train.out_dir).expanduser() if out_dir != "" else None
@@ -407,7 +417,8 @@ def run_scheduler(
             total = -(-total // n) * n
     else:
         total = (episodes if episodes is not None else 1) * budget
-    env = RetrievalEval(base_env, every=cfg.env.eval_every, at_end=cfg.env.eval_at_end, final_step=total,
+    driven = Lockstep(base_env) if ranks.distributed else base_env  # rank 0's training calls reach every rank
+    env = RetrievalEval(driven, every=cfg.env.eval_every, at_end=cfg.env.eval_at_end, final_step=total,
                         at_start=cfg.eval.at_start)
     if frozen:
         sched: Scheduler = load_scheduler(load_path, cfg, env, frozen=True)
@@ -432,109 +443,122 @@ def run_scheduler(
     if deterministic is None:
         deterministic = bool(frozen and cfg.agent.frozen_deterministic)
     identity = {"scheduler": name, "total": int(total), "load_path": None if load_path is None else str(load_path),
-                "config": to_dict(cfg)}
+                "config": to_dict(cfg), "world_size": ranks.size}
     payload = None
     if resume and ckpt_path is not None and ckpt_path.is_file():
         payload = read_resume_checkpoint(ckpt_path, identity)
     elif resume is True:
         raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path} (nothing to resume in {out})")
-    if out is not None:
+    if out is not None and ranks.is_main:
         out.mkdir(parents=True, exist_ok=True)
         dump_yaml(cfg, out / "config.yaml")
 
-    logger = RunLogger(out, tensorboard=cfg.logging.tensorboard, hist_every=cfg.logging.hist_every,
+    logger = RunLogger(out if ranks.is_main else None, tensorboard=cfg.logging.tensorboard,
+                       hist_every=cfg.logging.hist_every,
                        purge_step=int(payload["step"]) + 1 if payload is not None else None,
                        lm_name=lm_loss_name(cfg.model))
     tracker = _Tracker(logger, lambda: progress_bar(total, f"{name} env step", progress, announce=True,
                                                     initial=tracker.step, interval=cfg.logging.progress_interval),
                        base_env)
-    checkpointer = _Checkpointer(ckpt_path, identity, base_env, env, sched, tracker, logger)
+    checkpointer = _Checkpointer(ckpt_path if ranks.is_main else None, identity, driven, env, sched, tracker, logger)
     if payload is not None:
         checkpointer.restore(payload)
-    every = cfg.agent.checkpoint_every
-    interrupted = False
-    stop = GracefulInterrupt("Ctrl-C: stopping after this env step (SB3 agents: at the next update) and saving "
-                             f"{ckpt_path or 'nothing (no output dir)'}; Ctrl-C again to stop at once")
+    if not ranks.is_main:  # a follower: rank 0's scheduler drives this rank's env replica
+        with GracefulInterrupt("Ctrl-C: rank 0 decides when this run stops"):
+            record = follow(base_env)
+        base_env.close()
+        return record
     try:
-        with stop:
-            if learning_sb3:
-                sched.model.set_logger(logger.sb3_logger())  # type: ignore[attr-defined]  # train/* in our run
-                callback = _SB3LogCallback(tracker, env, checkpointer, every, total, stop)
-                try:
-                    sched.learn(total - tracker.step, callback=callback)  # type: ignore[attr-defined]
-                except _StopAtBoundary:
-                    interrupted = True
-            else:
-                if payload is not None:
-                    obs = base_env.observation
-                else:
-                    obs, _ = env.reset(seed=cfg.train.seed)
-                tracker.start(env)
-                while tracker.step < total:
-                    action, _ = sched.predict(obs, deterministic=deterministic)
-                    obs, reward, terminated, truncated, info = env.step(action)
-                    stats = sched.observe(reward, info)
-                    done = terminated or truncated
-                    tracker.after_step(reward, done, info, stats)
-                    if terminated:
-                        break
-                    if done and tracker.step < total:
-                        obs, _ = env.reset()
-                    if tracker.step < total and (stop.requested or (every and tracker.step % every == 0)):
-                        checkpointer.save()
-                    if stop.requested and tracker.step < total:
+        every = cfg.agent.checkpoint_every
+        interrupted = False
+        stop = GracefulInterrupt("Ctrl-C: stopping after this env step (SB3 agents: at the next update) and saving "
+                                 f"{ckpt_path or 'nothing (no output dir)'}; Ctrl-C again to stop at once")
+        try:
+            with stop:
+                if learning_sb3:
+                    sched.model.set_logger(logger.sb3_logger())  # type: ignore[attr-defined]  # train/* in our run
+                    callback = _SB3LogCallback(tracker, env, checkpointer, every, total, stop)
+                    try:
+                        sched.learn(total - tracker.step, callback=callback)  # type: ignore[attr-defined]
+                    except _StopAtBoundary:
                         interrupted = True
-                        break
-    except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays the restart point
-        interrupted = True
-    finally:
-        tracker.finish()
-        tracker.close()
+                else:
+                    if payload is not None:
+                        obs = base_env.observation
+                    else:
+                        obs, _ = env.reset(seed=cfg.train.seed)
+                    tracker.start(env)
+                    while tracker.step < total:
+                        action, _ = sched.predict(obs, deterministic=deterministic)
+                        obs, reward, terminated, truncated, info = env.step(action)
+                        stats = sched.observe(reward, info)
+                        done = terminated or truncated
+                        tracker.after_step(reward, done, info, stats)
+                        if terminated:
+                            break
+                        if done and tracker.step < total:
+                            obs, _ = env.reset()
+                        if tracker.step < total and (stop.requested or (every and tracker.step % every == 0)):
+                            checkpointer.save()
+                        if stop.requested and tracker.step < total:
+                            interrupted = True
+                            break
+        except KeyboardInterrupt:  # a second Ctrl-C: the last checkpoint written stays the restart point
+            interrupted = True
+        finally:
+            tracker.finish()
+            tracker.close()
 
-    final: dict[str, float] = dict(env.last_eval or {}) if env.last_eval_step == tracker.step else {}
-    if not final and not interrupted and tracker.terminated_reason is None and base_env.episode_steps > 0:
-        final = base_env.evaluate()  # the model trained last is still there (no reset since)
-        logger.log_eval(tracker.step, final)
-    agent_path = None
-    if out is not None:
-        agent_path = str(sched.save(out / ("agent.zip" if isinstance(sched, SB3Scheduler) else "agent.pt")))
-    logger.close()
-    h = logger.history
-    rewards = np.asarray(h["reward"], dtype=float)
-    fn = np.asarray(h["fn_rate"], dtype=float)
-    status = "interrupted" if interrupted else "terminated" if tracker.terminated_reason else "ok"
-    wall = time.perf_counter() - start
-    record: dict[str, Any] = {
-        "status": status,
-        "scheduler": name,
-        "final": final,
-        "mean_reward": _nanmean(list(rewards)),
-        "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
-        "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
-        **summarize_filter(h.get("mafa", [])),
-        "filter_time": filter_time,
-        "reward_computed": base_env.computes_reward,
-        "wall_time": wall,
-        "time": run_time_split(base_env.timing, tracker.timing, wall),
-        "cpu_time": run_time_split(base_env.timing, tracker.timing, time.process_time() - start_cpu, cpu=True),
-        "steps": tracker.step,
-        "episodes": len(logger.episodes),
-        "interrupted": interrupted,
-        "terminated_reason": tracker.terminated_reason,
-        "agent_path": agent_path,
-        "episode_rewards": [e["reward"] for e in logger.episodes],
-        "history": {**h, "eval": logger.evals},
-    }
-    if status == "terminated":
-        record["error"] = f"episode terminated at env step {tracker.step}: {tracker.terminated_reason}"
-    elif status == "interrupted":
-        saved = ckpt_path is not None and ckpt_path.is_file()
-        record["error"] = (f"interrupted at env step {tracker.step}"
-                           + (f"; resume from {ckpt_path} (env step {checkpointer.saved_step})" if saved else ""))
-    record = _jsonable(record)
-    if out is not None:
-        (out / "results.json").write_text(json.dumps(record, indent=1))
-        if status != "interrupted" and ckpt_path is not None and ckpt_path.is_file():
-            ckpt_path.unlink()  # finished: nothing to resume
-    base_env.close()
+        final: dict[str, float] = dict(env.last_eval or {}) if env.last_eval_step == tracker.step else {}
+        if not final and not interrupted and tracker.terminated_reason is None and base_env.episode_steps > 0:
+            final = base_env.evaluate()  # the model trained last is still there (no reset since)
+            logger.log_eval(tracker.step, final)
+        agent_path = None
+        if out is not None:
+            agent_path = str(sched.save(out / ("agent.zip" if isinstance(sched, SB3Scheduler) else "agent.pt")))
+        logger.close()
+        h = logger.history
+        rewards = np.asarray(h["reward"], dtype=float)
+        fn = np.asarray(h["fn_rate"], dtype=float)
+        status = "interrupted" if interrupted else "terminated" if tracker.terminated_reason else "ok"
+        wall = time.perf_counter() - start
+        record: dict[str, Any] = {
+            "status": status,
+            "scheduler": name,
+            "final": final,
+            "mean_reward": _nanmean(list(rewards)),
+            "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
+            "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
+            **summarize_filter(h.get("mafa", [])),
+            "filter_time": filter_time,
+            "reward_computed": base_env.computes_reward,
+            "wall_time": wall,
+            "time": run_time_split(base_env.timing, tracker.timing, wall),
+            "cpu_time": run_time_split(base_env.timing, tracker.timing, time.process_time() - start_cpu, cpu=True),
+            "steps": tracker.step,
+            "episodes": len(logger.episodes),
+            "interrupted": interrupted,
+            "terminated_reason": tracker.terminated_reason,
+            "agent_path": agent_path,
+            "episode_rewards": [e["reward"] for e in logger.episodes],
+            "history": {**h, "eval": logger.evals},
+        }
+        if status == "terminated":
+            record["error"] = f"episode terminated at env step {tracker.step}: {tracker.terminated_reason}"
+        elif status == "interrupted":
+            saved = ckpt_path is not None and ckpt_path.is_file()
+            record["error"] = (f"interrupted at env step {tracker.step}"
+                               + (f"; resume from {ckpt_path} (env step {checkpointer.saved_step})" if saved else ""))
+        record = _jsonable(record)
+        if out is not None:
+            (out / "results.json").write_text(json.dumps(record, indent=1))
+            if status != "interrupted" and ckpt_path is not None and ckpt_path.is_file():
+                ckpt_path.unlink()  # finished: nothing to resume
+        base_env.close()
+    except BaseException as e:
+        if ranks.distributed:  # the followers wait in follow(): release them with the failure
+            driven.finish({"status": "failed", "error": f"rank 0: {type(e).__name__}: {e}"})
+        raise
+    if ranks.distributed:
+        driven.finish(record)  # the followers return rank 0's record
     return record

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections import deque
@@ -15,9 +16,11 @@ import numpy as np
 import torch
 
 from falcon_rl.config import ExperimentConfig, check_mining, load_config, parse_override, to_dict
+from falcon_rl.config.mining import MiningConfig
 from falcon_rl.config.loader import build_dataclass, set_path
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.observation import MemberHistory, space_observation
+from falcon_rl.envs.parallel import BatchResult, RankGroup, check_group, outcome, refresh_sharded
 from falcon_rl.envs.reward_components import (MEMBER_REWARDS, RewardMeter, batch_stats, member_batches,
                                               reward_parts)
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
@@ -26,11 +29,12 @@ from falcon_rl.envs.stats import fn_info, q_stats
 from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm_signature
 from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
                               make_search_spaces, oracle_exclusion)
-from falcon_rl.mining.filter_quality import FilterCounts, count_batch
+from falcon_rl.mining.filter_quality import FilterCounts
 from falcon_rl.progress import progress_bar
 from falcon_rl.timing import Timings
 from falcon_rl.training import Trainer
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.distributed import all_gather_object, barrier, broadcast_object, own_state, replica_seed, world
 from falcon_rl.utils import seed_everything
 
 
@@ -176,6 +180,9 @@ class NegativeMiningEnv(gym.Env):
         self._data = data
         self._image_size: int | None = None
         self.trainer: Trainer | None = None
+        #: how one optimiser step's local batches are trained: one per rank under torchrun
+        #: (:mod:`falcon_rl.envs.parallel`), one batch in a single process
+        self.replicas = RankGroup()
         self.episode_steps = 0
         self._episodes_started = 0
         self._warm_seed: int | None = None
@@ -249,15 +256,15 @@ class NegativeMiningEnv(gym.Env):
         if cfg.env.reward in TRAINING_FREE:
             return 0
         warmup = cfg.env.warmup_steps
-        if not cfg.mining.refresh_at_start:
-            warmup = max(warmup, math.ceil(self.data.train.n_pairs / cfg.train.batch_size))
+        if not cfg.mining.refresh_at_start:  # one epoch: N local batches per step under N processes
+            warmup = max(warmup, math.ceil(self.data.train.n_pairs / (cfg.train.batch_size * self.replicas.size)))
         return warmup
 
     def trainer_steps(self, env_steps: int | None = None) -> int:
         """Optimiser steps of ``env_steps`` env steps (default one episode), warm-ups included."""
         env_steps = self.budget if env_steps is None else int(env_steps)
         episodes = max(1, math.ceil(env_steps / self.budget))
-        return episodes * self.warmup_length() + env_steps * self._batches_per_space()
+        return episodes * self.warmup_length() + env_steps * (self._batches_per_space() // self.replicas.size)
 
     def _start_loss_options(self, first_mined_step: int) -> None:
         """MAFA's connection mining from the episode's first mined optimiser step (the warm-up is
@@ -291,7 +298,8 @@ class NegativeMiningEnv(gym.Env):
         every = cfg.env.warm_start_episodes == "every"
         if not self._episodes_started:
             self._warm_seed = seed  # the seed the warm-start file is made and checked with
-        if warm_path is not None and (not self._episodes_started or every) and warm_path.is_file():
+        # rank 0 decides whether the warm start exists (another rank may look while it is written)
+        if warm_path is not None and (not self._episodes_started or every) and broadcast_object(warm_path.is_file()):
             return self._reset_from_warm_start(warm_path, seed)
         first_episode = not self._episodes_started
         self._episodes_started += 1
@@ -302,8 +310,9 @@ class NegativeMiningEnv(gym.Env):
         train = data.train
         n = train.n_pairs
         toy = cfg.env.reward in TRAINING_FREE
+        check_group(self._batches_per_space(), self.replicas.size)
         warmup = self.warmup_length()
-        total = warmup + self.budget * self._batches_per_space()
+        total = self.trainer_steps(self.budget)
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=episode_seed))
         if self._image_size is None:  # as the data render it (pretrain does the same)
             self._image_size = int(train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
@@ -316,7 +325,12 @@ class NegativeMiningEnv(gym.Env):
         self.fn_stats = FalseNegativeStats()
         if cfg.mining.refresh_at_start or toy:
             with self.timing("state"):
-                self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True), self.trainer.step)
+                if self.replicas.size > 1:  # each rank embeds its share, every rank stores all
+                    refresh_sharded(self.cache, self.trainer, train, self.trainer.step,
+                                    MiningConfig.cache_refresh_chunk, cfg.eval.batch_size)
+                else:
+                    self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True),
+                                       self.trainer.step)
         self.history = MemberHistory(n, train.specificity)
         self._warmup(warmup)
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
@@ -330,7 +344,10 @@ class NegativeMiningEnv(gym.Env):
         with self.timing("state"):
             self._next_space()
         if warm_path is not None and first_episode:
-            save_warm_start(warm_path, warm_signature(cfg, seed), self.state_dict())
+            state = self.state_dict()  # every rank: the state gathers each rank's RNG streams
+            if world().is_main:
+                save_warm_start(warm_path, warm_signature(cfg, seed), state)
+            barrier()  # the file exists for every rank from here on
         info = {"episode_seed": episode_seed, "trainer_step": int(self.trainer.step), "warmup_steps": warmup}
         return self._obs.copy(), info
 
@@ -358,10 +375,15 @@ class NegativeMiningEnv(gym.Env):
 
     def _fresh_randomness(self, seed: int) -> None:
         """Reseed what an episode draws after the warm-up (the env's chain / search-space RNG, the
-        trainer's mask and ITM generators, the global RNGs) and cut new search spaces."""
+        trainer's mask and ITM generators, the global RNGs) and cut new search spaces. The env's
+        chain RNG is the same on every rank; each rank's trainer streams (and dropout) are its own,
+        from :func:`~falcon_rl.distributed.replica_seed` (rank 0's: those of a single process)."""
         seed_everything(seed)
         self.rng = np.random.default_rng(seed)
-        mask_seed, itm_seed = np.random.SeedSequence(seed).generate_state(2)
+        own_seed = replica_seed(seed, self.trainer.replica)
+        if self.trainer.replica:  # dropout of another rank: a stream of its own (as Trainer does)
+            torch.manual_seed(own_seed)
+        mask_seed, itm_seed = np.random.SeedSequence(own_seed).generate_state(2)
         self.trainer.mask_generator.manual_seed(int(mask_seed))
         self.trainer.itm_generator.manual_seed(int(itm_seed))
         self.spaces.clear()
@@ -419,55 +441,46 @@ class NegativeMiningEnv(gym.Env):
                     own = -(q - opt[np.clip(spec - 1, 0, len(opt) - 1)]) ** 2
             else:
                 batches = iter(stream)
-                while True:
+                group = self.replicas.size  # one optimiser step: one local batch per rank
+                while reason is None:
                     with timing("chain"):  # includes the wait for the prefetch thread
-                        local = next(batches, None)
-                    if local is None:
+                        local = [b for b in (next(batches, None) for _ in range(group)) if b is not None]
+                    if not local:
                         break
-                    idx = members[local]
-                    try:
-                        with timing("chain"):  # collating the batch is part of building it
-                            batch = train.batch(idx)
-                        targets = ground_truth_targets(train, idx) if self.gt_targets else None
-                        own_values = None
-                        if metered:
-                            out, measured = meter.train(self.trainer, batch, targets, compute=compute,
-                                                        own=self.own_rewards, timing=timing)
-                            comp, own_values = measured.components, measured.own
-                        else:
-                            out, comp = train_with_reward(self.trainer, batch, cfg.env.reward, targets,
-                                                          compute=compute, estimator=cfg.env.reward_estimator,
-                                                          subbatch=cfg.env.reward_subbatch, timing=timing)
-                    except RuntimeError as e:  # e.g. sampling from NaN similarities of diverged weights
-                        if self._weights_finite():
-                            raise
-                        reason = f"non-finite weights at trainer step {self.trainer.step}: {e}"
-                        break
-                    values = list(out.losses.values()) + list(comp.values())
-                    if not all(math.isfinite(v) for v in values):
-                        reason = (f"non-finite loss at trainer step {self.trainer.step}: "
-                                  + ", ".join(f"{k}={v}" for k, v in {**out.losses, **comp}.items()))
-                        break
-                    if out.stats.get("skipped"):
-                        reason = (f"update skipped at trainer step {self.trainer.step}: non-finite gradients "
-                                  f"(grad_norm={out.stats['grad_norm']}); the model did not train "
-                                  "(lower train.lr or set train.grad_clip > 0)")
-                        break
-                    for k in losses:
-                        losses[k].append(out.losses[k])
-                    for k, v in comp.items():
-                        components.setdefault(k, []).append(v)
-                    rewards.append(sum(comp.get(p, 0.0) for p in reward_parts(cfg.env.reward, self.trainer.lm_name)) if compute
-                                   else float("nan"))
-                    per_batch.append(comp)
-                    if own is not None:  # a pair without a masked token gets its batch's reward
-                        own[local] = rewards[-1] if own_values is None else np.where(
-                            np.isfinite(own_values), own_values, rewards[-1])
-                    if mafa is not None and out.connections is not None:
-                        mafa += count_batch(train, out.index.numpy(), out.connections)
-                    with timing("state"):  # what the next states read
-                        self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
-                        self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+                    results = self.replicas.run(self.trainer, [members[b] for b in local], self._load_batch,
+                                                functools.partial(self._train_batch, metered=metered))
+                    for position, (chosen, res) in enumerate(zip(local, results)):  # in chain order, as one process
+                        if res.error is not None:  # e.g. sampling from NaN similarities of diverged weights
+                            if not res.runtime or self._weights_finite():
+                                res.raise_error(position)
+                            reason = f"non-finite weights at trainer step {self.trainer.step}: {res.exc or res.error}"
+                            break
+                        comp = res.components
+                        values = list(res.losses.values()) + list(comp.values())
+                        if not all(math.isfinite(v) for v in values):
+                            reason = (f"non-finite loss at trainer step {self.trainer.step}: "
+                                      + ", ".join(f"{k}={v}" for k, v in {**res.losses, **comp}.items()))
+                            break
+                        if res.stats.get("skipped"):
+                            reason = (f"update skipped at trainer step {self.trainer.step}: non-finite gradients "
+                                      f"(grad_norm={res.stats['grad_norm']}); the model did not train "
+                                      "(lower train.lr or set train.grad_clip > 0)")
+                            break
+                        for k in losses:
+                            losses[k].append(res.losses[k])
+                        for k, v in comp.items():
+                            components.setdefault(k, []).append(v)
+                        rewards.append(sum(comp.get(p, 0.0) for p in reward_parts(cfg.env.reward, self.trainer.lm_name))
+                                       if compute else float("nan"))
+                        per_batch.append(comp)
+                        if own is not None:  # a pair without a masked token gets its batch's reward
+                            own[chosen] = rewards[-1] if res.own is None else np.where(
+                                np.isfinite(res.own), res.own, rewards[-1])
+                        if mafa is not None and res.filter_counts is not None:
+                            mafa += FilterCounts.from_dict(res.filter_counts)
+                        with timing("state"):  # what the next states read
+                            self.cache.update(res.index, res.image_embed, res.text_embed, self.trainer.step)
+                            self.history.record_loss(res.index.numpy(), res.itc_per_sample.numpy())
                 if reason is None and self.probe is not None and compute:
                     with timing("reward"):
                         r1 = self.probe.score(self.trainer)
@@ -513,6 +526,27 @@ class NegativeMiningEnv(gym.Env):
             with timing("state"):
                 self._next_space()
         return self._obs.copy(), reward, terminated, truncated, info
+
+    def _load_batch(self, idx: np.ndarray) -> tuple[np.ndarray, Any]:
+        with self.timing("chain"):  # collating the batch is part of building it
+            return idx, self.data.train.batch(idx)
+
+    def _train_batch(self, trainer: Trainer, loaded: tuple[np.ndarray, Any], metered: bool = False) -> BatchResult:
+        """One mined local batch: train it with its reward (this rank's batch of the step); ``metered``:
+        through :attr:`meter` (the ``env.reward_log`` options, per-member own rewards, the newer rewards)."""
+        cfg, train = self.cfg, self.data.train
+        idx, batch = loaded
+        targets = ground_truth_targets(train, idx) if self.gt_targets else None
+        own = None
+        if metered:
+            out, measured = self.meter.train(trainer, batch, targets, compute=self.computes_reward,
+                                             own=self.own_rewards, timing=self.timing)
+            comp, own = measured.components, measured.own
+        else:
+            out, comp = train_with_reward(trainer, batch, cfg.env.reward, targets, compute=self.computes_reward,
+                                          estimator=cfg.env.reward_estimator, subbatch=cfg.env.reward_subbatch,
+                                          timing=self.timing)
+        return outcome(out, comp, train if cfg.model.false_negatives == "mafa" else None, own)
 
     def _member_reward(self, batches: list[np.ndarray], rewards: list[float], reward: float,
                        n: int) -> np.ndarray:
@@ -560,20 +594,27 @@ class NegativeMiningEnv(gym.Env):
         order = np.zeros(0, dtype=np.int64)
         bar = progress_bar(steps, "warm-up", self.cfg.logging.progress, interval=self.cfg.logging.progress_interval)
         for _ in range(steps):
-            if order.size < b:
-                order = np.concatenate([order, pool[self.rng.permutation(pool.size)]])
-            idx, order = order[:b], order[b:]
-            batch = train.batch(idx)
-            with self.timing("train"):
-                out = self.trainer.train_step(batch)
-            if not all(math.isfinite(v) for v in out.losses.values()) or out.stats.get("skipped"):
-                raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: non-finite loss or "
-                                         f"gradients (grad_norm={out.stats.get('grad_norm')}, losses {out.losses}); "
-                                         "lower train.lr or set train.grad_clip > 0")
-            self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
-            self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
-            bar.update(1, **{out.lm_name: out.lm})
+            group = []
+            for _ in range(self.replicas.size):  # one optimiser step: one local batch per rank
+                if order.size < b:
+                    order = np.concatenate([order, pool[self.rng.permutation(pool.size)]])
+                idx, order = order[:b], order[b:]
+                group.append(idx)
+            for position, out in enumerate(self.replicas.run(self.trainer, group, train.batch, self._warmup_step)):
+                if out.error is not None:
+                    out.raise_error(position)
+                if not all(math.isfinite(v) for v in out.losses.values()) or out.stats.get("skipped"):
+                    raise FloatingPointError(f"warm-up diverged at trainer step {self.trainer.step}: non-finite loss "
+                                             f"or gradients (grad_norm={out.stats.get('grad_norm')}, losses "
+                                             f"{out.losses}); lower train.lr or set train.grad_clip > 0")
+                self.cache.update(out.index, out.image_embed, out.text_embed, self.trainer.step)
+                self.history.record_loss(out.index.numpy(), out.itc_per_sample.numpy())
+            bar.update(1, **{self.trainer.lm_name: out.losses[self.trainer.lm_name]})
         bar.close()
+
+    def _warmup_step(self, trainer: Trainer, batch: Any) -> BatchResult:
+        with self.timing("train"):
+            return outcome(trainer.train_step(batch), {})
 
     def _next_space(self) -> None:
         """Advance to the next search space and compute its similarity and state."""
@@ -598,9 +639,12 @@ class NegativeMiningEnv(gym.Env):
     def state_dict(self) -> dict[str, Any]:
         """Everything the episode depends on, ``weights_only``-safe (train-agent's resume checkpoint):
         the trainer (model, optimiser, schedule, RNGs), embedding cache, member history, queue of
-        search spaces, the env's RNGs, counters. Taken between two steps."""
+        search spaces, the env's RNGs, counters. Taken between two steps. Under several processes
+        every rank calls it (it gathers each rank's RNG streams) and rank 0 writes it."""
         if self.trainer is None:
             raise RuntimeError("NegativeMiningEnv.state_dict() called before reset()")
+        split = self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None
+        ranks = self.replicas.size
         return {
             "episode_seed": self._episode_seed, "trainer_total": self.trainer.total_steps,
             "trainer": self.trainer.state_dict(),
@@ -611,13 +655,20 @@ class NegativeMiningEnv(gym.Env):
             "rng": numpy_generator_state(self.rng), "np_random": numpy_generator_state(self.np_random),
             "r1": float(self._r1), "oracle": self.oracle, "gt_targets": self.gt_targets,
             "mining_start": self._mining_start, "warm_seed": self._warm_seed,
-            "split": self.data.train.state_dict() if hasattr(self.data.train, "state_dict") else None,
+            "split": split,
+            **({"world_size": ranks, "rank_split": all_gather_object(split)} if ranks > 1 else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the episode :meth:`state_dict` described (instead of :meth:`reset`)."""
         data, cfg = self.data, self.cfg
         train = data.train
+        saved = int(state.get("world_size", 1))
+        if saved != self.replicas.size:
+            how = f"torchrun --nproc_per_node {saved}" if saved > 1 else "one process, without torchrun"
+            raise ValueError(f"this env state was written by {saved} process(es) and continues only with as many "
+                             f"(this run has {self.replicas.size}): run it with {how}")
+        check_group(self._batches_per_space(), self.replicas.size)
         self._episode_seed = int(state["episode_seed"])
         run_cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=self._episode_seed))
         if self._image_size is None:
@@ -642,8 +693,9 @@ class NegativeMiningEnv(gym.Env):
         self.gt_targets = bool(state.get("gt_targets", self.gt_targets))
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
         self._r1 = float(state["r1"])
-        if state.get("split") is not None:
-            train.load_state_dict(state["split"])  # e.g. the augmentation RNG of image files
+        split = own_state(state["rank_split"], "env state") if "rank_split" in state else state.get("split")
+        if split is not None:
+            train.load_state_dict(split)  # e.g. the augmentation RNG of image files (each rank its own)
         self._members = np.asarray(state["members"], dtype=np.int64)
         self._episodes_started = max(self._episodes_started, 1)  # a resumed or warm-started episode
         self._warm_seed = state.get("warm_seed", self._warm_seed)

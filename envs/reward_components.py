@@ -105,13 +105,14 @@ class ValidationProbe:
 
     def _lm_chunks(self, trainer: Trainer) -> list[tuple[Batch, MLMMasks]]:
         """The held-out pairs in batches with fixed LM masks (drawn once, from their own generator)."""
-        if self._chunks is None:
+        if self._chunks is None:  # built whole, then published (replicas of one process may ask at once)
             gen = torch.Generator().manual_seed(self.seed)
-            self._chunks = []
+            chunks = []
             for s in range(0, self.pairs.size, self.batch_size):
                 batch = self.split.batch(self.pairs[s:s + self.batch_size])
                 masks = trainer.model.make_lm_masks(batch.input_ids, batch.attention_mask, gen)
-                self._chunks.append((batch, masks))
+                chunks.append((batch, masks))
+            self._chunks = chunks
         return self._chunks
 
     @torch.no_grad()
@@ -197,8 +198,10 @@ class RewardMeter:
         return parts
 
     def _hi_masks(self, trainer: Trainer, batch: Batch) -> MLMMasks:
-        """mlm_hi's masks (ALBEF's BERT masking): ``env.reward_mlm_prob``, seeded by (run seed, trainer step)."""
-        seed = int(np.random.SeedSequence([trainer.cfg.train.seed, _HI_STREAM, trainer.step]).generate_state(1)[0])
+        """mlm_hi's masks (ALBEF's BERT masking): ``env.reward_mlm_prob``, seeded by (run seed, trainer step),
+        and the rank under several processes (the N batches of one optimiser step share its trainer step)."""
+        entropy = [trainer.cfg.train.seed, _HI_STREAM, trainer.step] + ([trainer.replica] if trainer.replica else [])
+        seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         ids = trainer.model.special_ids
         m = trainer.cfg.model
         return mask_tokens(batch.input_ids, batch.attention_mask, [ids["cls"], ids["sep"], ids["pad"]], ids["mask"],

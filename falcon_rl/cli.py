@@ -7,6 +7,10 @@ Every subcommand lives in :mod:`falcon_rl.commands` as a module with ``HELP``,
 Expected failures (a bad config, data file, checkpoint or agent file, a diverged run) print one
 line ``error: ...`` on stderr and exit non-zero: 2 for bad input, 130 after Ctrl-C; the
 traceback is shown only with ``--debug``.
+
+Under ``torchrun --nproc_per_node N -m falcon_rl.cli <command> ...`` (or ``-m falcon_rl``, or
+torchrun's ``--no-python falcon-rl``) ``pretrain``, ``train-agent`` and ``ablate`` join the process
+group (:func:`join_processes`) and run data-parallel; rank 0 prints, logs and writes the files.
 """
 
 from __future__ import annotations
@@ -60,6 +64,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def join_processes(cfg):
+    """Join torchrun's process group (backend from ``train.device``: nccl on CUDA, gloo on the CPU).
+    Returns the config to run (the other ranks' without progress output) and whether this process
+    is rank 0, the one that prints. A no-op without torchrun."""
+    import dataclasses
+
+    from falcon_rl.distributed import init
+
+    if init(cfg.train.device).is_main:
+        return cfg, True
+    return dataclasses.replace(cfg, logging=dataclasses.replace(cfg.logging, progress=False)), False
+
+
 def one_line(error: BaseException) -> str:
     """An exception's message on one line (its type where the message is empty)."""
     text = " ".join(part.strip() for part in str(error).strip().splitlines() if part.strip())
@@ -88,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
         hint = "" if debug else "  (--debug shows the traceback)"
         print(f"error: {one_line(e)}{hint}", file=sys.stderr)
         return 2
+    finally:
+        from falcon_rl.distributed import shutdown
+
+        shutdown()
 
 
 if __name__ == "__main__":

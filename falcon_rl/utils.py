@@ -20,16 +20,19 @@ def seed_everything(seed: int) -> np.random.Generator:
 
 
 def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``.
+    """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``. Under several
+    processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK`` (:func:`falcon_rl.distributed.rank_device`).
 
     Raises a clear error when CUDA is asked for but absent.
     """
+    from falcon_rl.distributed import rank_device
+
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return rank_device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
-    return dev
+    return rank_device(name)
 
 
 def after_existing_event_files(log_dir: str | Path) -> None:

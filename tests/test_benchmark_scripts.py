@@ -51,3 +51,12 @@ def test_trainer_overhead_loops_share_one_model(tmp_path, one_thread):
     step = trainer.step
     fns["ours"]()
     assert trainer.step == step + 1
+
+
+def test_ddp_step_time_measures_one_process(tmp_path, one_thread):
+    bench = runpy.run_path(str(BENCH / "ddp_step_time.py"))
+    args = argparse.Namespace(preset="tiny", batch_size=8, steps=2, skip=1, cache_dir=str(tmp_path))
+    out = bench["measure"](args)
+    assert out["processes"] == 1 and out["is_main"] and out["steps"] == 2
+    assert 0 < out["step_wall_s"] and 0 < out["step_cpu_s"]
+    assert out["pairs_per_s"] == pytest.approx(8 / out["step_wall_s"])

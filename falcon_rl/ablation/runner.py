@@ -36,6 +36,7 @@ from falcon_rl.ablation.plots import plot_all
 from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
+from falcon_rl.distributed import broadcast_object, world
 from falcon_rl.training.warm_start import signature_digest, signature_mismatch, warm_signature
 
 #: ``run_fn(cfg, scheduler_name, out_dir) -> run record`` (see falcon_rl.ablation.results)
@@ -127,9 +128,12 @@ def check_finished_run(spec: RunSpec) -> None:
 
 
 def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
-    """Run one spec, turning any exception into a failed record."""
-    spec.out_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(spec.cfg, spec.out_dir / "config.yaml")
+    """Run one spec, turning any exception into a failed record (under torchrun every rank runs it,
+    rank 0 writes)."""
+    main = world().is_main
+    if main:
+        spec.out_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(spec.cfg, spec.out_dir / "config.yaml")
     start = time.perf_counter()
     try:
         with progress.scope(f"{spec.label}/seed{spec.seed}"):
@@ -142,18 +146,33 @@ def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
                   "traceback": traceback.format_exc(), "wall_time": time.perf_counter() - start}
     record["scheduler"] = spec.label
     record["seed"] = spec.seed
-    (spec.out_dir / "results.json").write_text(json.dumps(record, indent=1, default=float))
+    if main:
+        (spec.out_dir / "results.json").write_text(json.dumps(record, indent=1, default=float))
     if record["status"] == "interrupted":  # Ctrl-C inside the run: stop the ablation (a rerun continues it)
         raise KeyboardInterrupt(f"{spec.label}/seed{spec.seed}: {record.get('error', 'interrupted')}")
     return record
 
 
-def _pool_init(progress_queue: Any = None) -> None:
-    """Worker process: one torch thread; progress goes to the parent (None: no progress)."""
+def _pool_init(progress_queue: Any = None, counter: Any = None) -> None:
+    """Worker process: one torch thread; progress goes to the parent (None: no progress); with
+    ``counter`` (a shared int) and several GPUs, worker k trains on GPU k mod #GPUs."""
     import torch
 
     torch.set_num_threads(1)
     progress.install_worker(progress_queue)
+    if counter is not None:
+        with counter.get_lock():
+            k = counter.value
+            counter.value += 1
+        gpu = worker_gpu(k, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+        if gpu is not None:
+            torch.cuda.set_device(gpu)  # train.device auto / cuda means this GPU
+
+
+def worker_gpu(worker: int, gpus: int) -> int | None:
+    """The GPU of parallel worker ``worker`` (round robin; None without GPUs): independent runs
+    spread over a node's GPUs (``ablation.workers``, without torchrun)."""
+    return worker % gpus if gpus > 0 else None
 
 
 def _warm_jobs(todo: list[RunSpec]) -> list[RunSpec]:
@@ -201,12 +220,15 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     """
     specs = run_specs(cfg, source)
     out_root = Path(cfg.ablation.out_dir).expanduser()
-    out_root.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out_root / "ablation_config.yaml")
+    main = world().is_main  # under torchrun: rank 0 decides what to run and writes; all ranks run each run
+    if main:
+        out_root.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out_root / "ablation_config.yaml")
+    finished_before = broadcast_object({(s.label, s.seed): load_record(s.out_dir) for s in specs} if main else None)
     records: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
     for spec in specs:
-        old = load_record(spec.out_dir)
+        old = finished_before[(spec.label, spec.seed)]
         if old is not None and old.get("status") == "ok":
             check_finished_run(spec)
             records[(spec.label, spec.seed)] = old
@@ -215,11 +237,11 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
             todo.append(spec)
     if todo and prepare is not None:
         prepare(cfg)
-    jobs = _warm_jobs(todo)
+    jobs = broadcast_object(_warm_jobs(todo) if main else None)
     if jobs and warm_fn is not None:
         _run_warm_ups(jobs, warm_fn, cfg.ablation.workers, log)
     t0 = time.perf_counter()
-    mode = progress.resolve_mode(cfg.logging.progress)
+    mode = progress.resolve_mode(cfg.logging.progress if main else False)
     board = progress.WorkerBoard(len(todo), mode, cfg.logging.progress_interval) if todo else None
 
     def finished(s: RunSpec, rec: dict[str, Any]) -> None:
@@ -233,7 +255,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
             ctx = mp.get_context("spawn")
             queue = ctx.Queue() if mode != progress.OFF else None  # workers -> board
             with cf.ProcessPoolExecutor(cfg.ablation.workers, mp_context=ctx, initializer=_pool_init,
-                                        initargs=(queue,)) as pool:
+                                        initargs=(queue, ctx.Value("i", 0))) as pool:
                 futures = {pool.submit(_execute, s, run_fn): s for s in todo}
                 pending = set(futures)
                 while pending:
@@ -255,6 +277,8 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
         if board is not None:
             board.close()
     runs = [records[(s.label, s.seed)] for s in specs]
+    if not main:
+        return {"runs": runs}
     write_results_csv(runs, out_root / "results.csv")
     rows = aggregate(runs)
     notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "

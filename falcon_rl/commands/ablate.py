@@ -28,23 +28,42 @@ def _prepare(cfg) -> None:
     print(f"data ready ({cfg.data.source}, {time.perf_counter() - start:.1f} s)", flush=True)
 
 
+def _load(cfg) -> None:
+    """A follower rank's :func:`_prepare` (silent)."""
+    from falcon_rl.data import load_data
+
+    load_data(cfg.data)
+
+
 def run(args: argparse.Namespace) -> int:
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
     from falcon_rl.agents.runner import run_scheduler, write_warm_start
+    from falcon_rl.cli import join_processes
+    from falcon_rl.config import ConfigError
+    from falcon_rl.distributed import world
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"ablation.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
+    cfg, main_rank = join_processes(cfg)  # torchrun: each run data-parallel over its processes, one run at a time
+    if world().distributed and cfg.ablation.workers > 1:
+        raise ConfigError(f"ablation.workers={cfg.ablation.workers}: under torchrun the runs are data-parallel and run "
+                          "one after the other; set ablation.workers=1 (or run independent runs in parallel processes "
+                          "without torchrun)")
+    say = (lambda s: print(s, flush=True)) if main_rank else (lambda s: None)
     # rebuilt from the parsed arguments (sys.argv is not ours when called as cli.main([...]))
     parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
     command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
     run_fn = functools.partial(run_scheduler, resume="auto")  # an interrupted run continues where it stopped
     out = run_ablation(cfg, run_fn, source=str(args.config), command=command.strip(),
-                       prepare=_prepare, log=lambda s: print(s, flush=True), warm_fn=write_warm_start)
+                       prepare=_prepare if main_rank else _load, log=say, warm_fn=write_warm_start)
+    failed = sum(r.get("status") != "ok" for r in out["runs"])
+    if not main_rank:
+        return 1 if failed == len(out["runs"]) else 0
     print()
     print(out["markdown"])
     root = Path(cfg.ablation.out_dir)
@@ -53,5 +72,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot:    {p}")
     print(f"TensorBoard: tensorboard --logdir {root}")
     print(f"total wall time: {time.perf_counter() - start:.0f} s")
-    failed = sum(r.get("status") != "ok" for r in out["runs"])
     return 1 if failed == len(out["runs"]) else 0

@@ -36,15 +36,19 @@ def _frozen_sampler(path: str, cfg):
 
 
 def run(args: argparse.Namespace) -> int:
+    from falcon_rl.cli import join_processes
     from falcon_rl.training.pretrain import pretrain
 
     overrides = list(args.overrides) + (["agent.trust_agent_file=true"] if args.trust_agent_file else [])
     cfg = load_config(args.config, overrides)
     check_model(cfg, str(args.config or "<defaults>"))
+    cfg, main_rank = join_processes(cfg)  # torchrun: data-parallel over its processes
     if args.scheduler:
         check_mining(cfg, str(args.config or "<defaults>"))
     sampler = _frozen_sampler(args.scheduler, cfg) if args.scheduler else None
     results = pretrain(cfg, resume=args.resume, batch_sampler=sampler)
+    if not main_rank:
+        return 0
     summary = {"step": results["step"], "train_seconds": round(results["train_seconds"], 1),
                **{k: round(v, 2) for k, v in results["headline"].items() if v is not None},
                **{f"chance_{k}": round(results["chance"][k], 2) for k in results["headline"]}}

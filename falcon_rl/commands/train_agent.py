@@ -34,6 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from falcon_rl.agents import canonical_name
     from falcon_rl.agents.runner import run_scheduler
+    from falcon_rl.cli import join_processes
 
     overrides = list(args.overrides)
     if args.agent:
@@ -50,9 +51,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     check_mining(cfg, str(args.config or "<defaults>"))
+    cfg, main_rank = join_processes(cfg)  # torchrun: data-parallel over its processes, the scheduler on rank 0
     out_dir = args.out if args.out is not None else cfg.train.out_dir
     results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load,
                             resume=args.resume)
+    if not main_rank:  # rank 0 prints; every rank exits with the run's status
+        return {"ok": 0, "interrupted": 130}.get(results.get("status"), 1)
     final = results.get("final") or {}
     summary = {
         "status": results["status"],

@@ -27,6 +27,10 @@ class TrainConfig:
     out_dir: str = param("runs/pretrain", "where checkpoints, logs and results go")
     checkpoint_every: int = param(0, "save a checkpoint every N steps (0 = only at the end)", ge=0)
     eval_every: int = param(0, "evaluate retrieval every N steps (0 = only at the end)", ge=0)
+    global_negatives: bool = param(False, "several processes (torchrun): ITC contrasts each pair with the pairs of "
+                                   "every rank's local batch (all_gather with gradient, CLIP-style global "
+                                   "negatives) instead of its own local batch only; hard negatives always sit in "
+                                   "the anchor's local batch. No effect in a single process")
 
     def __post_init__(self) -> None:
         if len(self.betas) != 2:

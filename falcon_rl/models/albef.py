@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,11 @@ from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_l
 from falcon_rl.models.masking import MLMMasks, mask_tokens
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.presets import ModelShape, resolve_shape
+
+
+#: ``gather(image_feat, text_feat, index) -> (image_feat, text_feat, index)`` of the pairs to add as ITC
+#: columns (the other ranks' local batches, :func:`falcon_rl.distributed.gather_others`)
+FeatureGather = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -316,6 +322,7 @@ class ALBEF(nn.Module):
         itc_smoothing: float | None = None,
         pair_planner: PairPlanner | None = None,
         mlm_tokens: bool = False,
+        feature_gather: FeatureGather | None = None,
     ) -> ALBEFOutput:
         """One ALBEF training forward pass.
 
@@ -335,6 +342,10 @@ class ALBEF(nn.Module):
             ITM pairs and labels, and adds MLM samples (MAFA's connection mining).
         :param mlm_tokens: also return the per-position plain MLM cross-entropy of the batch's own
             masked positions (``mlm_tokens``; MAFA's extra MLM samples are not among them).
+        :param feature_gather: several processes with ``train.global_negatives``
+            (:func:`falcon_rl.distributed.gather_others`): the other ranks' ITC features (with
+            gradient) and indices join the ITC columns after the local batch's, as a queue would
+            (no momentum); ITM and the planner still see the local batch only.
         """
         cfg = self.cfg
         attention_mask, input_ids, mlm_input_ids, mlm_labels = trim_padding(
@@ -368,6 +379,12 @@ class ALBEF(nn.Module):
             image_all, text_all = image_feat, text_feat
             pos_i2t, pos_t2i = pos_batch, pos_batch.t()
             soft_i2t = soft_t2i = None
+            if feature_gather is not None:  # global negatives: the other ranks' pairs as extra columns
+                image_o, text_o, index_o = feature_gather(image_feat, text_feat, index)
+                image_all = torch.cat([image_feat, image_o.to(image_feat)])
+                text_all = torch.cat([text_feat, text_o.to(text_feat)])
+                pos_o = (index[:, None] == index_o[None, :]).float()
+                pos_i2t, pos_t2i = torch.cat([pos_batch, pos_o], dim=1), torch.cat([pos_batch.t(), pos_o], dim=1)
         sim_i2t = (image_feat @ text_all.t()).float() / temp
         sim_t2i = (text_feat @ image_all.t()).float() / temp
         plan = None if pair_planner is None else pair_planner(sim_i2t[:, :b].detach(), sim_t2i[:, :b].detach(),

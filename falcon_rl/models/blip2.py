@@ -357,11 +357,16 @@ class BLIP2(nn.Module):
         itc_smoothing: float | None = None,
         pair_planner: PairPlanner | None = None,
         mlm_tokens: bool = False,
+        feature_gather: Any = None,
     ) -> BLIP2Output:
         """One stage-1 training forward (module docstring); arguments as
         :meth:`falcon_rl.models.albef.ALBEF.forward` (``lm_*`` from :meth:`make_lm_masks`; ``alpha``
         and ``update_queue`` belong to momentum distillation and are ignored; ``mlm_tokens`` returns
-        the per-target plain ITG loss of the batch's own captions)."""
+        the per-target plain ITG loss of the batch's own captions; ``feature_gather``, the other
+        ranks' ITC features of ``train.global_negatives``, is not supported yet)."""
+        if feature_gather is not None:
+            raise ValueError("train.global_negatives=true is not supported by BLIP-2 (model.framework=blip2) yet: "
+                             "set train.global_negatives=false")
         cfg = self.cfg
         attention_mask, input_ids, lm_input_ids, lm_labels = trim_padding(
             attention_mask, input_ids, lm_input_ids, lm_labels)

@@ -97,12 +97,14 @@ class VLPModel(Protocol):
                 itc_targets: torch.Tensor | None = None, alpha: float | None = None,
                 generator: torch.Generator | None = None, update_queue: bool = True,
                 itc_smoothing: float | None = None, pair_planner: PairPlanner | None = None,
-                mlm_tokens: bool = False) -> VLPOutput:
+                mlm_tokens: bool = False, feature_gather: Any = None) -> VLPOutput:
         """One training forward: ITC, ITM (in-batch hard negatives drawn with ``generator``; pairs with
         ``itc_targets > 0`` or equal ``index`` are positives, never negatives) and the LM loss on the
         given masks; ``pair_planner`` (MAFA) may replace positives, ITM pairs and add LM samples;
         ``mlm_tokens`` also returns the per-target plain LM cross-entropy (``mlm_tokens``, row-major
-        over ``lm_labels != -100``) for the sub-batch reward estimate."""
+        over ``lm_labels != -100``) for the sub-batch reward estimate; ``feature_gather`` (several
+        processes, ``train.global_negatives``) adds the other ranks' pairs as ITC negatives
+        (:func:`falcon_rl.distributed.gather_others`); a model without it raises a ValueError."""
         ...
 
     def make_lm_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,

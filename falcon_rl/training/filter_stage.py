@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 from falcon_rl.config import ConfigError, ExperimentConfig, to_dict
 from falcon_rl.data.base import DataBundle
+from falcon_rl.distributed import broadcast_object, world
 
 #: the filter's record in its directory
 FILTER_RECORD = "filter.json"
@@ -90,18 +91,23 @@ def ensure_filter(cfg: ExperimentConfig, steps: int, data: DataBundle | None = N
     root = Path(fcfg.train.out_dir)
     record_path = root / FILTER_RECORD
     want = _fingerprint(fcfg)
-    with _locked(root / ".lock"):
-        if record_path.is_file() and (root / "checkpoint.pt").is_file():
-            record = json.loads(record_path.read_text())
-            if record.get("fingerprint") != want:
+    main = world().is_main  # under torchrun rank 0 holds the lock and decides; every rank trains
+    with _locked(root / ".lock") if main else contextlib.nullcontext():
+        found = None
+        if main and record_path.is_file() and (root / "checkpoint.pt").is_file():
+            found = json.loads(record_path.read_text())
+        found, resume = broadcast_object((found, (root / "checkpoint.pt").is_file()) if main else None)
+        if found is not None:
+            if found.get("fingerprint") != want:
                 raise ConfigError(f"mafa.filter_dir={cfg.mafa.filter_dir}: the filter there was trained with other "
-                                  f"settings (data, model, train or step budget {record.get('steps')} vs {steps}); "
+                                  f"settings (data, model, train or step budget {found.get('steps')} vs {steps}); "
                                   "delete it or point mafa.filter_dir elsewhere")
-            return float(record["wall_time"])
+            return float(found["wall_time"])
         start = time.perf_counter()
-        results = pretrain(fcfg, resume=(root / "checkpoint.pt").is_file(), data=data)
+        results = pretrain(fcfg, resume=resume, data=data)
         wall = time.perf_counter() - start
         record = {"wall_time": wall, "steps": int(steps), "seed": fcfg.train.seed,
                   "headline": results.get("headline"), "fingerprint": want}
-        record_path.write_text(json.dumps(record, indent=1))
+        if main:
+            record_path.write_text(json.dumps(record, indent=1))
         return wall

@@ -19,6 +19,13 @@ A *batch sampler* decides the batches of each epoch; the default is a uniform sh
 It may also define ``attach(trainer, split)`` (called once before training or resuming),
 ``observe_step(output: StepOutput)`` (called after every step, e.g. to fill an embedding cache)
 and ``state_dict()`` / ``load_state_dict(state)`` (checkpointed; tensors and primitives only).
+
+Under torchrun (:mod:`falcon_rl.distributed`) one optimiser step trains N local batches: rank r
+trains batches r, r + N, ... of each epoch's list (a last group of fewer than N is dropped), DDP
+averages the gradients, and ``train.steps`` counts optimiser steps. The sampler runs on rank 0 and
+its batches are broadcast; ``observe_step`` sees every rank's output, in rank order. Rank 0 logs,
+evaluates and writes the checkpoint (every rank's RNG streams in it) and the results; every rank
+resumes from them, with the same number of processes.
 """
 
 from __future__ import annotations
@@ -29,13 +36,16 @@ import time
 from pathlib import Path
 from typing import Callable, Protocol
 
+import dataclasses
+
 import numpy as np
 import torch
 
-from falcon_rl.config import ExperimentConfig, dump_yaml
+from falcon_rl.config import ConfigError, ExperimentConfig, dump_yaml
+from falcon_rl.distributed import all_gather_object, all_true, any_true, broadcast_object, own_state, world
 from falcon_rl.data.base import DataBundle, PairSplit
 from falcon_rl.progress import progress_bar
-from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.training.checkpoint import atomic_save, numpy_generator_state, set_numpy_generator_state
 from falcon_rl.training.evaluation import HEADLINE
 from falcon_rl.training.interrupt import GracefulInterrupt
 from falcon_rl.training.trainer import StepOutput, Trainer
@@ -78,6 +88,7 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
     from falcon_rl.data import load_data
 
     sampler: Callable = batch_sampler if batch_sampler is not None else random_batches
+    ranks = world()
     out_dir = Path(cfg.train.out_dir).expanduser()
     ckpt = out_dir / "checkpoint.pt"
     if resume and not ckpt.is_file():
@@ -94,18 +105,26 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         sampler.attach(trainer, split)
     if resume:
         extra = trainer.load_checkpoint(ckpt)
+        if int(extra.get("world_size", 1)) != ranks.size:
+            n = int(extra.get("world_size", 1))
+            how = f"torchrun --nproc_per_node {n}" if n > 1 else "one process, without torchrun"
+            raise ConfigError(f"--resume: {ckpt} was written by {n} process(es), this run has {ranks.size}: resume "
+                              f"with the same number ({how})")
         epoch, position = int(extra["epoch"]), int(extra["position"])
         batches = [t.numpy() for t in extra["batches"]]
         set_numpy_generator_state(rng, extra["rng"])
         history = list(extra.get("history", []))
         if hasattr(sampler, "load_state_dict") and "sampler" in extra:
             sampler.load_state_dict(extra["sampler"])
-        if hasattr(split, "load_state_dict") and "split" in extra:
-            split.load_state_dict(extra["split"])  # e.g. the augmentation RNG of image files
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dump_yaml(cfg, out_dir / "config.yaml")
+        if hasattr(split, "load_state_dict") and ("split" in extra or "rank_split" in extra):
+            # e.g. the augmentation RNG of image files (each rank its own)
+            state = own_state(extra["rank_split"], str(ckpt)) if "rank_split" in extra else extra["split"]
+            split.load_state_dict(state)
+    if ranks.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_yaml(cfg, out_dir / "config.yaml")
 
-    def save() -> None:
+    def save() -> None:  # every rank (the checkpoint gathers each rank's RNG streams); rank 0 writes
         extra = {"epoch": epoch, "position": position,
                  "batches": [torch.as_tensor(np.asarray(b, dtype=np.int64)) for b in (batches or [])],
                  "rng": numpy_generator_state(rng), "history": history}
@@ -113,10 +132,15 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
             extra["sampler"] = sampler.state_dict()
         if hasattr(split, "state_dict"):
             extra["split"] = split.state_dict()
-        trainer.save_checkpoint(ckpt, extra)
+        if ranks.distributed:
+            extra["world_size"] = ranks.size
+            extra["rank_split"] = all_gather_object(extra.get("split"))
+        payload = trainer.state_dict(extra)
+        if ranks.is_main:
+            atomic_save(payload, ckpt)
 
     writer = None
-    if cfg.logging.tensorboard:
+    if cfg.logging.tensorboard and ranks.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
         # a resumed run re-logs every step after the checkpoint's: drop those of the first try
@@ -124,7 +148,9 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
             after_existing_event_files(out_dir / "tb")
         writer = SummaryWriter(str(out_dir / "tb"), purge_step=trainer.step + 1 if resume else None)
 
-    def evaluate() -> dict[str, float]:
+    def evaluate() -> dict[str, float]:  # rank 0 (the weights are the same on every rank)
+        if not ranks.is_main:
+            return {}
         metrics = trainer.evaluate(test, progress=True)
         _log_scalars(writer, "eval", metrics, trainer.step)
         history.append({"step": trainer.step, **{k: metrics[k] for k in HEADLINE if k in metrics}})
@@ -134,8 +160,8 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
 
     if cfg.eval.at_start and trainer.step == 0 and not any(h["step"] == 0 for h in history):
         evaluate()  # the step-0 point of every eval curve: the initial model
-    bar = progress_bar(steps, "pretrain", cfg.logging.progress, initial=trainer.step, announce=True,
-                       interval=cfg.logging.progress_interval)
+    bar = progress_bar(steps, "pretrain", cfg.logging.progress if ranks.is_main else False, initial=trainer.step,
+                       announce=True, interval=cfg.logging.progress_interval)
     start, start_step = time.perf_counter(), trainer.step
     last: StepOutput | None = None
     consistent = True  # the state between two steps, which save() may write
@@ -143,30 +169,39 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         with GracefulInterrupt() as stop:
             while trainer.step < steps:
                 consistent = False
-                if batches is None or position >= len(batches):
+                if batches is None or position + ranks.size > len(batches):  # one local batch per rank
                     if batches is not None:
                         epoch += 1
-                    batches, position = [np.asarray(b, dtype=np.int64) for b in sampler(trainer, split, epoch, rng)], 0
-                    if not batches:
-                        raise RuntimeError(f"the batch sampler returned no batches for epoch {epoch}")
+                    made = sampler(trainer, split, epoch, rng) if ranks.is_main else None
+                    batches, position = [np.asarray(b, dtype=np.int64) for b in broadcast_object(made)], 0
+                    if len(batches) < ranks.size:
+                        raise RuntimeError(f"the batch sampler returned {'no' if not batches else len(batches)} "
+                                           f"batches for epoch {epoch}" + (f"; {ranks.size} processes need at least "
+                                                                           f"{ranks.size}" if batches else ""))
+                failure = None
                 try:
-                    batch = split.batch(batches[position])
-                except DataError as e:  # nothing trained on it yet: the state is still consistent
+                    batch = split.batch(batches[position + ranks.rank])
+                except DataError as e:
+                    failure = e
+                if ranks.distributed and not all_true(failure is None) and failure is None:
+                    failure = DataError("another rank could not load its batch of this step (its error is in its log)")
+                if failure is not None:  # nothing trained on it yet: the state is still consistent
                     save()
-                    raise DataError(f"{e} (checkpoint saved at step {trainer.step}: fix or remove the file, "
-                                    "then continue with --resume)") from e
+                    raise DataError(f"{failure} (checkpoint saved at step {trainer.step}: fix or remove the file, "
+                                    "then continue with --resume)") from failure
                 last = trainer.train_step(batch)
                 if last.stats["skipped"]:
                     losses = ", ".join(f"{k}={v:.4g}" for k, v in last.losses.items())
                     raise RuntimeError(f"pretraining diverged at step {trainer.step + 1}: non-finite loss or "
                                        f"gradients (grad_norm={last.stats['grad_norm']:.4g}; {losses}), the update "
                                        "was skipped; lower train.lr or set train.grad_clip > 0")
-                position += 1
+                position += ranks.size
                 if hasattr(sampler, "observe_step"):
-                    sampler.observe_step(last)
+                    for output in _every_rank(last):
+                        sampler.observe_step(output)
                 bar.update(1, **last.losses)
                 if trainer.step % cfg.logging.log_every == 0:
-                    _log_scalars(writer, "loss", last.losses, trainer.step)
+                    _log_scalars(writer, "loss", _mean_over_ranks(last.losses), trainer.step)
                     _log_scalars(writer, "train", {"lr": last.stats["lr"], "temperature": last.stats["temperature"],
                                                    "grad_norm": last.stats["grad_norm"],
                                                    "step_time": last.stats["step_time"], "epoch": epoch},
@@ -176,14 +211,15 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
                 if cfg.train.checkpoint_every and trainer.step % cfg.train.checkpoint_every == 0:
                     save()
                 consistent = True
-                if stop.requested and trainer.step < steps:
+                if (any_true(stop.requested) if ranks.distributed else stop.requested) and trainer.step < steps:
                     raise KeyboardInterrupt
     except KeyboardInterrupt:
         bar.close()
         if consistent:
             save()
-            print(f"interrupted at step {trainer.step}: checkpoint saved to {ckpt} (continue with --resume)")
-        else:
+            if ranks.is_main:
+                print(f"interrupted at step {trainer.step}: checkpoint saved to {ckpt} (continue with --resume)")
+        elif ranks.is_main:
             kept = (f"{ckpt} keeps the last checkpoint (continue with --resume)" if ckpt.is_file()
                     else "no checkpoint was written yet")
             print(f"interrupted inside step {trainer.step + 1}: {kept}")
@@ -202,11 +238,31 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
         "train_seconds": train_seconds,
         "steps_per_second": (trainer.step - start_step) / train_seconds if train_seconds > 0 else None,
         "batch_size": cfg.train.batch_size,
-        "final_losses": last.losses if last is not None else None,
+        **({"processes": ranks.size, "global_batch_size": ranks.size * cfg.train.batch_size}
+           if ranks.distributed else {}),
+        "final_losses": _mean_over_ranks(last.losses) if last is not None else None,
         "headline": {k: metrics.get(k) for k in HEADLINE},
         "chance": trainer.chance(test),
         "metrics": metrics,
         "history": history,
     }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+    if ranks.is_main:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     return results
+
+
+def _every_rank(output: StepOutput) -> list[StepOutput]:
+    """Every rank's step output, in rank order (a sampler's cache must see all local batches);
+    ``[output]`` in a single process."""
+    if not world().distributed:
+        return [output]
+    return all_gather_object(dataclasses.replace(output, lm_masks=None, connections=None, mlm_tokens=None))
+
+
+def _mean_over_ranks(losses: dict[str, float]) -> dict[str, float]:
+    """The step's losses averaged over the ranks' local batches (the loss of the global batch);
+    ``losses`` in a single process."""
+    if not world().distributed:
+        return losses
+    every = all_gather_object(losses)
+    return {k: float(np.mean([r[k] for r in every])) for k in losses}

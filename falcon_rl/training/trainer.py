@@ -24,7 +24,8 @@ from typing import Any, Iterable
 import numpy as np
 import torch
 
-from falcon_rl.config import ExperimentConfig, to_dict
+from falcon_rl import distributed
+from falcon_rl.config import ConfigError, ExperimentConfig, to_dict
 from falcon_rl.data.base import Batch, PairSplit
 from falcon_rl.mining.similarity import text_image_similarity
 from falcon_rl.models import MLMMasks, VLPModel, build_model
@@ -96,23 +97,47 @@ class Trainer:
     :param image_size: side of the square input images.
     :param total_steps: length of the LR schedule (default ``cfg.train.steps``).
     :param device: overrides ``cfg.train.device``.
+    :param replica: whose RNG streams (MLM masks, ITM negatives, dropout) to draw from (default: this
+        process's rank, :mod:`falcon_rl.distributed`); replica 0's are those of a single process.
+
+    Under several processes (torchrun) the training forward runs through
+    :class:`~torch.nn.parallel.DistributedDataParallel`, which averages the gradients of the ranks'
+    local batches; everything else (losses, embeddings, evaluation) uses :attr:`model` directly.
     """
 
     def __init__(self, cfg: ExperimentConfig, tokenizer, image_size: int, total_steps: int | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, replica: int | None = None) -> None:
         self.cfg = cfg
         tcfg = cfg.train
         if tcfg.threads > 0:
             torch.set_num_threads(tcfg.threads)
+        self.world = distributed.world()
+        self.replica = self.world.rank if replica is None else int(replica)
+        if self.world.distributed and cfg.model.momentum:
+            raise ConfigError("model.momentum=true (ALBEF's momentum queue) is not supported with several processes "
+                              "yet: set model.momentum=false or run one process")
         seed_everything(tcfg.seed)
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.model: VLPModel = build_model(cfg.model, tokenizer, image_size).to(self.device)
         self.model.set_attention(resolve_attention(cfg.model.attention, self.device))
+        if self.replica:  # dropout of another rank: a stream of its own (the model is the same on every rank)
+            torch.manual_seed(distributed.replica_seed(tcfg.seed, self.replica))
         self.total_steps = int(total_steps if total_steps is not None else tcfg.steps)
         self.optimizer = build_optimizer(self.model, tcfg)
         self.scheduler = build_scheduler(self.optimizer, tcfg, self.total_steps)
-        self.mask_generator = torch.Generator().manual_seed(tcfg.seed + _MASK_STREAM)
-        self.itm_generator = torch.Generator(device=self.device).manual_seed(tcfg.seed + _ITM_STREAM)
+        seed = distributed.replica_seed(tcfg.seed, self.replica)
+        self.mask_generator = torch.Generator().manual_seed(seed + _MASK_STREAM)
+        self.itm_generator = torch.Generator(device=self.device).manual_seed(seed + _ITM_STREAM)
+        #: the module the training forward runs through (DDP under several processes) and the
+        #: gradient synchronisation that goes with it (None: a single process)
+        self.train_module: torch.nn.Module = self.model
+        self.grad_sync: Any = None
+        self.feature_gather = None
+        if self.world.distributed:
+            self.train_module = distributed.wrap_ddp(self.model, self.device)
+            self.grad_sync = distributed.ProcessGroupSync()
+            if tcfg.global_negatives:
+                self.feature_gather = distributed.gather_others
         self.step = 0
         use_amp = tcfg.amp == "bf16" or (tcfg.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype: torch.dtype | None = torch.bfloat16 if use_amp else None
@@ -192,19 +217,25 @@ class Trainer:
         self.model.train()
         mafa = self.connections is not None and self.step >= self.connections_start
         planner = self.connections.planner(b, self.step) if mafa else None
+        gather = {} if self.feature_gather is None else {"feature_gather": self.feature_gather}
         with self._autocast():
-            out = self.model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
-                             itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
-                             itc_smoothing=self.itc_smoothing(), pair_planner=planner, mlm_tokens=mlm_tokens)
+            out = self.train_module(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
+                                    itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
+                                    itc_smoothing=self.itc_smoothing(), pair_planner=planner, mlm_tokens=mlm_tokens,
+                                    **gather)
         values = torch.stack([out.itc, out.itm, out.lm, out.loss]).detach().float().cpu().tolist()
         losses = dict(zip(("itc", "itm", self.lm_name, "total"), values))
         stats = {"lr": self.lr, "grad_norm": float("nan"), "skipped": 0.0}
         self.optimizer.zero_grad(set_to_none=True)
-        if np.isfinite(losses["total"]):
+        finite = bool(np.isfinite(losses["total"]))
+        if finite or self.grad_sync is not None:  # every replica joins the gradient reduction
             out.loss.backward()
+        if self.grad_sync is not None:  # all replicas update, or all skip
+            finite = self.grad_sync.after_backward(finite)
+        if finite:
             clip = self.cfg.train.grad_clip if self.cfg.train.grad_clip > 0 else float("inf")
             stats["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip))
-        if np.isfinite(losses["total"]) and np.isfinite(stats["grad_norm"]):
+        if finite and np.isfinite(stats["grad_norm"]):
             self.optimizer.step()
             self.scheduler.step()
             self.model.clamp_temperature()
@@ -428,8 +459,10 @@ class Trainer:
         ``extra`` must hold only tensors, NumPy arrays (stored as tensors) and
         dict/list/tuple/str/int/float/bool/None, because checkpoints are loaded with
         ``torch.load(weights_only=True)``; anything else raises :class:`TypeError` here.
+        Under several processes every rank must call it (``rank_rng`` gathers each rank's RNG
+        streams; the weights are the same on every rank) and rank 0 writes it.
         """
-        return {
+        payload = {
             "format": CHECKPOINT_FORMAT,
             "step": self.step,
             "total_steps": self.total_steps,
@@ -442,9 +475,13 @@ class Trainer:
             "connections": self.connections.state_dict() if self.connections is not None else {},
             "extra": to_safe(extra or {}),
         }
+        if self.world.distributed:
+            payload["rank_rng"] = distributed.all_gather_object(self.rng_state())
+        return payload
 
     def load_state_dict(self, payload: dict[str, Any], source: str | Path = "checkpoint") -> dict:
-        """Restore what :meth:`state_dict` returned; returns its ``extra``.
+        """Restore what :meth:`state_dict` returned; returns its ``extra``. Each rank takes its own RNG
+        streams when the payload was written by as many processes (exact resume checks that).
 
         :param source: what to call the payload in errors (its file).
         """
@@ -458,7 +495,11 @@ class Trainer:
         self.model.load_state_dict(payload["model"])
         self.optimizer.load_state_dict(payload["optimizer"])
         self.scheduler.load_state_dict(payload["scheduler"])
-        self.set_rng_state(payload["rng"])
+        ranks = payload.get("rank_rng")
+        if ranks is not None and len(ranks) == self.world.size:  # each rank continues its own streams
+            self.set_rng_state(ranks[self.world.rank])
+        elif self.replica == 0:  # (a run with another number of processes: only rank 0's streams carry over)
+            self.set_rng_state(payload["rng"])
         if self.connections is not None:
             self.connections.load_state_dict(payload.get("connections") or {})
         self.step = int(payload["step"])

@@ -1,0 +1,304 @@
+"""Data parallelism under torch.distributed (issue #15): 2 gloo processes on the CPU, tiny preset.
+
+What "the same" means: with N ranks an optimiser step trains N chain batches, rank r the r-th,
+each drawing its MLM masks and ITM negatives from rank r's RNG streams, and DDP averages their
+gradients. The reference is one process that trains the same chain batches with the gradients
+of each group of N averaged into one step, each batch with the same rank's streams
+(:class:`helpers_distributed.ThreadReplicas`). Against it: (a) the parameters after k steps,
+(b) the env's rewards, member rewards, FN statistics and next observations, and (c) a run killed
+and resumed under two processes logs what an uninterrupted one does.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers_distributed import ThreadReplicas, cli, launch
+from helpers_interrupt import assert_same_scalars, nan_equal, results
+
+from falcon_rl.cli import main
+from falcon_rl.config import load_config
+from falcon_rl.data import load_data
+from falcon_rl.envs.parallel import RankGroup, outcome
+from falcon_rl.mining import build_chain_batches, search_space_similarity
+from falcon_rl.training import Trainer
+
+TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false", "data.n_train=128",
+        "data.n_test=32", "train.batch_size=16", "train.warmup_steps=1", "mining.chain_backend=numpy"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("data")
+
+
+def _setup(overrides: list[str]):
+    cfg = load_config(None, overrides)
+    data = load_data(cfg.data)
+    image_size = int(data.train.load_images(np.zeros(1, dtype=np.int64)).shape[-1])
+    return cfg, data, image_size
+
+
+def _chain_groups(n_pairs: int, members: int, batch: int, ranks: int) -> list[list[np.ndarray]]:
+    """Quantile-chain batches of one search space (random embeddings, random q), ``ranks`` per step."""
+    rng = np.random.default_rng(5)
+    space = rng.choice(n_pairs, members, replace=False)
+    emb = torch.nn.functional.normalize(torch.randn(2, members, 8, generator=torch.Generator().manual_seed(1)), dim=-1)
+    chain = build_chain_batches(search_space_similarity(emb[0], emb[1]), rng.random(members), batch, rng,
+                                backend="numpy")
+    batches = [space[b] for b in chain.batches]
+    return [batches[i:i + ranks] for i in range(0, len(batches), ranks)]
+
+
+def train_groups(overrides: list[str], groups: list[list[np.ndarray]], replicas=None) -> dict:
+    """One optimiser step per group (one local batch per rank); the weights and every batch's losses."""
+    cfg, data, image_size = _setup(overrides)
+    trainer = Trainer(cfg, data.tokenizer, image_size, total_steps=len(groups))
+    replicas = replicas if replicas is not None else RankGroup()
+    losses = []
+    for items in groups:
+        out = replicas.run(trainer, items, data.train.batch, lambda t, b: outcome(t.train_step(b), {}))
+        losses.append([r.losses for r in out])
+    return {"params": {k: v.clone() for k, v in trainer.model.state_dict().items()}, "losses": losses,
+            "step": trainer.step, "grads": {k: p.grad.clone() for k, p in trainer.model.named_parameters()}}
+
+
+def test_ddp_parameters_equal_one_process_averaging_each_pair_of_batches(data_dir, one_thread):
+    overrides = TINY + [f"data.cache_dir={data_dir}"]
+    groups = _chain_groups(128, 96, 16, 2)  # 6 chain batches: 3 optimiser steps of 2 local batches
+    assert len(groups) == 3
+    ranks = launch(train_groups, overrides, groups)
+    reference = train_groups(overrides, groups, ThreadReplicas(2))
+    plain = train_groups(overrides, [[b] for g in groups for b in g])  # 6 single-batch steps: not the same
+    assert ranks[0]["step"] == ranks[1]["step"] == reference["step"] == 3
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank saw every batch's outcome
+    np.testing.assert_allclose(np.array([[list(x.values()) for x in g] for g in ranks[0]["losses"]]),
+                               np.array([[list(x.values()) for x in g] for g in reference["losses"]]), rtol=1e-5)
+    moved = 0.0
+    for name, ref in reference["params"].items():
+        for r in ranks:
+            torch.testing.assert_close(r["params"][name], ref, rtol=1e-5, atol=1e-6, msg=name)
+        moved = max(moved, float((ref.float() - plain["params"][name].float()).abs().max()))
+    assert moved > 1e-3  # averaging pairs is a different run from training the batches one by one
+
+
+def env_episode(overrides: list[str], steps: int, replicas=None) -> dict:
+    """Reset and ``steps`` env steps with fixed random actions; what each step returned."""
+    from falcon_rl.envs import NegativeMiningEnv
+
+    env = NegativeMiningEnv(load_config(None, overrides))
+    if replicas is not None:
+        env.replicas = replicas
+    obs, _ = env.reset(seed=3)
+    rng = np.random.default_rng(7)
+    keys = ("losses", "reward_components", "fn_rate", "fn_pair_rate", "n_false_negatives", "fn_rate_by_specificity",
+            "member_reward", "trainer_step", "n_batches", "batches", "q_mean")
+    out = {"obs": [obs], "reward": [], "info": []}
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(rng.random(env.members_per_space).astype(np.float32))
+        out["obs"].append(obs)
+        out["reward"].append(reward)
+        out["info"].append({k: info[k] for k in keys})
+        assert not terminated
+    out["cache"] = env.cache.state_dict()
+    out["eval"] = env.evaluate()  # rank 0's evaluation in the runner; here on every rank
+    return out
+
+
+def _close(a, b, path: str = "") -> None:
+    """Deep comparison: arrays and floats to float tolerance, the rest exactly."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            _close(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close(x, y, f"{path}[{i}]")
+    elif isinstance(a, (np.ndarray, torch.Tensor, float, np.floating)):
+        np.testing.assert_allclose(np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64), rtol=1e-5,
+                                   atol=1e-6, err_msg=path)
+    else:
+        assert a == b, f"{path}: {a!r} != {b!r}"
+
+
+def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_dir, one_thread):
+    overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
+                        "env.budget_steps=3", "mining.state_last_loss=true"]
+    ranks = launch(env_episode, overrides, 2)
+    reference = env_episode(overrides, 2, ThreadReplicas(2))
+    for r in ranks:
+        _close(r, reference)
+    # 4 chain batches per space = 2 optimiser steps per env step, after 2 warm-up steps
+    assert [i["trainer_step"] for i in reference["info"]] == [4, 6]
+    assert [i["n_batches"] for i in reference["info"]] == [4, 4]
+    assert reference["info"][0]["fn_rate"] > 0 and all(np.isfinite(reference["reward"]))
+    assert reference["eval"]["i2t_r1_mp"] >= 0 and "t2i_map" in ranks[0]["eval"]
+
+
+def test_global_negatives_gradient_is_that_of_the_mean_loss_over_ranks(data_dir, one_thread):
+    """train.global_negatives: rank r's ITC sees every rank's pairs (gathered with gradient); the step's
+    (clipped) gradient is that of one process minimising the mean of both ranks' losses, each rank's
+    against both batches' pairs (the gradient through the other rank's features included)."""
+    overrides = TINY + [f"data.cache_dir={data_dir}", "train.global_negatives=true", "model.itm_negatives=hardest"]
+    groups = _chain_groups(128, 32, 16, 2)[:1]
+    ranks = launch(train_groups, overrides, groups)
+
+    from falcon_rl.distributed import replica_seed
+    from falcon_rl.models.albef import trim_padding
+    from falcon_rl.training.trainer import _MASK_STREAM
+
+    cfg, data, image_size = _setup(overrides)
+    t = Trainer(cfg, data.tokenizer, image_size, total_steps=1)
+    m = t.model
+    batches = [data.train.batch(b) for b in groups[0]]
+    masks = []
+    for r, b in enumerate(batches):  # each rank's masks come from its own stream
+        t.mask_generator = torch.Generator().manual_seed(replica_seed(cfg.train.seed, r) + _MASK_STREAM)
+        masks.append(t.make_mlm_masks(b))
+
+    def features(b):
+        mask, ids = trim_padding(b.attention_mask, b.input_ids)
+        return m.enc.encode_image(b.image)[1], m.enc.text_feature(m.enc.encode_text(ids, mask)), b.index
+
+    m.train()
+    outs, local_itc = [], []
+    for r, (b, mk) in enumerate(zip(batches, masks)):
+        other = features(batches[1 - r])
+        outs.append(m(b.image, b.input_ids, b.attention_mask, mk.input_ids, mk.labels, index=b.index,
+                      feature_gather=lambda *_, o=other: o))
+        with torch.no_grad():
+            local_itc.append(float(m(b.image, b.input_ids, b.attention_mask, mk.input_ids, mk.labels,
+                                     index=b.index).itc))
+    (0.5 * (outs[0].loss + outs[1].loss)).backward()
+    torch.nn.utils.clip_grad_norm_(m.parameters(), cfg.train.grad_clip)
+    for name, p in m.named_parameters():
+        for r in ranks:
+            torch.testing.assert_close(r["grads"][name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+    itc = [x["itc"] for x in ranks[0]["losses"][0]]
+    assert itc == pytest.approx([float(o.itc.detach()) for o in outs], rel=1e-5)
+    assert all(g > loc for g, loc in zip(itc, local_itc))  # 16 more negatives per row: a larger ITC loss
+
+
+PRETRAIN = TINY + ["data.n_train=160", "train.steps=8", "train.checkpoint_every=2", "train.eval_every=3"]
+
+
+def test_pretrain_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir):
+    args = ["pretrain", *PRETRAIN, f"data.cache_dir={data_dir}"]
+    assert launch(cli, args + [f"train.out_dir={tmp_path / 'straight'}"]) == [0, 0]
+    cut = args + [f"train.out_dir={tmp_path / 'cut'}"]
+    with pytest.raises(RuntimeError, match=r"exit codes \[-9, -9\]|exit codes \[.*-9"):
+        launch(cli, cut, (1, 6))  # rank 1 dies inside step 6: the checkpoint of step 4 survives
+    assert not (tmp_path / "cut" / "results.json").exists()
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 4 and len(saved["rank_rng"]) == 2
+    assert launch(cli, cut + ["--resume"]) == [0, 0]
+    assert assert_same_scalars(tmp_path / "straight", tmp_path / "cut") > 0
+    assert nan_equal(results(tmp_path / "straight"), results(tmp_path / "cut"))
+    rec = results(tmp_path / "straight")
+    assert rec["step"] == 8 and rec["processes"] == 2 and rec["global_batch_size"] == 32
+    # one process cannot continue a checkpoint of two (each rank's RNG streams are in it)
+    assert main(cut + ["--resume"]) == 2
+
+
+AGENT = TINY + ["mining.search_space=32", "env.budget_steps=4", "env.warmup_steps=2", "env.eval_every=3",
+                "agent.hidden=16", "agent.blocks=1", "agent.update_every=2", "agent.checkpoint_every=2",
+                "logging.hist_every=1"]
+
+
+def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir):
+    """FALCON on rank 0, its q broadcast, both ranks' rewards gathered; a rank killed inside env step 3
+    (the checkpoint of step 2 survives, with every rank's RNG streams) and the run resumed."""
+    args = ["train-agent", "--agent", "falcon", "--episodes", "2", *AGENT, f"data.cache_dir={data_dir}"]
+    assert launch(cli, args + ["--out", str(tmp_path / "straight")]) == [0, 0]
+    cut = args + ["--out", str(tmp_path / "cut")]
+    with pytest.raises(RuntimeError, match="-9"):
+        launch(cli, cut, (1, 5))  # 2 warm-up steps, then one optimiser step per env step
+    assert torch.load(tmp_path / "cut" / "resume.pt", weights_only=True)["step"] == 2
+    assert launch(cli, cut + ["--resume"]) == [0, 0]
+    assert assert_same_scalars(tmp_path / "straight", tmp_path / "cut") > 0
+    straight = results(tmp_path / "straight")
+    assert nan_equal({k: v for k, v in straight.items() if k != "agent_path"},
+                     {k: v for k, v in results(tmp_path / "cut").items() if k != "agent_path"})
+    assert straight["status"] == "ok" and straight["steps"] == 8 and np.isfinite(straight["mean_reward"])
+    assert not (tmp_path / "cut" / "resume.pt").exists()
+
+
+def test_single_process_needs_nothing_from_torch_distributed(data_dir, one_thread):
+    """Without torchrun: world size 1, collectives return their input, no DDP wrapper, rank 0's streams."""
+    from falcon_rl import distributed
+    from falcon_rl.envs.parallel import check_group
+    from falcon_rl.config import ConfigError
+
+    w = distributed.world()
+    assert (w.rank, w.size, w.is_main, w.distributed) == (0, 1, True, False)
+    assert distributed.init("cpu") == w and not distributed.launched()
+    assert distributed.all_gather_object({"a": 1}) == [{"a": 1}] and distributed.broadcast_object(3) == 3
+    assert distributed.all_true(False) is False and distributed.any_true(True) is True
+    assert distributed.backend_for("cpu") == "gloo" and distributed.backend_for("cuda:1") == "nccl"
+    assert distributed.rank_device("cpu") == torch.device("cpu")
+    assert distributed.replica_seed(7, 0) == 7 and distributed.replica_seed(7, 1) != 7
+    assert distributed.shard(list(range(7)), distributed.World(1, 3)) == [1, 4]
+    cfg, data, image_size = _setup(TINY + [f"data.cache_dir={data_dir}"])
+    trainer = Trainer(cfg, data.tokenizer, image_size)
+    assert trainer.train_module is trainer.model and trainer.grad_sync is None and trainer.feature_gather is None
+    check_group(5, 1)
+    with pytest.raises(ConfigError, match="multiple of 2 x train.batch_size"):
+        check_group(5, 2)
+    from falcon_rl.ablation.runner import worker_gpu
+
+    assert [worker_gpu(k, 2) for k in range(4)] == [0, 1, 0, 1] and worker_gpu(3, 0) is None
+
+
+def build_trainer(overrides: list[str]) -> None:
+    cfg, data, image_size = _setup(overrides)
+    Trainer(cfg, data.tokenizer, image_size)
+
+
+def reset_env(overrides: list[str]) -> None:
+    from falcon_rl.envs import NegativeMiningEnv
+
+    NegativeMiningEnv(load_config(None, overrides)).reset(seed=0)
+
+
+def test_distributed_config_errors(data_dir):
+    """Momentum under several processes, and an uneven split of a search space, are refused."""
+    base = TINY + [f"data.cache_dir={data_dir}"]
+    with pytest.raises(RuntimeError, match="model.momentum=true .* not supported with several processes"):
+        launch(build_trainer, base + ["model.momentum=true"])
+    with pytest.raises(RuntimeError, match="multiple of 2 batches per search space"):
+        launch(reset_env, base + ["mining.search_space=48"])  # 3 batches of 16 for 2 ranks
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_killed_and_resumed(tmp_path, data_dir):
+    """The real launcher: ``torchrun --nproc_per_node 2 -m falcon_rl pretrain ...``; a worker SIGKILLed
+    mid-run (torchrun then stops the other), the run resumed with ``-m falcon_rl.cli ... --resume``,
+    logs what the uninterrupted run logged."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers_distributed import free_port
+
+    def torchrun(target: list[str], argv: list[str]) -> subprocess.CompletedProcess:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), *target, *argv]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+    args = ["pretrain", *PRETRAIN, f"data.cache_dir={data_dir}"]
+    done = torchrun(["-m", "falcon_rl"], args + [f"train.out_dir={tmp_path / 'straight'}"])
+    assert done.returncode == 0, done.stderr[-3000:]
+    cut = args + [f"train.out_dir={tmp_path / 'cut'}"]
+    script = str(Path(__file__).parent / "helpers_distributed.py")
+    killed = torchrun([script, "1", "6"], cut)  # rank 1 SIGKILLs itself inside step 6
+    assert killed.returncode != 0 and "Signal 9" in killed.stderr + killed.stdout, killed.stderr[-3000:]
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 4
+    resumed = torchrun(["-m", "falcon_rl.cli"], cut + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert assert_same_scalars(tmp_path / "straight", tmp_path / "cut") > 0
+    assert nan_equal(results(tmp_path / "straight"), results(tmp_path / "cut"))
