@@ -120,13 +120,18 @@ def world() -> World:
 
 def rank_device(name: str) -> torch.device:
     """The device of ``train.device`` for this rank: ``auto`` / ``cuda`` become ``cuda:LOCAL_RANK``
-    under several processes (one GPU per rank); anything else is taken as given."""
+    under several processes (one GPU per rank); anything else is taken as given, except one GPU
+    named for every rank (``cuda:K``), an error under several processes."""
     w = world()
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and w.distributed:
+    device = torch.device(name)
+    if device.type == "cuda" and w.distributed:
+        if device.index is not None:
+            raise ValueError(f"train.device={name!r} would put all {w.size} processes on one GPU: use "
+                             "train.device=cuda (or auto), which gives each process the GPU of its LOCAL_RANK")
         return torch.device("cuda", w.local_rank)
-    return torch.device(name)
+    return device
 
 
 def replica_seed(seed: int, replica: int) -> int:
@@ -250,7 +255,8 @@ def gather_others(image_feat: torch.Tensor, text_feat: torch.Tensor,
     batches may differ in size (a chain's smaller last batch): rows are padded for the gather."""
     w = world()
     b = image_feat.shape[0]
-    sizes = torch.zeros(w.size, dtype=torch.int64, device=index.device)
+    index = index.to(image_feat.device)
+    sizes = torch.zeros(w.size, dtype=torch.int64, device=image_feat.device)
     sizes[w.rank] = b
     dist.all_reduce(sizes, op=dist.ReduceOp.SUM)
     rows = int(sizes.max())

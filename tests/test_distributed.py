@@ -209,10 +209,13 @@ AGENT = TINY + ["mining.search_space=32", "env.budget_steps=4", "env.warmup_step
                 "logging.hist_every=1"]
 
 
-def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir):
-    """FALCON on rank 0, its q broadcast, both ranks' rewards gathered; a rank killed inside env step 3
-    (the checkpoint of step 2 survives, with every rank's RNG streams) and the run resumed."""
-    args = ["train-agent", "--agent", "falcon", "--episodes", "2", *AGENT, f"data.cache_dir={data_dir}"]
+@pytest.mark.parametrize("agent", ["falcon", "ppo"])
+def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir, agent):
+    """The scheduler on rank 0 (FALCON; PPO inside SB3's learn loop, checkpointed at update boundaries),
+    its q broadcast, both ranks' rewards gathered; a rank killed inside env step 3 (the checkpoint of
+    step 2 survives, with every rank's RNG streams) and the run resumed."""
+    sb3 = ["agent.sb3_total_steps=8", "agent.sb3_n_steps=2", "agent.sb3_hidden=[16]"]
+    args = ["train-agent", "--agent", agent, "--episodes", "2", *AGENT, *sb3, f"data.cache_dir={data_dir}"]
     assert launch(cli, args + ["--out", str(tmp_path / "straight")]) == [0, 0]
     cut = args + ["--out", str(tmp_path / "cut")]
     with pytest.raises(RuntimeError, match="-9"):
