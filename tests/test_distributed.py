@@ -125,9 +125,10 @@ def _close(a, b, path: str = "") -> None:
         assert a == b, f"{path}: {a!r} != {b!r}"
 
 
-def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_dir, one_thread):
+@pytest.mark.parametrize("model", [[], ["model.framework=blip2", "model.preset=blip2-tiny"]], ids=["albef", "blip2"])
+def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_dir, one_thread, model):
     overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
-                        "env.budget_steps=3", "mining.state_last_loss=true"]
+                        "env.budget_steps=3", "mining.state_last_loss=true", *model]
     ranks = launch(env_episode, overrides, 2)
     reference = env_episode(overrides, 2, ThreadReplicas(2))
     for r in ranks:
