@@ -9,8 +9,9 @@ line ``error: ...`` on stderr and exit non-zero: 2 for bad input, 130 after Ctrl
 traceback is shown only with ``--debug``.
 
 Under ``torchrun --nproc_per_node N -m falcon_rl.cli <command> ...`` (or ``-m falcon_rl``, or
-torchrun's ``--no-python falcon-rl``) ``pretrain``, ``train-agent`` and ``ablate`` join the process
-group (:func:`join_processes`) and run data-parallel; rank 0 prints, logs and writes the files.
+torchrun's ``--no-python falcon-rl``) ``pretrain``, ``train-agent``, ``ablate`` and ``reward-check``
+join the process group (:func:`join_processes`) and run data-parallel; rank 0 prints, logs and
+writes the files.
 """
 
 from __future__ import annotations

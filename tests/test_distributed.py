@@ -5,8 +5,10 @@ each drawing its MLM masks and ITM negatives from rank r's RNG streams, and DDP 
 gradients. The reference is one process that trains the same chain batches with the gradients
 of each group of N averaged into one step, each batch with the same rank's streams
 (:class:`helpers_distributed.ThreadReplicas`). Against it: (a) the parameters after k steps,
-(b) the env's rewards, member rewards, FN statistics and next observations, and (c) a run killed
-and resumed under two processes logs what an uninterrupted one does.
+(b) the env's rewards, member rewards, FN statistics and next observations (also with every
+reward option of env.reward_log, per-member own rewards and the per-batch stats, and validation
+pairs held out), and (c) a run killed and resumed under two processes logs what an uninterrupted
+one does. Warm starts of every episode (env.warm_start_episodes: every) work under two processes.
 """
 
 from __future__ import annotations
@@ -85,6 +87,10 @@ def test_ddp_parameters_equal_one_process_averaging_each_pair_of_batches(data_di
     assert moved > 1e-3  # averaging pairs is a different run from training the batches one by one
 
 
+#: info keys present only with some reward settings (per-member own rewards, env.reward_log)
+OPTIONAL_KEYS = ("member_own_reward", "batch_stats")
+
+
 def env_episode(overrides: list[str], steps: int, replicas=None) -> dict:
     """Reset and ``steps`` env steps with fixed random actions; what each step returned."""
     from falcon_rl.envs import NegativeMiningEnv
@@ -95,16 +101,17 @@ def env_episode(overrides: list[str], steps: int, replicas=None) -> dict:
     obs, _ = env.reset(seed=3)
     rng = np.random.default_rng(7)
     keys = ("losses", "reward_components", "fn_rate", "fn_pair_rate", "n_false_negatives", "fn_rate_by_specificity",
-            "member_reward", "trainer_step", "n_batches", "batches", "q_mean")
+            "member_reward", "member_batch", "trainer_step", "n_batches", "batches", "q_mean")
     out = {"obs": [obs], "reward": [], "info": []}
     for _ in range(steps):
         obs, reward, terminated, truncated, info = env.step(rng.random(env.members_per_space).astype(np.float32))
         out["obs"].append(obs)
         out["reward"].append(reward)
-        out["info"].append({k: info[k] for k in keys})
+        out["info"].append({k: info[k] for k in (*keys, *OPTIONAL_KEYS) if k in info})
         assert not terminated
     out["cache"] = env.cache.state_dict()
     out["eval"] = env.evaluate()  # rank 0's evaluation in the runner; here on every rank
+    out["val_pairs"] = env.meter.val_pairs
     return out
 
 
@@ -138,6 +145,109 @@ def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_
     assert [i["n_batches"] for i in reference["info"]] == [4, 4]
     assert reference["info"][0]["fn_rate"] > 0 and all(np.isfinite(reference["reward"]))
     assert reference["eval"]["i2t_r1_mp"] >= 0 and "t2i_map" in ranks[0]["eval"]
+
+
+REWARD_LOG = "env.reward_log=[lm, itc, itm, itc+itm, mlm_hi, val_itc, val_lm]"
+
+
+def test_reward_options_under_two_processes_match_one_process(data_dir, one_thread):
+    """Every env.reward_log option, the per-member own rewards (env.reward=lm_sample) and the per-batch
+    stats (FN pairs, hardness, each batch's components) are gathered from both ranks and processed in
+    chain order: the same as the one-process reference; the validation pairs stay out of every batch."""
+    overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
+                        "env.budget_steps=3", "env.reward=lm_sample", REWARD_LOG, "env.val_pairs=16"]
+    ranks = launch(env_episode, overrides, 2)
+    reference = env_episode(overrides, 2, ThreadReplicas(2))
+    for r in ranks:
+        _close(r, reference)
+    val = reference["val_pairs"]
+    assert val.size == 16
+    for info in reference["info"]:
+        assert set(info["reward_components"]) == {"lm_sample", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "val_itc",
+                                                  "val_lm"}
+        stats = info["batch_stats"]
+        assert stats["size"] == [16] * 4 and len(stats["fn_pairs"]) == len(stats["rank_quantile"]) == 4
+        assert all(np.isfinite(stats["fn_pairs"])) and all(0 <= h <= 1 for h in stats["rank_quantile"])
+        per_batch = stats["rewards"]
+        assert np.mean(per_batch["lm_sample"]) == pytest.approx(info["reward_components"]["lm_sample"])
+        # the validation drop is that of the optimiser step, shared by its two batches (chain batches 0-1, 2-3)
+        for name in ("val_itc", "val_lm"):
+            assert per_batch[name][0] == per_batch[name][1] and per_batch[name][2] == per_batch[name][3]
+            assert per_batch[name][0] != per_batch[name][2]
+        own = info["member_own_reward"]
+        assert own.shape == (64,) and np.isfinite(own).all() and np.unique(own).size > 8  # per member, not per batch
+        assert (info["member_batch"] >= 0).all()
+        assert not np.isin(np.concatenate(info["batches"]), val).any()  # held-out pairs are never trained
+    assert reference["reward"][0] == pytest.approx(reference["info"][0]["reward_components"]["lm_sample"])
+
+
+def test_mlm_hi_masks_of_the_two_batches_of_a_step_are_drawn_apart(data_dir, one_thread):
+    """mlm_hi's masks are seeded by (run seed, trainer step); the N batches of one optimiser step share
+    the step, so each rank's replica index joins the seed (rank 0 keeps one process's masks)."""
+    from falcon_rl.envs.reward_components import _HI_STREAM, RewardMeter
+
+    cfg, data, image_size = _setup(TINY + [f"data.cache_dir={data_dir}", "env.reward_log=[mlm_hi]"])
+    trainer = Trainer(cfg, data.tokenizer, image_size, replica=0)
+    other = Trainer(cfg, data.tokenizer, image_size, replica=1)
+    meter = RewardMeter(cfg, data.train)
+    batch = data.train.batch(np.arange(16))
+    zero, one = meter._hi_masks(trainer, batch), meter._hi_masks(other, batch)
+    assert trainer.step == other.step == 0 and not torch.equal(zero.labels, one.labels)
+    seed = int(np.random.SeedSequence([cfg.train.seed, _HI_STREAM, 0]).generate_state(1)[0])
+    assert torch.equal(zero.labels, meter._hi_masks(trainer, batch).labels) and seed > 0
+    gen = torch.Generator().manual_seed(seed)
+    ids = trainer.model.special_ids
+    from falcon_rl.models import mask_tokens
+
+    expected = mask_tokens(batch.input_ids, batch.attention_mask, [ids["cls"], ids["sep"], ids["pad"]], ids["mask"],
+                           trainer.model.vocab_size, cfg.env.reward_mlm_prob, gen, cfg.model.mlm_mask_ratio,
+                           cfg.model.mlm_random_ratio)
+    assert torch.equal(zero.labels, expected.labels) and torch.equal(zero.input_ids, expected.input_ids)
+
+
+def warm_episodes(overrides: list[str]) -> dict:
+    """Two episodes from the warm start (the first writes it), one step each; what each reset / step gave."""
+    from falcon_rl.distributed import world
+    from falcon_rl.envs import NegativeMiningEnv
+
+    env = NegativeMiningEnv(load_config(None, overrides))
+    rng = np.random.default_rng(7)
+    out: dict = {"reset": [], "info": [], "reward": [], "mask_seed": []}
+    for seed in (3, None):
+        _, info = env.reset(seed=seed)
+        out["reset"].append(info)
+        out["mask_seed"].append(env.trainer.mask_generator.initial_seed())
+        out["weights"] = out.get("weights") or {k: v.clone() for k, v in env.trainer.model.state_dict().items()}
+        if seed is None:
+            out["weights_again"] = {k: v.clone() for k, v in env.trainer.model.state_dict().items()}
+        _, reward, _, _, info = env.step(rng.random(env.members_per_space).astype(np.float32))
+        out["info"].append({k: info[k] for k in ("trainer_step", "batches", "member_reward", "reward_components")})
+        out["reward"].append(reward)
+    out["rank"] = world().rank
+    return out
+
+
+def test_warm_start_of_every_episode_under_two_processes(tmp_path, data_dir, one_thread):
+    """env.warm_start_episodes=every: the second episode starts from the file the first wrote (same
+    weights and trainer step) with fresh chain randomness, the same on both ranks, while each rank's
+    MLM-mask stream is its own (rank 0's that of one process)."""
+    overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
+                        "env.budget_steps=2", f"env.warm_start={tmp_path / 'warm.pt'}", "env.warm_start_episodes=every"]
+    ranks = launch(warm_episodes, overrides)
+    assert (tmp_path / "warm.pt").is_file()
+    a, b = ranks
+    _close({k: a[k] for k in ("reset", "info", "reward")}, {k: b[k] for k in ("reset", "info", "reward")})
+    first, second = a["reset"]
+    assert first["warmup_steps"] == 2 and second["warmup_steps"] == 0 and second["warm_start"].endswith("warm.pt")
+    assert second["trainer_step"] == first["trainer_step"] == 2
+    for r in ranks:
+        for k, w in r["weights"].items():
+            torch.testing.assert_close(r["weights_again"][k], w, msg=k)  # the same warm model again
+    assert [i["trainer_step"] for i in a["info"]] == [4, 4]
+    assert not all(np.array_equal(x, y) for x, y in zip(a["info"][0]["batches"], a["info"][1]["batches"]))
+    assert a["mask_seed"][1] != b["mask_seed"][1]  # each rank's own stream, also after the fresh reseed
+    fresh = second["episode_seed"]
+    assert a["mask_seed"][1] == int(np.random.SeedSequence(fresh).generate_state(2)[0])  # rank 0: one process's
 
 
 def test_global_negatives_gradient_is_that_of_the_mean_loss_over_ranks(data_dir, one_thread):
@@ -229,6 +339,33 @@ def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_pa
                      {k: v for k, v in results(tmp_path / "cut").items() if k != "agent_path"})
     assert straight["status"] == "ok" and straight["steps"] == 8 and np.isfinite(straight["mean_reward"])
     assert not (tmp_path / "cut" / "resume.pt").exists()
+
+
+def test_reward_check_under_two_processes(tmp_path, data_dir, monkeypatch):
+    """``falcon-rl reward-check`` under torchrun: the runs data-parallel one after the other from a
+    shared warm-up, every option logged per batch, rank 0 alone writing the analysis; several
+    workers are refused."""
+    import csv
+    import json
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    root = tmp_path / "rc"
+    options = ["lm", "itc", "mlm_hi", "lm_sample", "val_itc", "val_lm"]
+    args = ["reward-check", "--config", "configs/quickstart.yaml", "--out", str(root), *TINY,
+            f"data.cache_dir={data_dir}", "mining.search_space=32", "env.budget_steps=2", "env.warmup_steps=2",
+            "env.eval_every=0", "logging.tensorboard=false", "env.val_pairs=16",
+            "reward_check.policies=[fixed-0.25, grit]", f"reward_check.rewards=[{', '.join(options)}]",
+            "ablation.seeds=[0]", "ablation.workers=1", "ablation.shared_warmup=true"]
+    assert launch(cli, args) == [0, 0]
+    rows = list(csv.DictReader((root / "reward_check.csv").open()))
+    assert [r["reward"] for r in rows] == options and all(r["runs"] == "2" for r in rows)
+    assert all(int(r["batches"]) == 2 * 2 * 2 for r in rows)  # runs x env steps x chain batches
+    rec = json.loads((root / "grit" / "seed0" / "results.json").read_text())
+    assert rec["status"] == "ok" and rec["steps"] == 2
+    stats = rec["history"]["batch_stats"][0]
+    assert len(stats["fn_pairs"]) == 2 and set(stats["rewards"]) >= {"mlm", *options[1:]}
+    assert len(list((root / "warmup").glob("*.pt"))) == 1
+    assert launch(cli, args + ["ablation.workers=2"]) == [2, 2]
 
 
 def test_single_process_needs_nothing_from_torch_distributed(data_dir, one_thread):

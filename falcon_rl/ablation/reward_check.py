@@ -35,6 +35,7 @@ from falcon_rl.ablation.runner import RunFn, WarmFn, run_ablation
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
 from falcon_rl.config.loader import build_dataclass, to_dict
+from falcon_rl.distributed import world
 
 _FIXED = re.compile(r"^fixed-(\d+(?:\.\d*)?|\.\d+)$")
 
@@ -249,11 +250,14 @@ def run_reward_check(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<confi
                      warm_fn: WarmFn | None = None) -> dict[str, Any]:
     """Run (or resume) the fixed policies x seeds, then write the reward-check table, CSVs and plot.
 
-    :returns: ``{"rows", "runs", "markdown", "files", "ablation"}``.
+    :returns: ``{"rows", "runs", "markdown", "files", "ablation"}``; under torchrun only rank 0 analyses
+        and writes (the other ranks get ``{"ablation": {"runs": ...}}``).
     """
     abl = reward_check_config(cfg, source)
     rc = cfg.reward_check
     result = run_ablation(abl, run_fn, source=source, command=command, log=log, prepare=prepare, warm_fn=warm_fn)
+    if not world().is_main:
+        return {"ablation": result}
     records = result["runs"]
     rewards, metrics = list(dict.fromkeys(rc.rewards)), list(rc.metrics)
     rows = analyse(records, rewards, metrics, rc.hardness)

@@ -35,24 +35,30 @@ def _load(cfg) -> None:
     load_data(cfg.data)
 
 
+def check_workers(cfg) -> None:
+    """Under torchrun the runs are data-parallel and one at a time: ``ablation.workers`` must be 1."""
+    from falcon_rl.config import ConfigError
+    from falcon_rl.distributed import world
+
+    if world().distributed and cfg.ablation.workers > 1:
+        raise ConfigError(f"ablation.workers={cfg.ablation.workers}: under torchrun the runs are data-parallel and run "
+                          "one after the other; set ablation.workers=1 (or run independent runs in parallel processes "
+                          "without torchrun)")
+
+
 def run(args: argparse.Namespace) -> int:
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
     from falcon_rl.agents.runner import run_scheduler, write_warm_start
     from falcon_rl.cli import join_processes
-    from falcon_rl.config import ConfigError
-    from falcon_rl.distributed import world
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"ablation.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
     cfg, main_rank = join_processes(cfg)  # torchrun: each run data-parallel over its processes, one run at a time
-    if world().distributed and cfg.ablation.workers > 1:
-        raise ConfigError(f"ablation.workers={cfg.ablation.workers}: under torchrun the runs are data-parallel and run "
-                          "one after the other; set ablation.workers=1 (or run independent runs in parallel processes "
-                          "without torchrun)")
+    check_workers(cfg)
     say = (lambda s: print(s, flush=True)) if main_rank else (lambda s: None)
     # rebuilt from the parsed arguments (sys.argv is not ours when called as cli.main([...]))
     parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)

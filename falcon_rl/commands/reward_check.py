@@ -1,5 +1,6 @@
 """``falcon-rl reward-check``: fixed policies x seeds, every reward option on the same runs, and
-how each tracks retrieval (see falcon_rl.ablation.reward_check)."""
+how each tracks retrieval (see falcon_rl.ablation.reward_check). Under torchrun each run is
+data-parallel over the processes (as ``ablate``); rank 0 prints and writes the files."""
 
 from __future__ import annotations
 
@@ -26,23 +27,29 @@ def run(args: argparse.Namespace) -> int:
 
     from falcon_rl.ablation.reward_check import run_reward_check
     from falcon_rl.agents.runner import run_scheduler, write_warm_start
-    from falcon_rl.commands.ablate import _prepare
+    from falcon_rl.cli import join_processes
+    from falcon_rl.commands.ablate import _load, _prepare, check_workers
 
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"reward_check.out_dir={args.out}")
     cfg = load_config(args.config, overrides)
+    cfg, main_rank = join_processes(cfg)  # torchrun: each run data-parallel over its processes
+    check_workers(cfg)
     parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
     command = "falcon-rl reward-check " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
     run_fn = functools.partial(run_scheduler, resume="auto")
-    out = run_reward_check(cfg, run_fn, source=str(args.config), command=command, prepare=_prepare,
-                           log=lambda s: print(s, flush=True), warm_fn=write_warm_start)
+    say = (lambda s: print(s, flush=True)) if main_rank else (lambda s: None)
+    out = run_reward_check(cfg, run_fn, source=str(args.config), command=command,
+                           prepare=_prepare if main_rank else _load, log=say, warm_fn=write_warm_start)
+    runs = out["ablation"]["runs"]
+    failed = sum(r.get("status") != "ok" for r in runs)
+    if not main_rank:
+        return 1 if failed == len(runs) else 0
     print()
     print(out["markdown"])
     for key, path in out["files"].items():
         print(f"{key}: {path}")
     print(f"total wall time: {time.perf_counter() - start:.0f} s")
-    runs = out["ablation"]["runs"]
-    failed = sum(r.get("status") != "ok" for r in runs)
     return 1 if failed == len(runs) else 0
