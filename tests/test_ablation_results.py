@@ -54,3 +54,18 @@ def test_csv_and_markdown(tmp_path):
     md = render_markdown(aggregate(RUNS), command="falcon-rl ablate --config x.yaml")
     assert "| falcon | 2 | 63.0 ± 4.2 | +8.0 ± 2.8 | 40% |" in md
     assert "grit (1 failed)" in md and "falcon-rl ablate --config x.yaml" in md
+
+
+def test_headline_metrics_are_configurable():
+    runs = [dict(r, final=None if r["final"] is None else {**r["final"], "i2t_map": r["final"]["t2i_map"] / 2})
+            for r in RUNS]
+    headline = ("i2t_map", "t2i_map")
+    rows = aggregate(runs, headline=headline)
+    f = {r["scheduler"]: r for r in rows}["falcon"]
+    # i2t mAP: falcon (0.175, 0.25), random (0.15, 0.2), oracle (0.25, 0.3)
+    assert f["gap/i2t_map"] == pytest.approx((0.2125 - 0.175) / (0.275 - 0.175))
+    assert [r["scheduler"] for r in rows][:3] == ["oracle", "falcon", "random"]
+    md = render_markdown(rows, headline=headline)
+    header = next(line for line in md.splitlines() if line.startswith("| scheduler"))
+    assert header.startswith("| scheduler | seeds | i2t mAP | Δ | gap | t2i mAP | Δ | gap | i2t R@1 mp |")
+    assert "| falcon | 2 | 21.2 ± 5.3 | +3.7 ± 1.8 | 37% |" in md  # paired Δ (0.025, 0.05)

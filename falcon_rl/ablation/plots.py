@@ -238,10 +238,22 @@ def _save(fig: Figure | None, path: str | Path) -> Path | None:
     return path
 
 
-def plot_all(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
-    """Write every ablation figure into ``out_dir``; returns the files written."""
+#: axis labels of the evaluation metrics that can be plotted against the step
+METRIC_NAMES = {"i2t_r1_mp": "image→text R@1 (multi-positive)", "t2i_map": "text→image mAP",
+                "i2t_map": "image→text mAP (all true matches)"}
+
+
+def plot_all(runs: Sequence[dict[str, Any]], out_dir: str | Path,
+             headline: Sequence[str] = ("i2t_r1_mp", "t2i_map")) -> list[Path]:
+    """Write every ablation figure into ``out_dir``; returns the files written.
+
+    ``r1_vs_step.png`` is image→text R@1 (multi-positive); a headline metric other than it also
+    gets ``<metric>_vs_step.png``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    extra = [plot_eval_curve(runs, m, out / f"{m}_vs_step.png", METRIC_NAMES.get(m, m))
+             for m in headline if m != "i2t_r1_mp"]
     made = [
         plot_step_curve(runs, "reward", "reward (ΔL_MLM per batch)", out / "reward.png", smooth=5,
                         title="Reward per env step (moving average of 5 steps)"),
@@ -249,5 +261,6 @@ def plot_all(runs: Sequence[dict[str, Any]], out_dir: str | Path) -> list[Path]:
         plot_step_curve(runs, "fn_rate", "false-negative rate of chosen negatives", out / "fn_rate.png",
                         smooth=5, title="False-negative rate vs step (moving average of 5 steps)"),
         plot_q_by_specificity(runs, out / "q_by_specificity.png"),
+        *extra,
     ]
     return [p for p in made if p is not None]

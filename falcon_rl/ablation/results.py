@@ -32,8 +32,12 @@ from falcon_rl.timing import TIME_PARTS
 
 #: the headline metrics (DESIGN §2.8): multi-positive image->text R@1 and t2i mAP
 HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
+#: table labels of the retrieval metrics that can be headline metrics
+LABELS: dict[str, str] = {"i2t_r1_mp": "i2t R@1 mp", "t2i_map": "t2i mAP", "i2t_map": "i2t mAP",
+                          "t2i_r1_mp": "t2i R@1 mp", "i2t_r5_mp": "i2t R@5 mp", "i2t_r1": "i2t R@1 strict",
+                          "t2i_r1": "t2i R@1 strict", "i2t_r10_mp": "i2t R@10 mp", "t2i_r5_mp": "t2i R@5 mp"}
 #: further metrics shown in the markdown table
-TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
+TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "i2t_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
 #: run-level scalars shown in the table
 RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_fn_pair_rate", "mean_reward", "wall_time")
 #: MAFA's run-level scalars (top-level keys of a run record, when it used MAFA)
@@ -118,16 +122,19 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
 
 
 def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS + RUN_SCALARS + TIME_SCALARS,
-              reference: str = "random", upper: str = "oracle") -> list[dict[str, Any]]:
+              reference: str = "random", upper: str = "oracle",
+              headline: Sequence[str] = HEADLINE) -> list[dict[str, Any]]:
     """Aggregate successful runs over seeds.
 
     Each row: ``scheduler``, ``n`` (seeds), ``<m>`` = (mean, std) for every metric,
     ``delta/<m>`` = mean ± std of (x − reference) paired by seed (NaN when the reference has
-    no run with that seed), ``gap/<m>`` for the headline metrics, and ``failed`` (count).
+    no run with that seed), ``gap/<m>`` for the ``headline`` metrics, and ``failed`` (count).
     Rows are sorted by the first headline metric, best first. The MAFA scalars present in any
     run are aggregated too.
     """
-    metrics = tuple(metrics) + tuple(k for k in _mafa_keys(runs) if k not in metrics)
+    headline = tuple(headline)
+    metrics = tuple(metrics) + tuple(k for k in headline if k not in metrics)
+    metrics = metrics + tuple(k for k in _mafa_keys(runs) if k not in metrics)
     ok = [r for r in runs if r.get("status", "ok") == "ok"]
     by_sched: dict[str, dict[int, dict[str, Any]]] = {}
     for r in ok:
@@ -146,7 +153,7 @@ def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_MET
             row[m] = _mean_std(_metric(r, m) for r in seeds.values())[:2]
             paired = [_metric(r, m) - _metric(ref_runs[s], m) for s, r in seeds.items() if s in ref_runs]
             row[f"delta/{m}"] = _mean_std(paired)[:2] if paired else (float("nan"), float("nan"))
-        for m in HEADLINE:
+        for m in headline:
             ref_mean = _mean_std(_metric(r, m) for r in ref_runs.values())[0]
             up_mean = _mean_std(_metric(r, m) for r in up_runs.values())[0]
             span = up_mean - ref_mean
@@ -154,7 +161,7 @@ def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_MET
             ok_span = not math.isnan(span) and span > 1e-12
             row[f"gap/{m}"] = (row[m][0] - ref_mean) / span if ok_span else float("nan")
         rows.append(row)
-    key = HEADLINE[0]
+    key = headline[0]
     rows.sort(key=lambda r: -r[key][0] if not math.isnan(r[key][0]) else math.inf)
     return rows
 
@@ -189,9 +196,11 @@ def metrics_are_percent(rows: Sequence[dict[str, Any]]) -> bool:
 
 def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation results",
                     command: str | None = None, notes: Sequence[str] = (),
-                    percent: bool | None = None) -> str:
+                    percent: bool | None = None, headline: Sequence[str] = HEADLINE) -> str:
     """The aggregated table as markdown (metrics in %, mean ± std over seeds).
 
+    :param headline: the two metrics with Δ and gap columns (the rows' ``aggregate`` headline),
+        followed by the other retrieval metrics of :data:`TABLE_METRICS`.
     :param percent: the retrieval metrics are already percentages (the trainer's evaluation);
         None infers it from the values (:func:`metrics_are_percent`). The FN rate is a fraction
         and always shown in %.
@@ -216,28 +225,29 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
     if filtered:
         lines += ["Time includes training MAFA's filter first (its share in parentheses)."]
     lines += [""]
-    head = ["scheduler", "seeds", "i2t R@1 mp", "Δ", "gap", "t2i mAP", "Δ", "gap",
-            "t2i R@1 mp", "i2t R@5 mp", "i2t R@1 strict", "t2i R@1 strict", "FN rate", "batch FN", "reward",
-            "time s"]
+    headline = tuple(headline)
+    others = [m for m in TABLE_METRICS if m not in headline]
+    head = ["scheduler", "seeds"]
+    for m in headline:
+        head += [LABELS.get(m, m), "Δ", "gap"]
+    head += [LABELS.get(m, m) for m in others] + ["FN rate", "batch FN", "reward", "time s"]
     if mafa:
         head[-1:-1] = ["filter prec", "filter rec", "conv/batch"]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        gap1, gap2 = r.get("gap/i2t_r1_mp", float("nan")), r.get("gap/t2i_map", float("nan"))
         name = r["scheduler"] + (f" ({r['failed']} failed)" if r.get("failed") else "")
         wall = r["wall_time"][0]
         filter_time = r.get("filter_time", (float("nan"), 0.0))[0]
-        cells = [
-            name, str(r["n"]),
-            _fmt(r["i2t_r1_mp"], ms), _fmt_delta(r["delta/i2t_r1_mp"], ms),
-            "–" if math.isnan(gap1) else f"{gap1:.0%}",
-            _fmt(r["t2i_map"], ms), _fmt_delta(r["delta/t2i_map"], ms),
-            "–" if math.isnan(gap2) else f"{gap2:.0%}",
-            _fmt(r["t2i_r1_mp"], ms), _fmt(r["i2t_r5_mp"], ms), _fmt(r["i2t_r1"], ms), _fmt(r["t2i_r1"], ms),
-            _fmt(r["mean_fn_rate"]), _fmt(r["mean_fn_pair_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
-            _time_cell(wall, filter_time),
-        ]
+        missing = (float("nan"), float("nan"))
+        cells = [name, str(r["n"])]
+        for m in headline:
+            gap = r.get(f"gap/{m}", float("nan"))
+            cells += [_fmt(r.get(m, missing), ms), _fmt_delta(r.get(f"delta/{m}", missing), ms),
+                      "–" if math.isnan(gap) else f"{gap:.0%}"]
+        cells += [_fmt(r.get(m, missing), ms) for m in others]
+        cells += [_fmt(r["mean_fn_rate"]), _fmt(r["mean_fn_pair_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
+                  _time_cell(wall, filter_time)]
         if mafa:
             cells[-1:-1] = [_fmt(r.get("mafa_precision", (float("nan"), 0.0))),
                             _fmt(r.get("mafa_recall", (float("nan"), 0.0))),
@@ -245,7 +255,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
         lines.append("| " + " | ".join(cells) + " |")
     by_name = {r["scheduler"]: r for r in rows}
     if "random" in by_name and "oracle" in by_name:
-        for m, label in (("i2t_r1_mp", "i2t R@1 mp"), ("t2i_map", "t2i mAP")):
+        for m, label in ((m, LABELS.get(m, m)) for m in headline):
             ref, up = by_name["random"][m][0], by_name["oracle"][m][0]
             d_mean, d_std = by_name["oracle"].get(f"delta/{m}", (float("nan"), float("nan")))
             if math.isnan(ref) or math.isnan(up):

@@ -280,14 +280,15 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     if not main:
         return {"runs": runs}
     write_results_csv(runs, out_root / "results.csv")
-    rows = aggregate(runs)
+    headline = tuple(cfg.ablation.headline)
+    rows = aggregate(runs, headline=headline)
     notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "
              f"Data: {cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs; "
              f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
-    md = render_markdown(rows, command=command, notes=notes)
+    md = render_markdown(rows, command=command, notes=notes, headline=headline)
     (out_root / "results.md").write_text(md)
-    plots = plot_all(runs, out_root)
+    plots = plot_all(runs, out_root, headline=headline)
     return {"runs": runs, "rows": rows, "markdown": md,
             "files": {"csv": out_root / "results.csv", "md": out_root / "results.md", "plots": plots}}
 
@@ -298,6 +299,7 @@ def _summary_line(rec: dict[str, Any], done: int, total: int, elapsed: float) ->
         return f"[{done}/{total}] {name}: FAILED — {rec.get('error')}"
     final = rec.get("final") or {}
     return (f"[{done}/{total}] {name}: i2t R@1 mp {final.get('i2t_r1_mp', float('nan')):.3f}, "
+            f"i2t mAP {final.get('i2t_map', float('nan')):.3f}, "
             f"t2i mAP {final.get('t2i_map', float('nan')):.3f}, FN rate "
             f"{rec.get('mean_fn_rate', float('nan')):.3f}, {rec.get('wall_time', 0):.0f} s "
             f"(elapsed {elapsed:.0f} s)")

@@ -16,6 +16,9 @@ class AblationConfig:
     workers: int = param(1, "parallel processes", ge=1)
     out_dir: str = param("runs/ablation", "log dir: <scheduler>/seed<k>, results.csv/.md, plots")
     overrides: dict = param({}, "per-scheduler config overrides {name: {key.sub: value}}")
+    headline: list[str] = param(["i2t_r1_mp", "t2i_map"], "the two headline retrieval metrics of the results "
+                                "table (Δ to random and gap closed; rows sorted by the first) and its step plot "
+                                "(e.g. i2t_map, t2i_map: mAP over all true matches in both directions)")
     shared_warmup: bool = param(False, "do each seed's random-batch warm-up once (env.warm_start files under "
                                 "<out_dir>/warmup/) and start every scheduler of that seed from it (the same "
                                 "computation every run of a seed would repeat)")
