@@ -8,6 +8,11 @@ import sys
 
 from falcon_rl.config import check_mining, load_config
 
+#: every name ``make_scheduler`` accepts (kept here so that ``--help`` needs no agent imports;
+#: tests/test_cli_help.py checks it against ``falcon_rl.agents.available()``)
+SCHEDULER_NAMES = ("falcon", "grit", "random", "fixed", "progressive-hardening", "progressive-softening",
+                   "batch-level", "oracle", "oracle-targets", "mafa", "ppo", "a2c", "sac", "td3")
+
 HELP = "train (or run) a negative-mining scheduler on the env: TensorBoard, agent file, results.json"
 
 
@@ -15,8 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from falcon_rl.cli import add_config_arguments
 
     parser.add_argument("--agent", "-a", default=None,
-                        help="scheduler name (default agent.name): falcon, grit, random, fixed, "
-                             "progressive-hardening, progressive-softening, batch-level, oracle, ppo, a2c, sac, td3")
+                        help="scheduler name (default agent.name): " + ", ".join(SCHEDULER_NAMES))
     parser.add_argument("--episodes", "-n", type=int, default=None,
                         help="episodes of env.budget_steps steps (default 1; SB3 agents: agent.sb3_total_steps steps)")
     parser.add_argument("--out", "-o", default=None, help="output directory (default train.out_dir)")
