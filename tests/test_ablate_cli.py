@@ -17,7 +17,7 @@ SCHEDULERS = ("random", "oracle")
 
 def _args(tmp_path) -> list[str]:
     return [
-        "ablate", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "abl"),
+        "ablate", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(tmp_path / "abl"),
         f"data.cache_dir={tmp_path / 'data'}", "data.n_train=128", "data.n_test=64",
         "mining.search_space=32", "train.batch_size=16", "train.device=cpu", "train.threads=1",
         "train.warmup_steps=2", "env.budget_steps=3", "env.warmup_steps=4", "env.eval_every=2",

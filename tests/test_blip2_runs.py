@@ -255,7 +255,7 @@ def test_ablate_with_framework_blip2(tmp_path, tiny, monkeypatch, capsys):
     _, _, cache = tiny
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     schedulers = ("random", "grit", "falcon", "oracle")
-    args = ["ablate", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "abl"), "model.framework=blip2",
+    args = ["ablate", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(tmp_path / "abl"), "model.framework=blip2",
             f"data.cache_dir={cache}", *TINY, "env.warmup_steps=2", "env.eval_every=2", "eval.max_test=0",
             "logging.hist_every=1", f"ablation.schedulers=[{', '.join(schedulers)}]", "ablation.seeds=[0]",
             "ablation.workers=1"]

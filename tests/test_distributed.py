@@ -351,7 +351,7 @@ def test_reward_check_under_two_processes(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     root = tmp_path / "rc"
     options = ["lm", "itc", "mlm_hi", "lm_sample", "val_itc", "val_lm"]
-    args = ["reward-check", "--config", "configs/quickstart.yaml", "--out", str(root), *TINY,
+    args = ["reward-check", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(root), *TINY,
             f"data.cache_dir={data_dir}", "mining.search_space=32", "env.budget_steps=2", "env.warmup_steps=2",
             "env.eval_every=0", "logging.tensorboard=false", "env.val_pairs=16",
             "reward_check.policies=[fixed-0.25, grit]", f"reward_check.rewards=[{', '.join(options)}]",

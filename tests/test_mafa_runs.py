@@ -50,7 +50,7 @@ def test_env_reports_the_filter_every_step_and_smooths_after_the_warmup(tmp_path
 
 def _ablate_args(tmp_path) -> list[str]:
     return [
-        "ablate", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / "abl"),
+        "ablate", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(tmp_path / "abl"),
         f"data.cache_dir={tmp_path / 'data'}", "data.n_train=256", "data.n_test=64",
         "mining.search_space=64", "train.batch_size=32", "train.device=cpu", "train.threads=1",
         "train.warmup_steps=1", "env.budget_steps=2", "env.warmup_steps=2", "env.eval_every=0",

@@ -105,7 +105,7 @@ def test_ablate_continues_an_interrupted_run(tmp_path, data_dir, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
 
     def args(out: str) -> list[str]:
-        return ["ablate", "--config", "configs/quickstart.yaml", "--out", str(tmp_path / out),
+        return ["ablate", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(tmp_path / out),
                 f"data.cache_dir={data_dir}", "data.n_train=128", "data.n_test=64", "mining.search_space=32",
                 "train.batch_size=16", "train.device=cpu", "train.threads=1", "env.budget_steps=3",
                 "env.warmup_steps=4", "env.eval_every=2", "logging.progress=false", "logging.hist_every=1",

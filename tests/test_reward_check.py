@@ -80,7 +80,7 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     root = tmp_path / "rc"
     options = ["lm", "itc", "mlm_hi", "lm_sample", "val_itc", "val_lm"]
-    args = ["reward-check", "--config", "configs/quickstart.yaml", "--out", str(root),
+    args = ["reward-check", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(root),
             f"data.cache_dir={tmp_path / 'data'}", "data.n_train=160", "data.n_test=48", "mining.search_space=32",
             "train.batch_size=16", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
             "env.budget_steps=2", "env.warmup_steps=3", "env.eval_every=0", "logging.progress=false",

@@ -62,7 +62,7 @@ def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(
 
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
     root = tmp_path / "abl"
-    args = ["ablate", "--config", "configs/quickstart.yaml", "--out", str(root),
+    args = ["ablate", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(root),
             f"data.cache_dir={tmp_path / 'data'}", "data.n_train=128", "data.n_test=64",
             "mining.search_space=32", "train.batch_size=16", "train.device=cpu", "train.threads=1",
             "train.warmup_steps=2", "env.budget_steps=2", "env.warmup_steps=4", "env.eval_every=0",
