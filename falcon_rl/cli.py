@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 import traceback
 
@@ -86,9 +87,26 @@ def one_line(error: BaseException) -> str:
     return text
 
 
+_OVERRIDE = re.compile(r"^[A-Za-z_][\w.]*=")
+
+
+def parse_command_line(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``parser.parse_args``, but ``key.sub=value`` overrides may also come between options
+    (``--config X data.seed=1 --out Y``): argparse takes only the first run of positionals, so
+    later ``key=value`` words are collected into ``args.overrides``; anything else unknown is the
+    usual usage error."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [word for word in extra if not _OVERRIDE.match(word)]
+    if extra and (unknown or not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(unknown or extra)}")
+    if extra:
+        args.overrides = [*(args.overrides or []), *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parse_command_line(parser, argv)
     debug = bool(getattr(args, "debug", False))
     try:
         return int(args._run(args) or 0)
