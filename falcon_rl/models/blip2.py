@@ -35,11 +35,10 @@ it does on ALBEF's ITC / ITM / MLM.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +49,7 @@ from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.albef import mlm_classes, mlm_targets, trim_padding
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
+from falcon_rl.models.mafa import eval_mode
 from falcon_rl.models.masking import MLMMasks
 from falcon_rl.models.pair_plan import PairPlanner
 from falcon_rl.models.presets import QFormerShape, resolve_qformer, resolve_shape
@@ -131,18 +131,6 @@ def load_vision_checkpoint(path: str | Path, vision: nn.Module, shape: Any, imag
                               f"{str(e).splitlines()[0]}") from e
 
 
-@contextlib.contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    modes = [m.training for m in modules]
-    try:
-        for m in modules:
-            m.eval()
-        yield
-    finally:
-        for m, mode in zip(modules, modes):
-            m.train(mode)
-
-
 class BLIP2Filter(nn.Module):
     """A BLIP-2 model's ITM as a MAFA filter (:class:`falcon_rl.models.protocol.FilterModel`)."""
 
@@ -155,7 +143,7 @@ class BLIP2Filter(nn.Module):
 
         @torch.no_grad()
         def score(image_pos: torch.Tensor, text_pos: torch.Tensor) -> torch.Tensor:
-            with _eval_mode(self.model):
+            with eval_mode(self.model):
                 if not cache:
                     mask, ids = trim_padding(attention_mask, input_ids)
                     cache.update(tokens=self.model.itm_image_state(image), ids=ids, mask=mask)

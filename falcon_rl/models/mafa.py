@@ -150,8 +150,9 @@ def mine_connections(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: to
 
 
 @contextlib.contextmanager
-def _eval_mode(*modules: nn.Module) -> Iterator[None]:
-    """Run ``modules`` in eval mode (no dropout) and restore their previous modes."""
+def eval_mode(*modules: nn.Module) -> Iterator[None]:
+    """Run ``modules`` in eval mode (no dropout) and restore their previous modes (every filter
+    model scores this way: ALBEF's :class:`FilterScorer`, BLIP-2's ``BLIP2Filter``)."""
     modes = [m.training for m in modules]
     try:
         for m in modules:
@@ -183,7 +184,7 @@ class FilterScorer(nn.Module):
 
         @torch.no_grad()
         def score(image_pos: torch.Tensor, text_pos: torch.Tensor) -> torch.Tensor:
-            with _eval_mode(self.encoders, self.itm_head):
+            with eval_mode(self.encoders, self.itm_head):
                 if not cache:
                     mask, ids = trim_padding(attention_mask, input_ids)
                     tokens, _ = self.encoders.encode_image(image)
