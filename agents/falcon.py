@@ -22,6 +22,7 @@ from torch.distributions import Beta
 
 from falcon_rl.agents.base import Scheduler, SchedulerSpec
 from falcon_rl.agents.reinforce import Reinforce
+from falcon_rl.agents.step_shift import StepShift, shift_q
 from falcon_rl.config.agent import AgentConfig
 
 #: q is kept this far inside (0, 1) when scoring it, so log-probabilities stay finite
@@ -108,6 +109,8 @@ class FalconScheduler(Scheduler):
             self.policy = BetaPolicy(in_dim, agent.hidden, agent.blocks, agent.min_concentration)
         member_fn = None if self.pooled else self._member_log_prob_entropy
         self.learner = Reinforce(self.policy, self._log_prob_entropy, agent, member_fn)
+        #: one logit offset per env step shared by every member (agent.step_noise; inactive at 0)
+        self.shift = StepShift(agent)
         self.training = True
 
     def _inputs(self, obs: torch.Tensor) -> torch.Tensor:
@@ -133,11 +136,13 @@ class FalconScheduler(Scheduler):
             alpha, beta = self.policy(self._inputs(x))
         a, b = alpha.double().numpy(), beta.double().numpy()
         if deterministic:
-            q = a / (a + b)
+            q = shift_q(a / (a + b), self.shift.level)
         else:
-            q = self.rng.beta(a, b)
-            if self.training:
-                self.learner.record(x, torch.as_tensor(q, dtype=torch.float32))
+            sample = self.rng.beta(a, b)
+            explore = self.training and self.shift.active
+            q = shift_q(sample, self.shift.sample(self.rng) if explore else self.shift.level)
+            if self.training:  # the network learns from its own samples (before the shared offset)
+                self.learner.record(x, torch.as_tensor(sample, dtype=torch.float32))
         return np.broadcast_to(q, obs.shape[:2]).copy()
 
     def observe(self, reward: float, info: dict[str, Any] | None = None) -> dict[str, float]:
@@ -159,7 +164,10 @@ class FalconScheduler(Scheduler):
             if member_reward is None:
                 raise ValueError("agent.credit=member needs each member's own loss change, info['member_own_reward'], "
                                  "which the env gives for env.reward lm (mlm), lm_sample, mlm_hi or toy")
-        return self.learner.observe(reward, member_reward, info.get("member_batch"))
+        stats = self.learner.observe(reward, member_reward, info.get("member_batch"))
+        if self.shift.active:
+            stats.update(self.shift.observe(reward))
+        return stats
 
     @property
     def learns_from_reward(self) -> bool:
@@ -170,11 +178,12 @@ class FalconScheduler(Scheduler):
         """Stop learning (frozen scheduler for a new pretraining run)."""
         self.training = False
         self.learner._pending = None
+        self.shift.pending = None
         return self
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict(), "learner": self.learner.state_dict(),
-                "in_dim": int(self.spec.observation_space.shape[1])}
+                "in_dim": int(self.spec.observation_space.shape[1]), "shift": self.shift.state_dict()}
 
     def resume_state(self) -> dict[str, Any]:
         return {**super().resume_state(), "learner": self.learner.resume_state(), "training": self.training}
@@ -191,6 +200,8 @@ class FalconScheduler(Scheduler):
                              f"this environment gives {in_dim} (check the mining.state_* flags)")
         self.policy.load_state_dict(state["policy"])
         self.learner.load_state_dict(state["learner"])
+        if "shift" in state:  # agents saved before agent.step_noise existed have no shared offset (level 0)
+            self.shift.load_state_dict(state["shift"])
 
 
 class BatchLevelScheduler(FalconScheduler):

@@ -47,6 +47,14 @@ class AgentConfig:
     update_unit: str = param("step", "FALCON: one REINFORCE update per env step (from agent.update_every steps), or "
                              "one per trained batch, from that batch's members (batch; needs credit batch or "
                              "member)", choices=["step", "batch"])
+    step_noise: float = param(0.0, "FALCON: std of one logit offset shared by every member of an env step, "
+                              "q = sigmoid(logit(x) + z), z ~ N(level, step_noise^2); the level is learned by "
+                              "REINFORCE on the step reward (0 = off, the paper's per-member exploration only; "
+                              "falcon_rl.agents.step_shift)", ge=0.0)
+    step_lr: float = param(0.1, "FALCON with agent.step_noise > 0: learning rate of the shared level (logit units "
+                           "per unit of normalised advantage)", ge=0.0)
+    step_level: float = param(0.0, "FALCON with agent.step_noise > 0: the shared level's start (logit units; 0 "
+                              "leaves the Beta samples' median where it is)")
     load_path: str | None = param(None, "load a trained agent (frozen) from this file")
     checkpoint_every: int = param(10, "train-agent: write the resume checkpoint every N env steps (0: only on "
                                   "Ctrl-C); SB3 agents at the first update boundary after N steps", ge=0)
