@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from falcon_rl.ablation.batch_regression import batch_regression, centred_ols
+from falcon_rl.ablation.learnability import learnability
 from falcon_rl.ablation.reward_check import fixed_label, reward_check_config, spearman
 from falcon_rl.config import ConfigError, load_config
 
@@ -60,6 +61,48 @@ def test_regression_reads_the_runs_batch_stats():
     assert np.isnan(batch_regression(records, "itc").coef["fn_pairs"])  # not logged: nothing to fit
 
 
+def _runs(noise: np.ndarray, delta: float, steps: int) -> list[dict]:
+    """random and good x 3 seeds; the reward per step is a falling trend + the seed's noise (the
+    same for both policies: paired), good's shifted up by ``delta``; good retrieves better."""
+    trend = 0.05 * np.exp(-np.arange(steps) / 300.0)  # a smooth fall, as over a bench run
+    out = []
+    for seed in range(3):
+        for policy, shift, metric in (("random", 0.0, 30.0), ("good", delta, 38.0), ("poor", -delta, 25.0)):
+            v = trend + shift + noise[seed]
+            out.append({"status": "ok", "scheduler": policy, "seed": seed, "final": {"m": metric + seed},
+                        "history": {"reward_components": [{"itc": float(x)} for x in v]}})
+    return out
+
+
+def test_learnability_measures_the_preference_against_the_rewards_noise():
+    rng = np.random.default_rng(0)
+    steps, sigma, delta = 600, 0.01, 0.001
+    white = sigma * rng.standard_normal((3, steps))
+    row = learnability(_runs(white, delta, steps), ["itc"], "m", horizons=[1, 10])[0]
+    assert row["best"] == "good" and row["pairs"] == 3 and row["delta"] == pytest.approx(delta)
+    assert row["sigma_1"] == pytest.approx(sigma, rel=0.05)
+    assert row["sigma_10"] == pytest.approx(sigma * np.sqrt(10), rel=0.15)  # independent noise adds up
+    assert row["snr_1"] == pytest.approx(0.1, rel=0.05)
+    assert row["steps_1"] == pytest.approx(16 * row["sigma_1"] ** 2 / delta ** 2)  # about 1 600 steps
+    assert row["steps_10"] == pytest.approx(row["steps_1"], rel=0.3)  # summing does not help white noise
+
+    # the change of a fluctuating level (a validation loss): the noise of a k-step sum telescopes
+    level = sigma / np.sqrt(2) * rng.standard_normal((3, steps + 1))
+    telescoping = np.diff(level, axis=1)
+    row = learnability(_runs(telescoping, delta, steps), ["itc"], "m", horizons=[1, 10])[0]
+    assert row["sigma_1"] == pytest.approx(sigma, rel=0.05)
+    assert row["sigma_10"] == pytest.approx(sigma, rel=0.15)
+    assert row["steps_10"] < 0.15 * row["steps_1"]
+
+
+def test_learnability_without_a_reference_or_the_option_is_nan():
+    runs = _runs(np.zeros((3, 50)), 0.001, 50)
+    assert np.isnan(learnability(runs, ["val_itc"], "m")[0]["steps_1"])  # not logged
+    no_ref = [r for r in runs if r["scheduler"] != "random"]
+    row = learnability(no_ref, ["itc"], "m")[0]
+    assert row["best"] is None and np.isnan(row["delta"]) and np.isnan(row["steps_1"])
+
+
 def test_reward_check_config_expands_fixed_labels_and_logs_every_option():
     cfg = load_config(None, ["reward_check.policies=[fixed-0, fixed-0.75, random]", "reward_check.out_dir=/tmp/x",
                              "reward_check.rewards=[mlm, val_itc]"])
@@ -85,6 +128,7 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
             "train.batch_size=16", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
             "env.budget_steps=2", "env.warmup_steps=3", "env.eval_every=0", "logging.progress=false",
             "logging.tensorboard=false", "env.val_pairs=16", "reward_check.policies=[fixed-0.25, grit]",
+            "reward_check.reference=fixed-0.25",
             f"reward_check.rewards=[{', '.join(options)}]", "ablation.seeds=[0, 1]", "ablation.workers=1",
             "ablation.shared_warmup=true"]
     assert main(args) == 0
@@ -100,6 +144,10 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
                                                                ("grit", "0"), ("grit", "1")]
     assert all(float(r[f"reward_{n}"]) == float(r[f"reward_{n}"]) for r in runs for n in options)  # no NaN
     assert (root / "reward_check.png").stat().st_size > 5000 and (root / "reward_check.md").is_file()
+    assert "## Learnability: env steps an online learner needs" in (root / "reward_check.md").read_text()
+    learn = list(csv.DictReader((root / "reward_check_learnability.csv").open()))
+    assert [r["reward"] for r in learn] == options  # 2 env steps: too few for a noise, a delta all the same
+    assert all(r["best"] == "grit" and r["reference"] == "fixed-0.25" and r["delta"] != "" for r in learn), learn
     rec = json.loads((root / "fixed-0.25" / "seed0" / "results.json").read_text())
     assert rec["history"]["reward_components"][0].keys() >= {"mlm", *options[1:]}  # lm: under the loss's name
     # the two policies ran from one shared warm-up per seed, and a rerun skips every finished run

@@ -11,10 +11,13 @@ the same runs (``env.reward_log``, ``env.compute_reward: always``). Then, per op
   its final metrics (``reward_check.metrics``, from ``results.json``), pooled and within seed (both
   sides centred on the seed's mean first, so a seed that is better everywhere adds nothing);
 - the per-batch regression of the reward on the batch's false-negative pairs and hardness,
-  centred within the env step (:mod:`falcon_rl.ablation.batch_regression`), pooled over the runs.
+  centred within the env step (:mod:`falcon_rl.ablation.batch_regression`), pooled over the runs;
+- its learnability: how much the best policy beats ``reward_check.reference`` per env step next to
+  the reward's noise over ``reward_check.horizons`` steps, and the env steps an online learner
+  would need to see it (:mod:`falcon_rl.ablation.learnability`).
 
 Outputs in ``reward_check.out_dir``: ``reward_check.md`` / ``reward_check.csv`` (one row per
-option), ``reward_check_runs.csv`` (one row per run: policy, seed, metrics, mean reward per
+option), ``reward_check_learnability.csv``, ``reward_check_runs.csv`` (one row per run: policy, seed, metrics, mean reward per
 option), ``reward_check.png`` (mean reward vs the first metric, one panel per option), and the
 usual ablation files (``results.md``, ...).
 """
@@ -31,6 +34,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression, component
+from falcon_rl.ablation.learnability import learnability
 from falcon_rl.ablation.runner import RunFn, WarmFn, run_ablation
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
@@ -163,8 +167,10 @@ def _fmt(x: Any, digits: int = 2) -> str:
 
 
 def render_markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]], metrics: Sequence[str],
-                    rewards: Sequence[str], command: str | None = None, notes: Sequence[str] = ()) -> str:
-    """``reward_check.md``: the correlation table, the per-batch regression and the per-policy means."""
+                    rewards: Sequence[str], command: str | None = None, notes: Sequence[str] = (),
+                    learn: Sequence[dict[str, Any]] = (), horizons: Sequence[int] = ()) -> str:
+    """``reward_check.md``: the correlation table, the per-batch regression, the learnability table
+    and the per-policy means."""
     lines = ["# Reward check: which reward option tracks retrieval", ""]
     if command:
         lines += ["    " + command, ""]
@@ -188,6 +194,23 @@ def render_markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any
         for k in REGRESSORS:
             cells += [_fmt(r[f"{k}_coef"], 4), _fmt(r[f"{k}_se"], 4), _fmt(r[f"{k}_t"])]
         lines.append("| " + " | ".join(cells) + " |")
+    if learn:
+        first = learn[0]
+        lines += ["", "## Learnability: env steps an online learner needs", "",
+                  f"δ = mean reward per env step of the best policy by {metrics[0] if metrics else 'the metric'} "
+                  f"({first['best']}) minus {first['reference']}'s, paired by seed; σ_k = residual std of the "
+                  "reward summed over k env steps around a quadratic trend over the run (pooled over runs); "
+                  "SNR_k = k·δ / σ_k; steps_k = 16·σ_k² / (k·δ²), the env steps needed to tell the two apart "
+                  "at t = 2 from k-step sums.", ""]
+        head = ["reward", "δ / step"] + [c for k in horizons for c in (f"σ_{k}", f"SNR_{k}", f"steps_{k}")]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in learn:
+            cells = [r["reward"], _fmt(r["delta"], 4)]
+            for k in horizons:
+                steps = r[f"steps_{k}"]
+                cells += [_fmt(r[f"sigma_{k}"], 4), _fmt(r[f"snr_{k}"]),
+                          f"{steps:,.0f}" if math.isfinite(steps) else "–"]
+            lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Mean reward and final metrics per policy (mean over seeds)", ""]
     head = ["policy", "seeds"] + list(metrics) + ["FN rate"] + list(rewards)
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -250,7 +273,7 @@ def run_reward_check(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<confi
                      warm_fn: WarmFn | None = None) -> dict[str, Any]:
     """Run (or resume) the fixed policies x seeds, then write the reward-check table, CSVs and plot.
 
-    :returns: ``{"rows", "runs", "markdown", "files", "ablation"}``; under torchrun only rank 0 analyses
+    :returns: ``{"rows", "runs", "learnability", "markdown", "files", "ablation"}``; under torchrun only rank 0 analyses
         and writes (the other ranks get ``{"ablation": {"runs": ...}}``).
     """
     abl = reward_check_config(cfg, source)
@@ -270,13 +293,16 @@ def run_reward_check(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<confi
              f"{abl.mining.search_space}; {abl.env.budget_steps} env steps; validation rewards on "
              f"{abl.env.held_out_pairs} held-out training pairs; mlm_hi at mlm_prob {abl.env.reward_mlm_prob}; "
              f"hardness = {rc.hardness}."]
-    md = render_markdown(rows, runs, metrics, rewards, command, notes)
-    files = {"md": out / "reward_check.md", "csv": out / "reward_check.csv", "runs_csv": out / "reward_check_runs.csv"}
+    learn = learnability(records, rewards, metrics[0], rc.reference, rc.horizons) if metrics else []
+    md = render_markdown(rows, runs, metrics, rewards, command, notes, learn, rc.horizons)
+    files = {"md": out / "reward_check.md", "csv": out / "reward_check.csv", "runs_csv": out / "reward_check_runs.csv",
+             "learn_csv": out / "reward_check_learnability.csv"}
     files["md"].write_text(md)
     write_csv(rows, files["csv"])
+    write_csv(learn, files["learn_csv"])
     write_csv(runs, files["runs_csv"])
     png = plot(runs, rewards, metrics[0], {r["reward"]: r[f"rho_{metrics[0]}"] for r in rows},
                out / "reward_check.png") if metrics else None
     if png is not None:
         files["png"] = png
-    return {"rows": rows, "runs": runs, "markdown": md, "files": files, "ablation": result}
+    return {"rows": rows, "runs": runs, "learnability": learn, "markdown": md, "files": files, "ablation": result}

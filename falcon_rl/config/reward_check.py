@@ -23,5 +23,9 @@ class RewardCheckConfig:
     hardness: str = param("rank_quantile", "per-batch regression's hardness: the mean rank quantile of the "
                           "batch's chain picks among the remaining candidates, or their mean q",
                           choices=["rank_quantile", "q_mean"])
+    reference: str = param("random", "learnability table: the policy the best one (by the first metric) is "
+                           "compared with")
+    horizons: list[int] = param([1, 10], "learnability table: env steps a learner sums the reward over before "
+                                "comparing (the noise of a k-step sum, and the env steps it needs)", each_ge=1)
     out_dir: str = param("runs/reward_check", "output dir: <policy>/seed<k> runs, reward_check.md/.csv/.png and "
                          "the usual ablation results")
