@@ -111,6 +111,9 @@ def test_script_reads_an_ablation_folder(tmp_path, capsys):
     failed = tmp_path / "ppo" / "seed0"
     failed.mkdir(parents=True)
     (failed / "results.json").write_text(json.dumps(record(1.0, {10: 50.0}, status="failed")))
+    mafa_filter = tmp_path / "filter"  # configs/mafa_cpu.yaml trains its filter into the bench's out_dir
+    mafa_filter.mkdir()
+    (mafa_filter / "results.json").write_text(json.dumps({"status": "ok", "history": [{"epoch": 1, "loss": 0.5}]}))
     loaded = load_runs(tmp_path)
     assert {(r["scheduler"], r["seed"]) for r in loaded} == set(curves()) | {("ppo", 0)}
     main = runpy.run_path(str(SCRIPT))["main"]

@@ -76,8 +76,8 @@ def load_runs(folder: str | Path) -> list[dict[str, Any]]:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
             raise ValueError(f"{path}: cannot read the run record ({e})") from None
-        if not isinstance(rec, dict) or "history" not in rec:
-            continue
+        if not isinstance(rec, dict) or not isinstance(rec.get("history"), dict):
+            continue  # not a run record (e.g. MAFA's filter/results.json: its history is a list of epochs)
         rec.setdefault("scheduler", path.parent.parent.name)
         if rec.get("seed") is None:
             m = re.fullmatch(r"seed(\d+)", path.parent.name)
