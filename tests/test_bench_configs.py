@@ -34,8 +34,28 @@ def test_bench_world_and_protocol():
     bench = _load("bench_cpu.yaml")
     assert bench.data.max_objects == 1 and bench.data.relation_prob == 0.0
     assert bench.data.seed == 0  # the reported instance; choices were made on data.seed 1
-    assert len(bench.ablation.schedulers) == 6 and len(bench.ablation.seeds) == 3
+    assert len(bench.ablation.schedulers) == 7 and len(bench.ablation.seeds) == 3
     assert bench.env.held_out_pairs == bench.env.val_pairs == 128  # held out for every scheduler
+
+
+def test_every_bench_row_holds_out_the_same_pairs_and_shares_the_warm_up():
+    """falcon-shared learns from itc but logs val_itc, so its runs pair with the others' (the
+    warm-start files of itc and val_itc runs hold bit-identical tensors: checked on the bench)."""
+    from falcon_rl.ablation.runner import run_specs
+
+    bench = _load("bench_cpu.yaml")
+    specs = run_specs(bench)
+    assert {s.label for s in specs} == set(bench.ablation.schedulers)
+    def warm_up(spec):  # the reward names the warm-start file, but the warm-up never computes it
+        signature = warm_signature(spec.cfg, spec.seed)
+        signature["env"].pop("reward")
+        return signature
+
+    for spec in specs:
+        assert spec.cfg.env.held_out_pairs == 128, spec.label
+        assert warm_up(spec) == warm_up(next(s for s in specs if s.seed == spec.seed)), spec.label
+    shared = next(s.cfg for s in specs if s.label == "falcon-shared")
+    assert shared.env.reward == "itc" and shared.agent.step_noise == 4.0 and shared.agent.credit == "batch"
 
 
 def test_mafa_config_pairs_with_the_bench_runs():
