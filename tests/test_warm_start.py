@@ -57,6 +57,36 @@ def test_a_warm_state_from_another_config_or_seed_is_refused(tiny, tmp_path):
         NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data).reset(seed=2)
 
 
+def test_runs_that_differ_only_in_a_per_batch_reward_share_one_warm_start(tiny, tmp_path):
+    """itc and val_itc are measured after the warm-up: the same state (written by one, loaded by
+    the other, a file of the old signature too); toy and retrieval shape it and stay apart."""
+    import torch
+
+    from falcon_rl.training.warm_start import signature_digest, warm_signature
+
+    base, data = tiny
+    digest = {r: signature_digest(warm_signature(apply_overrides(base, [f"env.reward={r}"]), 1))
+              for r in ("itc", "mlm", "itc+itm", "toy", "retrieval")}
+    assert digest["itc"] == digest["mlm"] == digest["itc+itm"]
+    assert len({digest[r] for r in ("itc", "toy", "retrieval")}) == 3
+    held = ["env.val_pairs=16"]
+    assert (warm_signature(apply_overrides(base, held + ["env.reward=itc", "env.reward_log=[val_itc]"]), 1)
+            == warm_signature(apply_overrides(base, held + ["env.reward=val_itc"]), 1))
+    path = tmp_path / "warm.pt"
+    over = [f"env.warm_start={path}", "env.reward_log=[val_itc]", *held]
+    first = NegativeMiningEnv(apply_overrides(base, over + ["env.reward=val_itc"]), data=data)
+    obs1, _ = first.reset(seed=1)
+    payload = torch.load(path, weights_only=True)
+    payload["signature"]["env"]["reward"] = "val_itc"  # as written before this change
+    torch.save(payload, path)
+    second = NegativeMiningEnv(apply_overrides(base, over + ["env.reward=itc"]), data=data)
+    obs2, _ = second.reset(seed=1)
+    np.testing.assert_array_equal(obs1, obs2)
+    with pytest.raises(ValueError, match=r"env.reward: 'per-batch loss difference' != 'retrieval'"):
+        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", *held, "env.reward=retrieval"]),
+                          data=data).reset(seed=1)
+
+
 def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(tmp_path, monkeypatch):
     from falcon_rl.cli import main
 

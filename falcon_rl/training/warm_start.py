@@ -8,7 +8,8 @@ starting model, embedding cache and member history, whatever thread count each r
 
 The file holds the env's ``state_dict()`` (``falcon_rl.envs.NegativeMiningEnv``) (``weights_only``-safe) and a
 *signature*: the config keys that shape the warm-up and what follows it (data, model,
-train and mining sections, env warm-up and budget) and the reset seed. Loading a file made
+train and mining sections, env warm-up and budget, held-out pairs, whether the reward is a
+per-batch loss difference) and the reset seed. Loading a file made
 under another signature is an error naming the keys that differ.
 """
 
@@ -27,6 +28,18 @@ WARM_START_FORMAT = 1
 _TRAIN_FREE = ("out_dir", "threads", "checkpoint_every", "eval_every", "steps")
 #: env keys that shape the warm-up and the LR schedule (budget) of the episode
 _ENV_KEYS = ("warmup_steps", "budget_steps", "reward", "checkpoint")
+#: rewards that shape the warm-up or the state saved after it: ``toy`` trains nothing, ``retrieval``
+#: scores the warm model into the saved state. Every other option is a per-batch loss difference
+#: computed only after the warm-up (its held-out pairs are signed separately), so runs that differ
+#: only in such a reward share one warm start (checked on the bench: bit-identical files)
+_WARMUP_REWARDS = ("toy", "retrieval")
+#: what the signature records for every other reward
+_PER_BATCH = "per-batch loss difference"
+
+
+def _signed_reward(reward: Any) -> Any:
+    """The signature's value of ``env.reward``."""
+    return reward if reward in _WARMUP_REWARDS else _PER_BATCH
 
 
 def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
@@ -34,6 +47,7 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     d = to_dict(cfg)
     train = {k: v for k, v in d["train"].items() if k not in _TRAIN_FREE}
     env = {k: d["env"][k] for k in _ENV_KEYS}
+    env["reward"] = _signed_reward(env["reward"])
     if cfg.env.held_out_pairs:  # validation pairs held out change what the warm-up trains on
         env["held_out"] = cfg.env.held_out_pairs
     model = dict(d["model"])
@@ -77,7 +91,11 @@ def load_warm_start(path: str | Path, signature: dict[str, Any]) -> dict[str, An
     payload = load_torch_file(path, "warm start (env.warm_start)")
     if not isinstance(payload, dict) or payload.get("format") != WARM_START_FORMAT:
         raise ValueError(f"warm start {path} is not a falcon-rl warm-start file (env.warm_start)")
-    diff = signature_mismatch(payload["signature"], signature)
+    have = payload["signature"]
+    if isinstance(have, dict) and isinstance(have.get("env"), dict) and "reward" in have["env"]:
+        # files written before the per-batch rewards were signed as one value
+        have = {**have, "env": {**have["env"], "reward": _signed_reward(have["env"]["reward"])}}
+    diff = signature_mismatch(have, signature)
     if diff:
         raise ValueError(f"warm start {path} was made by another run configuration (file != this run): "
                          + "; ".join(diff[:8]) + (" ..." if len(diff) > 8 else "")
