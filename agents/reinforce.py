@@ -37,6 +37,13 @@ from falcon_rl.config.agent import AgentConfig
 LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
+def running_std(ema_var: float, momentum: float, updates: int) -> float:
+    """The std of an exponential moving average of squared advantages after ``updates`` updates,
+    bias-corrected for its zero start (``agent.reward_std_momentum``)."""
+    var = ema_var / (1.0 - momentum ** updates) if momentum > 0 else ema_var
+    return math.sqrt(var) + 1e-12
+
+
 def centred(values: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
     """``values`` minus their mean (``groups`` None) or minus the mean of their group (members with
     a negative group, e.g. not trained in any batch, get 0)."""
@@ -94,8 +101,7 @@ class Reinforce:
         m = self.agent.reward_std_momentum
         self.reward_var = m * (self.reward_var or 0.0) + (1.0 - m) * spread
         self.var_updates += 1
-        var = self.reward_var / (1.0 - m ** self.var_updates) if m > 0 else self.reward_var
-        return math.sqrt(var) + 1e-12
+        return running_std(self.reward_var, m, self.var_updates)
 
     def observe(self, reward: float, member_reward: Any = None, member_batch: Any = None) -> dict[str, float]:
         """Credit ``reward`` to the last recorded action; update every ``update_every`` steps.

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from falcon_rl.agents.reinforce import running_std
 from falcon_rl.config.agent import AgentConfig
 
 #: x is kept this far inside (0, 1) before its logit is taken
@@ -80,7 +81,7 @@ class StepShift:
         self.baseline = self.momentum * self.baseline + (1.0 - self.momentum) * r
         self.var = self.std_momentum * self.var + (1.0 - self.std_momentum) * advantage * advantage
         self.var_updates += 1
-        std = math.sqrt(self.var / (1.0 - self.std_momentum ** self.var_updates)) + 1e-12
+        std = running_std(self.var, self.std_momentum, self.var_updates)
         self.level += self.lr * (advantage / std) * (z - self.level) / self.noise
         return {"step_level": self.level, "step_offset": z, "step_advantage": advantage / std}
 

@@ -79,10 +79,11 @@ def learnability(records: Sequence[dict[str, Any]], rewards: Sequence[str], metr
                     deltas.append(a.mean() - b.mean())
         delta = float(np.mean(deltas)) if deltas else float("nan")
         row["delta"], row["pairs"] = delta, len(deltas)
+        series = [step_series(r, name) for r in ok]
         for k in horizons:
             rss, dof = 0.0, 0
-            for r in ok:
-                s, d = horizon_noise(step_series(r, name), int(k), degree)
+            for values in series:
+                s, d = horizon_noise(values, int(k), degree)
                 if d > 0:
                     rss, dof = rss + s, dof + d
             sigma = math.sqrt(rss / dof) if dof else float("nan")

@@ -33,8 +33,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression, component
-from falcon_rl.ablation.learnability import learnability
+from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression
+from falcon_rl.ablation.learnability import learnability, step_series
 from falcon_rl.ablation.runner import RunFn, WarmFn, run_ablation
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
@@ -111,9 +111,8 @@ def _within(values: np.ndarray, seeds: np.ndarray) -> np.ndarray:
 
 def mean_component(record: dict[str, Any], name: str) -> float:
     """A run's mean over env steps of reward option ``name`` (``history["reward_components"]``)."""
-    steps = (record.get("history") or {}).get("reward_components", []) or []
-    values = [float(v) for v in (component(c or {}, name) for c in steps) if v is not None and math.isfinite(float(v))]
-    return float(np.mean(values)) if values else float("nan")
+    values = step_series(record, name)
+    return float(values.mean()) if values.size else float("nan")
 
 
 def run_table(records: Sequence[dict[str, Any]], rewards: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
