@@ -28,6 +28,7 @@ point with that checkpoint (``status: "interrupted"``); a second stops at once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -40,8 +41,9 @@ from stable_baselines3.common.callbacks import BaseCallback
 from falcon_rl.agents.base import Scheduler
 from falcon_rl.agents.logger import RunLogger
 from falcon_rl.agents.registry import canonical_name, is_sb3, load_scheduler, make_scheduler
+from falcon_rl.ablation.cost import LEARN_DIR  # <out>/train: the learning episodes of agent.train_episodes
 from falcon_rl.agents.sb3 import SB3Scheduler
-from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, to_dict
+from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config, to_dict
 from falcon_rl.data.base import DataBundle
 from falcon_rl.distributed import world
 from falcon_rl.envs.lockstep import Lockstep, follow
@@ -353,6 +355,39 @@ def _nanmean(values: list[float]) -> float:
     return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
 
 
+def _learn_first(cfg: ExperimentConfig, name: str, out: Path | None, *, data: DataBundle | None,
+                 progress: bool | str | None, resume: bool | str) -> dict[str, Any]:
+    """``agent.train_episodes``: the scheduler learns for that many episodes in ``<out>/train``
+    (a finished one there, of the same config, is reused; an interrupted one continues), and
+    the caller then reports a fresh pretraining run with the saved agent frozen. Returns the
+    learning run's record."""
+    if out is None:
+        raise ValueError("agent.train_episodes needs an output directory (the agent is learned in <out_dir>/train)")
+    learn_cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, train_episodes=0))
+    learn_dir = out / LEARN_DIR
+    done = learn_dir / "results.json"
+    if done.is_file() and (learn_dir / "config.yaml").is_file():
+        try:
+            record = json.loads(done.read_text())
+            same = to_dict(load_config(learn_dir / "config.yaml")) == to_dict(learn_cfg)
+        except (OSError, json.JSONDecodeError, ConfigError):
+            record, same = {}, False
+        if same and record.get("status") == "ok" and record.get("agent_path") and Path(record["agent_path"]).is_file():
+            return record
+    return run_scheduler(learn_cfg, name, learn_dir, episodes=cfg.agent.train_episodes, data=data,
+                         progress=progress, resume="auto" if resume else False)
+
+
+def _learned_summary(learned: dict[str, Any]) -> dict[str, Any]:
+    """What the reported run's record keeps of the learning run (its cost and reward; the
+    full history stays in ``<out>/train/results.json``)."""
+    summary = {k: learned.get(k) for k in ("episodes", "steps", "wall_time", "cpu_time", "time", "mean_reward",
+                                           "mean_fn_rate", "episode_rewards", "agent_path", "final")}
+    batches = (learned.get("history") or {}).get("n_batches") or []
+    summary["optimizer_steps"] = int(sum(b for b in batches if b is not None))
+    return summary
+
+
 def run_scheduler(
     cfg: ExperimentConfig,
     scheduler: str | None = None,
@@ -399,6 +434,12 @@ def run_scheduler(
     load_path = load_path if load_path is not None else cfg.agent.load_path
     out = Path(out_dir if out_dir is not None else cfg.train.out_dir).expanduser() if out_dir != "" else None
     progress = cfg.logging.progress if progress is None else progress
+    learned: dict[str, Any] | None = None
+    if cfg.agent.train_episodes and load_path is None:
+        learned = _learn_first(cfg, name, out, data=data, progress=progress, resume=resume)
+        if learned["status"] != "ok":
+            return learned
+        load_path = learned["agent_path"]
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     if resume and ckpt_path is None:
         raise ValueError("resume needs an output directory")
@@ -549,6 +590,9 @@ def run_scheduler(
             saved = ckpt_path is not None and ckpt_path.is_file()
             record["error"] = (f"interrupted at env step {tracker.step}"
                                + (f"; resume from {ckpt_path} (env step {checkpointer.saved_step})" if saved else ""))
+        if learned is not None:
+            record["learned"] = _learned_summary(learned)
+            record["learn_time"] = learned.get("wall_time")
         record = _jsonable(record)
         if out is not None:
             (out / "results.json").write_text(json.dumps(record, indent=1))

@@ -129,3 +129,21 @@ def test_target_met_at_step_zero_gives_undefined_ratios():
     assert rows["grit"].reached == 1 and math.isnan(rows["grit"].ratio["wall"][0])
     md = render_cost_table(list(rows.values()), "i2t_r1_mp", None)
     assert "| grit | 1/1 | – | – | 0.0 ± 0.0 | 0 ± 0 |" in md and "before its first mined step" in md
+
+
+def test_a_run_that_learned_first_starts_at_its_learning_cost(tmp_path):
+    # agent.train_episodes: 20 s of learning episodes (2 of them evaluating) and 60 optimiser steps
+    rec = {**record(1.0, {0: 10.0, 5: 30.0, 10: 35.0}),
+           "learned": {"wall_time": 20.0, "time": {"eval": 2.0}, "optimizer_steps": 60}}
+    steps, wall, batches = cumulative_cost(rec)
+    assert wall[4] == pytest.approx(18.0 + 5 * 1.0 - 0.5) and batches[4] == 60 + 20
+    reach = first_reach(rec, "i2t_r1_mp", 30.0)
+    assert reach.env_step == 5 and reach.wall == pytest.approx(22.5) and reach.steps == 80
+    at_start = first_reach(rec, "i2t_r1_mp", 5.0)  # reached at env step 0: the learning cost alone
+    assert at_start.env_step == 0 and at_start.wall == pytest.approx(18.0) and at_start.steps == 60
+    # its learning run's own results.json (<run>/train/) is not read as a run of its own
+    run_dir = tmp_path / "falcon-learned" / "seed0"
+    (run_dir / "train").mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps(rec))
+    (run_dir / "train" / "results.json").write_text(json.dumps({**record(1.0, {10: 50.0}), "scheduler": "falcon"}))
+    assert [(r["scheduler"], r["seed"]) for r in load_runs(tmp_path)] == [("falcon-learned", 0)]

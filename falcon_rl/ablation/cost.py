@@ -15,6 +15,11 @@ scheduler of an ablation shares):
   per env step are not known, so env steps are used; the ratio is the same when every env step
   trains the same number of batches).
 
+A run whose scheduler learned for some episodes first (``agent.train_episodes``: its record's
+``learned``) starts at that cost: the learning episodes' wall time (less their excluded parts)
+and optimiser steps are added before its first env step. Their own ``results.json`` (in the
+run's ``train/`` folder) is not read as a run.
+
 A run *reaches* the target at its first evaluation with ``metric >= target``. The target is by
 default, per seed, the reference's (``random``) final value of the metric with that seed (the
 reference then always reaches it, by its last evaluation at the latest); ``target`` fixes one
@@ -32,6 +37,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+#: sub-folder of a run that holds its learning episodes (``agent.train_episodes``; agents/runner.py)
+LEARN_DIR = "train"
 
 #: compute units reported: wall seconds and optimiser steps
 UNITS: tuple[str, ...] = ("wall", "steps")
@@ -72,6 +80,8 @@ def load_runs(folder: str | Path) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"ablation folder not found: {root}")
     runs = []
     for path in sorted(root.rglob("results.json")):
+        if path.parent.name == LEARN_DIR and (path.parent.parent / "results.json").is_file():
+            continue  # the learning episodes of a run with agent.train_episodes: counted in that run's cost
         try:
             rec = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as e:
@@ -105,7 +115,17 @@ def cumulative_cost(run: dict[str, Any], exclude: Sequence[str] = ("eval",)) -> 
     for part in exclude:
         wall = wall - _values(h, f"time_{part}", n, 0.0)
     batches = _values(h, "n_batches", n, 1.0) if h.get("n_batches") else np.ones(n)
-    return steps, np.cumsum(wall), np.cumsum(batches)
+    wall0, batches0 = learning_cost(run, exclude)
+    return steps, wall0 + np.cumsum(wall), batches0 + np.cumsum(batches)
+
+
+def learning_cost(run: dict[str, Any], exclude: Sequence[str] = ("eval",)) -> tuple[float, float]:
+    """Wall seconds (less the ``exclude`` parts) and optimiser steps of the run's learning
+    episodes before its first env step (``agent.train_episodes``; 0, 0 without)."""
+    learned = run.get("learned") or {}
+    split = learned.get("time") or {}
+    wall = float(learned.get("wall_time") or 0.0) - sum(float(split.get(p) or 0.0) for p in exclude)
+    return wall, float(learned.get("optimizer_steps") or 0.0)
 
 
 def final_value(run: dict[str, Any], metric: str) -> float:
@@ -120,14 +140,15 @@ def final_value(run: dict[str, Any], metric: str) -> float:
 def first_reach(run: dict[str, Any], metric: str, target: float, exclude: Sequence[str] = ("eval",)) -> Reach:
     """The compute until the run's first evaluation with ``metric >= target``."""
     steps, wall, batches = cumulative_cost(run, exclude)
+    wall0, batches0 = learning_cost(run, exclude)
     for e in (run.get("history") or {}).get("eval", []):
         value = e.get(metric)
         if value is None or not float(value) >= target - 1e-12:
             continue
         s = int(e["step"])
         done = np.flatnonzero(steps <= s)
-        if done.size == 0:  # reached before the first mined step
-            return Reach(s, 0.0, 0.0)
+        if done.size == 0:  # reached before the first mined step (after the learning episodes, if any)
+            return Reach(s, wall0, batches0)
         i = int(done[-1])
         return Reach(s, float(wall[i]), float(batches[i]))
     return Reach(None, None, None)

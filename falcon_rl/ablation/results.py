@@ -40,6 +40,8 @@ LABELS: dict[str, str] = {"i2t_r1_mp": "i2t R@1 mp", "t2i_map": "t2i mAP", "i2t_
 TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "i2t_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
 #: run-level scalars shown in the table
 RUN_SCALARS: tuple[str, ...] = ("mean_fn_rate", "mean_fn_pair_rate", "mean_reward", "wall_time")
+#: wall time of the scheduler's learning episodes before the reported run (``agent.train_episodes``)
+LEARN_TIME = "learn_time"
 #: MAFA's run-level scalars (top-level keys of a run record, when it used MAFA)
 MAFA_SCALARS: tuple[str, ...] = ("mafa_precision", "mafa_recall", "mafa_converted_per_batch", "filter_time")
 #: the run's wall-time split (record ``time``): results.csv columns and the time table
@@ -47,7 +49,7 @@ TIME_SCALARS: tuple[str, ...] = tuple(f"time_{part}" for part in TIME_PARTS) + (
 
 
 def _is_run_scalar(key: str) -> bool:
-    return key in RUN_SCALARS or key in TIME_SCALARS or key in MAFA_SCALARS or key.startswith("mafa_")
+    return key in RUN_SCALARS or key == LEARN_TIME or key in TIME_SCALARS or key in MAFA_SCALARS or key.startswith("mafa_")
 
 
 def _mafa_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
@@ -58,9 +60,11 @@ def _mafa_keys(runs: Sequence[dict[str, Any]]) -> list[str]:
     return [k for k in MAFA_SCALARS if k in found] + spec
 
 
-def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> dict[str, Any]:
+def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None,
+                learn_time: bool | None = None) -> dict[str, Any]:
     """One CSV row: identity, status, run scalars, MAFA's scalars (``mafa_keys``, default the
-    run's own) and every final metric."""
+    run's own), the learning episodes' wall time (``learn_time``; default: if the run has one)
+    and every final metric."""
     row: dict[str, Any] = {
         "scheduler": run.get("scheduler"),
         "seed": run.get("seed"),
@@ -72,6 +76,8 @@ def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> 
         row[key] = run.get(key)
     for key in _mafa_keys([run]) if mafa_keys is None else mafa_keys:
         row[key] = run.get(key)
+    if (LEARN_TIME in run) if learn_time is None else learn_time:
+        row[LEARN_TIME] = run.get(LEARN_TIME)
     for key in TIME_SCALARS:
         row[key] = _scalar(run, key)
     for key, value in sorted((run.get("final") or {}).items()):
@@ -82,7 +88,8 @@ def flatten_run(run: dict[str, Any], mafa_keys: Sequence[str] | None = None) -> 
 def write_results_csv(runs: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Write one row per run (failed runs included, with their error)."""
     mafa = _mafa_keys(runs)  # every MAFA column, also for runs that have none (empty cells)
-    rows = [flatten_run(r, mafa) for r in runs]
+    learned = any(LEARN_TIME in r for r in runs)
+    rows = [flatten_run(r, mafa, learned) for r in runs]
     columns: list[str] = []
     for row in rows:
         for key in row:
@@ -121,7 +128,8 @@ def _mean_std(values: Iterable[float]) -> tuple[float, float, int]:
     return float(arr.mean()), std, int(arr.size)
 
 
-def aggregate(runs: Sequence[dict[str, Any]], metrics: Sequence[str] = TABLE_METRICS + RUN_SCALARS + TIME_SCALARS,
+def aggregate(runs: Sequence[dict[str, Any]],
+              metrics: Sequence[str] = TABLE_METRICS + RUN_SCALARS + (LEARN_TIME,) + TIME_SCALARS,
               reference: str = "random", upper: str = "oracle",
               headline: Sequence[str] = HEADLINE) -> list[dict[str, Any]]:
     """Aggregate successful runs over seeds.
@@ -210,6 +218,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
     ms = 1.0 if percent else 100.0  # retrieval-metric scale
     mafa = _has(rows, "mafa_precision") or _has(rows, "mafa_converted_per_batch")
     filtered = _has(rows, "filter_time")
+    learned = _has(rows, LEARN_TIME)
     lines = [f"# {title}", ""]
     if command:
         lines += ["Command:", "", f"    {command}", ""]
@@ -224,6 +233,9 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
                   "scored (ground truth from the benchmark); conv/batch = pairs converted to positives per batch."]
     if filtered:
         lines += ["Time includes training MAFA's filter first (its share in parentheses)."]
+    if learned:
+        lines += ["Time includes the scheduler's learning episodes before the reported run (agent.train_episodes;",
+                  "their share in brackets)."]
     lines += [""]
     headline = tuple(headline)
     others = [m for m in TABLE_METRICS if m not in headline]
@@ -239,6 +251,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
         name = r["scheduler"] + (f" ({r['failed']} failed)" if r.get("failed") else "")
         wall = r["wall_time"][0]
         filter_time = r.get("filter_time", (float("nan"), 0.0))[0]
+        learn_time = r.get(LEARN_TIME, (float("nan"), 0.0))[0]
         missing = (float("nan"), float("nan"))
         cells = [name, str(r["n"])]
         for m in headline:
@@ -247,7 +260,7 @@ def render_markdown(rows: Sequence[dict[str, Any]], title: str = "Ablation resul
                       "–" if math.isnan(gap) else f"{gap:.0%}"]
         cells += [_fmt(r.get(m, missing), ms) for m in others]
         cells += [_fmt(r["mean_fn_rate"]), _fmt(r["mean_fn_pair_rate"]), _fmt(r["mean_reward"], scale=1.0, digits=4),
-                  _time_cell(wall, filter_time)]
+                  _time_cell(wall, filter_time, learn_time)]
         if mafa:
             cells[-1:-1] = [_fmt(r.get("mafa_precision", (float("nan"), 0.0))),
                             _fmt(r.get("mafa_recall", (float("nan"), 0.0))),
@@ -278,12 +291,14 @@ def _has(rows: Sequence[dict[str, Any]], key: str) -> bool:
     return any(key in r and not math.isnan(r[key][0]) for r in rows)
 
 
-def _time_cell(wall: float, filter_time: float) -> str:
+def _time_cell(wall: float, filter_time: float, learn_time: float = float("nan")) -> str:
+    """The run's wall time plus what it needed first: MAFA's filter ``(s)``, the scheduler's
+    learning episodes ``[s]``."""
     if math.isnan(wall):
         return "–"
-    if math.isnan(filter_time):
-        return f"{wall:.0f}"
-    return f"{wall + filter_time:.0f} ({filter_time:.0f})"
+    total = wall + (0.0 if math.isnan(filter_time) else filter_time) + (0.0 if math.isnan(learn_time) else learn_time)
+    return (f"{total:.0f}" + ("" if math.isnan(filter_time) else f" ({filter_time:.0f})")
+            + ("" if math.isnan(learn_time) else f" [{learn_time:.0f}]"))
 
 
 def _percent(x: float) -> str:

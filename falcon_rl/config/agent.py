@@ -55,6 +55,10 @@ class AgentConfig:
                            "per unit of normalised advantage)", ge=0.0)
     step_level: float = param(0.0, "FALCON with agent.step_noise > 0: the shared level's start (logit units; 0 "
                               "leaves the Beta samples' median where it is)")
+    train_episodes: int = param(0, "learn for N episodes first (in <out_dir>/train, every episode restarting "
+                                "pretraining from the warm start), then report a fresh pretraining run with that "
+                                "agent frozen (0: the reported run is the learning run itself; ignored with "
+                                "agent.load_path)", ge=0)
     load_path: str | None = param(None, "load a trained agent (frozen) from this file")
     checkpoint_every: int = param(10, "train-agent: write the resume checkpoint every N env steps (0: only on "
                                   "Ctrl-C); SB3 agents at the first update boundary after N steps", ge=0)
