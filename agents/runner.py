@@ -440,6 +440,7 @@ def run_scheduler(
         if learned["status"] != "ok":
             return learned
         load_path = learned["agent_path"]
+        start, start_cpu = time.perf_counter(), time.process_time()  # the reported run's own time (learn_time apart)
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None
     if resume and ckpt_path is None:
         raise ValueError("resume needs an output directory")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -28,7 +29,12 @@ def small(tmp_path_factory):
 def test_learns_first_then_reports_the_frozen_agent_in_a_fresh_run(small, tmp_path):
     data, overrides = small
     cfg = load_config(None, overrides + ["agent.train_episodes=2"])
+    begin = time.perf_counter()
     record = run_scheduler(cfg, "falcon", tmp_path / "a", data=data)
+    elapsed = time.perf_counter() - begin
+    # wall_time is the reported run's own; the learning episodes' is learn_time (not counted twice)
+    assert record["learn_time"] == record["learned"]["wall_time"]
+    assert record["wall_time"] + record["learn_time"] <= elapsed
     assert record["status"] == "ok" and record["steps"] == 3 and record["episodes"] == 1
     learned = record["learned"]
     assert learned["episodes"] == 2 and learned["steps"] == 6 and len(learned["episode_rewards"]) == 2
