@@ -60,6 +60,10 @@ def default_kwargs(name: str, agent: AgentConfig, seed: int) -> dict[str, Any]:
     policy_kwargs: dict[str, Any] = {"net_arch": list(agent.sb3_hidden), "pool": agent.sb3_pool}
     if name in ("ppo", "a2c"):  # std 0.6 in [-1, 1] = 0.3 in q: explores without saturating
         policy_kwargs["log_std_init"] = -0.5
+        if agent.sb3_shared_noise:
+            policy_kwargs["shared_noise"] = True
+    elif agent.sb3_shared_noise:
+        raise ValueError(f"agent.sb3_shared_noise is for ppo / a2c (their per-member Gaussian policy), not {name}")
     if name == "ppo":
         kwargs.update(n_steps=agent.sb3_n_steps, batch_size=agent.sb3_n_steps)
     elif name == "a2c":

@@ -9,7 +9,8 @@ features (mean / max / both) into a value, or — for SAC/TD3 — pools per-memb
 agents thus see the same state with the same inductive bias.
 
 - :class:`MemberActorCriticPolicy` — PPO / A2C, for Box (one Gaussian per member, one shared
-  log-std) and MultiDiscrete (K logits per member) action spaces;
+  log-std; with ``shared_noise`` also one noise term common to all members,
+  :class:`SharedNoiseGaussian`) and MultiDiscrete (K logits per member) action spaces;
 - :class:`MemberSACPolicy`, :class:`MemberTD3Policy` — SAC / TD3 (Box actions).
 
 ``net_arch`` gives the widths of the per-member layers. All classes live in this importable
@@ -34,6 +35,49 @@ from torch import nn
 from torch.distributions import Categorical
 
 POOLS = ("mean", "max", "mean+max")
+
+
+class SharedNoiseGaussian(DiagGaussianDistribution):
+    """Per-member Gaussian actions with one extra noise term shared by all members of a step:
+    ``a_i = mu_i + sigma_m * eps_i + sigma_s * eta`` (``eps_i``, ``eta`` standard normal), i.e.
+    ``N(mu, sigma_m^2 I + sigma_s^2 11^T)``. With ``sigma_s`` a whole step is explored harder or
+    softer together, so its reward can show a preference that per-member noise averages out
+    (the SB3 counterpart of FALCON's ``agent.step_noise``; ``agent.sb3_shared_noise``).
+    Log-density and entropy are exact (Sherman-Morrison on the rank-one covariance)."""
+
+    def __init__(self, action_dim: int) -> None:
+        super().__init__(action_dim)
+        self.log_std_shared: th.Tensor | None = None
+
+    def proba_distribution(self, mean_actions: th.Tensor, log_std: th.Tensor,  # type: ignore[override]
+                           log_std_shared: th.Tensor | None = None) -> "SharedNoiseGaussian":
+        super().proba_distribution(mean_actions, log_std)
+        self.log_std_shared = log_std_shared if log_std_shared is not None else th.full_like(log_std[:1], -20.0)
+        return self
+
+    def _parts(self) -> tuple[th.Tensor, th.Tensor, int]:
+        n = self.distribution.mean.shape[-1]
+        var_m = self.distribution.stddev[..., :1] ** 2  # the members' std is one shared parameter
+        var_s = th.exp(2.0 * self.log_std_shared).expand_as(var_m)
+        return var_m, var_s, n
+
+    def log_prob(self, actions: th.Tensor) -> th.Tensor:
+        var_m, var_s, n = self._parts()
+        d = actions - self.distribution.mean
+        denom = var_m + n * var_s
+        quad = ((d * d).sum(-1, keepdim=True) - var_s / denom * d.sum(-1, keepdim=True) ** 2) / var_m
+        logdet = (n - 1) * th.log(var_m) + th.log(denom)
+        return (-0.5 * (quad + logdet + n * np.log(2.0 * np.pi))).squeeze(-1)
+
+    def entropy(self) -> th.Tensor:
+        var_m, var_s, n = self._parts()
+        logdet = (n - 1) * th.log(var_m) + th.log(var_m + n * var_s)
+        return (0.5 * (logdet + n * (1.0 + np.log(2.0 * np.pi)))).squeeze(-1)
+
+    def sample(self) -> th.Tensor:
+        mean = self.distribution.mean
+        shared = th.exp(self.log_std_shared) * th.randn(mean.shape[:-1] + (1,), device=mean.device, dtype=mean.dtype)
+        return self.distribution.rsample() + shared
 
 
 def member_mlp(in_dim: int, widths: list[int], activation: type[nn.Module]) -> tuple[nn.Sequential, int]:
@@ -164,7 +208,10 @@ class MemberActorCriticPolicy(ActorCriticPolicy):
     """
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
-                 *args: Any, pool: str = "mean+max", **kwargs: Any) -> None:
+                 *args: Any, pool: str = "mean+max", shared_noise: bool = False, **kwargs: Any) -> None:
+        if shared_noise and not isinstance(action_space, spaces.Box):
+            raise ValueError(f"shared_noise (agent.sb3_shared_noise) needs Box actions (env.action=box), got {action_space}")
+        self.shared_noise = bool(shared_noise)
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")
         if kwargs.get("use_sde"):
@@ -183,7 +230,13 @@ class MemberActorCriticPolicy(ActorCriticPolicy):
     def _get_constructor_parameters(self) -> dict[str, Any]:
         data = super()._get_constructor_parameters()
         data["pool"] = self.pool
+        data["shared_noise"] = self.shared_noise
         return data
+
+    def _get_action_dist_from_latent(self, latent_pi: th.Tensor) -> Any:
+        if not self.shared_noise:
+            return super()._get_action_dist_from_latent(latent_pi)
+        return self.action_dist.proba_distribution(self.action_net(latent_pi), self.log_std, self.log_std_shared)
 
     def _build_mlp_extractor(self) -> None:
         self.mlp_extractor = MemberMlpExtractor(self.features_dim, self.members, self.net_arch,
@@ -196,6 +249,9 @@ class MemberActorCriticPolicy(ActorCriticPolicy):
         if isinstance(self.action_dist, DiagGaussianDistribution):
             self.action_net = Memberwise(nn.Linear(width, 1), self.members)
             self.log_std = nn.Parameter(th.full((1,), float(self.log_std_init)))
+            if self.shared_noise:  # one more std, for the noise every member of a step shares
+                self.action_dist = SharedNoiseGaussian(self.members)
+                self.log_std_shared = nn.Parameter(th.full((1,), float(self.log_std_init)))
         elif isinstance(self.action_dist, MultiCategoricalDistribution):
             self.action_dist = MemberCategoricalDistribution(list(self.action_space.nvec.tolist()))
             self.action_net = Memberwise(nn.Linear(width, int(self.action_space.nvec[0])), self.members)

@@ -35,6 +35,10 @@ class AgentConfig:
     sb3_hidden: list[int] = param([64, 64], "SB3 per-member MLP widths (shared over members)", each_ge=1)
     sb3_pool: str = param("mean+max", "SB3 critics: pooling of member features",
                           choices=["mean", "max", "mean+max"])
+    sb3_shared_noise: bool = param(False, "PPO / A2C with Box actions: add one Gaussian noise term shared by every "
+                                   "member of a step (its own learned log-std), so a whole step is explored harder "
+                                   "or softer together; the SB3 counterpart of agent.step_noise "
+                                   "(agents/sb3_policies.py::SharedNoiseGaussian)")
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
     credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
                         "reward to the members trained in it (batch, paper §2.5), or each member's own loss "
