@@ -103,3 +103,30 @@ def test_an_sb3_agent_learns_its_episodes_then_runs_frozen(small, tmp_path):
     assert record["status"] == "ok" and record["steps"] == 3 and record["reward_computed"] is False
     assert record["learned"]["steps"] == 6 and record["learned"]["agent_path"].endswith("train/agent.zip")
     assert record["agent_path"].endswith("agent.zip") and record["learn_time"] > 0
+
+
+def test_an_interrupted_learning_run_continues_exactly(small, tmp_path, monkeypatch):
+    from falcon_rl.envs import NegativeMiningEnv
+
+    data, overrides = small
+    cfg = load_config(None, overrides + ["agent.train_episodes=2", "agent.checkpoint_every=1"])
+    full = run_scheduler(cfg, "falcon", tmp_path / "full", data=data)
+    real_step = NegativeMiningEnv.step
+    calls = {"n": 0}
+
+    def step(self, action):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in the second learning episode
+            raise KeyboardInterrupt
+        return real_step(self, action)
+
+    monkeypatch.setattr(NegativeMiningEnv, "step", step)
+    cut = run_scheduler(cfg, "falcon", tmp_path / "cut", data=data)
+    assert cut["status"] == "interrupted" and cut["steps"] == 4
+    assert (tmp_path / "cut" / LEARN_DIR / "resume.pt").is_file() and not (tmp_path / "cut" / "results.json").exists()
+    calls["n"] = -100  # count the continued run's env steps, no more interrupts
+    again = run_scheduler(cfg, "falcon", tmp_path / "cut", data=data, resume="auto")
+    assert calls["n"] == -100 + 2 + 3  # the 2 learning steps left, then the 3 of the frozen run
+    assert again["status"] == "ok" and again["learned"]["steps"] == 6
+    assert again["learned"]["episode_rewards"] == full["learned"]["episode_rewards"]
+    assert again["final"] == full["final"] and again["history"]["q_mean"] == full["history"]["q_mean"]
