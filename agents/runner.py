@@ -356,11 +356,12 @@ def _nanmean(values: list[float]) -> float:
 
 
 def _learn_first(cfg: ExperimentConfig, name: str, out: Path | None, *, data: DataBundle | None,
-                 progress: bool | str | None, resume: bool | str) -> dict[str, Any]:
+                 progress: bool | str | None, resume: bool | str) -> tuple[dict[str, Any], bool]:
     """``agent.train_episodes``: the scheduler learns for that many episodes in ``<out>/train``
-    (a finished one there, of the same config, is reused; an interrupted one continues), and
-    the caller then reports a fresh pretraining run with the saved agent frozen. Returns the
-    learning run's record."""
+    (a finished one there, of the same config, is reused; an interrupted one continues as
+    ``resume`` says), and the caller then reports a fresh pretraining run with the saved agent
+    frozen. Returns the learning run's record and whether it ran now (then the reported run has
+    not started yet: nothing of it to resume)."""
     if out is None:
         raise ValueError("agent.train_episodes needs an output directory (the agent is learned in <out_dir>/train)")
     learn_cfg = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, train_episodes=0))
@@ -373,9 +374,9 @@ def _learn_first(cfg: ExperimentConfig, name: str, out: Path | None, *, data: Da
         except (OSError, json.JSONDecodeError, ConfigError):
             record, same = {}, False
         if same and record.get("status") == "ok" and record.get("agent_path") and Path(record["agent_path"]).is_file():
-            return record
+            return record, False
     return run_scheduler(learn_cfg, name, learn_dir, episodes=cfg.agent.train_episodes, data=data,
-                         progress=progress, resume="auto" if resume else False)
+                         progress=progress, resume=resume), True
 
 
 def _learned_summary(learned: dict[str, Any]) -> dict[str, Any]:
@@ -436,9 +437,11 @@ def run_scheduler(
     progress = cfg.logging.progress if progress is None else progress
     learned: dict[str, Any] | None = None
     if cfg.agent.train_episodes and load_path is None:
-        learned = _learn_first(cfg, name, out, data=data, progress=progress, resume=resume)
+        learned, ran = _learn_first(cfg, name, out, data=data, progress=progress, resume=resume)
         if learned["status"] != "ok":
             return learned
+        if ran and resume:  # --resume was the learning run's; the reported run starts now
+            resume = "auto"
         load_path = learned["agent_path"]
         start, start_cpu = time.perf_counter(), time.process_time()  # the reported run's own time (learn_time apart)
     ckpt_path = out / CHECKPOINT_NAME if out is not None else None

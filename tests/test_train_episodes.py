@@ -105,7 +105,8 @@ def test_an_sb3_agent_learns_its_episodes_then_runs_frozen(small, tmp_path):
     assert record["agent_path"].endswith("agent.zip") and record["learn_time"] > 0
 
 
-def test_an_interrupted_learning_run_continues_exactly(small, tmp_path, monkeypatch):
+@pytest.mark.parametrize("resume", ["auto", True])  # True: train-agent --resume
+def test_an_interrupted_learning_run_continues_exactly(small, tmp_path, monkeypatch, resume):
     from falcon_rl.envs import NegativeMiningEnv
 
     data, overrides = small
@@ -125,8 +126,15 @@ def test_an_interrupted_learning_run_continues_exactly(small, tmp_path, monkeypa
     assert cut["status"] == "interrupted" and cut["steps"] == 4
     assert (tmp_path / "cut" / LEARN_DIR / "resume.pt").is_file() and not (tmp_path / "cut" / "results.json").exists()
     calls["n"] = -100  # count the continued run's env steps, no more interrupts
-    again = run_scheduler(cfg, "falcon", tmp_path / "cut", data=data, resume="auto")
+    again = run_scheduler(cfg, "falcon", tmp_path / "cut", data=data, resume=resume)
     assert calls["n"] == -100 + 2 + 3  # the 2 learning steps left, then the 3 of the frozen run
     assert again["status"] == "ok" and again["learned"]["steps"] == 6
     assert again["learned"]["episode_rewards"] == full["learned"]["episode_rewards"]
     assert again["final"] == full["final"] and again["history"]["q_mean"] == full["history"]["q_mean"]
+
+
+def test_resume_with_nothing_to_resume_says_so(small, tmp_path):
+    data, overrides = small
+    cfg = load_config(None, overrides + ["agent.train_episodes=1"])
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*train"):
+        run_scheduler(cfg, "falcon", tmp_path, data=data, resume=True)
