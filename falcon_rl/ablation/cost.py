@@ -140,7 +140,6 @@ def final_value(run: dict[str, Any], metric: str) -> float:
 def first_reach(run: dict[str, Any], metric: str, target: float, exclude: Sequence[str] = ("eval",)) -> Reach:
     """The compute until the run's first evaluation with ``metric >= target``."""
     steps, wall, batches = cumulative_cost(run, exclude)
-    wall0, batches0 = learning_cost(run, exclude)
     for e in (run.get("history") or {}).get("eval", []):
         value = e.get(metric)
         if value is None or not float(value) >= target - 1e-12:
@@ -148,7 +147,7 @@ def first_reach(run: dict[str, Any], metric: str, target: float, exclude: Sequen
         s = int(e["step"])
         done = np.flatnonzero(steps <= s)
         if done.size == 0:  # reached before the first mined step (after the learning episodes, if any)
-            return Reach(s, wall0, batches0)
+            return Reach(s, *learning_cost(run, exclude))
         i = int(done[-1])
         return Reach(s, float(wall[i]), float(batches[i]))
     return Reach(None, None, None)
