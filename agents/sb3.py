@@ -28,6 +28,7 @@ from stable_baselines3.common.save_util import recursive_getattr
 from falcon_rl.agents.base import Scheduler, SchedulerSpec
 from falcon_rl.agents.sb3_zip import (ALGO_KEY, AgentFileError, UntrustedAgentFile, declared_algorithm,
                                      load_sb3_zip)
+from falcon_rl.agents.sb3_member_ppo import MemberRatioPPO
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy, MemberSACPolicy, MemberTD3Policy
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
@@ -51,6 +52,18 @@ _ALGO_ATTR = ALGO_KEY
 def wrap_for_sb3(env: gym.Env) -> gym.Env:
     """Box(0, 1) -> Box(-1, 1) actions; MultiDiscrete envs pass unchanged."""
     return SymmetricActions(env) if isinstance(env.action_space, spaces.Box) else env
+
+
+def algorithm_class(name: str, agent: AgentConfig) -> type[BaseAlgorithm]:
+    """The SB3 class that learns agent ``name``: PPO with one ratio per member where
+    ``agent.sb3_member_ratio`` asks for it (:class:`~falcon_rl.agents.sb3_member_ppo.MemberRatioPPO`)."""
+    if agent.sb3_member_ratio:
+        if name != "ppo":
+            raise ValueError(f"agent.sb3_member_ratio is a PPO option (its clipped ratio), not for {name}")
+        if agent.sb3_shared_noise:
+            raise ValueError("agent.sb3_member_ratio needs independent members: it excludes agent.sb3_shared_noise")
+        return MemberRatioPPO
+    return ALGORITHMS[name][0]
 
 
 def default_kwargs(name: str, agent: AgentConfig, seed: int) -> dict[str, Any]:
@@ -102,7 +115,7 @@ class SB3Scheduler(Scheduler):
             raise ValueError(f"unknown SB3 agent {name!r}; available: {sorted(ALGORITHMS)}")
         if name in _OFF_POLICY and not isinstance(env.action_space, spaces.Box):
             raise ValueError(f"{name} needs continuous actions: set env.action=box (got {env.action_space})")
-        algo, policy = ALGORITHMS[name]
+        algo, policy = algorithm_class(name, cfg.agent), ALGORITHMS[name][1]
         model = algo(policy, wrap_for_sb3(env), **default_kwargs(name, cfg.agent, seed))
         return cls(name, model, SchedulerSpec.from_env(env), cfg.agent, seed)
 
@@ -213,7 +226,7 @@ class SB3Scheduler(Scheduler):
         """
         trust = agent.trust_agent_file if trust is None else trust
         name = sb3_algorithm_of(path)
-        algo, policy = ALGORITHMS[name]
+        algo, policy = (algorithm_class(name, agent) if env is not None else ALGORITHMS[name][0]), ALGORITHMS[name][1]
         wrapped = wrap_for_sb3(env) if env is not None else None
         obs_space = spec.observation_space
         act_space = (spaces.Box(-1.0, 1.0, shape=spec.action_space.shape, dtype=np.float32)

@@ -22,7 +22,7 @@ from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.parallel import BatchResult, RankGroup, check_group, outcome, refresh_sharded
 from falcon_rl.envs.reward_components import (MEMBER_REWARDS, RewardMeter, batch_stats, member_batches,
-                                              reward_parts)
+                                              reward_value)
 from falcon_rl.envs.rewards import TRAINING_FREE, RetrievalProbe, toy_reward, train_with_reward
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.stats import fn_info, q_stats
@@ -470,7 +470,7 @@ class NegativeMiningEnv(gym.Env):
                             losses[k].append(res.losses[k])
                         for k, v in comp.items():
                             components.setdefault(k, []).append(v)
-                        rewards.append(sum(comp.get(p, 0.0) for p in reward_parts(cfg.env.reward, self.trainer.lm_name))
+                        rewards.append(reward_value(comp, cfg.env.reward, self.trainer.lm_name, cfg.env.reward_val_weight)
                                        if compute else float("nan"))
                         per_batch.append(comp)
                         if own is not None:  # a pair without a masked token gets its batch's reward

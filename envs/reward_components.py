@@ -45,9 +45,12 @@ from falcon_rl.timing import Timings
 from falcon_rl.training import StepOutput, Trainer
 
 #: every per-batch reward option (``env.reward``, ``env.reward_log``)
-BATCH_REWARDS: tuple[str, ...] = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm")
+BATCH_REWARDS: tuple[str, ...] = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
+                                  "itc+val_itc")
+#: weighted sums of other options: name -> its parts (the weights: :func:`reward_weights`)
+COMBINED_REWARDS: dict[str, tuple[str, ...]] = {"itc+val_itc": ("itc", "val_itc")}
 #: options only this module computes
-NEW_REWARDS: tuple[str, ...] = ("mlm_hi", "lm_sample", "val_itc", "val_lm")
+NEW_REWARDS: tuple[str, ...] = ("mlm_hi", "lm_sample", "val_itc", "val_lm", "itc+val_itc")
 #: options with a value per member (``info["member_own_reward"]``, ``agent.credit: member``)
 MEMBER_REWARDS: tuple[str, ...] = ("lm", "mlm", "lm_sample", "mlm_hi")
 #: options measured on the held-out validation pairs
@@ -59,9 +62,23 @@ _VAL_STREAM = 0x76616C
 
 
 def reward_parts(reward: str, lm_name: str = "mlm") -> tuple[str, ...]:
-    """The component names whose sum is reward ``reward`` (``itc+itm`` = itc + itm; the LM loss's
-    component is named after it, ``lm_name``: ``mlm`` or ``itg``)."""
-    return tuple(lm_name if p == "lm" else p for p in LOSS_REWARDS.get(reward, (reward,)))
+    """The component names whose (weighted) sum is reward ``reward`` (``itc+itm`` = itc + itm,
+    ``itc+val_itc`` = itc + λ·val_itc; the LM loss's component is named after it, ``lm_name``:
+    ``mlm`` or ``itg``)."""
+    parts = COMBINED_REWARDS.get(reward) or LOSS_REWARDS.get(reward, (reward,))
+    return tuple(lm_name if p == "lm" else p for p in parts)
+
+
+def reward_weights(reward: str, lm_name: str = "mlm", val_weight: float = 1.0) -> dict[str, float]:
+    """Component name -> weight in reward ``reward``: 1 for every part, ``val_weight``
+    (``env.reward_val_weight``, λ) for the held-out part of ``itc+val_itc``."""
+    combined = reward in COMBINED_REWARDS
+    return {p: (float(val_weight) if combined and p in VAL_REWARDS else 1.0) for p in reward_parts(reward, lm_name)}
+
+
+def reward_value(components: dict[str, float], reward: str, lm_name: str = "mlm", val_weight: float = 1.0) -> float:
+    """Reward ``reward`` of one batch from its measured ``components`` (a missing part counts 0)."""
+    return float(sum(w * components.get(p, 0.0) for p, w in reward_weights(reward, lm_name, val_weight).items()))
 
 
 def validation_split(split: PairSplit, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -194,7 +211,8 @@ class RewardMeter:
             want.add(self.cfg.env.reward)
         parts: set[str] = set()
         for name in want:
-            parts.update(LOSS_REWARDS.get(name, (name,)))
+            for part in COMBINED_REWARDS.get(name, (name,)):
+                parts.update(LOSS_REWARDS.get(part, (part,)))
         return parts
 
     def _hi_masks(self, trainer: Trainer, batch: Batch) -> MLMMasks:
@@ -293,6 +311,8 @@ class RewardMeter:
         for name in self.log:
             if name == "itc+itm":  # logged as an option of its own
                 comps[name] = comps["itc"] + comps["itm"]
+            elif name in COMBINED_REWARDS:
+                comps[name] = reward_value(comps, name, lm_name, env.reward_val_weight)
         return out, BatchReward(comps, own_values)
 
 

@@ -60,6 +60,38 @@ def test_every_option_as_the_reward_equals_its_logged_value(tiny):
         assert info["reward_components"][name] == pytest.approx(logged[name], rel=1e-6, abs=1e-9)
 
 
+def test_itc_plus_weighted_val_itc_is_the_weighted_sum_per_batch(tiny):
+    """env.reward=itc+val_itc: each batch's reward is its ΔL_ITC + λ·Δval_ITC (env.reward_val_weight),
+    the step reward their mean; λ = 0 is the itc reward, and the pairs are held out as for val_itc."""
+    base, data = tiny
+    action = [np.linspace(0, 1, 64, dtype=np.float32)]
+    results = {}
+    for lam in (0.0, 3.0):
+        cfg = apply_overrides(base, ["env.reward=itc+val_itc", f"env.reward_val_weight={lam}",
+                                     "env.reward_log=[itc, val_itc, itc+val_itc]"])
+        env = NegativeMiningEnv(cfg, data=data)
+        assert env.meter.val_pairs.size == 32 and env.meter.pool.size == 256 - 32
+        reward, info = _run(env, action)[0]
+        per_batch = info["batch_stats"]["rewards"]
+        combined = np.asarray(per_batch["itc"]) + lam * np.asarray(per_batch["val_itc"])
+        assert len(combined) == 2 and abs(per_batch["val_itc"][0]) > 1e-6
+        np.testing.assert_allclose(per_batch["itc+val_itc"], combined, rtol=1e-9, atol=1e-12)
+        assert reward == pytest.approx(combined.mean(), rel=1e-9, abs=1e-12)
+        np.testing.assert_allclose(info["member_reward"][info["member_batch"] == 1], combined[1], rtol=1e-5)
+        results[lam] = (reward, info)
+    itc_env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
+    itc_reward, itc_info = _run(itc_env, action)[0]
+    assert results[0.0][0] == pytest.approx(itc_reward, rel=1e-9)  # same held-out pairs, same training
+    assert results[3.0][0] != pytest.approx(itc_reward, rel=1e-3)
+    assert results[3.0][1]["losses"] == itc_info["losses"]  # the weight changes the reward, not training
+
+
+def test_reward_val_weight_must_not_be_negative(tiny):
+    base, _ = tiny
+    with pytest.raises(ConfigError, match="reward_val_weight"):
+        apply_overrides(base, ["env.reward=itc+val_itc", "env.reward_val_weight=-1"])
+
+
 def test_validation_pairs_are_never_trained_on_nor_in_a_search_space(tiny, monkeypatch):
     base, data = tiny
     cfg = apply_overrides(base, ["env.reward=val_lm", "env.budget_steps=8"])  # 8 spaces of 64: > one epoch of 224

@@ -39,6 +39,10 @@ class AgentConfig:
                                    "member of a step (its own learned log-std), so a whole step is explored harder "
                                    "or softer together; the SB3 counterpart of agent.step_noise "
                                    "(agents/sb3_policies.py::SharedNoiseGaussian)")
+    sb3_member_ratio: bool = param(False, "PPO with Box actions and per-member noise: clip one probability ratio "
+                                   "per member (each member an agent sharing the step's advantage, as multi-agent "
+                                   "PPO does) instead of the joint action's ratio, which |M| members push out of "
+                                   "the clip range at once (agents/sb3_member_ppo.py)")
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
     credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
                         "reward to the members trained in it (batch, paper §2.5), or each member's own loss "

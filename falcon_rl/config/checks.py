@@ -46,7 +46,8 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
 
 
 #: per-batch reward options env.reward_log accepts (falcon_rl.envs.reward_components.BATCH_REWARDS)
-LOGGABLE_REWARDS = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm")
+LOGGABLE_REWARDS = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
+                    "itc+val_itc")
 #: rewards with a loss change per member (agent.credit: member)
 MEMBER_CREDIT_REWARDS = ("lm", "mlm", "lm_sample", "mlm_hi", "toy")
 

@@ -15,13 +15,17 @@ class EnvConfig:
                         "language-modelling loss (ALBEF's MLM, BLIP-2's ITG; mlm is the same, its name before "
                         "BLIP-2), itc, itm, itc+itm, mlm_hi (ΔL_MLM on masks of its own at env.reward_mlm_prob; "
                         "ALBEF), lm_sample (per-sample ΔL_LM, mean over pairs), val_itc / val_lm (loss drop on "
-                        "env.val_pairs held-out training pairs), retrieval, toy",
+                        "env.val_pairs held-out training pairs), itc+val_itc (ΔL_ITC + env.reward_val_weight × "
+                        "Δval_ITC), retrieval, toy",
                         choices=["lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
-                                 "retrieval", "toy"])
+                                 "itc+val_itc", "retrieval", "toy"])
     reward_log: list[str] = param([], "extra per-batch reward options computed for logging only, on the same steps "
                                   "(info reward_components / batch_stats, the run history; falcon-rl reward-check), "
                                   "also for heuristics: any of lm (mlm), itc, itm, itc+itm, mlm_hi, lm_sample, "
-                                  "val_itc, val_lm")
+                                  "val_itc, val_lm, itc+val_itc")
+    reward_val_weight: float = param(3.0, "itc+val_itc reward: λ in ΔL_ITC(batch) + λ·ΔL_ITC(held-out pairs); "
+                                     "λ ≈ 1 stops paying for false negatives, λ ≈ 3 penalises them (reward-check)",
+                                     ge=0.0)
     reward_mlm_prob: float = param(0.5, "mlm_hi reward: masking probability of its own masks (GRIT's 0.5)",
                                    gt=0.0, lt=1.0)
     val_pairs: int = param(256, "val_itc / val_lm rewards: evenly spaced training pairs held out (with every pair "
@@ -72,4 +76,4 @@ class EnvConfig:
         """Training pairs held out for the validation rewards: ``val_pairs`` when a ``val_*`` reward
         is computed or logged, else 0 (nothing is held out)."""
         names = (self.reward, *self.reward_log)
-        return self.val_pairs if any(str(n).startswith("val_") for n in names) else 0
+        return self.val_pairs if any("val_" in str(n) for n in names) else 0

@@ -1,0 +1,123 @@
+"""PPO with one probability ratio per member (``agent.sb3_member_ratio``; issue #10).
+
+SB3's PPO clips the ratio of the *joint* action's probability. A scheduler's action is one q per
+member of the search space (|M| = 512 on the bench), and the per-member Gaussian policy makes the
+joint ratio the product of |M| member ratios: a small change of every member's mean moves it far
+out of ``[1 - ε, 1 + ε]``, so most samples of an update are clipped after its first gradient
+step (measured on the bench: clip fraction median 0.58, approx. KL 0.18 per update).
+
+:class:`MemberRatioPPO` treats each member as an agent that shares the step's advantage, as
+multi-agent PPO with parameter sharing does (MAPPO; Yu et al. 2022, "The Surprising
+Effectiveness of PPO in Cooperative Multi-Agent Games", §3): the clipped surrogate
+``min(r_i A, clip(r_i, 1 ± ε) A)`` is averaged over members ``i`` and samples, with
+``r_i = π_θ(a_i | s) / π_old(a_i | s)``. The members' old log-probabilities are evaluated once per
+update, before its first gradient step (the policy that collected the rollout). Critic, advantage
+estimation, value clipping, ``target_kl`` and the logged ``train/*`` keys are PPO's; the entropy
+bonus is the mean member entropy. Box actions with per-member noise only (the members' actions
+are independent given the state; shared noise couples them, so it has no member ratio).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch as th
+from stable_baselines3 import PPO
+from stable_baselines3.common.distributions import DiagGaussianDistribution
+from stable_baselines3.common.utils import explained_variance
+from torch.nn import functional as F
+
+from falcon_rl.agents.sb3_policies import SharedNoiseGaussian
+
+
+class MemberRatioPPO(PPO):
+    """PPO whose clipped surrogate uses one ratio per member (see the module docstring)."""
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        dist = self.policy.action_dist
+        if not isinstance(dist, DiagGaussianDistribution) or isinstance(dist, SharedNoiseGaussian):
+            raise ValueError("agent.sb3_member_ratio needs per-member Gaussian actions: env.action=box and "
+                             f"agent.sb3_shared_noise=false (got {type(dist).__name__})")
+
+    def _evaluate(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
+        """``(values (B,), member log-probs (B, M), mean member entropy (B,))`` of ``actions``."""
+        policy = self.policy
+        features = policy.extract_features(obs)
+        if policy.share_features_extractor:
+            latent_pi, latent_vf = policy.mlp_extractor(features)
+        else:
+            pi_features, vf_features = features
+            latent_pi = policy.mlp_extractor.forward_actor(pi_features)
+            latent_vf = policy.mlp_extractor.forward_critic(vf_features)
+        dist = policy._get_action_dist_from_latent(latent_pi)
+        member_log_prob = dist.distribution.log_prob(actions)  # independent members: one column each
+        entropy = dist.distribution.entropy().mean(dim=-1)
+        return policy.value_net(latent_vf).flatten(), member_log_prob, entropy
+
+    def train(self) -> None:
+        """One update on the collected rollout: ``n_epochs`` passes of ``batch_size`` samples."""
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip = float(self.clip_range(self._current_progress_remaining))  # type: ignore[operator]
+        clip_vf = (None if self.clip_range_vf is None
+                   else float(self.clip_range_vf(self._current_progress_remaining)))  # type: ignore[operator]
+        data = next(self.rollout_buffer.get(batch_size=None))  # the whole rollout, flattened
+        n = int(data.observations.shape[0])
+        actions = data.actions.float()
+        with th.no_grad():
+            _, old_log_prob, _ = self._evaluate(data.observations, actions)
+        policy_losses, value_losses, entropy_losses, clip_fractions, kls = [], [], [], [], []
+        loss = th.zeros(())
+        keep_training = True
+        for _ in range(self.n_epochs):
+            epoch_kls = []
+            order = th.as_tensor(np.random.permutation(n))
+            for start in range(0, n, self.batch_size):
+                rows = order[start:start + self.batch_size]
+                values, log_prob, entropy = self._evaluate(data.observations[rows], actions[rows])
+                advantages = data.advantages[rows]
+                if self.normalize_advantage and len(rows) > 1:
+                    advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                log_ratio = log_prob - old_log_prob[rows]
+                ratio = th.exp(log_ratio)  # (b, M): one ratio per member
+                adv = advantages[:, None]
+                policy_loss = -th.min(ratio * adv, th.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv).mean()
+                old_values = data.old_values[rows]
+                if clip_vf is not None:
+                    values = old_values + th.clamp(values - old_values, -clip_vf, clip_vf)
+                value_loss = F.mse_loss(data.returns[rows], values)
+                entropy_loss = -entropy.mean()
+                loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
+                with th.no_grad():
+                    kl = float(((ratio - 1.0) - log_ratio).mean())
+                policy_losses.append(float(policy_loss.detach()))
+                value_losses.append(float(value_loss.detach()))
+                entropy_losses.append(float(entropy_loss.detach()))
+                clip_fractions.append(float(((ratio - 1.0).abs() > clip).float().mean()))
+                epoch_kls.append(kl)
+                if self.target_kl is not None and kl > 1.5 * self.target_kl:
+                    keep_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping: member approx. KL {kl:.3f} > 1.5 x target_kl {self.target_kl}")
+                    break
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            kls.extend(epoch_kls)
+            self._n_updates += 1
+            if not keep_training:
+                break
+        ev = explained_variance(self.rollout_buffer.values.flatten(), self.rollout_buffer.returns.flatten())
+        self.logger.record("train/entropy_loss", float(np.mean(entropy_losses)) if entropy_losses else 0.0)
+        self.logger.record("train/policy_gradient_loss", float(np.mean(policy_losses)) if policy_losses else 0.0)
+        self.logger.record("train/value_loss", float(np.mean(value_losses)) if value_losses else 0.0)
+        self.logger.record("train/approx_kl", float(np.mean(kls)) if kls else 0.0)
+        self.logger.record("train/clip_fraction", float(np.mean(clip_fractions)) if clip_fractions else 0.0)
+        self.logger.record("train/loss", float(loss.detach()))
+        self.logger.record("train/explained_variance", float(ev))
+        self.logger.record("train/std", float(th.exp(self.policy.log_std.detach()).mean()))
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip)
+        if clip_vf is not None:
+            self.logger.record("train/clip_range_vf", clip_vf)
