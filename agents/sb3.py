@@ -60,8 +60,6 @@ def algorithm_class(name: str, agent: AgentConfig) -> type[BaseAlgorithm]:
     if agent.sb3_member_ratio:
         if name != "ppo":
             raise ValueError(f"agent.sb3_member_ratio is a PPO option (its clipped ratio), not for {name}")
-        if agent.sb3_shared_noise:
-            raise ValueError("agent.sb3_member_ratio needs independent members: it excludes agent.sb3_shared_noise")
         return MemberRatioPPO
     return ALGORITHMS[name][0]
 
@@ -79,6 +77,8 @@ def default_kwargs(name: str, agent: AgentConfig, seed: int) -> dict[str, Any]:
         raise ValueError(f"agent.sb3_shared_noise is for ppo / a2c (their per-member Gaussian policy), not {name}")
     if name == "ppo":
         kwargs.update(n_steps=agent.sb3_n_steps, batch_size=agent.sb3_n_steps)
+        if agent.sb3_member_ratio:
+            kwargs["common_weight"] = agent.sb3_common_weight
     elif name == "a2c":
         kwargs.update(n_steps=agent.sb3_n_steps)
     else:  # one transition holds |M| member rows: small replay batches are already large

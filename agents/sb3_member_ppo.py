@@ -13,11 +13,22 @@ Effectiveness of PPO in Cooperative Multi-Agent Games", §3): the clipped surrog
 ``r_i = π_θ(a_i | s) / π_old(a_i | s)``. The members' old log-probabilities are evaluated once per
 update, before its first gradient step (the policy that collected the rollout). Critic, advantage
 estimation, value clipping, ``target_kl`` and the logged ``train/*`` keys are PPO's; the entropy
-bonus is the mean member entropy. Box actions with per-member noise only (the members' actions
-are independent given the state; shared noise couples them, so it has no member ratio).
+bonus is the mean entropy per action dimension. Box actions only.
+
+With ``agent.sb3_shared_noise`` the members are coupled: ``a = μ + σ_m ε + σ_s η 1`` has the
+covariance ``σ_m² I + σ_s² 11ᵀ``. Its deviation ``d = a − μ`` splits exactly into the *common
+mode* ``c = mean_i d_i ~ N(0, σ_m²/|M| + σ_s²)`` (how much harder or softer the whole step was
+explored) and the residuals ``e_i = d_i − c``, independent of ``c``, with variance σ_m² per
+member (up to the one dimension the mean removes). The surrogate then clips one ratio for the
+common mode and one per member residual, and weights them ``α`` and ``(1 − α)/|M|``
+(``agent.sb3_common_weight``): the step-level choice gets its own trust region instead of
+being one of |M| + 1 equal dimensions (FALCON's ``agent.step_noise`` learns its shared level
+separately for the same reason).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch as th
@@ -30,17 +41,35 @@ from falcon_rl.agents.sb3_policies import SharedNoiseGaussian
 
 
 class MemberRatioPPO(PPO):
-    """PPO whose clipped surrogate uses one ratio per member (see the module docstring)."""
+    """PPO whose clipped surrogate uses one ratio per member (see the module docstring).
+
+    :param common_weight: with shared noise, the weight α of the common mode's clipped term
+        (the member residuals share 1 − α); unused without shared noise.
+    """
+
+    def __init__(self, *args: Any, common_weight: float = 0.5, **kwargs: Any) -> None:
+        if not 0.0 <= common_weight <= 1.0:
+            raise ValueError(f"agent.sb3_common_weight must be in [0, 1], got {common_weight}")
+        self.common_weight = float(common_weight)
+        super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
-        dist = self.policy.action_dist
-        if not isinstance(dist, DiagGaussianDistribution) or isinstance(dist, SharedNoiseGaussian):
-            raise ValueError("agent.sb3_member_ratio needs per-member Gaussian actions: env.action=box and "
-                             f"agent.sb3_shared_noise=false (got {type(dist).__name__})")
+        if not isinstance(self.policy.action_dist, DiagGaussianDistribution):
+            raise ValueError("agent.sb3_member_ratio needs per-member Gaussian actions: env.action=box "
+                             f"(got {type(self.policy.action_dist).__name__})")
+
+    def mode_weights(self, members: int) -> th.Tensor:
+        """Weight of each clipped term: ``1/|M|`` per member; with shared noise ``(1 − α)/|M|`` per
+        member residual and ``α`` for the common mode (the last column)."""
+        if not isinstance(self.policy.action_dist, SharedNoiseGaussian):
+            return th.full((members,), 1.0 / members)
+        alpha = self.common_weight
+        return th.cat([th.full((members,), (1.0 - alpha) / members), th.tensor([alpha])])
 
     def _evaluate(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
-        """``(values (B,), member log-probs (B, M), mean member entropy (B,))`` of ``actions``."""
+        """``(values (B,), log-probs of the modes (B, K), entropy per action dimension (B,))``:
+        K = |M| member log-probs; with shared noise |M| residual log-probs and the common mode's."""
         policy = self.policy
         features = policy.extract_features(obs)
         if policy.share_features_extractor:
@@ -50,9 +79,18 @@ class MemberRatioPPO(PPO):
             latent_pi = policy.mlp_extractor.forward_actor(pi_features)
             latent_vf = policy.mlp_extractor.forward_critic(vf_features)
         dist = policy._get_action_dist_from_latent(latent_pi)
-        member_log_prob = dist.distribution.log_prob(actions)  # independent members: one column each
-        entropy = dist.distribution.entropy().mean(dim=-1)
-        return policy.value_net(latent_vf).flatten(), member_log_prob, entropy
+        values = policy.value_net(latent_vf).flatten()
+        if not isinstance(dist, SharedNoiseGaussian):  # independent members: one column each
+            return values, dist.distribution.log_prob(actions), dist.distribution.entropy().mean(dim=-1)
+        var_m, var_s, n = dist._parts()  # (B, 1) each
+        deviation = actions - dist.distribution.mean
+        common = deviation.mean(dim=-1, keepdim=True)
+        residual = deviation - common
+        log_two_pi = float(np.log(2.0 * np.pi))
+        member = -0.5 * (residual ** 2 / var_m + th.log(var_m) + log_two_pi)
+        var_c = var_m / n + var_s
+        common_log_prob = -0.5 * (common ** 2 / var_c + th.log(var_c) + log_two_pi)
+        return values, th.cat([member, common_log_prob], dim=-1), dist.entropy() / n
 
     def train(self) -> None:
         """One update on the collected rollout: ``n_epochs`` passes of ``batch_size`` samples."""
@@ -66,6 +104,7 @@ class MemberRatioPPO(PPO):
         actions = data.actions.float()
         with th.no_grad():
             _, old_log_prob, _ = self._evaluate(data.observations, actions)
+        weights = self.mode_weights(actions.shape[-1])
         policy_losses, value_losses, entropy_losses, clip_fractions, kls = [], [], [], [], []
         loss = th.zeros(())
         keep_training = True
@@ -81,7 +120,8 @@ class MemberRatioPPO(PPO):
                 log_ratio = log_prob - old_log_prob[rows]
                 ratio = th.exp(log_ratio)  # (b, M): one ratio per member
                 adv = advantages[:, None]
-                policy_loss = -th.min(ratio * adv, th.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv).mean()
+                surrogate = th.min(ratio * adv, th.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
+                policy_loss = -(surrogate * weights).sum(dim=-1).mean()
                 old_values = data.old_values[rows]
                 if clip_vf is not None:
                     values = old_values + th.clamp(values - old_values, -clip_vf, clip_vf)
@@ -89,11 +129,11 @@ class MemberRatioPPO(PPO):
                 entropy_loss = -entropy.mean()
                 loss = policy_loss + self.ent_coef * entropy_loss + self.vf_coef * value_loss
                 with th.no_grad():
-                    kl = float(((ratio - 1.0) - log_ratio).mean())
+                    kl = float((((ratio - 1.0) - log_ratio) * weights).sum(dim=-1).mean())
                 policy_losses.append(float(policy_loss.detach()))
                 value_losses.append(float(value_loss.detach()))
                 entropy_losses.append(float(entropy_loss.detach()))
-                clip_fractions.append(float(((ratio - 1.0).abs() > clip).float().mean()))
+                clip_fractions.append(float((((ratio - 1.0).abs() > clip).float() * weights).sum(dim=-1).mean()))
                 epoch_kls.append(kl)
                 if self.target_kl is not None and kl > 1.5 * self.target_kl:
                     keep_training = False
@@ -117,6 +157,8 @@ class MemberRatioPPO(PPO):
         self.logger.record("train/loss", float(loss.detach()))
         self.logger.record("train/explained_variance", float(ev))
         self.logger.record("train/std", float(th.exp(self.policy.log_std.detach()).mean()))
+        if isinstance(self.policy.action_dist, SharedNoiseGaussian):
+            self.logger.record("train/std_shared", float(th.exp(self.policy.log_std_shared.detach()).mean()))
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip)
         if clip_vf is not None:

@@ -42,7 +42,10 @@ class AgentConfig:
     sb3_member_ratio: bool = param(False, "PPO with Box actions and per-member noise: clip one probability ratio "
                                    "per member (each member an agent sharing the step's advantage, as multi-agent "
                                    "PPO does) instead of the joint action's ratio, which |M| members push out of "
-                                   "the clip range at once (agents/sb3_member_ppo.py)")
+                                   "the clip range at once (agents/sb3_member_ppo.py); with agent.sb3_shared_noise "
+                                   "the step's common mode gets a ratio of its own")
+    sb3_common_weight: float = param(0.5, "agent.sb3_member_ratio with agent.sb3_shared_noise: weight of the common "
+                                     "mode's clipped term (the member residuals share the rest)", ge=0.0, le=1.0)
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
     credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
                         "reward to the members trained in it (batch, paper §2.5), or each member's own loss "
