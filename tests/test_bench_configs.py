@@ -35,7 +35,7 @@ def test_bench_world_and_protocol():
     bench = _load("bench_cpu.yaml")
     assert bench.data.max_objects == 1 and bench.data.relation_prob == 0.0
     assert bench.data.seed == 0  # the reported instance; choices were made on data.seed 1
-    assert len(bench.ablation.schedulers) == 7 and len(bench.ablation.seeds) == 3
+    assert len(bench.ablation.schedulers) == 8 and len(bench.ablation.seeds) == 3
     assert bench.env.held_out_pairs == bench.env.val_pairs == 128  # held out for every scheduler
 
 
@@ -51,6 +51,9 @@ def test_every_bench_row_holds_out_the_same_pairs_and_shares_the_warm_up():
         assert spec.cfg.env.warm_start == next(s for s in specs if s.seed == spec.seed).cfg.env.warm_start, spec.label
     shared = next(s.cfg for s in specs if s.label == "falcon-shared")
     assert shared.env.reward == "itc" and shared.agent.step_noise == 4.0 and shared.agent.credit == "batch"
+    ppo = next(s.cfg for s in specs if s.label == "ppo-shared")
+    assert ppo.agent.name == "ppo" and ppo.env.reward == "itc" and ppo.agent.sb3_member_ratio
+    assert ppo.agent.sb3_shared_noise and ppo.agent.sb3_total_steps == bench.env.budget_steps
 
 
 def test_mafa_config_pairs_with_the_bench_runs():
