@@ -118,7 +118,7 @@ class MemberRatioPPO(PPO):
                 if self.normalize_advantage and len(rows) > 1:
                     advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
                 log_ratio = log_prob - old_log_prob[rows]
-                ratio = th.exp(log_ratio)  # (b, M): one ratio per member
+                ratio = th.exp(log_ratio)  # (b, K): one ratio per member (and the common mode)
                 adv = advantages[:, None]
                 surrogate = th.min(ratio * adv, th.clamp(ratio, 1.0 - clip, 1.0 + clip) * adv)
                 policy_loss = -(surrogate * weights).sum(dim=-1).mean()
