@@ -81,9 +81,11 @@ TRAIN_AGENT = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logg
                "agent.sb3_hidden=[16]", "env.eval_every=3", "agent.checkpoint_every=2"]
 
 
-@pytest.mark.parametrize("agent", ["falcon", "ppo", pytest.param("sac", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("agent", ["falcon", "ppo", "ppo-member-ratio", pytest.param("sac", marks=pytest.mark.slow)])
 def test_train_agent_resumes_exactly_after_sigint_and_kill9(tmp_path, data_dir, agent):
     extra = ["agent.sb3_kwargs={learning_starts: 2}"] if agent == "sac" else ["agent.update_every=2"]
+    if agent == "ppo-member-ratio":  # MemberRatioPPO, the bench's ppo-shared learner
+        agent, extra = "ppo", extra + ["agent.sb3_member_ratio=true", "agent.sb3_shared_noise=true"]
 
     def args(out: str) -> list[str]:
         return ["train-agent", "--agent", agent, "--out", str(tmp_path / out), "--episodes", "2", *TRAIN_AGENT,
