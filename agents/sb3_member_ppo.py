@@ -82,15 +82,7 @@ class MemberRatioPPO(PPO):
         values = policy.value_net(latent_vf).flatten()
         if not isinstance(dist, SharedNoiseGaussian):  # independent members: one column each
             return values, dist.distribution.log_prob(actions), dist.distribution.entropy().mean(dim=-1)
-        var_m, var_s, n = dist._parts()  # (B, 1) each
-        deviation = actions - dist.distribution.mean
-        common = deviation.mean(dim=-1, keepdim=True)
-        residual = deviation - common
-        log_two_pi = float(np.log(2.0 * np.pi))
-        member = -0.5 * (residual ** 2 / var_m + th.log(var_m) + log_two_pi)
-        var_c = var_m / n + var_s
-        common_log_prob = -0.5 * (common ** 2 / var_c + th.log(var_c) + log_two_pi)
-        return values, th.cat([member, common_log_prob], dim=-1), dist.entropy() / n
+        return values, dist.mode_log_prob(actions), dist.entropy() / actions.shape[-1]
 
     def train(self) -> None:
         """One update on the collected rollout: ``n_epochs`` passes of ``batch_size`` samples."""

@@ -74,6 +74,19 @@ class SharedNoiseGaussian(DiagGaussianDistribution):
         logdet = (n - 1) * th.log(var_m) + th.log(var_m + n * var_s)
         return (0.5 * (logdet + n * (1.0 + np.log(2.0 * np.pi)))).squeeze(-1)
 
+    def mode_log_prob(self, actions: th.Tensor) -> th.Tensor:
+        """(B, |M| + 1) log-densities of the deviation's independent modes: each member's residual
+        ``d_i − c`` (variance σ_m²) and, last, the common mode ``c = mean_i d_i`` (variance
+        σ_m²/|M| + σ_s²). Their sum is :meth:`log_prob` − ½·log(2π σ_m²) + ½·log |M| (the residuals
+        span |M| − 1 dimensions); ``agent.sb3_member_ratio`` clips one ratio per mode."""
+        var_m, var_s, n = self._parts()
+        deviation = actions - self.distribution.mean
+        common = deviation.mean(dim=-1, keepdim=True)
+        var_c = var_m / n + var_s
+        log_two_pi = float(np.log(2.0 * np.pi))
+        member = -0.5 * ((deviation - common) ** 2 / var_m + th.log(var_m) + log_two_pi)
+        return th.cat([member, -0.5 * (common ** 2 / var_c + th.log(var_c) + log_two_pi)], dim=-1)
+
     def sample(self) -> th.Tensor:
         mean = self.distribution.mean
         shared = th.exp(self.log_std_shared) * th.randn(mean.shape[:-1] + (1,), device=mean.device, dtype=mean.dtype)

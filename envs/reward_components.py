@@ -308,10 +308,8 @@ class RewardMeter:
                 after_val = self.probe.losses(trainer, val)
                 comps.update({n: before[n] - after_val[n] for n in val})
                 self._val_before = after_val  # no update until the next batch: its "before"
-        for name in self.log:
-            if name == "itc+itm":  # logged as an option of its own
-                comps[name] = comps["itc"] + comps["itm"]
-            elif name in COMBINED_REWARDS:
+        for name in self.log:  # a sum of parts (itc+itm, itc+val_itc) is logged as an option of its own
+            if len(reward_parts(name, lm_name)) > 1:
                 comps[name] = reward_value(comps, name, lm_name, env.reward_val_weight)
         return out, BatchReward(comps, own_values)
 
