@@ -14,6 +14,7 @@ from falcon_rl.agents.sb3_member_ppo import MemberRatioPPO
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.envs.wrappers import SymmetricActions, symmetric_to_q
+from helpers_sb3 import TINY_ITC_RUN, MeanQBandit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -103,21 +104,7 @@ def test_with_shared_noise_the_modes_factor_the_joint_log_prob():
 
 def mean_q_after(agent: AgentConfig, members: int, seed: int) -> float:
     """Final mean q on a bandit whose reward is the step's mean q + noise (std 0.3), |M| members."""
-
-    class MeanQ(gym.Env):
-        observation_space = spaces.Box(0.0, 1.0, (members, 3), np.float32)
-        action_space = spaces.Box(0.0, 1.0, (members,), np.float32)
-
-        def reset(self, seed=None, options=None):
-            super().reset(seed=seed)
-            return self.np_random.random((members, 3)).astype(np.float32), {}
-
-        def step(self, action):
-            q = np.clip(np.asarray(action, dtype=np.float64), 0.0, 1.0)
-            reward = float(q.mean() + 0.3 * self.np_random.standard_normal())
-            return self.np_random.random((members, 3)).astype(np.float32), reward, False, True, {}
-
-    env = SymmetricActions(MeanQ())
+    env = SymmetricActions(MeanQBandit(members, noise=0.3))
     model = algorithm_class("ppo", agent)(MemberActorCriticPolicy, env, **default_kwargs("ppo", agent, seed))
     model.learn(150)
     obs, _ = env.reset(seed=99)
@@ -158,11 +145,8 @@ def test_member_ratio_ppo_on_the_env_learns_saves_and_resumes(tmp_path):
     from falcon_rl.config import load_config
     from falcon_rl.envs import NegativeMiningEnv
 
-    overrides = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
-                 "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-                 "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "env.reward=itc",
-                 "agent.sb3_member_ratio=true", "agent.sb3_n_steps=2", "agent.sb3_hidden=[16]",
-                 "agent.sb3_total_steps=4", f"data.cache_dir={tmp_path / 'data'}"]
+    overrides = [*TINY_ITC_RUN, "agent.sb3_member_ratio=true", "agent.sb3_total_steps=4",
+                 f"data.cache_dir={tmp_path / 'data'}"]
     cfg = load_config(None, overrides)
     record = run_scheduler(cfg, "ppo", tmp_path / "run")
     assert record["status"] == "ok" and record["steps"] == 4

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gymnasium as gym
 import numpy as np
 import pytest
 import torch
@@ -14,6 +13,7 @@ from falcon_rl.agents.sb3 import SB3Scheduler, default_kwargs
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy, SharedNoiseGaussian
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.envs.wrappers import SymmetricActions, symmetric_to_q
+from helpers_sb3 import TINY_ITC_RUN, MeanQBandit
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,23 +31,6 @@ def test_log_prob_and_entropy_are_the_rank_one_gaussians():
     draws = torch.stack([dist.sample() for _ in range(4000)]) - dist.distribution.mean
     emp = torch.cov(draws[:, 0].T)  # members of one step co-vary by ss^2
     torch.testing.assert_close(emp, cov, atol=0.08, rtol=0.05)
-
-
-class MeanQBandit(gym.Env):
-    """32 members; the reward is the step's mean q plus noise of std 0.1 (one step per episode)."""
-
-    observation_space = spaces.Box(0.0, 1.0, (32, 3), np.float32)
-    action_space = spaces.Box(0.0, 1.0, (32,), np.float32)
-    state_columns = ["a", "b", "c"]
-
-    def reset(self, seed=None, options=None):
-        super().reset(seed=seed)
-        return self.np_random.random((32, 3)).astype(np.float32), {}
-
-    def step(self, action):
-        q = np.clip(np.asarray(action, dtype=np.float64), 0.0, 1.0)
-        reward = float(q.mean() + 0.1 * self.np_random.standard_normal())
-        return self.np_random.random((32, 3)).astype(np.float32), reward, False, True, {}
 
 
 def final_mean_q(shared: bool, seed: int) -> float:
@@ -93,11 +76,8 @@ def test_ppo_with_shared_noise_on_the_env_and_frozen_after(tmp_path):
     from falcon_rl.agents.runner import run_scheduler
     from falcon_rl.config import load_config
 
-    overrides = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
-                 "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-                 "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "env.reward=itc",
-                 "agent.sb3_shared_noise=true", "agent.sb3_n_steps=2", "agent.sb3_hidden=[16]",
-                 "agent.train_episodes=1", f"data.cache_dir={tmp_path / 'data'}"]
+    overrides = [*TINY_ITC_RUN, "agent.sb3_shared_noise=true", "agent.train_episodes=1",
+                 f"data.cache_dir={tmp_path / 'data'}"]
     cfg = load_config(None, overrides)
     record = run_scheduler(cfg, "ppo", tmp_path / "run")
     assert record["status"] == "ok" and record["learned"]["steps"] == 2 and record["steps"] == 2
