@@ -1,7 +1,8 @@
 """The observation of one search space, shared by the env and frozen-scheduler pretraining.
 
-Cached embeddings of the members -> ``S = S_i2t + S_t2i`` -> per-member state (DESIGN §2.1,
-§2.3): the softmaxed quantiles of each sorted row, plus the enabled extra columns.
+Cached embeddings of the members -> ``S = S_i2t + S_t2i`` -> per-member state (the softmaxed
+quantiles of each sorted row, FALCON §2.1, §2.3), plus the enabled extra columns (e.g.
+``positive_rank``: where the member's own pair falls in its row).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from falcon_rl.config.mining import MiningConfig
-from falcon_rl.mining.similarity import search_space_similarity
+from falcon_rl.mining.similarity import own_pair_similarity, positive_rank, search_space_similarity
 from falcon_rl.mining.state import scheduler_state, state_extras
 
 
@@ -67,8 +68,10 @@ def space_observation(img: Any, txt: Any, members: np.ndarray, mining: MiningCon
     spec = history.specificity[members] if history.specificity is not None else None
     if mining.state_specificity and spec is None:
         raise ValueError("mining.state_specificity=true needs caption specificities, which this dataset lacks")
+    rank = positive_rank(S, own_pair_similarity(img, txt), mining.state_chunk_rows) if mining.state_positive_rank else None
     extras = state_extras(mining, progress=float(min(max(progress, 0.0), 1.0)),
-                          last_loss=history.last_loss[members], prev_q=history.prev_q[members], specificity=spec)
+                          last_loss=history.last_loss[members], prev_q=history.prev_q[members], specificity=spec,
+                          positive_rank=rank)
     obs = scheduler_state(S, mining.state_quantiles, mining.state_temperature, extras,
                           chunk_rows=mining.state_chunk_rows)
     return S, np.asarray(obs, dtype=np.float32)

@@ -16,7 +16,9 @@ it, through :class:`falcon_rl.models.protocol.VLPModel` (ALBEF or BLIP-2). Besid
 - ``lm_sample``: per-sample ΔL_LM: each pair's mean over its LM targets before − after (the
   training forward's per-token losses, and one per-token forward after); the batch value is the
   mean over its pairs (``lm`` weights every target token equally). Each member's own value is
-  also the per-member credit of ``agent.credit: member`` (with ``lm`` and ``mlm_hi`` too);
+  also the per-member credit of ``agent.credit: member`` (with ``lm`` and ``mlm_hi`` too; with
+  ``itc`` each pair's own term of the in-batch ITC, its image→text and text→image rows averaged,
+  before − after; with ``itc+val_itc`` that plus λ·Δ(held-out ITC) of its batch);
 - ``val_itc``, ``val_lm``: label-free: the drop of the in-batch ITC / the LM loss (fixed masks)
   on a fixed validation subset of ``env.val_pairs`` *training* pairs (evenly spaced; every pair
   of their images is held out of the search spaces and the warm-up; never the test split, no
@@ -52,7 +54,7 @@ COMBINED_REWARDS: dict[str, tuple[str, ...]] = {"itc+val_itc": ("itc", "val_itc"
 #: options only this module computes
 NEW_REWARDS: tuple[str, ...] = ("mlm_hi", "lm_sample", "val_itc", "val_lm", "itc+val_itc")
 #: options with a value per member (``info["member_own_reward"]``, ``agent.credit: member``)
-MEMBER_REWARDS: tuple[str, ...] = ("lm", "mlm", "lm_sample", "mlm_hi")
+MEMBER_REWARDS: tuple[str, ...] = ("lm", "mlm", "lm_sample", "mlm_hi", "itc", "itc+val_itc")
 #: options measured on the held-out validation pairs
 VAL_REWARDS: tuple[str, ...] = ("val_itc", "val_lm")
 #: seed offset of the mlm_hi masks' generator (a stream of its own, not a hyper-parameter)
@@ -231,7 +233,9 @@ class RewardMeter:
         """One training step on ``batch`` with every wanted difference around it.
 
         :param compute: compute ``env.reward`` (the logged options are computed anyway).
-        :param own: also each pair's own loss change under ``env.reward`` (an LM-family reward).
+        :param own: also each pair's own loss change under ``env.reward`` (an LM-family reward; ``itc``:
+            the pair's two in-batch ITC rows, before − after; ``itc+val_itc``: that plus λ times the
+            batch's held-out change, which its pairs share).
         :returns: the step's output and the batch's components, keyed by option (the LM loss's
             under its name, ``mlm`` / ``itg``; ``itc+itm`` as ``itc`` and ``itm``, and as itself when
             logged).
@@ -258,9 +262,11 @@ class RewardMeter:
             if "mlm_hi" in need:
                 hi = self._hi_masks(trainer, batch)
                 before["mlm_hi"] = trainer.lm_loss(batch, hi, per_token=own and reward == "mlm_hi")
+            own_itc = own and reward in ("itc", "itc+val_itc")
             for name in ("itc", "itm"):
                 if name in need:
-                    before[name] = trainer.itc_loss(batch) if name == "itc" else trainer.itm_loss(batch)
+                    before[name] = (trainer.itc_loss(batch, per_sample=own_itc) if name == "itc"
+                                    else trainer.itm_loss(batch))
             val = need & set(VAL_REWARDS)
             if val:
                 if self._val_before is None or not val <= set(self._val_before):
@@ -301,13 +307,20 @@ class RewardMeter:
                 else:
                     comps["mlm_hi"] = before["mlm_hi"] - trainer.lm_loss(batch, hi)
             for name in ("itc", "itm"):
-                if name in need:
+                if name in need and name == "itc" and own_itc:  # each pair's own term: its two ITC rows
+                    per_pair = before["itc"] - trainer.itc_loss(batch, per_sample=True)
+                    comps["itc"] = float(per_pair.mean())
+                    own_values = per_pair
+                elif name in need:
                     after = trainer.itc_loss(batch) if name == "itc" else trainer.itm_loss(batch)
                     comps[name] = before[name] - after
             if val:
                 after_val = self.probe.losses(trainer, val)
                 comps.update({n: before[n] - after_val[n] for n in val})
                 self._val_before = after_val  # no update until the next batch: its "before"
+            if own_values is not None and reward == "itc+val_itc" and "val_itc" in comps:
+                # the held-out part is the batch's, shared by its pairs
+                own_values = own_values + env.reward_val_weight * comps["val_itc"]
         for name in self.log:  # a sum of parts (itc+itm, itc+val_itc) is logged as an option of its own
             if len(reward_parts(name, lm_name)) > 1:
                 comps[name] = reward_value(comps, name, lm_name, env.reward_val_weight)

@@ -43,7 +43,7 @@ def observation_space(mining: MiningConfig) -> spaces.Box:
     high = np.full((mining.search_space, len(cols)), np.inf, dtype=np.float32)
     low[:, :m], high[:, :m] = 0.0, 1.0
     for j, name in enumerate(cols):
-        if name in ("progress", "prev_q", "specificity"):  # specificity: F / max F of the split
+        if name in ("progress", "prev_q", "specificity", "positive_rank"):  # specificity: F / max F of the split
             low[:, j], high[:, j] = 0.0, 1.0
         elif name == "last_loss":
             low[:, j] = 0.0

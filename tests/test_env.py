@@ -50,6 +50,25 @@ def test_gymnasium_and_sb3_env_checkers(tiny):
     sb3_check(make_env(tiny, "mining.search_space=32", "train.batch_size=16"), warn=False)
 
 
+def test_positive_rank_column_is_where_the_own_pair_falls_in_the_cached_row(tiny):
+    """mining.state_positive_rank: the last column is the share of each member's candidates that the
+    cached embeddings score at least as high as its own pair (recomputed here from the cache)."""
+    env = make_env(tiny, "mining.state_positive_rank=true")
+    assert env.state_columns[-1] == "positive_rank"
+    obs, _ = env.reset(seed=0)
+    for _ in range(2):
+        assert env.observation_space.contains(obs)
+        members = env.members
+        img, txt = env.cache.img[members], env.cache.txt[members]
+        A = (np.asarray(img, np.float32) @ np.asarray(txt, np.float32).T).astype(np.float32)
+        own = 2 * np.diag(A)
+        S = A + A.T
+        want = [(np.delete(S[a], a) >= own[a]).mean() for a in range(len(members))]
+        np.testing.assert_allclose(obs[:, -1], want, atol=1.5 / (len(members) - 1))  # float32 ties may differ
+        assert obs[:, -1].std() > 0
+        obs, *_ = env.step(env.action_space.sample())
+
+
 def test_spaces_match_what_step_returns(tiny):
     env = make_env(tiny, "mining.state_prev_q=true", "mining.state_specificity=true")
     assert env.observation_space.shape == (64, 16 + 3)

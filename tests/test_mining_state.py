@@ -15,6 +15,7 @@ from falcon_rl.mining import (
     state_feature_names,
 )
 import falcon_rl.mining.state as state_mod
+from falcon_rl.mining.similarity import own_pair_similarity, positive_rank
 from falcon_rl.mining.state import quantile_positions
 
 
@@ -146,3 +147,34 @@ def test_state_bad_inputs():
     S[2, 4] = np.nan
     with pytest.raises(ValueError, match="NaN in row 2"):
         scheduler_state(S, 4, 0.1)
+
+
+def test_positive_rank_counts_candidates_scored_at_least_as_high_as_the_own_pair():
+    """positive_rank[a] = #{j != a : S[a, j] >= 2 s(img_a, txt_a)} / (|M| - 1), by brute force; numpy,
+    torch and row chunks agree; BLIP-2's (|M|, Q, D) images use the maximum over their vectors."""
+    img, txt = embeddings(9, d=4, seed=5)
+    S = search_space_similarity(img, txt)
+    own = own_pair_similarity(img, txt)
+    np.testing.assert_allclose(own, 2 * (img * txt).sum(1), rtol=1e-6)
+    brute = np.array([sum(S[a, j] >= own[a] for j in range(9) if j != a) / 8 for a in range(9)], np.float32)
+    assert 0 < brute.mean() < 1 and len(set(brute.tolist())) > 2  # not all equal: the test can fail
+    np.testing.assert_array_equal(positive_rank(S, own), brute)
+    np.testing.assert_array_equal(positive_rank(S, own, chunk_rows=2), brute)
+    np.testing.assert_array_equal(positive_rank(torch.from_numpy(S), own, chunk_rows=4), brute)
+    # by hand: pair 0's caption fits image 1 as well as its own image (a vague caption): S[0, 1] = 1 + 0.8
+    # > own 2 * 0.8; pairs 1 and 2 are specific (own 2 * 1 above every candidate)
+    e = np.eye(2, dtype=np.float32)
+    hand_img = np.stack([[0.8, 0.6], e[0], e[1]])
+    hand_txt = np.stack([e[0], e[0], e[1]])
+    hand = search_space_similarity(hand_img, hand_txt)
+    np.testing.assert_allclose(positive_rank(hand, own_pair_similarity(hand_img, hand_txt)), [0.5, 0.0, 0.0])
+    rng = np.random.default_rng(1)
+    vec = rng.standard_normal((9, 3, 4)).astype(np.float32)
+    vec /= np.linalg.norm(vec, axis=2, keepdims=True)
+    own3 = own_pair_similarity(vec, txt)
+    np.testing.assert_allclose(own3, 2 * np.einsum("aqd,ad->aq", vec, txt).max(1), rtol=1e-6)
+    S3 = search_space_similarity(vec, txt)
+    brute3 = np.array([sum(S3[a, j] >= own3[a] for j in range(9) if j != a) / 8 for a in range(9)], np.float32)
+    np.testing.assert_array_equal(positive_rank(S3, own3), brute3)
+    with pytest.raises(ValueError, match=r"own has shape \(8,\), expected \(9,\)"):
+        positive_rank(S, own[:8])

@@ -4,6 +4,8 @@ changes and the per-batch view (info batch_stats)."""
 
 from __future__ import annotations
 
+from unittest import mock
+
 import numpy as np
 import pytest
 
@@ -186,6 +188,51 @@ def test_member_own_rewards_are_per_pair_loss_changes(tiny):
         np.testing.assert_allclose(info["member_reward"][batch_of == b], own[batch_of == b].mean(), rtol=1e-4)
 
 
+def test_member_own_itc_is_each_pairs_two_rows_and_sums_to_the_batch_reward(tiny):
+    """agent.credit=member with env.reward=itc: a member's own reward is its pair's two in-batch ITC
+    rows (image→text, text→image), before − after, recomputed here from the weights around the batch;
+    the batch means are the itc reward; itc+val_itc adds λ times the batch's held-out change."""
+    base, data = tiny
+    action = np.linspace(0, 1, 64, dtype=np.float32)
+    cfg = apply_overrides(base, ["env.reward=itc", "agent.credit=member", "env.reward_log=[val_itc]"])
+    env = NegativeMiningEnv(cfg, data=data)
+    env.reset(seed=2)
+    seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    real = Trainer.train_step
+
+    def recording(self, batch, *args, **kwargs):  # each pair's two rows before and after its update
+        before = self.itc_loss(batch, per_sample=True)
+        out = real(self, batch, *args, **kwargs)
+        seen.append((batch.index.numpy().copy(), before, self.itc_loss(batch, per_sample=True)))
+        return out
+
+    with mock.patch.object(Trainer, "train_step", recording):
+        reward, info = env.step(action)[1::3]
+    own, batch_of = info["member_own_reward"], info["member_batch"]
+    assert own.shape == (64,) and np.isfinite(own).all() and own.std() > 1e-4
+    assert len(seen) == 2
+    for b, (_, before, after) in enumerate(seen):
+        np.testing.assert_allclose(np.sort(own[batch_of == b]), np.sort(before - after), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose([own[batch_of == b].mean() for b in (0, 1)], info["batch_stats"]["rewards"]["itc"],
+                               rtol=1e-5)
+    assert reward == pytest.approx(np.mean(info["batch_stats"]["rewards"]["itc"]), rel=1e-6)
+    plain = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
+    plain_reward, plain_info = _run(plain, [action], seed=2)[0]
+    # the same training; the batch value is the mean of float32 rows instead of two float32 means
+    assert plain_reward == pytest.approx(reward, rel=1e-4) and plain_info["losses"] == info["losses"]
+
+    lam = 3.0
+    mixed = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc+val_itc", f"env.reward_val_weight={lam}",
+                                                     "agent.credit=member", "env.reward_log=[itc, val_itc]"]),
+                              data=data)
+    _, minfo = _run(mixed, [action], seed=2)[0]
+    val = np.asarray(minfo["batch_stats"]["rewards"]["val_itc"])
+    for b in (0, 1):
+        sel = minfo["member_batch"] == b
+        np.testing.assert_allclose(minfo["member_own_reward"][sel], own[batch_of == b] + lam * val[b], rtol=1e-5,
+                                   atol=1e-6)
+
+
 def test_row_means_of_token_losses():
     import torch
 
@@ -215,8 +262,8 @@ def test_reward_option_errors_name_the_key(tiny):
     base, _ = tiny
     with pytest.raises(ConfigError, match=r"env.reward_log has \['mlmm'\]"):
         check_mining(apply_overrides(base, ["env.reward_log=[mlmm]"]))
-    with pytest.raises(ConfigError, match=r"agent.credit=member needs .* not 'itc'"):
-        check_mining(apply_overrides(base, ["agent.credit=member", "env.reward=itc"]))
+    with pytest.raises(ConfigError, match=r"agent.credit=member needs .* not 'itm'"):
+        check_mining(apply_overrides(base, ["agent.credit=member", "env.reward=itm"]))
     with pytest.raises(ConfigError, match=r"env.val_pairs=200 held-out pairs leave 56"):
         check_mining(apply_overrides(base, ["env.reward=val_itc", "env.val_pairs=200"]))
     with pytest.raises(ConfigError, match=r"env.reward_log needs a reward measured per trained batch"):

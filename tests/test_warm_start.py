@@ -87,6 +87,28 @@ def test_runs_that_differ_only_in_a_per_batch_reward_share_one_warm_start(tiny, 
                           data=data).reset(seed=1)
 
 
+def test_an_observation_only_column_shares_the_warm_start(tiny, tmp_path):
+    """mining.state_positive_rank only adds an observation column computed after the warm-up: a run
+    with it loads the warm start of a run without it (a file written before the key existed too)."""
+    import torch
+
+    base, data = tiny
+    path = tmp_path / "warm.pt"
+    plain = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data)
+    obs1, _ = plain.reset(seed=1)
+    payload = torch.load(path, weights_only=True)
+    assert "state_positive_rank" not in payload["signature"]["mining"]
+    with_rank = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "mining.state_positive_rank=true"]),
+                                  data=data)
+    with_rank._warmup = lambda steps: pytest.fail("the warm state must be loaded, not recomputed")
+    obs2, info2 = with_rank.reset(seed=1)
+    assert info2["warm_start"] == str(path) and obs2.shape[1] == obs1.shape[1] + 1
+    np.testing.assert_array_equal(obs1, obs2[:, :-1])
+    with pytest.raises(ValueError, match=r"mining.state_prev_q: False != True"):  # a signed column still differs
+        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "mining.state_prev_q=true"]),
+                          data=data).reset(seed=1)
+
+
 def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(tmp_path, monkeypatch):
     from falcon_rl.cli import main
 

@@ -49,8 +49,8 @@ class AgentConfig:
     sb3_kwargs: dict = param({}, "extra keyword arguments for the SB3 algorithm")
     credit: str = param("step", "FALCON credit: the step's mean reward to every member (step), each batch's "
                         "reward to the members trained in it (batch, paper §2.5), or each member's own loss "
-                        "change in its batch (member: per-sample ΔL of its pair, env.reward lm (mlm), lm_sample or "
-                        "mlm_hi)", choices=["step", "batch", "member"])
+                        "change in its batch (member: per-sample ΔL of its pair, env.reward lm (mlm), lm_sample, "
+                        "mlm_hi, itc (its two in-batch ITC rows) or itc+val_itc (those plus λ·Δ held-out ITC))", choices=["step", "batch", "member"])
     center: str = param("none", "advantages of per-member credit: reward - moving-average baseline (none), minus "
                         "the mean over the step's members (step: the learning-rate trend cancels; needs credit "
                         "batch or member) or over the member's batch (batch; needs credit member)",

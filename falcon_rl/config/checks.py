@@ -49,7 +49,7 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
 LOGGABLE_REWARDS = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
                     "itc+val_itc")
 #: rewards with a loss change per member (agent.credit: member)
-MEMBER_CREDIT_REWARDS = ("lm", "mlm", "lm_sample", "mlm_hi", "toy")
+MEMBER_CREDIT_REWARDS = ("lm", "mlm", "lm_sample", "mlm_hi", "itc", "itc+val_itc", "toy")
 
 
 def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:

@@ -48,3 +48,6 @@ class MiningConfig:
     state_last_loss: bool = param(False, "add the member's last ITC loss to its state")
     state_prev_q: bool = param(False, "add the member's previous q to its state")
     state_specificity: bool = param(False, "ablation only: add the caption's true specificity (ground truth)")
+    state_positive_rank: bool = param(False, "add the share of the member's candidates that the model scores at "
+                                      "least as high as its own pair (label-free: high for vague captions, "
+                                      "whose hardest negatives are likely false negatives)")

@@ -72,6 +72,47 @@ def search_space_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | to
     return S
 
 
+def own_pair_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(|M|,) float32 ``2 · s(img_a, txt_a)``: what ``S[a, a]`` of :func:`search_space_similarity`
+    would be, each member's own pair on the scale of its row (the maximum over an image's vectors
+    for (|M|, Q, D) images)."""
+    _check_pair(img, txt)
+    it = torch.as_tensor(img).detach().to(torch.float32)
+    tt = torch.as_tensor(txt, device=it.device).detach().to(torch.float32)
+    own = (it * tt[:, None, :]).sum(-1).amax(dim=1) if it.ndim == 3 else (it * tt).sum(-1)
+    return (2.0 * own).cpu().numpy().astype(np.float32)
+
+
+def positive_rank(S: np.ndarray | torch.Tensor, own: np.ndarray, chunk_rows: int = 1024) -> np.ndarray:
+    """(|M|,) float32: the share of each member's |M| − 1 candidates ``j`` with ``S[a, j] >= own[a]``,
+    i.e. the candidates the model already scores at least as high as the member's own pair.
+
+    Label-free: a vague caption matches many images, so many candidates score near its own pair
+    (a high value warns that its hardest negatives are likely false negatives). The diagonal is
+    ignored. ``chunk_rows`` rows are compared at once (memory: rows × |M|).
+    """
+    n = int(S.shape[0])
+    if n < 2:
+        raise ValueError(f"positive_rank needs |M| >= 2 members, got {n}")
+    own = np.asarray(own, dtype=np.float32)
+    if own.shape != (n,):
+        raise ValueError(f"own has shape {own.shape}, expected ({n},)")
+    out = np.empty(n, dtype=np.float32)
+    for r0 in range(0, n, chunk_rows):
+        r1 = min(r0 + chunk_rows, n)
+        if isinstance(S, torch.Tensor):
+            block = S[r0:r1].detach().to(torch.float32)
+            above = block >= torch.as_tensor(own[r0:r1], device=block.device)[:, None]
+            rows = torch.arange(r1 - r0, device=block.device)
+            above[rows, rows + r0] = False
+            out[r0:r1] = above.sum(dim=1).cpu().numpy()
+        else:
+            above = np.asarray(S[r0:r1], dtype=np.float32) >= own[r0:r1, None]
+            above[np.arange(r1 - r0), np.arange(r0, r1)] = False
+            out[r0:r1] = above.sum(axis=1)
+    return out / np.float32(n - 1)
+
+
 def text_image_similarity(txt: torch.Tensor, img: torch.Tensor, chunk: int = 256) -> torch.Tensor:
     """(n_t, n_i) float32 ITC similarity of texts (n_t, D) to images (n_i, D) — ``txt @ imgᵀ`` — or to
     images with several vectors (n_i, Q, D) — the maximum over each image's vectors (BLIP-2);

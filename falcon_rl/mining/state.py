@@ -23,7 +23,7 @@ import torch
 
 from falcon_rl.config.mining import MiningConfig
 
-EXTRA_ORDER = ("progress", "last_loss", "prev_q", "specificity")
+EXTRA_ORDER = ("progress", "last_loss", "prev_q", "specificity", "positive_rank")
 """Canonical order of the optional state columns (config flags ``mining.state_<name>``)."""
 
 
@@ -138,12 +138,14 @@ def state_extras(
     last_loss: np.ndarray | None = None,
     prev_q: np.ndarray | None = None,
     specificity: np.ndarray | None = None,
+    positive_rank: np.ndarray | None = None,
 ) -> dict[str, np.ndarray | float]:
     """The extras enabled by ``cfg.state_<name>``, in :data:`EXTRA_ORDER`.
 
     Raises if an enabled extra is not given. ``progress`` is step / budget in [0, 1].
     """
-    given = {"progress": progress, "last_loss": last_loss, "prev_q": prev_q, "specificity": specificity}
+    given = {"progress": progress, "last_loss": last_loss, "prev_q": prev_q, "specificity": specificity,
+             "positive_rank": positive_rank}
     out: dict[str, np.ndarray | float] = {}
     for name in EXTRA_ORDER:
         if getattr(cfg, f"state_{name}"):

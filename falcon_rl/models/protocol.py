@@ -122,8 +122,9 @@ class VLPModel(Protocol):
         ...
 
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 index: torch.Tensor | None = None) -> torch.Tensor:
-        """In-batch symmetric InfoNCE (no queue, no smoothing): deterministic."""
+                 index: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+        """In-batch symmetric InfoNCE (no queue, no smoothing): deterministic; ``per_sample``: the (B,)
+        per-pair terms, pair i's image→text row and text→image row averaged (their mean is the loss)."""
         ...
 
     def itm_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

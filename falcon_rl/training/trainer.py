@@ -292,12 +292,14 @@ class Trainer:
         return self.lm_loss(batch, masks, rows, per_token)
 
     @torch.no_grad()
-    def itc_loss(self, batch: Batch) -> float:
-        """In-batch ITC (no queue, no distillation, no smoothing) of the current weights."""
+    def itc_loss(self, batch: Batch, per_sample: bool = False) -> Any:
+        """In-batch ITC (no queue, no distillation, no smoothing) of the current weights: a float, or
+        with ``per_sample`` each pair's (B,) float64 term (pair i's two rows averaged)."""
         self.model.eval()
         b = batch.to(self.device)
         with self._autocast():
-            return float(self.model.itc_loss(b.image, b.input_ids, b.attention_mask, b.index))
+            loss = self.model.itc_loss(b.image, b.input_ids, b.attention_mask, b.index, per_sample=per_sample)
+        return loss.double().cpu().numpy() if per_sample else float(loss)
 
     @torch.no_grad()
     def itm_loss(self, batch: Batch) -> float:

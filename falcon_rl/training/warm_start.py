@@ -35,6 +35,10 @@ _ENV_KEYS = ("warmup_steps", "budget_steps", "reward", "checkpoint")
 _WARMUP_REWARDS = ("toy", "retrieval")
 #: what the signature records for every other reward
 _PER_BATCH = "per-batch loss difference"
+#: mining keys that only choose observation columns, computed after a warm start is loaded: not signed,
+#: so one warm start serves runs that differ in them (the older state_* columns stay signed, as files
+#: written before this list existed record them)
+_OBSERVATION_ONLY = ("state_positive_rank",)
 
 
 def _signed_reward(reward: Any) -> Any:
@@ -55,8 +59,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
-    return {"data": d["data"], "model": model, "train": train, "mining": d["mining"], "env": env,
-            "seed": seed}
+    mining = {k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY}
+    return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
 def signature_digest(signature: dict[str, Any]) -> str:
