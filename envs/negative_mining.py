@@ -510,8 +510,12 @@ class NegativeMiningEnv(gym.Env):
             "member_batch": member_batches(chain.batches, len(members),
                                            len(chain.batches) if cfg.env.reward == "toy" else len(per_batch)),
         }
-        if own is not None and cfg.env.reward in (*MEMBER_REWARDS, "toy"):  # untrained members: the step's mean
-            fill = float(np.mean(rewards)) if rewards else 0.0
+        if own is not None and (cfg.env.reward in (*MEMBER_REWARDS, "toy") or cfg.env.member_reward == "val_influence"):
+            # untrained members: the step's mean (of the influences, which are on a scale of their own)
+            if cfg.env.member_reward == "val_influence":
+                fill = float(np.nanmean(own)) if np.isfinite(own).any() else 0.0
+            else:
+                fill = float(np.mean(rewards)) if rewards else 0.0
             info["member_own_reward"] = (np.where(np.isfinite(own), own, fill) * cfg.env.reward_scale
                                          ).astype(np.float32)
         if cfg.env.reward_log:

@@ -38,6 +38,7 @@ import torch
 
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.data.base import Batch, PairSplit
+from falcon_rl.envs.member_influence import member_influence
 from falcon_rl.envs.rewards import LM_REWARDS, LOSS_REWARDS, _rows_mean, subbatch_rows
 from falcon_rl.mining.chain import ChainResult
 from falcon_rl.mining.false_negatives import batch_false_negative_pairs
@@ -188,6 +189,7 @@ class RewardMeter:
     pool: np.ndarray = field(init=False)
     probe: ValidationProbe | None = field(init=False)
     _val_before: dict[str, float] | None = field(default=None, init=False)
+    _val_batch: Batch | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.log = tuple(dict.fromkeys(self.cfg.env.reward_log))
@@ -245,7 +247,8 @@ class RewardMeter:
         reward = env.reward
         lm_name = trainer.lm_name
         need = self._wanted(compute)
-        own = own and reward in MEMBER_REWARDS
+        influence = own and env.member_reward == "val_influence"  # every pair's, whatever the reward
+        own = own and reward in MEMBER_REWARDS and not influence
         dropout = trainer.cfg.model.dropout > 0
         tokens = "lm_sample" in need or (own and reward in (*LM_REWARDS, "lm_sample"))
         lm = "lm" in need or tokens
@@ -254,7 +257,12 @@ class RewardMeter:
             rows = subbatch_rows(len(batch), env.reward_subbatch)
         masks = trainer.make_lm_masks(batch)  # what train_step would draw: the same masks
         before: dict[str, Any] = {}
+        own_values = None
         with timing("reward"):
+            if influence:  # around the weights the step starts from (it draws no random numbers)
+                if self._val_batch is None:
+                    self._val_batch = self.split.batch(self.val_pairs)
+                own_values = member_influence(trainer, self._val_batch, batch)[0]
             if dropout and tokens:  # the training forward's losses are not the eval-mode ones
                 before["tokens"] = trainer.lm_loss(batch, masks, per_token=True)
             elif dropout and lm:
@@ -276,7 +284,6 @@ class RewardMeter:
             out = trainer.train_step(batch, masks, itc_targets=itc_targets,
                                      mlm_tokens=lm and not dropout and (tokens or rows is not None))
         comps: dict[str, float] = {}
-        own_values = None
         with timing("reward"):
             labels = masks.labels
             if tokens:
@@ -318,7 +325,7 @@ class RewardMeter:
                 after_val = self.probe.losses(trainer, val)
                 comps.update({n: before[n] - after_val[n] for n in val})
                 self._val_before = after_val  # no update until the next batch: its "before"
-            if own_values is not None and reward == "itc+val_itc" and "val_itc" in comps:
+            if own_values is not None and not influence and reward == "itc+val_itc" and "val_itc" in comps:
                 # the held-out part is the batch's, shared by its pairs
                 own_values = own_values + env.reward_val_weight * comps["val_itc"]
         for name in self.log:  # a sum of parts (itc+itm, itc+val_itc) is logged as an option of its own

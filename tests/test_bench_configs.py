@@ -70,3 +70,19 @@ def test_blip2_config_changes_only_the_framework():
     assert blip2["ablation"]["out_dir"] != bench["ablation"]["out_dir"]
     for section in ("data", "train", "mining", "env", "agent"):
         assert blip2[section] == bench[section], section
+
+
+def test_credit_check_is_the_tuning_bench_with_the_toy_reward():
+    """configs/credit_check_cpu.yaml: the bench's world, model, mining and learner on the tuning
+    instance; only the reward (toy, trains nothing) and each row's credit and state columns differ."""
+    bench, check = _load("bench_cpu.yaml"), _load("credit_check_cpu.yaml")
+    b, c = to_dict(bench), to_dict(check)
+    for section in ("model", "train", "mining", "agent"):
+        assert c[section] == b[section], section
+    assert check.data.seed == 1 and {k: v for k, v in c["data"].items() if k != "seed"} == {
+        k: v for k, v in b["data"].items() if k != "seed"}
+    assert check.env.reward == "toy" and check.env.checkpoint.endswith("checkpoint.pt")
+    rows = check.ablation.overrides
+    assert [rows[s]["agent.credit"] if "agent.credit" in rows[s] else bench.agent.credit
+            for s in check.ablation.schedulers] == ["member"] * 3 + ["batch"] * 2
+    assert sum("mining.state_specificity" in rows[s] for s in check.ablation.schedulers) == 2

@@ -60,3 +60,32 @@ def test_ddp_step_time_measures_one_process(tmp_path, one_thread):
     assert out["processes"] == 1 and out["is_main"] and out["steps"] == 2
     assert 0 < out["step_wall_s"] and 0 < out["step_cpu_s"]
     assert out["pairs_per_s"] == pytest.approx(8 / out["step_wall_s"])
+
+
+def test_member_signal_probe_runs_and_finds_a_planted_fn_effect(tmp_path, one_thread):
+    """The probe runs end to end on a tiny env (every signal and the FN flag summarised), and its
+    within-batch regression recovers an FN coefficient planted in synthetic columns."""
+    import json
+
+    import numpy as np
+
+    bench = runpy.run_path(str(BENCH / "member_signal_probe.py"))
+    out = tmp_path / "probe.json"
+    bench["main"](["--config", str(BENCH.parent / "configs" / "quickstart.yaml"), "--steps", "1", "--out", str(out),
+                   "data.n_train=256", "data.n_test=32", "mining.search_space=64", "env.val_pairs=24",
+                   "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
+    summary = json.loads(out.read_text())
+    assert summary["members"] == 64 and set(summary["signals"]) == {"own_itc", "influence", "influence_adam"}
+    assert 0.0 <= summary["above_own"]["flagged"] <= 1.0 and "auc_vague" in summary["positive_rank"]
+    rng = np.random.default_rng(0)
+    n = 4000
+    batch = np.repeat(np.arange(n // 32), 32)
+    fn = rng.random(n) < 0.2
+    cols = {"batch": batch, "q": rng.random(n), "fn_own": fn, "fn_prev": np.roll(fn, 1), "margin": rng.random(n) - fn,
+            "above_own": rng.random(n) < 0.5, "specificity": rng.integers(1, 5, n),
+            "space_positive_rank": rng.random(n), "space_specificity": rng.integers(1, 5, n)}
+    for name in bench["SIGNALS"]:
+        cols[name] = -2.0 * fn + 0.1 * batch + rng.standard_normal(n)  # a batch offset the centring removes
+    fit = bench["summarise"](cols)["signals"]["own_itc"]["fit"]
+    assert fit["fn_own"]["coef"] == pytest.approx(-2.0, abs=0.15) and fit["fn_own"]["t"] < -20
+    assert abs(fit["fn_prev"]["t"]) < 4

@@ -26,6 +26,10 @@ class EnvConfig:
     reward_val_weight: float = param(3.0, "itc+val_itc reward: λ in ΔL_ITC(batch) + λ·ΔL_ITC(held-out pairs); "
                                      "λ ≈ 1 stops paying for false negatives, λ ≈ 3 penalises them (reward-check)",
                                      ge=0.0)
+    member_reward: str = param("own", "agent.credit=member: each member's own change of env.reward (own), or its "
+                               "first-order influence on the held-out ITC, ∇L_val · Adam-preconditioned ∇ℓ_pair "
+                               "(val_influence; label-free, ALBEF; holds out env.val_pairs like val_itc)",
+                               choices=["own", "val_influence"])
     reward_mlm_prob: float = param(0.5, "mlm_hi reward: masking probability of its own masks (GRIT's 0.5)",
                                    gt=0.0, lt=1.0)
     val_pairs: int = param(256, "val_itc / val_lm rewards: evenly spaced training pairs held out (with every pair "
@@ -74,6 +78,6 @@ class EnvConfig:
     @property
     def held_out_pairs(self) -> int:
         """Training pairs held out for the validation rewards: ``val_pairs`` when a ``val_*`` reward
-        is computed or logged, else 0 (nothing is held out)."""
-        names = (self.reward, *self.reward_log)
+        is computed or logged (or ``member_reward: val_influence``), else 0 (nothing is held out)."""
+        names = (self.reward, *self.reward_log, self.member_reward)
         return self.val_pairs if any("val_" in str(n) for n in names) else 0
