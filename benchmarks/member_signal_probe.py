@@ -53,9 +53,6 @@ def auc(labels: np.ndarray, score: np.ndarray) -> float:
 
 def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
     """One env episode of ``steps`` steps with q ~ U(q_range); every trained member's signals and labels."""
-    if cfg.model.framework != "albef":
-        raise SystemExit(f"member_signal_probe: the influence signals need ALBEF, not model.framework="
-                         f"{cfg.model.framework!r}")
     data = load_data(cfg.data)
     env = NegativeMiningEnv(cfg, data=data)
     split = data.train

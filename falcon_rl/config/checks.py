@@ -70,13 +70,9 @@ def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
         raise ConfigError(f"{source}: env.val_pairs={held} held-out pairs leave {cfg.data.n_train - held} of "
                           f"data.n_train={cfg.data.n_train} for training, fewer than mining.search_space="
                           f"{cfg.mining.search_space}: lower env.val_pairs or raise data.n_train")
-    if env.member_reward == "val_influence":
-        if cfg.model.framework != "albef":
-            raise ConfigError(f"{source}: env.member_reward=val_influence differentiates ALBEF's ITC encoders; "
-                              f"model.framework={cfg.model.framework!r} is not supported")
-        if env.reward in ("toy", "retrieval"):
-            raise ConfigError(f"{source}: env.member_reward=val_influence is measured per trained batch; env.reward="
-                              f"{env.reward!r} trains {'nothing' if env.reward == 'toy' else 'per step'}")
+    if env.member_reward == "val_influence" and env.reward in ("toy", "retrieval"):
+        raise ConfigError(f"{source}: env.member_reward=val_influence is measured per trained batch; env.reward="
+                          f"{env.reward!r} trains {'nothing' if env.reward == 'toy' else 'per step'}")
     if cfg.agent.name in ("falcon", "batch-level") and cfg.agent.credit == "member":
         if env.member_reward == "own" and env.reward not in MEMBER_CREDIT_REWARDS:  # val_influence: any reward
             raise ConfigError(f"{source}: agent.credit=member needs a loss change per member: env.reward in "

@@ -28,7 +28,7 @@ class EnvConfig:
                                      ge=0.0)
     member_reward: str = param("own", "agent.credit=member: each member's own change of env.reward (own), or its "
                                "first-order influence on the held-out ITC, ∇L_val · Adam-preconditioned ∇ℓ_pair "
-                               "(val_influence; label-free, ALBEF; holds out env.val_pairs like val_itc)",
+                               "(val_influence; label-free; holds out env.val_pairs like val_itc)",
                                choices=["own", "val_influence"])
     reward_mlm_prob: float = param(0.5, "mlm_hi reward: masking probability of its own masks (GRIT's 0.5)",
                                    gt=0.0, lt=1.0)

@@ -492,12 +492,10 @@ class ALBEF(nn.Module):
         """The framework's LM loss: :meth:`mlm_loss`."""
         return self.mlm_loss(image, attention_mask, lm_input_ids, lm_labels, classes, per_token)
 
-    @torch.no_grad()
-    def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 index: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
-        """In-batch symmetric InfoNCE at the current temperature: no queue, no distillation,
-        no smoothing, so it depends only on the parameters and the batch. ``per_sample``: the (B,)
-        per-pair terms (pair i's image→text and text→image rows averaged; their mean is the loss)."""
+    def itc_rows(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B,) image→text and (B,) text→image rows of the in-batch symmetric InfoNCE at the
+        current temperature (no queue, no distillation, no smoothing), with gradients."""
         attention_mask, input_ids = trim_padding(attention_mask, input_ids)
         _, image_feat = self.enc.encode_image(image)
         text_feat = self.enc.text_feature(self.enc.encode_text(input_ids, attention_mask))
@@ -505,7 +503,15 @@ class ALBEF(nn.Module):
         index = torch.arange(b, device=image.device) if index is None else index
         pos = contrastive_targets((index[:, None] == index[None, :]).float())
         sim = (image_feat @ text_feat.t()).float() / self.temp
-        i2t, t2i = soft_cross_entropy(sim, pos), soft_cross_entropy(sim.t(), pos.t())
+        return soft_cross_entropy(sim, pos), soft_cross_entropy(sim.t(), pos.t())
+
+    @torch.no_grad()
+    def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+        """In-batch symmetric InfoNCE of :meth:`itc_rows`: it depends only on the parameters and the
+        batch. ``per_sample``: the (B,) per-pair terms (pair i's two rows averaged; their mean is
+        the loss)."""
+        i2t, t2i = self.itc_rows(image, input_ids, attention_mask, index)
         return 0.5 * (i2t + t2i) if per_sample else 0.5 * (i2t.mean() + t2i.mean())
 
     @torch.no_grad()

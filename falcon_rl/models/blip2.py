@@ -445,18 +445,24 @@ class BLIP2(nn.Module):
         q = self.qformer.n_query
         return image_tokens, self._image_feat(hidden[:, :q, :]), self._text_feat(hidden[:, q:, :])
 
-    @torch.no_grad()
-    def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                 index: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
-        """In-batch symmetric InfoNCE at the current temperature (no smoothing): deterministic.
-        ``per_sample``: the (B,) per-pair terms (image→text and text→image rows averaged)."""
+    def itc_rows(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (B,) image→text and (B,) text→image rows of the in-batch symmetric InfoNCE at the
+        current temperature (no smoothing), with gradients."""
         attention_mask, input_ids = trim_padding(attention_mask, input_ids)
         _, image_feat, text_feat = self._features(image, input_ids, attention_mask)
         b = image.shape[0]
         index = torch.arange(b, device=image.device) if index is None else index
         pos = contrastive_targets((index[:, None] == index[None, :]).float())
         sim = query_similarity(image_feat, text_feat).float() / self.temp
-        i2t, t2i = soft_cross_entropy(sim, pos), soft_cross_entropy(sim.t(), pos.t())
+        return soft_cross_entropy(sim, pos), soft_cross_entropy(sim.t(), pos.t())
+
+    @torch.no_grad()
+    def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 index: torch.Tensor | None = None, per_sample: bool = False) -> torch.Tensor:
+        """In-batch symmetric InfoNCE of :meth:`itc_rows`: deterministic. ``per_sample``: the (B,)
+        per-pair terms (image→text and text→image rows averaged)."""
+        i2t, t2i = self.itc_rows(image, input_ids, attention_mask, index)
         return 0.5 * (i2t + t2i) if per_sample else 0.5 * (i2t.mean() + t2i.mean())
 
     @torch.no_grad()
