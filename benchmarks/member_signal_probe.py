@@ -56,13 +56,13 @@ def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0))
     data = load_data(cfg.data)
     env = NegativeMiningEnv(cfg, data=data)
     split = data.train
-    val_batch = split.batch(env.meter.val_pairs)
+    val_batch = env.meter.probe.pair_batch()
     scores: list[tuple[np.ndarray, np.ndarray]] = []
     real_step = Trainer.train_step
 
     def recording(trainer, batch, *args, **kwargs):
-        adam, raw = member_influence(trainer, val_batch, batch)
-        scores.append((raw, adam))
+        found = member_influence(trainer, val_batch, batch, ("raw", "adam"))
+        scores.append((found["raw"], found["adam"]))
         return real_step(trainer, batch, *args, **kwargs)
 
     Trainer.train_step = recording  # type: ignore[method-assign]

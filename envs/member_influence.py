@@ -42,11 +42,19 @@ class _ItcTerms(torch.nn.Module):
         return 0.5 * (i2t + t2i)
 
 
+#: the two directions: ``adam`` through Adam's preconditioner (``env.member_reward: val_influence``),
+#: ``raw`` the plain gradient product (the probe's comparison)
+KINDS = ("adam", "raw")
+
+
 def member_influence(trainer: Trainer, val_batch: Batch, batch: Batch,
-                     precondition: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """``(I, I_raw)``: (B,) float64 influences of the pairs of ``batch`` on the held-out ITC of
-    ``val_batch``, with Adam's preconditioner (``I``; the raw gradient product when
-    ``precondition`` is False) and without it (``I_raw``). Eval mode; the model is unchanged."""
+                     kinds: tuple[str, ...] = ("adam",)) -> dict[str, np.ndarray]:
+    """Kind -> (B,) float64 influences of the pairs of ``batch`` on the held-out ITC of ``val_batch``,
+    for each of ``kinds`` (:data:`KINDS`; one forward-mode pass each, the held-out gradient shared).
+    Eval mode; the model is unchanged."""
+    bad = [k for k in kinds if k not in KINDS]
+    if bad or not kinds:
+        raise ValueError(f"member_influence kinds {list(kinds)}: choose from {list(KINDS)}")
     model = trainer.model
     was_training = model.training
     model.eval()
@@ -58,8 +66,8 @@ def member_influence(trainer: Trainer, val_batch: Batch, batch: Batch,
     grads = torch.autograd.grad(functional_call(terms, leaves, (val_batch,)).mean(), list(leaves.values()),
                                 allow_unused=True)
     g_val = {k: torch.zeros_like(base[k]) if g is None else g for k, g in zip(leaves, grads)}
-    directions = [g_val]
-    if precondition:
+    directions = {"raw": g_val}
+    if "adam" in kinds:
         opt = trainer.optimizer
         group = opt.param_groups[0]
         beta2, eps = group["betas"][1], group["eps"]
@@ -71,12 +79,12 @@ def member_influence(trainer: Trainer, val_batch: Batch, batch: Batch,
                 g_adam[k] = g / (v_hat.sqrt() + eps)
             else:
                 g_adam[k] = g
-        directions.insert(0, g_adam)
-    out = []
+        directions["adam"] = g_adam
+    out = {}
     with torch.no_grad():
-        for direction in directions:
-            _, tangent = jvp(lambda p: functional_call(terms, p, (batch,)), (base,), (direction,))
-            out.append(tangent.double().cpu().numpy())
+        for kind in kinds:
+            _, tangent = jvp(lambda p: functional_call(terms, p, (batch,)), (base,), (directions[kind],))
+            # ∇L_val · P ∇ℓ_a is the held-out loss's first-order *drop* per unit step along −P∇ℓ_a
+            out[kind] = tangent.double().cpu().numpy()
     model.train(was_training)
-    # ∇L_val · P ∇ℓ_a is the held-out loss's first-order *drop* per unit step along −P∇ℓ_a
-    return out[0], out[-1]
+    return out

@@ -122,6 +122,14 @@ class ValidationProbe:
         self.seed = int(seed)
         self.image_ids, self.caption_image = np.unique(split.pair_image[self.pairs], return_inverse=True)
         self._chunks: list[tuple[Batch, MLMMasks]] | None = None
+        self._pairs_batch: Batch | None = None
+
+    def pair_batch(self) -> Batch:
+        """Every held-out pair in one batch (built once): the in-batch ITC that
+        ``env.member_reward: val_influence`` differentiates."""
+        if self._pairs_batch is None:
+            self._pairs_batch = self.split.batch(self.pairs)
+        return self._pairs_batch
 
     def _lm_chunks(self, trainer: Trainer) -> list[tuple[Batch, MLMMasks]]:
         """The held-out pairs in batches with fixed LM masks (drawn once, from their own generator)."""
@@ -189,7 +197,6 @@ class RewardMeter:
     pool: np.ndarray = field(init=False)
     probe: ValidationProbe | None = field(init=False)
     _val_before: dict[str, float] | None = field(default=None, init=False)
-    _val_batch: Batch | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.log = tuple(dict.fromkeys(self.cfg.env.reward_log))
@@ -260,9 +267,7 @@ class RewardMeter:
         own_values = None
         with timing("reward"):
             if influence:  # around the weights the step starts from (it draws no random numbers)
-                if self._val_batch is None:
-                    self._val_batch = self.split.batch(self.val_pairs)
-                own_values = member_influence(trainer, self._val_batch, batch)[0]
+                own_values = member_influence(trainer, self.probe.pair_batch(), batch)["adam"]
             if dropout and tokens:  # the training forward's losses are not the eval-mode ones
                 before["tokens"] = trainer.lm_loss(batch, masks, per_token=True)
             elif dropout and lm:

@@ -44,7 +44,11 @@ def test_influence_is_the_held_out_gradient_times_each_pairs_preconditioned_grad
     split = data.train
     val_batch = split.batch(env.meter.val_pairs)
     batch = split.batch(env.members[:16])
-    infl, raw = member_influence(trainer, val_batch, batch)
+    found = member_influence(trainer, val_batch, batch, ("adam", "raw"))
+    infl, raw = found["adam"], found["raw"]
+    np.testing.assert_array_equal(member_influence(trainer, val_batch, batch)["adam"], infl)  # the env's call
+    with pytest.raises(ValueError, match=r"choose from \['adam', 'raw'\]"):
+        member_influence(trainer, val_batch, batch, ("sgd",))
     assert infl.shape == raw.shape == (16,) and infl.std() > 0
 
     model = trainer.model
