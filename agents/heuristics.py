@@ -6,6 +6,11 @@ Each maps the observation to q without learning:
   makes the quantile chain draw (statistically) random batches;
 - ``grit`` — GRIT-VLP: q = 1, the greedy hardest chain;
 - ``fixed`` — q = ``agent.q`` for every member;
+- ``by-specificity`` — q = ``agent.q_by_specificity[F - 1]`` for a caption stating F facts, read
+  from the ``specificity`` state column (``mining.state_specificity``): the *true* caption
+  specificity of the built-in benchmark, so, like ``oracle``, a reference that reads labels, not a
+  label-free scheduler. It measures what a q split by caption specificity (softer for vague
+  captions, issue #10) is worth on retrieval;
 - ``progressive-hardening`` / ``progressive-softening`` — q = progress / 1 - progress, read
   from the ``progress`` state column (training step / budget);
 - ``oracle`` — q = 1 with the true matches excluded from the chain: the environment runs in
@@ -63,6 +68,31 @@ class ConstantScheduler(Scheduler):
         return np.full(obs.shape[:2], self.q)
 
 
+class SpecificityTableScheduler(Scheduler):
+    """q from a table indexed by the caption's true specificity (a label-reading reference)."""
+
+    name: ClassVar[str] = "by-specificity"
+
+    def __init__(self, agent: AgentConfig, spec: SchedulerSpec, seed: int = 0) -> None:
+        super().__init__(agent, spec, seed)
+        self.column = column_index(spec.columns, "specificity", self.name)
+        self.table = np.asarray(agent.q_by_specificity, dtype=np.float64)
+        if self.table.size == 0:
+            raise ValueError(f"{self.name}: agent.q_by_specificity is empty: give q for specificity 1, 2, ...")
+
+    def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        # the column holds F / max F of the split; the table's length must be that max
+        k = self.table.size
+        level = obs[:, :, self.column].astype(np.float64) * k
+        facts = np.rint(level)
+        if not (np.allclose(level, facts, atol=1e-3) and facts.min() >= 1 and facts.max() <= k):
+            raise ValueError(f"{self.name}: agent.q_by_specificity has {k} entries, but the specificity column "
+                             f"(F / max F) does not map onto 1..{k} facts (values "
+                             f"{np.unique(np.round(obs[:, :, self.column], 4))[:8].tolist()}): give one q per "
+                             f"specificity up to the split's most")
+        return self.table[facts.astype(np.int64) - 1]
+
+
 class GritScheduler(ConstantScheduler):
     """q = 1: GRIT-VLP's greedy hardest-negative chain."""
 
@@ -117,6 +147,6 @@ class SofteningScheduler(ProgressiveScheduler):
 
 HEURISTICS: dict[str, type[Scheduler]] = {
     cls.name: cls
-    for cls in (RandomScheduler, GritScheduler, ConstantScheduler, ProgressiveScheduler,
+    for cls in (RandomScheduler, GritScheduler, ConstantScheduler, SpecificityTableScheduler, ProgressiveScheduler,
                 SofteningScheduler, OracleScheduler, OracleTargetsScheduler, MafaScheduler)
 }

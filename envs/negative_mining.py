@@ -425,10 +425,11 @@ class NegativeMiningEnv(gym.Env):
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
         meter = self.meter
-        metered = meter.handles(compute, self.own_rewards)
+        own_wanted = self.own_rewards and compute  # per-member credit is reward: not for a frozen scheduler
+        metered = meter.handles(compute, own_wanted)
         meter.begin_step()
         per_batch: list[dict[str, float]] = []  # every trained batch's components (info batch_stats)
-        own = np.full(len(members), np.nan) if self.own_rewards else None
+        own = np.full(len(members), np.nan) if own_wanted else None
         mafa = FilterCounts() if cfg.model.false_negatives == "mafa" else None
         reason = None
         with stream:  # closes the builder thread also when training raises
@@ -544,7 +545,7 @@ class NegativeMiningEnv(gym.Env):
         own = None
         if metered:
             out, measured = self.meter.train(trainer, batch, targets, compute=self.computes_reward,
-                                             own=self.own_rewards, timing=self.timing)
+                                             own=self.own_rewards and self.computes_reward, timing=self.timing)
             comp, own = measured.components, measured.own
         else:
             out, comp = train_with_reward(trainer, batch, cfg.env.reward, targets, compute=self.computes_reward,

@@ -67,3 +67,16 @@ def test_reward_plot_names_the_schedulers_without_a_reward():
     assert labels[0] == "falcon (n=2)" and "no values (not computed): oracle, random" in fig.axes[0].get_title()
     plt.close(fig)
     assert step_curve_figure(skipped, "reward", "reward") is None
+
+
+def test_more_than_ten_schedulers_stay_distinguishable():
+    """The bench has 11 rows: with matplotlib's 10-colour cycle the 11th took the 1st's colour
+    (by-specificity and random drew the same blue line); each line now differs in colour or style."""
+    names = [f"s{k:02d}" for k in range(12)]
+    runs = [run(name, seed, 0.01 * k) for k, name in enumerate(names) for seed in (0, 1)]
+    for fig in (eval_curve_figure(runs, "i2t_r1_mp", "R@1"), step_curve_figure(runs, "reward", "reward")):
+        lines = [ln for ln in fig.axes[0].get_lines() if ln.get_label() in {f"{n} (n=2)" for n in names}]
+        assert len(lines) == 12
+        looks = {(ln.get_color(), ln.get_linestyle(), ln.get_marker()) for ln in lines}
+        assert len(looks) == 12
+        plt.close(fig)

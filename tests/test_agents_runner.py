@@ -55,6 +55,9 @@ def tb_tags(run_dir) -> tuple[set[str], set[str]]:
 @pytest.mark.parametrize("name", available())
 def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     base, data, _ = small
+    if name == "by-specificity":  # reads the specificity column: one q per specificity of the split
+        top = int(data.train.specificity.max())
+        base = apply_overrides(base, ["mining.state_specificity=true", f"agent.q_by_specificity={[0.5] * top}"])
     record = run_scheduler(base, name, tmp_path, data=data)
     assert record["status"] == "ok" and record["scheduler"] == name
     assert record["steps"] == 2 and record["episodes"] == 1 and not record["interrupted"]

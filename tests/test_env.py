@@ -393,3 +393,29 @@ def test_neighbourhood_search_spaces_hold_similar_pairs(tiny):
         assert env.members.size == 64 and np.unique(env.members).size == 64
         env.step(np.ones(64, np.float32))
     assert means["neighbourhood"] > means["random"] + 0.01, means
+
+
+def test_by_specificity_reads_the_true_specificity_of_every_member(tiny):
+    """The label-reading reference ``by-specificity``: q = agent.q_by_specificity[F - 1] for the
+    caption specificity F of each member (the env's specificity column is F / max F); a table whose
+    length is not the split's most facts is refused, naming the key."""
+    from falcon_rl.agents import make_scheduler
+
+    cfg, data = tiny
+    top = int(data.train.specificity.max())
+    table = np.linspace(0.1, 0.9, top).round(3).tolist()
+    env = make_env(tiny, "mining.state_specificity=true", f"agent.q_by_specificity={table}")
+    obs, _ = env.reset(seed=0)
+    sched = make_scheduler("by-specificity", env.cfg, env)
+    q = sched.predict(obs)[0]
+    spec = data.train.specificity[env.members]
+    assert len(np.unique(spec)) >= 3  # the check below sees several levels
+    np.testing.assert_allclose(q, np.asarray(table)[spec - 1], atol=1e-6)
+    _, _, _, _, info = env.step(q)
+    np.testing.assert_allclose(info["q"], np.asarray(table, np.float32)[info["specificity"] - 1], atol=1e-6)
+    short = make_env(tiny, "mining.state_specificity=true", f"agent.q_by_specificity={table[:-1]}")
+    obs, _ = short.reset(seed=0)
+    with pytest.raises(ValueError, match=r"agent\.q_by_specificity has %d entries" % (top - 1)):
+        make_scheduler("by-specificity", short.cfg, short).predict(obs)
+    with pytest.raises(ValueError, match=r"mining\.state_specificity=true"):
+        make_scheduler("by-specificity", cfg(), make_env(tiny))

@@ -112,6 +112,31 @@ def test_influence_credit_changes_no_training_and_fills_every_member(tiny):
     assert "member_own_reward" not in i2
 
 
+def test_a_frozen_scheduler_pays_for_no_member_credit(tiny, monkeypatch):
+    """With the reward off (a frozen agent: the runner calls set_compute_reward(False)) the env computes
+    no per-member credit: before this fix a frozen agent.credit=member run still paid for the
+    influences of every batch (2-3 x a GRIT run on the bench). Training is unchanged."""
+    import falcon_rl.envs.reward_components as rc
+
+    base, data = tiny
+    cfg = apply_overrides(base, ["env.reward=itc", "agent.credit=member", "env.member_reward=val_influence"])
+    action = np.linspace(0, 1, 64, dtype=np.float32)
+    calls = []
+    real = rc.member_influence
+    monkeypatch.setattr(rc, "member_influence", lambda *a, **k: calls.append(1) or real(*a, **k))
+    infos = {}
+    for compute in (True, False):
+        env = NegativeMiningEnv(cfg, data=data)
+        env.set_compute_reward(compute)
+        env.reset(seed=1)
+        infos[compute] = env.step(action)[-1]
+        if compute:
+            assert len(calls) == infos[True]["n_batches"] and "member_own_reward" in infos[True]
+            calls.clear()
+    assert calls == [] and "member_own_reward" not in infos[False]
+    assert infos[False]["losses"] == infos[True]["losses"]
+
+
 def test_influence_with_blip2(tiny):
     """The influence reads only the protocol's itc_rows: BLIP-2 gets one per trained member too."""
     base, data = tiny

@@ -109,6 +109,36 @@ def test_an_observation_only_column_shares_the_warm_start(tiny, tmp_path):
                           data=data).reset(seed=1)
 
 
+def test_the_specificity_column_shares_the_warm_start_both_ways(tiny, tmp_path):
+    """mining.state_specificity (read by the by-specificity reference) is signed as off: a run with it
+    loads a run's warm start without it, the file name (digest) is the same, and a file written by a
+    run with it, under the old signature that recorded it as true, loads into a run without it."""
+    import torch
+
+    from falcon_rl.training.warm_start import signature_digest, warm_signature
+
+    base, data = tiny
+    on = apply_overrides(base, ["mining.state_specificity=true"])
+    assert signature_digest(warm_signature(on, 1)) == signature_digest(warm_signature(base, 1))
+    path = tmp_path / "warm.pt"
+    plain = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data)
+    obs1, _ = plain.reset(seed=1)
+    with_spec = NegativeMiningEnv(apply_overrides(on, [f"env.warm_start={path}"]), data=data)
+    with_spec._warmup = lambda steps: pytest.fail("the warm state must be loaded, not recomputed")
+    obs2, info2 = with_spec.reset(seed=1)
+    assert info2["warm_start"] == str(path) and obs2.shape[1] == obs1.shape[1] + 1
+    np.testing.assert_array_equal(obs1, obs2[:, :-1])
+    np.testing.assert_allclose(obs2[:, -1], data.train.specificity[with_spec.members] / data.train.specificity.max())
+    payload = torch.load(path, weights_only=True)  # as a file of a run with the column, signed before this change
+    payload["signature"]["mining"]["state_specificity"] = True
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    again = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={old}"]), data=data)
+    again._warmup = lambda steps: pytest.fail("the warm state must be loaded, not recomputed")
+    obs3, _ = again.reset(seed=1)
+    np.testing.assert_array_equal(obs1, obs3)
+
+
 def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(tmp_path, monkeypatch):
     from falcon_rl.cli import main
 

@@ -49,6 +49,14 @@ def _band(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.n
     return x, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
 
 
+def line_style(i: int) -> dict[str, str]:
+    """Colour, line style and marker of the ``i``-th scheduler of a figure: matplotlib's ten cycle
+    colours, then the same colours dashed (dotted, dash-dotted) with another marker, so that every
+    scheduler of an ablation of more than ten rows stays distinguishable."""
+    k = (i // 10) % 4
+    return {"color": f"C{i % 10}", "linestyle": ("-", "--", ":", "-.")[k], "marker": ("o", "s", "D", "^")[k]}
+
+
 def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smooth: int = 1,
                       title: str | None = None) -> Figure | None:
     """Mean over seeds of ``history[key]`` vs ``history['step']`` for every scheduler, with the
@@ -57,7 +65,8 @@ def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smo
     fig, ax = plt.subplots(figsize=(7, 4.2))
     drawn, banded = 0, False
     missing: list[str] = []
-    for name, group in _by_scheduler(runs).items():
+    for i, (name, group) in enumerate(_by_scheduler(runs).items()):
+        style = line_style(i)
         series = []
         for r in group:
             h = r["history"]
@@ -70,7 +79,8 @@ def step_curve_figure(runs: Sequence[dict[str, Any]], key: str, ylabel: str, smo
             missing.append(name)
             continue
         x, mean, lo, hi = _band(series)
-        (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})")
+        (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})", color=style["color"],
+                          linestyle=style["linestyle"])
         if len(series) > 1:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
             banded = True
@@ -122,7 +132,8 @@ def eval_curve_figure(runs: Sequence[dict[str, Any]], metric: str, ylabel: str |
     ax, dax = axes[0][0], (axes[0][1] if paired else None)
     bands = len(groups) <= 3
     drawn, banded = 0, False
-    for name, group in groups.items():
+    for i, (name, group) in enumerate(groups.items()):
+        style = line_style(i)
         series, deltas = [], []
         for r in group:
             s = _eval_series(r, metric)
@@ -137,13 +148,13 @@ def eval_curve_figure(runs: Sequence[dict[str, Any]], metric: str, ylabel: str |
         if not series:
             continue
         x, mean, lo, hi = _band(series)
-        (line,) = ax.plot(x, mean, marker="o", label=f"{name} (n={len(series)})")
+        (line,) = ax.plot(x, mean, label=f"{name} (n={len(series)})", **style)
         if bands and len(series) > 1:
             ax.fill_between(x, lo, hi, color=line.get_color(), alpha=0.15)
             banded = True
         if dax is not None and deltas:
             dx, dmean, dlo, dhi = _band(deltas)
-            dax.plot(dx, dmean, marker="o", color=line.get_color())
+            dax.plot(dx, dmean, **style)
             if name != reference and len(deltas) > 1 and bands:
                 dax.fill_between(dx, dlo, dhi, color=line.get_color(), alpha=0.12)
                 banded = True

@@ -10,8 +10,9 @@ from falcon_rl.config import check_mining, load_config
 
 #: every name ``make_scheduler`` accepts (kept here so that ``--help`` needs no agent imports;
 #: tests/test_cli_help.py checks it against ``falcon_rl.agents.available()``)
-SCHEDULER_NAMES = ("falcon", "grit", "random", "fixed", "progressive-hardening", "progressive-softening",
-                   "batch-level", "oracle", "oracle-targets", "mafa", "ppo", "a2c", "sac", "td3")
+SCHEDULER_NAMES = ("falcon", "grit", "random", "fixed", "by-specificity", "progressive-hardening",
+                   "progressive-softening", "batch-level", "oracle", "oracle-targets", "mafa", "ppo", "a2c", "sac",
+                   "td3")
 
 HELP = "train (or run) a negative-mining scheduler on the env: TensorBoard, agent file, results.json"
 

@@ -13,6 +13,10 @@ class AgentConfig:
 
     name: str = param("falcon", "scheduler name (see falcon_rl.agents.available())")
     q: float = param(0.5, "fixed: the constant q", ge=0.0, le=1.0)
+    q_by_specificity: list[float] = param([0.75, 0.93, 0.96, 0.98],
+                                          "by-specificity (a reference that reads the true caption specificity, "
+                                          "mining.state_specificity; not label-free): q for a caption stating "
+                                          "1, 2, ... K facts, K = the split's most", each_ge=0.0, each_le=1.0)
     hidden: int = param(64, "FALCON residual-MLP width", ge=4)
     blocks: int = param(4, "FALCON residual blocks", ge=1)
     lr: float = param(1e-3, "scheduler learning rate (FALCON / batch-level Adam; SB3 learning_rate)", gt=0.0)

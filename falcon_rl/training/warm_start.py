@@ -39,6 +39,10 @@ _PER_BATCH = "per-batch loss difference"
 #: so one warm start serves runs that differ in them (the older state_* columns stay signed, as files
 #: written before this list existed record them)
 _OBSERVATION_ONLY = ("state_positive_rank",)
+#: older observation-only columns, signed as off whatever the run sets: a run that reads them (e.g. the
+#: ``by-specificity`` reference reads ``specificity``) shares the warm start of the runs that do not,
+#: and files written before keep their names and still load
+_SIGNED_OFF = ("state_specificity",)
 
 
 def _signed_reward(reward: Any) -> Any:
@@ -60,6 +64,7 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
     mining = {k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY}
+    mining.update({k: False for k in _SIGNED_OFF})
     return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
@@ -99,6 +104,8 @@ def load_warm_start(path: str | Path, signature: dict[str, Any]) -> dict[str, An
     if isinstance(have, dict) and isinstance(have.get("env"), dict) and "reward" in have["env"]:
         # files written before the per-batch rewards were signed as one value
         have = {**have, "env": {**have["env"], "reward": _signed_reward(have["env"]["reward"])}}
+    if isinstance(have, dict) and isinstance(have.get("mining"), dict):  # files that signed them as set
+        have = {**have, "mining": {**have["mining"], **{k: False for k in _SIGNED_OFF if k in have["mining"]}}}
     diff = signature_mismatch(have, signature)
     if diff:
         raise ValueError(f"warm start {path} was made by another run configuration (file != this run): "
