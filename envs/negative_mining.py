@@ -279,6 +279,12 @@ class NegativeMiningEnv(gym.Env):
         from ``env.compute_reward`` and whether its scheduler learns from the reward."""
         self.computes_reward = bool(enabled)
 
+    @property
+    def computes_own_rewards(self) -> bool:
+        """Whether steps measure each member's own reward: it is part of the reward, so not while the
+        reward is off (a frozen scheduler learns nothing from it)."""
+        return self.own_rewards and self.computes_reward
+
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
         return full + (1 if rest and self.cfg.mining.remainder == "last_batch" else 0)
@@ -425,7 +431,7 @@ class NegativeMiningEnv(gym.Env):
         components: dict[str, list[float]] = {}
         rewards: list[float] = []
         meter = self.meter
-        own_wanted = self.own_rewards and compute  # per-member credit is reward: not for a frozen scheduler
+        own_wanted = self.computes_own_rewards
         metered = meter.handles(compute, own_wanted)
         meter.begin_step()
         per_batch: list[dict[str, float]] = []  # every trained batch's components (info batch_stats)
@@ -545,7 +551,7 @@ class NegativeMiningEnv(gym.Env):
         own = None
         if metered:
             out, measured = self.meter.train(trainer, batch, targets, compute=self.computes_reward,
-                                             own=self.own_rewards and self.computes_reward, timing=self.timing)
+                                             own=self.computes_own_rewards, timing=self.timing)
             comp, own = measured.components, measured.own
         else:
             out, comp = train_with_reward(trainer, batch, cfg.env.reward, targets, compute=self.computes_reward,
