@@ -35,7 +35,7 @@ def test_bench_world_and_protocol():
     bench = _load("bench_cpu.yaml")
     assert bench.data.max_objects == 1 and bench.data.relation_prob == 0.0
     assert bench.data.seed == 0  # the reported instance; choices were made on data.seed 1
-    assert len(bench.ablation.schedulers) == 12 and len(bench.ablation.seeds) == 3
+    assert len(bench.ablation.schedulers) == 14 and len(bench.ablation.seeds) == 3
     assert bench.env.held_out_pairs == bench.env.val_pairs == 128  # held out for every scheduler
 
 
