@@ -70,32 +70,3 @@ def test_failure_recorded_and_resume_skips(tmp_path):
     CALLS.clear()
     run_ablation(cfg, fake_run, log=lambda s: None)
     assert CALLS == [("grit", 1)]
-
-
-def _worker_threads() -> dict:
-    """Thread settings seen inside a pool worker (runs in the spawned process)."""
-    import os
-
-    import torch
-    from threadpoolctl import threadpool_info
-
-    blas = [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]
-    return {"torch": torch.get_num_threads(), "blas": blas, "omp_env": os.environ.get("OMP_NUM_THREADS")}
-
-
-def test_pool_workers_use_one_thread_in_every_native_pool(monkeypatch):
-    """`ablation.workers` processes must use that many cores: one torch thread AND one BLAS thread
-    each (numpy's OpenBLAS starts one thread per core by default; with 16 workers on a 16-core
-    machine that is 256 threads), and later-loaded OpenMP pools (faiss) see OMP_NUM_THREADS=1."""
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
-    from falcon_rl.ablation import runner
-
-    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "2")  # a parent that allows 2: the worker must still get 1
-    monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    with cf.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn"), initializer=runner._pool_init) as pool:
-        seen = pool.submit(_worker_threads).result(timeout=120)
-    assert seen["torch"] == 1
-    assert seen["blas"] and all(n == 1 for n in seen["blas"]), seen
-    assert seen["omp_env"] == "1"

@@ -154,14 +154,11 @@ def _execute(spec: RunSpec, run_fn: RunFn) -> dict[str, Any]:
 
 
 def _pool_init(progress_queue: Any = None, counter: Any = None) -> None:
-    """Worker process: one torch thread and one thread in every native pool (numpy's BLAS, OpenMP
-    as faiss uses it), so ``ablation.workers`` processes use that many cores and not workers x
-    cores; progress goes to the parent (None: no progress); with ``counter`` (a shared int) and
-    several GPUs, worker k trains on GPU k mod #GPUs."""
+    """Worker process: one torch thread; progress goes to the parent (None: no progress); with
+    ``counter`` (a shared int) and several GPUs, worker k trains on GPU k mod #GPUs."""
     import torch
 
     torch.set_num_threads(1)
-    limit_native_threads(1)
     progress.install_worker(progress_queue)
     if counter is not None:
         with counter.get_lock():
@@ -170,22 +167,6 @@ def _pool_init(progress_queue: Any = None, counter: Any = None) -> None:
         gpu = worker_gpu(k, torch.cuda.device_count() if torch.cuda.is_available() else 0)
         if gpu is not None:
             torch.cuda.set_device(gpu)  # train.device auto / cuda means this GPU
-
-
-NATIVE_THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
-
-
-def limit_native_threads(n: int) -> Any:
-    """Cap the BLAS and OpenMP thread pools loaded in this process at ``n`` threads each (they
-    default to one thread per core, so parallel workers would oversubscribe a many-core machine).
-    Returns the :class:`threadpoolctl.threadpool_limits` handle (limits stay until it is restored)."""
-    from threadpoolctl import threadpool_limits
-
-    for var in NATIVE_THREAD_VARS:  # pools loaded later (faiss's OpenMP, numba) read these when they start
-        os.environ[var] = str(n)
-    import numpy  # noqa: F401  (load numpy's BLAS so that the limit reaches it)
-
-    return threadpool_limits(limits=n)
 
 
 def worker_gpu(worker: int, gpus: int) -> int | None:

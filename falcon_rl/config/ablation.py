@@ -13,8 +13,7 @@ class AblationConfig:
 
     schedulers: list[str] = param(["random", "grit", "falcon", "oracle"], "scheduler names to compare")
     seeds: list[int] = param([0, 1, 2], "seeds; every scheduler runs each", each_ge=0)
-    workers: int = param(1, "parallel processes (runs at a time), each with one torch thread and one BLAS / "
-                            "OpenMP thread", ge=1)
+    workers: int = param(1, "parallel processes", ge=1)
     out_dir: str = param("runs/ablation", "log dir: <scheduler>/seed<k>, results.csv/.md, plots")
     overrides: dict = param({}, "per-scheduler config overrides {name: {key.sub: value}}")
     headline: list[str] = param(["i2t_r1_mp", "t2i_map"], "the two headline retrieval metrics of the results "
