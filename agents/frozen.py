@@ -24,6 +24,7 @@ from falcon_rl.data.base import PairSplit
 from falcon_rl.envs.observation import MemberHistory, space_observation
 from falcon_rl.envs.spaces import action_to_q
 from falcon_rl.mining import EmbeddingCache, build_chain_batches, make_search_spaces, oracle_exclusion
+from falcon_rl.mining.positive_filter import chain_exclusion
 from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
 
 
@@ -92,6 +93,7 @@ class FrozenSchedulerSampler:
             action, _ = self.scheduler.predict(obs, deterministic=self.deterministic)
             q = action_to_q(action, self.scheduler.spec.action_space)
             exclude = oracle_exclusion(split, members) if self.oracle else None
+            exclude = chain_exclusion(S, img, txt, cfg.mining.positive_margin, exclude, cfg.mining.state_chunk_rows)
             chain = build_chain_batches(S, q, b, rng, exclude=exclude, remainder=cfg.mining.remainder,
                                         backend=cfg.mining.chain_backend, exclude_scope=cfg.mining.oracle_scope)
             self.history.record_q(members, q)

@@ -30,6 +30,7 @@ from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm
 from falcon_rl.mining import (ChainStream, EmbeddingCache, FalseNegativeStats, ground_truth_targets,
                               make_search_spaces, oracle_exclusion)
 from falcon_rl.mining.filter_quality import FilterCounts
+from falcon_rl.mining.positive_filter import chain_exclusion
 from falcon_rl.progress import progress_bar
 from falcon_rl.timing import Timings
 from falcon_rl.training import Trainer
@@ -419,6 +420,9 @@ class NegativeMiningEnv(gym.Env):
         train = self.data.train
         members = self._members
         exclude = oracle_exclusion(train, members) if self.oracle else None
+        if cfg.mining.positive_margin is not None:  # label-free filter: the cache is still this space's state's
+            exclude = chain_exclusion(self._S, *self.cache.get(members), cfg.mining.positive_margin, exclude,
+                                      cfg.mining.state_chunk_rows)
         # batch b+1 of the chain is built in a background thread while batch b trains (§2.2)
         with timing("chain"):
             stream = ChainStream(self._S, q, cfg.train.batch_size, self.rng, exclude=exclude,

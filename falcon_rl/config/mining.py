@@ -35,9 +35,14 @@ class MiningConfig:
                            choices=["last_batch", "drop"])
     chain_backend: str = param("numba", "quantile-chain kernel (numba falls back to numpy, same batches, "
                                "when numba is not installed)", choices=["numba", "numpy", "torch"])
-    oracle_scope: str = param("batch", "oracle exclusion: skip the true matches of every member already in the "
-                              "batch (no two matching pairs share a batch unless forced) or only those of the "
-                              "current anchor (the pre-0.2 oracle)", choices=["batch", "anchor"])
+    oracle_scope: str = param("batch", "oracle exclusion (and mining.positive_margin's): skip the excluded "
+                              "candidates of every member already in the batch (no two matching pairs share a "
+                              "batch unless forced) or only those of the current anchor (the pre-0.2 oracle)",
+                              choices=["batch", "anchor"])
+    positive_margin: float | None = param(
+        None, "label-free false-negative filter, any scheduler (null: off): the chain skips candidate c of member a "
+        "when S[a, c] >= min(own[a], own[c]) - margin, own = each member's own-pair score (NV-Retriever's "
+        "positive-aware mining); 0 skips candidates scored at least as high as a positive")
     chain_prefetch: bool = param(True, "overlap batch building with training (ChainStream: batch b+1 is built in "
                                  "a background thread while batch b trains; same batches)")
     # --- scheduler state (DESIGN §2.3) ---

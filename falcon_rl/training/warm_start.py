@@ -43,6 +43,8 @@ _OBSERVATION_ONLY = ("state_positive_rank",)
 #: ``by-specificity`` reference reads ``specificity``) shares the warm start of the runs that do not,
 #: and files written before keep their names and still load
 _SIGNED_OFF = ("state_specificity",)
+#: mining keys added later, signed only when set: runs without them keep their digests (file names)
+_SIGNED_WHEN_SET = ("positive_margin",)
 
 
 def _signed_reward(reward: Any) -> Any:
@@ -65,6 +67,9 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         model.pop("false_negatives", None)
     mining = {k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY}
     mining.update({k: False for k in _SIGNED_OFF})
+    for k in _SIGNED_WHEN_SET:
+        if mining.get(k) is None:
+            mining.pop(k, None)
     return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
