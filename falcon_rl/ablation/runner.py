@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from falcon_rl import progress
-from falcon_rl.ablation.plots import plot_all
-from falcon_rl.ablation.results import aggregate, render_markdown, write_results_csv
+from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
+from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
+from falcon_rl.ablation.results import aggregate, metrics_are_percent, render_markdown, write_results_csv
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
 from falcon_rl.distributed import broadcast_object, world
@@ -68,6 +69,10 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     """
     base = to_dict(cfg)
     out_root = Path(cfg.ablation.out_dir).expanduser()
+    unknown = [r for r in cfg.ablation.paired_with if r not in cfg.ablation.schedulers]
+    if unknown:
+        raise ConfigError(f"{source}: ablation.paired_with names {unknown}, which ablation.schedulers "
+                          f"{list(cfg.ablation.schedulers)} does not run")
     specs = []
     threads = max(1, (os.cpu_count() or 1) // cfg.ablation.workers)
     for label in cfg.ablation.schedulers:
@@ -287,8 +292,15 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
              f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
     md = render_markdown(rows, command=command, notes=notes, headline=headline)
-    (out_root / "results.md").write_text(md)
     plots = plot_all(runs, out_root, headline=headline)
+    scale = 1.0 if metrics_are_percent(rows) else 100.0
+    for reference in cfg.ablation.paired_with:
+        paired = paired_differences(runs, reference, headline)
+        if paired:
+            md += "\n" + render_paired_markdown(paired, reference, headline, scale)
+            made = plot_paired(paired, reference, headline, out_root / paired_file_name(reference), scale, METRIC_NAMES)
+            plots += [made] if made is not None else []
+    (out_root / "results.md").write_text(md)
     return {"runs": runs, "rows": rows, "markdown": md,
             "files": {"csv": out_root / "results.csv", "md": out_root / "results.md", "plots": plots}}
 
