@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
-from falcon_rl.ablation.runner import run_ablation, run_specs
-from falcon_rl.config import ConfigError, load_config
+from falcon_rl.ablation.runner import run_ablation
+from falcon_rl.config import load_config
 
 METRICS = ("i2t_map", "t2i_map")
 
@@ -84,8 +84,15 @@ def test_ablation_writes_the_section_and_the_figure(tmp_path):
     assert tmp_path / "abl" / "paired_grit.png" in out["files"]["plots"]
 
 
-def test_a_reference_the_ablation_does_not_run_is_named(tmp_path):
-    cfg = load_config(None, [f"ablation.out_dir={tmp_path}", "ablation.schedulers=[random, grit]",
-                             "ablation.paired_with=[oracle]"])
-    with pytest.raises(ConfigError, match=r"ablation.paired_with names \['oracle'\]"):
-        run_specs(cfg, "my.yaml")
+def test_a_reference_the_ablation_does_not_run_is_named_and_skipped(tmp_path):
+    """A config based on the bench (paired with grit and oracle) may run other rows: no section, a note."""
+    cfg = load_config(None, [f"ablation.out_dir={tmp_path}/abl", "ablation.schedulers=[random, grit]",
+                             "ablation.seeds=[0, 1]", "ablation.headline=[i2t_map, t2i_map]",
+                             "ablation.paired_with=[oracle, grit]"])
+    said = []
+    run_ablation(cfg, fake_run, log=said.append)
+    md = (tmp_path / "abl" / "results.md").read_text()
+    note = "ablation.paired_with: 'oracle' is not among ablation.schedulers ['random', 'grit']; no paired section for it."
+    assert note in md and note in said
+    assert "## Paired with `grit`" in md and "## Paired with `oracle`" not in md
+    assert not (tmp_path / "abl" / "paired_oracle.png").exists()

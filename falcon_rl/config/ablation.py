@@ -19,10 +19,10 @@ class AblationConfig:
     headline: list[str] = param(["i2t_r1_mp", "t2i_map"], "the two headline retrieval metrics of the results "
                                 "table (Δ to random and gap closed; rows sorted by the first) and its step plot "
                                 "(e.g. i2t_map, t2i_map: mAP over all true matches in both directions)")
-    paired_with: list[str] = param([], "reference schedulers (of ablation.schedulers): results.md gets a section "
-                                   "per reference with every other row's per-seed paired difference to it on the "
-                                   "headline metrics (mean, std, median, paired t, seeds above) and "
-                                   "paired_<name>.png shows each seed's difference")
+    paired_with: list[str] = param([], "reference schedulers: results.md gets a section per reference with every "
+                                   "other row's per-seed paired difference to it on the headline metrics (mean, "
+                                   "std, median, paired t, seeds above) and paired_<name>.png shows each seed's "
+                                   "difference (a name not among ablation.schedulers is skipped with a note)")
     shared_warmup: bool = param(False, "do each seed's random-batch warm-up once (env.warm_start files under "
                                 "<out_dir>/warmup/) and start every scheduler of that seed from it (the same "
                                 "computation every run of a seed would repeat)")
