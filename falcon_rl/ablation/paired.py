@@ -17,10 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def _final(run: dict[str, Any], metric: str) -> float:
-    value = (run.get("final") or {}).get(metric)
-    return float("nan") if value is None else float(value)
+from falcon_rl.ablation.plots import _save, plt
+from falcon_rl.ablation.results import _metric
 
 
 def _by_scheduler(runs: Sequence[dict[str, Any]]) -> dict[str, dict[int, dict[str, Any]]]:
@@ -54,7 +52,7 @@ def paired_differences(runs: Sequence[dict[str, Any]], reference: str,
             continue
         row: dict[str, Any] = {"scheduler": name, "seeds": shared}
         for m in metrics:
-            d = np.array([_final(seeds[s], m) - _final(ref[s], m) for s in shared], dtype=float)
+            d = np.array([_metric(seeds[s], m) - _metric(ref[s], m) for s in shared], dtype=float)
             d = d[~np.isnan(d)]
             n = int(d.size)
             mean = float(d.mean()) if n else float("nan")
@@ -76,15 +74,13 @@ def _cell(stats: dict[str, Any], scale: float) -> str:
 
 
 def render_paired_markdown(rows: Sequence[dict[str, Any]], reference: str, metrics: Sequence[str],
-                           scale: float = 1.0, labels: dict[str, str] | None = None) -> str:
+                           scale: float = 1.0) -> str:
     """A markdown section: per scheduler and metric the mean ± std of ``x − reference`` (scaled by
     ``scale``: 100 for fractions shown in %), the median, the paired t and the seeds above."""
     if not rows:
         return ""
-    labels = labels or {}
-    names = [labels.get(m, m) for m in metrics]
     head = ["scheduler", "seeds"]
-    for name in names:
+    for name in metrics:
         head += [f"{name} Δ", "median", "t", "above"]
     lines = [f"## Paired with `{reference}`", "",
              f"Δ = x − {reference} of the same seed, mean ± std over the seeds both ran; t = mean / (std / √n) "
@@ -107,11 +103,6 @@ def plot_paired(rows: Sequence[dict[str, Any]], reference: str, metrics: Sequenc
     ± one standard error, a line at 0. None (nothing written) when there are no rows."""
     if not rows:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     labels = labels or {}
     names = [str(r["scheduler"]) for r in rows]
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.45 * len(names) + 1.8),
@@ -134,10 +125,7 @@ def plot_paired(rows: Sequence[dict[str, Any]], reference: str, metrics: Sequenc
     axes[0][0].set_yticklabels([f"{n} (n={len(r['seeds'])})" for n, r in zip(names, rows)])
     fig.suptitle(f"Paired with {reference}: dots = seeds, square = mean ± 1 standard error", fontsize=10)
     fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def paired_file_name(reference: str) -> str:
