@@ -9,6 +9,10 @@ what a per-member reward could be built from, next to what a scheduler should le
   never the test split) that one optimiser step on the member's own row would cause, ``∇L_val ·
   ∇ℓ_a`` (:mod:`falcon_rl.envs.member_influence`); ``influence_adam`` the same through Adam's
   preconditioner, the step AdamW actually takes (``env.member_reward: val_influence``);
+* ``influence_pos`` (``--positive-influence``): the same through Adam, on another held-out objective,
+  minus the held-out pairs' mean own-pair ITC score (cosine; the best query for BLIP-2): it pays
+  nothing for pushing pairs apart, so a pick that separates a true match should cost more in it
+  than in the held-out ITC, whose in-batch negatives themselves hold matches (tenth round);
 * the label-free FN flag ``above_own``: the member's pick scores at least as high in the cached
   ``S`` as the member's own pair (what ``mining.state_positive_rank`` counts over all candidates).
 
@@ -41,6 +45,25 @@ from falcon_rl.mining.similarity import own_pair_similarity, positive_rank
 from falcon_rl.training import Trainer
 
 SIGNALS = ("own_itc", "influence", "influence_adam")
+#: optional signals, present when asked for
+OPTIONAL_SIGNALS = ("influence_pos",)
+
+
+class OwnPairCosineLoss(torch.nn.Module):
+    """Per pair of a batch: minus its own-pair ITC score (image·text of the normalised embeddings; the
+    best of BLIP-2's queries), with gradients: a held-out objective that rewards alignment only."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch) -> torch.Tensor:
+        m = self.model
+        # the models' embedding methods run under no_grad; their undecorated bodies keep the graph
+        img = type(m).image_embeddings.__wrapped__(m, batch.image)
+        txt = type(m).text_embeddings.__wrapped__(m, batch.input_ids, batch.attention_mask)
+        score = (img @ txt.unsqueeze(-1)).squeeze(-1).amax(dim=1) if img.dim() == 3 else (img * txt).sum(-1)
+        return -score
 
 
 def auc(labels: np.ndarray, score: np.ndarray) -> float:
@@ -51,24 +74,31 @@ def auc(labels: np.ndarray, score: np.ndarray) -> float:
     return float(roc_auc_score(labels, score)) if 0 < labels.sum() < labels.size else float("nan")
 
 
-def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0)) -> dict[str, np.ndarray]:
-    """One env episode of ``steps`` steps with q ~ U(q_range); every trained member's signals and labels."""
+def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0),
+          positive_influence: bool = False) -> dict[str, np.ndarray]:
+    """One env episode of ``steps`` steps with q ~ U(q_range); every trained member's signals and labels
+    (``positive_influence``: the ``influence_pos`` column too)."""
     data = load_data(cfg.data)
     env = NegativeMiningEnv(cfg, data=data)
     split = data.train
     val_batch = env.meter.probe.pair_batch()
-    scores: list[tuple[np.ndarray, np.ndarray]] = []
+    scores: list[dict[str, np.ndarray]] = []
     real_step = Trainer.train_step
 
     def recording(trainer, batch, *args, **kwargs):
         found = member_influence(trainer, val_batch, batch, ("raw", "adam"))
-        scores.append((found["raw"], found["adam"]))
+        row = {"influence": found["raw"], "influence_adam": found["adam"]}
+        if positive_influence:
+            row["influence_pos"] = member_influence(trainer, val_batch, batch, ("adam",),
+                                                    OwnPairCosineLoss(trainer.model))["adam"]
+        scores.append(row)
         return real_step(trainer, batch, *args, **kwargs)
 
     Trainer.train_step = recording  # type: ignore[method-assign]
     rng = np.random.default_rng(seed)
     batch_id = 0  # a running id of every trained batch: the regressions' groups
-    cols: dict[str, list] = {k: [] for k in ("batch", "q", *SIGNALS, "fn_own", "fn_prev", "above_own", "margin",
+    signal_names = (*SIGNALS, *(("influence_pos",) if positive_influence else ()))
+    cols: dict[str, list] = {k: [] for k in ("batch", "q", *signal_names, "fn_own", "fn_prev", "above_own", "margin",
                                              "specificity")}
     ranks: dict[str, list] = {"positive_rank": [], "specificity": []}  # every member of every space
     try:
@@ -88,9 +118,7 @@ def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0))
                 pairs = np.asarray(pairs)
                 idx = np.array([row[p] for p in pairs])
                 fn = split.pair_match(pairs[:-1], pairs[1:])
-                raw, adam = scores[b]
-                signals = {"own_itc": info["member_own_reward"][idx].astype(np.float64), "influence": raw,
-                           "influence_adam": adam}
+                signals = {"own_itc": info["member_own_reward"][idx].astype(np.float64), **scores[b]}
                 nxt = np.r_[idx[1:], idx[-1]]
                 margin = S[idx, nxt] - own[idx]
                 margin[-1] = np.nan  # the batch's last member picked nobody in it
@@ -120,7 +148,7 @@ def summarise(c: dict[str, np.ndarray]) -> dict:
     out: dict = {"members": int(c["q"].size), "fn_rate": float(fn_own.mean()), "signals": {}}
     names = ("q", "fn_own", "fn_prev")
     X = np.column_stack([c["q"], fn_own, fn_prev]).astype(np.float64)
-    for name in SIGNALS:
+    for name in (*SIGNALS, *(k for k in OPTIONAL_SIGNALS if k in c)):
         y = c[name]
         fit = centred_ols(y, X, c["batch"], names)
         by_spec = {}
@@ -171,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0, help="env reset seed and the q generator's seed")
     ap.add_argument("--q-range", type=float, nargs=2, default=(0.0, 1.0), metavar=("LO", "HI"),
                     help="hardness drawn uniformly from [LO, HI] per member (0.9 1: GRIT-like picks)")
+    ap.add_argument("--positive-influence", action="store_true",
+                    help="also the influence on the held-out pairs' own-pair scores (influence_pos)")
     ap.add_argument("--out", type=Path, default=None, help="JSON with the summary")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.seed=1")
     args = ap.parse_args(argv)
@@ -180,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     t0, c0 = time.time(), time.process_time()
     if not 0.0 <= args.q_range[0] <= args.q_range[1] <= 1.0:
         ap.error(f"--q-range {args.q_range[0]} {args.q_range[1]}: need 0 <= LO <= HI <= 1")
-    columns = probe(cfg, args.steps, args.seed, tuple(args.q_range))
+    columns = probe(cfg, args.steps, args.seed, tuple(args.q_range), args.positive_influence)
     summary = summarise(columns)
     summary["wall_s"], summary["cpu_s"] = time.time() - t0, time.process_time() - c0
     print_table(summary)

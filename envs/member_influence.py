@@ -48,10 +48,15 @@ KINDS = ("adam", "raw")
 
 
 def member_influence(trainer: Trainer, val_batch: Batch, batch: Batch,
-                     kinds: tuple[str, ...] = ("adam",)) -> dict[str, np.ndarray]:
+                     kinds: tuple[str, ...] = ("adam",),
+                     val_objective: torch.nn.Module | None = None) -> dict[str, np.ndarray]:
     """Kind -> (B,) float64 influences of the pairs of ``batch`` on the held-out ITC of ``val_batch``,
     for each of ``kinds`` (:data:`KINDS`; one forward-mode pass each, the held-out gradient shared).
-    Eval mode; the model is unchanged."""
+    Eval mode; the model is unchanged.
+
+    :param val_objective: a module over ``trainer.model`` (registered as its ``model`` attribute)
+        mapping a batch to per-pair held-out losses whose mean replaces the held-out ITC (diagnostics:
+        ``benchmarks/member_signal_probe.py --positive-influence``); None: the held-out ITC."""
     bad = [k for k in kinds if k not in KINDS]
     if bad or not kinds:
         raise ValueError(f"member_influence kinds {list(kinds)}: choose from {list(KINDS)}")
@@ -63,7 +68,8 @@ def member_influence(trainer: Trainer, val_batch: Batch, batch: Batch,
     named = {f"model.{k}": p for k, p in model.named_parameters() if p.requires_grad}
     base = {k: p.detach() for k, p in named.items()}
     leaves = {k: v.clone().requires_grad_() for k, v in base.items()}
-    grads = torch.autograd.grad(functional_call(terms, leaves, (val_batch,)).mean(), list(leaves.values()),
+    held_out = terms if val_objective is None else val_objective
+    grads = torch.autograd.grad(functional_call(held_out, leaves, (val_batch,)).mean(), list(leaves.values()),
                                 allow_unused=True)
     g_val = {k: torch.zeros_like(base[k]) if g is None else g for k, g in zip(leaves, grads)}
     directions = {"raw": g_val}

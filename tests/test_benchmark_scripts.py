@@ -76,6 +76,12 @@ def test_member_signal_probe_runs_and_finds_a_planted_fn_effect(tmp_path, one_th
                    "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
     summary = json.loads(out.read_text())
     assert summary["members"] == 64 and set(summary["signals"]) == {"own_itc", "influence", "influence_adam"}
+    bench["main"](["--config", str(BENCH.parent / "configs" / "quickstart.yaml"), "--steps", "1", "--out", str(out),
+                   "--positive-influence", "data.n_train=256", "data.n_test=32", "mining.search_space=64",
+                   "env.val_pairs=24", "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
+    pos = json.loads(out.read_text())["signals"]
+    assert set(pos) == {"own_itc", "influence", "influence_adam", "influence_pos"}
+    assert np.isfinite(pos["influence_pos"]["fit"]["q"]["coef"])
     assert 0.0 <= summary["above_own"]["flagged"] <= 1.0 and "auc_vague" in summary["positive_rank"]
     rng = np.random.default_rng(0)
     n = 4000
@@ -89,3 +95,61 @@ def test_member_signal_probe_runs_and_finds_a_planted_fn_effect(tmp_path, one_th
     fit = bench["summarise"](cols)["signals"]["own_itc"]["fit"]
     assert fit["fn_own"]["coef"] == pytest.approx(-2.0, abs=0.15) and fit["fn_own"]["t"] < -20
     assert abs(fit["fn_prev"]["t"]) < 4
+
+
+def test_own_pair_cosine_loss_has_gradients_and_matches_the_no_grad_embeddings(one_thread):
+    """The probe's held-out alignment objective: minus each pair's own ITC cosine, equal to the
+    models' (no-grad) embeddings' product, and differentiable (ALBEF and BLIP-2's best query)."""
+    import torch
+    from helpers_model import tiny_config, tokenizer
+
+    from falcon_rl.data.base import Batch
+    from falcon_rl.models import build_model
+
+    bench = runpy.run_path(str(BENCH / "member_signal_probe.py"))
+    for overrides in ((), ("model.framework=blip2", "model.preset=blip2-tiny")):
+        torch.manual_seed(0)
+        model = build_model(tiny_config(*overrides).model, tokenizer(), 32)
+        batch = Batch(image=torch.randn(3, 3, 32, 32), input_ids=torch.randint(5, 64, (3, 8)),
+                      attention_mask=torch.ones(3, 8, dtype=torch.long), index=torch.arange(3))
+        loss = bench["OwnPairCosineLoss"](model)(batch)
+        img = model.image_embeddings(batch.image)
+        txt = model.text_embeddings(batch.input_ids, batch.attention_mask)
+        want = (img @ txt.unsqueeze(-1)).squeeze(-1).amax(1) if img.dim() == 3 else (img * txt).sum(-1)
+        assert loss.shape == (3,) and torch.allclose(loss, -want, atol=1e-5)
+        loss.sum().backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_input_similarity_scores_and_flag_quality():
+    """Word Jaccard, pixel cosine and the top-fraction flag on hand-made inputs with known answers."""
+    import numpy as np
+
+    bench = runpy.run_path(str(BENCH / "input_similarity_probe.py"))
+    J = bench["word_jaccard"](["a red disc", "a red square", "A red disc.", "blue"])
+    assert J[0, 1] == pytest.approx(2 / 4) and J[0, 2] == pytest.approx(1.0) and J[0, 3] == 0.0 and J[3, 3] == 1.0
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 255, (3, 4, 4, 3)).astype(np.uint8)
+    img[1] = img[0]  # an exact duplicate of image 0
+    P = bench["pixel_cosine"](img)
+    assert P[0, 1] == pytest.approx(1.0) and abs(P[0, 2]) < 0.9 and np.allclose(P, P.T)
+    truth = np.array([True, True, False, False, False, False, False, False, False, False])
+    score = np.array([0.9, 0.1, 0.8, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+    top = bench["top_fraction"](truth, score, 0.2)
+    assert top["precision"] == pytest.approx(0.5) and top["recall"] == pytest.approx(0.5)
+    assert bench["auc"](truth, score) == pytest.approx(15 / 16)  # 0.9 beats all 8 negatives, 0.1 beats 7
+
+
+def test_input_similarity_probe_runs_on_a_small_benchmark(tmp_path):
+    import json
+
+    bench = runpy.run_path(str(BENCH / "input_similarity_probe.py"))
+    out = tmp_path / "sim.json"
+    bench["main"](["--config", str(BENCH.parent / "configs" / "bench_cpu.yaml"), "--spaces", "2", "--space-size", "64",
+                   "--out", str(out), "data.n_train=256", "data.n_test=32", f"data.cache_dir={tmp_path}"])
+    s = json.loads(out.read_text())
+    assert s["pairs"] == 2 * 64 * 63 and 0.0 < s["match_rate"] < 1.0 and set(s["scores"]) == {"pixel", "words"}
+    for score in s["scores"].values():
+        assert 0.0 <= score["auc"] <= 1.0 and set(score["by_specificity"]) <= {"1", "2", "3", "4"}
+        tops = [score["top"][k]["recall"] for k in ("0.001", "0.01", "0.05")]
+        assert tops == sorted(tops)  # flagging more pairs never recalls fewer

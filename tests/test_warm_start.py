@@ -164,3 +164,49 @@ def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(
     assert step0["random", 0] == step0["grit", 0]  # the same model after the shared warm-up
     assert step0["random", 1] == step0["grit", 1]
     assert step0["random", 0] != step0["random", 1]  # and a different one per seed
+
+
+def test_chain_only_mining_keys_share_the_warm_start(tiny, tmp_path):
+    """mining.oracle_scope and mining.positive_margin only shape the quantile chain, which the
+    random-batch warm-up never builds: an anchor-scope oracle and a filtered GRIT have the plain run's
+    digest and load its warm start (also one written when they were signed), and the default digest is
+    the one the bench's files carry."""
+    import torch
+
+    from falcon_rl.training.warm_start import signature_digest, warm_signature
+
+    base, data = tiny
+    chain_only = apply_overrides(base, ["mining.oracle_scope=anchor", "mining.positive_margin=0.0"])
+    assert signature_digest(warm_signature(chain_only, 1)) == signature_digest(warm_signature(base, 1))
+    assert warm_signature(base, 1)["mining"]["oracle_scope"] == "batch"
+    assert "positive_margin" not in warm_signature(base, 1)["mining"]
+    path = tmp_path / "warm.pt"
+    obs1, _ = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data).reset(seed=1)
+    payload = torch.load(path, weights_only=True)  # as a file of a filtered anchor-scope run, signed as set
+    payload["signature"]["mining"].update(oracle_scope="anchor", positive_margin=0.0)
+    old = tmp_path / "old.pt"
+    torch.save(payload, old)
+    for warm in (path, old):
+        env = NegativeMiningEnv(apply_overrides(chain_only, [f"env.warm_start={warm}"]), data=data)
+        env._warmup = lambda steps: pytest.fail("the warm state must be loaded, not recomputed")
+        obs2, info2 = env.reset(seed=1)
+        assert info2["warm_start"] == str(warm)
+        np.testing.assert_array_equal(obs1, obs2)
+    with pytest.raises(ValueError, match=r"mining.search_space"):  # a key that shapes the warm-up still differs
+        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "mining.search_space=32"]),
+                          data=data).reset(seed=1)
+
+
+def test_the_bench_digest_is_unchanged_by_the_chain_only_keys():
+    """The bench's warm-start file names (digests) for seed 0 stay those of the files written before
+    oracle_scope and positive_margin stopped being signed (4323530256, from a run of 2026-11-26)."""
+    from pathlib import Path
+
+    from falcon_rl.ablation.runner import run_specs
+
+    bench = load_config(Path(__file__).resolve().parents[1] / "configs" / "bench_cpu.yaml", ["data.seed=1"])
+
+    spec = next(s for s in run_specs(bench) if s.label == "grit" and s.seed == 0)
+    assert Path(spec.cfg.env.warm_start).name == "seed0-4323530256.pt"
+    anchor = next(s for s in run_specs(apply_overrides(bench, ["ablation.schedulers=[oracle-anchor]"])) if s.seed == 0)
+    assert Path(anchor.cfg.env.warm_start).name == "seed0-4323530256.pt"

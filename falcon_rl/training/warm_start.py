@@ -43,8 +43,22 @@ _OBSERVATION_ONLY = ("state_positive_rank",)
 #: ``by-specificity`` reference reads ``specificity``) shares the warm start of the runs that do not,
 #: and files written before keep their names and still load
 _SIGNED_OFF = ("state_specificity",)
-#: mining keys added later, signed only when set: runs without them keep their digests (file names)
-_SIGNED_WHEN_SET = ("positive_margin",)
+#: mining keys that only shape the quantile chain, which the random-batch warm-up never builds: signed at
+#: these values whatever a run sets (``None``: not signed), so an anchor-scope oracle or a filtered chain
+#: starts from the warm state of the plain runs of its seed (checked on the bench: the same training state
+#: to the bit) and the digests (file names) of runs at the defaults stay what they were
+_CHAIN_ONLY: dict[str, Any] = {"oracle_scope": "batch", "positive_margin": None}
+
+
+def _signed_mining(mining: dict[str, Any]) -> dict[str, Any]:
+    """A signature's mining section as signed now (also applied to files written before)."""
+    out = {**mining, **{k: False for k in _SIGNED_OFF if k in mining}}
+    for k, v in _CHAIN_ONLY.items():
+        if v is None:
+            out.pop(k, None)
+        elif k in out:
+            out[k] = v
+    return out
 
 
 def _signed_reward(reward: Any) -> Any:
@@ -67,10 +81,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         model.pop("false_negatives", None)
     mining = {k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY}
     mining.update({k: False for k in _SIGNED_OFF})
-    for k in _SIGNED_WHEN_SET:
-        if mining.get(k) is None:
-            mining.pop(k, None)
-    return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
+    return {"data": d["data"], "model": model, "train": train, "mining": _signed_mining(mining), "env": env,
+            "seed": seed}
 
 
 def signature_digest(signature: dict[str, Any]) -> str:
@@ -110,7 +122,7 @@ def load_warm_start(path: str | Path, signature: dict[str, Any]) -> dict[str, An
         # files written before the per-batch rewards were signed as one value
         have = {**have, "env": {**have["env"], "reward": _signed_reward(have["env"]["reward"])}}
     if isinstance(have, dict) and isinstance(have.get("mining"), dict):  # files that signed them as set
-        have = {**have, "mining": {**have["mining"], **{k: False for k in _SIGNED_OFF if k in have["mining"]}}}
+        have = {**have, "mining": _signed_mining(have["mining"])}
     diff = signature_mismatch(have, signature)
     if diff:
         raise ValueError(f"warm start {path} was made by another run configuration (file != this run): "
