@@ -97,7 +97,7 @@ def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0),
     Trainer.train_step = recording  # type: ignore[method-assign]
     rng = np.random.default_rng(seed)
     batch_id = 0  # a running id of every trained batch: the regressions' groups
-    signal_names = (*SIGNALS, *(("influence_pos",) if positive_influence else ()))
+    signal_names = (*SIGNALS, *(OPTIONAL_SIGNALS if positive_influence else ()))
     cols: dict[str, list] = {k: [] for k in ("batch", "q", *signal_names, "fn_own", "fn_prev", "above_own", "margin",
                                              "specificity")}
     ranks: dict[str, list] = {"positive_rank": [], "specificity": []}  # every member of every space
