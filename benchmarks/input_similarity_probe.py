@@ -32,6 +32,7 @@ import numpy as np
 
 from falcon_rl.config import load_config
 from falcon_rl.data import load_data
+from falcon_rl.mining.filter_quality import auc
 
 #: fractions of the most similar pairs a filter would flag
 TOP_FRACTIONS = (0.001, 0.01, 0.05)
@@ -84,14 +85,6 @@ def minilm_embeddings(captions: list[str], batch_size: int = 256) -> np.ndarray:
     return np.concatenate(out).astype(np.float64)
 
 
-def auc(labels: np.ndarray, score: np.ndarray) -> float:
-    """ROC AUC of ``score`` for ``labels`` (NaN with one class only)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels, dtype=bool)
-    return float(roc_auc_score(labels, score)) if 0 < labels.sum() < labels.size else float("nan")
-
-
 def top_fraction(labels: np.ndarray, score: np.ndarray, fraction: float) -> dict[str, float]:
     """Precision and recall of flagging the ``fraction`` of pairs with the highest score (ties at the
     threshold included)."""
@@ -111,7 +104,7 @@ def probe(cfg, spaces: int, size: int, seed: int, with_minilm: bool) -> dict[str
         raise SystemExit(f"data.source={cfg.data.source!r} has no match matrix: nothing to score the flags against")
     if not 2 <= size <= split.n_pairs:
         raise SystemExit(f"--space-size {size}: need 2 <= size <= {split.n_pairs} training pairs")
-    images = split.images if hasattr(split, "images") else None
+    images = getattr(split, "images", None)
     if images is None:
         raise SystemExit(f"{split.name}: the pixel score needs the images in memory (built-in benchmarks)")
     text = minilm_embeddings(split.captions) if with_minilm else None

@@ -41,6 +41,7 @@ from falcon_rl.config import load_config
 from falcon_rl.data import load_data
 from falcon_rl.envs import NegativeMiningEnv
 from falcon_rl.envs.member_influence import member_influence
+from falcon_rl.mining.filter_quality import auc
 from falcon_rl.mining.similarity import own_pair_similarity, positive_rank
 from falcon_rl.training import Trainer
 
@@ -64,14 +65,6 @@ class OwnPairCosineLoss(torch.nn.Module):
         txt = type(m).text_embeddings.__wrapped__(m, batch.input_ids, batch.attention_mask)
         score = (img @ txt.unsqueeze(-1)).squeeze(-1).amax(dim=1) if img.dim() == 3 else (img * txt).sum(-1)
         return -score
-
-
-def auc(labels: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve of ``score`` for ``labels`` (NaN with one class only)."""
-    from sklearn.metrics import roc_auc_score
-
-    labels = np.asarray(labels, dtype=bool)
-    return float(roc_auc_score(labels, score)) if 0 < labels.sum() < labels.size else float("nan")
 
 
 def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0),

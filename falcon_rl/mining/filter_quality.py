@@ -13,7 +13,8 @@ Then
 * ``converted_per_batch``, ``kept_per_batch``, ``next_per_batch``: the three branches;
 
 and precision / recall by the specificity of the scored pair's caption. Without a match
-matrix only the branch counts are reported (precision / recall NaN).
+matrix only the branch counts are reported (precision / recall NaN). :func:`auc` scores any
+false-negative flag against the truth (the diagnostics in ``benchmarks/``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,14 @@ import numpy as np
 
 from falcon_rl.data.base import PairSplit
 from falcon_rl.models.mafa import CONVERT, KEEP, NEXT, ConnectionReport
+
+
+def auc(labels: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of ``score`` for the boolean ``labels`` (NaN with one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels, dtype=bool)
+    return float(roc_auc_score(labels, score)) if 0 < labels.sum() < labels.size else float("nan")
 
 
 @dataclass

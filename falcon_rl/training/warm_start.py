@@ -79,10 +79,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
-    mining = {k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY}
-    mining.update({k: False for k in _SIGNED_OFF})
-    return {"data": d["data"], "model": model, "train": train, "mining": _signed_mining(mining), "env": env,
-            "seed": seed}
+    mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
+    return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
 def signature_digest(signature: dict[str, Any]) -> str:
