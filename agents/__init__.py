@@ -1,4 +1,4 @@
-"""Negative-mining schedulers (installed as falcon_rl.agents; DESIGN §2.5-2.6).
+"""Negative-mining schedulers (installed as falcon_rl.agents; docs/ALGORITHM.md §6-7).
 
 Every scheduler satisfies one protocol (:mod:`falcon_rl.agents.base`) and is made by name:
 

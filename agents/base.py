@@ -1,4 +1,4 @@
-"""The scheduler protocol every negative-mining scheduler satisfies (DESIGN §2.5-2.6).
+"""The scheduler protocol every negative-mining scheduler satisfies (docs/ALGORITHM.md §6-7).
 
 A scheduler maps the environment's observation (one state row per search-space member) to one
 hardness ``q`` per member. The protocol is SB3-compatible, so

@@ -1,4 +1,4 @@
-"""The FALCON negative-mining scheduler (FALCON, arXiv 2505.11192; DESIGN §2.5).
+"""The FALCON negative-mining scheduler (FALCON, arXiv 2505.11192; docs/ALGORITHM.md §6).
 
 A small residual MLP, shared across members, maps each member's state to the concentrations
 ``(alpha, beta)`` of a Beta distribution (softplus + ``agent.min_concentration``); the

@@ -1,4 +1,4 @@
-"""Hand-written baseline schedulers (DESIGN §2.6).
+"""Hand-written baseline schedulers (docs/ALGORITHM.md §7).
 
 Each maps the observation to q without learning:
 

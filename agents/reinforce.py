@@ -1,4 +1,4 @@
-"""REINFORCE with a moving-average baseline, as FALCON trains its scheduler (DESIGN §2.5).
+"""REINFORCE with a moving-average baseline, as FALCON trains its scheduler (docs/ALGORITHM.md §6).
 
 Each env step is a one-step bandit: the action (one q per member) earns the step's reward
 (the alignment proxy of FALCON). Its log-probability is the sum of the members'

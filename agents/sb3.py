@@ -1,4 +1,4 @@
-"""Stable-Baselines3 agents as negative-mining schedulers (DESIGN §2.7).
+"""Stable-Baselines3 agents as negative-mining schedulers (docs/ARCHITECTURE.md).
 
 ``ppo`` and ``a2c`` use :class:`~falcon_rl.agents.sb3_policies.MemberActorCriticPolicy` (Box or
 MultiDiscrete actions); ``sac`` and ``td3`` use the per-member off-policy policies (Box only).

@@ -1,4 +1,4 @@
-"""Per-member Stable-Baselines3 policies (DESIGN §2.7).
+"""Per-member Stable-Baselines3 policies (docs/ARCHITECTURE.md).
 
 SB3's default ``MlpPolicy`` flattens the ``(|M|, F)`` observation into one input vector, so
 |M| = 1920 members would become a 30 000-input MLP tied to arbitrary member positions. Here

@@ -1,4 +1,4 @@
-"""Loading SB3 ``agent.zip`` files without unpickling anything (DESIGN §2.7).
+"""Loading SB3 ``agent.zip`` files without unpickling anything (docs/ARCHITECTURE.md).
 
 SB3's zip holds a JSON ``data`` file whose non-JSON entries (``policy_class``,
 ``observation_space``, ``action_space``, ``lr_schedule``, ``clip_range``, buffer classes,

@@ -1,4 +1,4 @@
-"""Quantile-chain speed: how long building all batches of one search space takes (DESIGN §2.2).
+"""Quantile-chain speed: how long building all batches of one search space takes (docs/ALGORITHM.md §3).
 
 For each |M|, on random normalised 256-d embeddings (ALBEF's ITC size) and q ~ U(0, 1) (the
 general case; q = 1, GRIT's chain, is timed too):

@@ -1,4 +1,4 @@
-"""Gymnasium environments (installed as falcon_rl.envs; DESIGN §2.7).
+"""Gymnasium environments (installed as falcon_rl.envs; docs/ARCHITECTURE.md).
 
 Registered ids (``gymnasium.make(id, config=cfg_or_yaml_path, data=..., overrides=[...])``):
 

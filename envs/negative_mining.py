@@ -1,5 +1,5 @@
 """The negative-mining environment: VLP pretraining (ALBEF or BLIP-2 stage 1) as a Gymnasium env
-(DESIGN §2.1-2.4, §2.7)."""
+(docs/ALGORITHM.md §2-5; docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

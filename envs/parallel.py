@@ -143,7 +143,7 @@ def check_group(batches_per_space: int, size: int) -> None:
 def refresh_sharded(cache: EmbeddingCache, trainer: Any, split: Any, step: int, chunk: int,
                     batch_size: int) -> None:
     """The full cache refresh (:meth:`EmbeddingCache.refresh` with ``trainer.embed_pairs``) split over
-    the ranks: the embedding batches a single process would compute are dealt round robin, and every
+    the ranks: the embedding batches a single process would compute are dealt in turn, and every
     rank stores every batch's embeddings with their indices, so each rank's cache is identical
     to the single-process one (same batches, same shapes)."""
     w = distributed.world()

@@ -1,4 +1,4 @@
-"""Proxy rewards for alignment improvement (DESIGN §2.4; FALCON, arXiv 2505.11192).
+"""Proxy rewards for alignment improvement (docs/ALGORITHM.md §5; FALCON, arXiv 2505.11192).
 
 Per-batch rewards are *before − after* differences of a loss on the batch just trained, with
 the same masks / inputs, computed by the trainer under ``no_grad``:

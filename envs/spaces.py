@@ -1,4 +1,4 @@
-"""Observation and action spaces of the negative-mining environment (DESIGN §2.3, §2.7).
+"""Observation and action spaces of the negative-mining environment (docs/ALGORITHM.md §4).
 
 The observation is one row per search-space member: the ``m`` softmaxed quantiles of its
 sorted similarity row, then the optional scalar columns, in the order of

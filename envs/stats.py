@@ -1,6 +1,6 @@
 """Per-step statistics of the chosen q and of the negatives they mined (the env's ``info``).
 
-False-negative rates need the dataset's match matrix (DESIGN §2.9) and come from
+False-negative rates need the dataset's match matrix (docs/ALGORITHM.md §9) and come from
 :class:`falcon_rl.mining.FalseNegativeStats`: ``fn_rate`` is the share of chain picks
 (anchor, chosen) whose chosen pair truly matches the anchor (either direction);
 ``fn_pair_rate`` the share of in-batch pairs that truly match, i.e. the false negatives the

@@ -186,7 +186,7 @@ def barrier() -> None:
 
 
 def shard(items: Sequence[T], w: World | None = None) -> list[T]:
-    """Rank r's share of ``items``: positions r, r + N, r + 2N, ... (round robin)."""
+    """Rank r's share of ``items``: positions r, r + N, r + 2N, ... (in turn)."""
     w = w or world()
     return list(items[w.rank::w.size])
 

@@ -1,4 +1,4 @@
-"""The vectorised match matrix against a brute-force implementation of the rule (DESIGN §2.9)."""
+"""The vectorised match matrix against a brute-force implementation of the rule (docs/ALGORITHM.md §9)."""
 
 from __future__ import annotations
 

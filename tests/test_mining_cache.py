@@ -1,4 +1,4 @@
-"""The embedding cache (DESIGN §2.1)."""
+"""The embedding cache (docs/ALGORITHM.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The quantile-chain batch builder (DESIGN §2.2) against independent references."""
+"""The quantile-chain batch builder (docs/ALGORITHM.md §3) against independent references."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BACKENDS = ["numba", "numpy", "torch"]
 
 
 def reference_chain(S, q, batch_size, seed, exclude=None, remainder="last_batch", scope="anchor"):
-    """Plain-Python transcription of DESIGN §2.2 with the documented rank and start rules
+    """Plain-Python transcription of docs/ALGORITHM.md §3 with the documented rank and start rules
     (``scope="batch"``: a candidate excluded for any member already in the batch is skipped)."""
     m = len(S)
     n_full, rest = divmod(m, batch_size)

@@ -1,4 +1,4 @@
-"""Search spaces and the k-NN backends (DESIGN §2.1)."""
+"""Search spaces and the k-NN backends (docs/ALGORITHM.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Search-space similarity (DESIGN §2.1) and the scheduler state (DESIGN §2.3)."""
+"""Search-space similarity (docs/ALGORITHM.md §2) and the scheduler state (docs/ALGORITHM.md §4)."""
 
 from __future__ import annotations
 

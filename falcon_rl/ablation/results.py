@@ -9,7 +9,7 @@ compute (``env.compute_reward``) is NaN / null and shows as "–".
 
 The markdown table aggregates over seeds (mean ± std), adds each scheduler's difference to
 ``random`` paired by seed, and the *gap closed* ``(x − random) / (oracle − random)`` on the
-headline metrics (multi-positive image→text R@1 and t2i mAP, DESIGN §2.8).
+headline metrics (multi-positive image→text R@1 and t2i mAP, docs/ALGORITHM.md §10).
 
 Runs with MAFA (``model.false_negatives: mafa``) also carry the filter's precision and recall at
 detecting false negatives (``mafa_precision``, ``mafa_recall``, ``mafa_converted_per_batch``, and
@@ -30,7 +30,7 @@ import numpy as np
 
 from falcon_rl.timing import TIME_PARTS
 
-#: the headline metrics (DESIGN §2.8): multi-positive image->text R@1 and t2i mAP
+#: the headline metrics (docs/ALGORITHM.md §10): multi-positive image->text R@1 and t2i mAP
 HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
 #: table labels of the retrieval metrics that can be headline metrics
 LABELS: dict[str, str] = {"i2t_r1_mp": "i2t R@1 mp", "t2i_map": "t2i mAP", "i2t_map": "i2t mAP",

@@ -171,7 +171,7 @@ def _pool_init(progress_queue: Any = None, counter: Any = None) -> None:
 
 
 def worker_gpu(worker: int, gpus: int) -> int | None:
-    """The GPU of parallel worker ``worker`` (round robin; None without GPUs): independent runs
+    """The GPU of parallel worker ``worker`` (in turn; None without GPUs): independent runs
     spread over a node's GPUs (``ablation.workers``, without torchrun)."""
     return worker % gpus if gpus > 0 else None
 

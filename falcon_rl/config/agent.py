@@ -1,4 +1,4 @@
-"""``agent`` section: the negative-mining scheduler (DESIGN §2.5-2.6)."""
+"""``agent`` section: the negative-mining scheduler (docs/ALGORITHM.md §6-7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``data`` section: which dataset, and the built-in benchmark's generator parameters (DESIGN §2.9)."""
+"""``data`` section: which dataset, and the built-in benchmark's generator parameters (docs/ALGORITHM.md §9)."""
 
 from __future__ import annotations
 

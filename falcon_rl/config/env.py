@@ -1,4 +1,4 @@
-"""``env`` section: the Gymnasium environment (DESIGN §2.4, §2.7)."""
+"""``env`` section: the Gymnasium environment (docs/ALGORITHM.md §5; docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``eval`` section: zero-shot retrieval evaluation (DESIGN §2.8)."""
+"""``eval`` section: zero-shot retrieval evaluation (docs/ALGORITHM.md §10)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``mining`` section: embedding cache, search spaces, quantile chain, state (DESIGN §2.1-2.3)."""
+"""``mining`` section: embedding cache, search spaces, quantile chain, state (docs/ALGORITHM.md §2-4)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from falcon_rl.config.fields import param
 class MiningConfig:
     """Search spaces and batch construction."""
 
-    # --- search spaces (DESIGN §2.1) ---
+    # --- search spaces (docs/ALGORITHM.md §2) ---
     search_space: int = param(512, "search-space size |M| (GRIT 1920; FALCON 480..28320)", ge=2)
     space_kind: str = param("random", "random partition (GRIT) or FAISS/torch neighbourhoods",
                             choices=["random", "neighbourhood"])
@@ -26,11 +26,11 @@ class MiningConfig:
     knn_chunk: int = param(4096, "query rows per chunk of the exact torch kNN (memory: chunk x N floats)", ge=1)
     ivf_lists: int = param(64, "IVF lists (faiss-ivf)", ge=1)
     ivf_probe: int = param(8, "IVF lists probed (faiss-ivf)", ge=1)
-    # --- embedding cache (DESIGN §2.1) ---
+    # --- embedding cache (docs/ALGORITHM.md §2) ---
     refresh_at_start: bool = param(True, "embed the whole train set once before mining")
     cache_device: str = param("cpu", "where the embedding cache lives: cpu | cuda | auto (= training device)")
     cache_refresh_chunk: int = param(4096, "pairs per embed_fn call of a full cache refresh", ge=1)
-    # --- quantile chain (DESIGN §2.2) ---
+    # --- quantile chain (docs/ALGORITHM.md §3) ---
     remainder: str = param("last_batch", "members left after full batches: a smaller last batch or dropped",
                            choices=["last_batch", "drop"])
     chain_backend: str = param("numba", "quantile-chain kernel (numba falls back to numpy, same batches, "
@@ -45,7 +45,7 @@ class MiningConfig:
         "positive-aware mining); 0 skips candidates scored at least as high as a positive")
     chain_prefetch: bool = param(True, "overlap batch building with training (ChainStream: batch b+1 is built in "
                                  "a background thread while batch b trains; same batches)")
-    # --- scheduler state (DESIGN §2.3) ---
+    # --- scheduler state (docs/ALGORITHM.md §4) ---
     state_quantiles: int = param(16, "m: quantiles of each sorted similarity row", ge=2)
     state_temperature: float = param(0.1, "softmax temperature of the quantile state", gt=0.0)
     state_chunk_rows: int = param(1024, "rows of S reduced at once for the state (memory: rows x |M|)", ge=1)

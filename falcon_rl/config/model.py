@@ -1,4 +1,4 @@
-"""``model`` section: the VLP model, ALBEF or BLIP-2 stage 1 (DESIGN §2.8; docs/ALGORITHM.md §12).
+"""``model`` section: the VLP model, ALBEF or BLIP-2 stage 1 (ALBEF, Li et al. 2021; docs/ALGORITHM.md §12).
 
 ``framework`` picks the model; shapes come from ``preset`` (see :mod:`falcon_rl.models.presets`);
 every shape key left at ``null`` takes the preset's value, an explicit value overrides it.

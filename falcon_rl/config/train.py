@@ -1,4 +1,4 @@
-"""``train`` section: optimisation, device, checkpoints (DESIGN §2.8)."""
+"""``train`` section: optimisation, device, checkpoints (docs/ARCHITECTURE.md)."""
 
 from __future__ import annotations
 

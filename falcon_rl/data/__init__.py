@@ -1,4 +1,4 @@
-"""The data layer: datasets as image-caption pair splits with known matches (DESIGN §2.9).
+"""The data layer: datasets as image-caption pair splits with known matches (docs/ALGORITHM.md §9).
 
 ``load_data(cfg)`` dispatches on ``cfg.source``:
 

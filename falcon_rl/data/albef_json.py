@@ -1,4 +1,4 @@
-"""Datasets on disk in ALBEF's JSON formats (DESIGN §2.9).
+"""Datasets on disk in ALBEF's JSON formats (docs/ALGORITHM.md §9).
 
 - pretraining: ``[{"image": path, "caption": str | [str, ...]}, ...]``, one pair per caption;
 - retrieval train: the same with an ``"image_id"`` per entry (entries sharing it share an image);

@@ -3,7 +3,7 @@
 A dataset is two :class:`PairSplit` objects (train, test). A *pair* is one caption with its
 image; pairs are what training batches and search spaces index. Several pairs may share an
 image (retrieval test sets with five captions per image). Where the correspondence is known,
-``match[c, j]`` is True when caption ``c`` truly describes image ``j`` (DESIGN §2.9).
+``match[c, j]`` is True when caption ``c`` truly describes image ``j`` (docs/ALGORITHM.md §9).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""On-disk cache of generated benchmarks: one ``.npz`` per parameter set (DESIGN §2.9).
+"""On-disk cache of generated benchmarks: one ``.npz`` per parameter set (docs/ALGORITHM.md §9).
 
 The file name holds a hash of the generator name, its parameters and :data:`FORMAT_VERSION`,
 so any change of a parameter (or of the format) is a cache miss, never a stale hit.

@@ -1,4 +1,4 @@
-"""Real pixels that ship offline: scikit-learn's handwritten digits composed into scenes (DESIGN §2.9).
+"""Real pixels that ship offline: scikit-learn's handwritten digits composed into scenes (docs/ALGORITHM.md §9).
 
 A canvas of ``image_size`` px holds ``min_digits..max_digits`` digits (sklearn's 8x8
 ``load_digits``, upscaled to the slot width) in distinct slots of a row of ``max_digits``

@@ -1,4 +1,4 @@
-"""A split whose images are files on disk, decoded lazily per batch (DESIGN §2.9).
+"""A split whose images are files on disk, decoded lazily per batch (docs/ALGORITHM.md §9).
 
 Transforms follow ALBEF: resize to ``image_size`` (bicubic) and normalise with the CLIP /
 ALBEF mean and std; optionally (train) a random resized crop and a horizontal flip. A batch

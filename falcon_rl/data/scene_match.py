@@ -1,4 +1,4 @@
-"""Exact caption x image match matrices for procedurally generated scenes (DESIGN §2.9).
+"""Exact caption x image match matrices for procedurally generated scenes (docs/ALGORITHM.md §9).
 
 A *scene* has ``G`` slots (grid cells, or digit positions in a row); each slot is empty or
 holds one object with ``A`` categorical attributes (colour, shape, size; or digit value).

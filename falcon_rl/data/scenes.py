@@ -1,4 +1,4 @@
-"""Pieces shared by the procedural benchmarks (synthetic shapes, digit scenes; DESIGN §2.9).
+"""Pieces shared by the procedural benchmarks (synthetic shapes, digit scenes; docs/ALGORITHM.md §9).
 
 - independent RNG streams for train and test derived from one seed;
 - the caption's number of facts ``F`` drawn from ``fact_probs``, and the image's object

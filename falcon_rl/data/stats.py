@@ -1,4 +1,4 @@
-"""Summary statistics of a split: specificity mix and false-negative density (DESIGN §2.9)."""
+"""Summary statistics of a split: specificity mix and false-negative density (docs/ALGORITHM.md §9)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in benchmark: procedurally rendered shape scenes with exact false negatives (DESIGN §2.9).
+"""The built-in benchmark: procedurally rendered shape scenes with exact false negatives (docs/ALGORITHM.md §9).
 
 Each image is ``image_size`` px square, split into a ``grid x grid`` layout; ``min..max``
 objects sit in distinct cells. An object has a colour (8, with slight RGB jitter), a shape
@@ -10,7 +10,7 @@ objects of the image with every stated fact holding (:mod:`falcon_rl.data.scene_
 
 Captions run from vague ("a red object") to specific ("a small red circle in the top left
 above a large blue cross"); with ``paraphrase`` several templates and synonyms express
-the same facts ("a circle that is red", "a red round shape"). The text is rendered from the
+the same facts ("a circle that is red", "a red circle"). The text is rendered from the
 fact arrays; the match matrix is computed from the same arrays, never from text.
 """
 
@@ -192,7 +192,7 @@ def fact_kinds(cfg: DataConfig) -> list[int]:
 
 
 def fact_budget(cfg: DataConfig) -> FactBudget:
-    """How many facts a synthetic caption can state (DESIGN §2.9)."""
+    """How many facts a synthetic caption can state (docs/ALGORITHM.md §9)."""
     return FactBudget(per_object=min(cfg.max_facts_per_object, len(fact_kinds(cfg))),
                       max_described=cfg.max_described_objects,
                       relations=cfg.relation_prob > 0 and cfg.grid > 1)

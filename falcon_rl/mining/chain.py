@@ -1,4 +1,4 @@
-"""Quantile-chain mini-batch construction (DESIGN §2.2; FALCON, generalising GRIT-VLP).
+"""Quantile-chain mini-batch construction (docs/ALGORITHM.md §3; FALCON, generalising GRIT-VLP).
 
 Semantics (identical for every backend; same ``rng`` state -> same batches):
 

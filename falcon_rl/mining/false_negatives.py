@@ -1,4 +1,4 @@
-"""False-negative accounting where ground-truth matches are known (DESIGN §2.6-2.7, §2.9).
+"""False-negative accounting where ground-truth matches are known (docs/ALGORITHM.md §8-9).
 
 A pick ``(anchor, chosen)`` of the quantile chain is a *false negative* when the chosen pair
 truly matches the anchor in either direction (:meth:`PairSplit.pair_match`): the chain made a

@@ -1,4 +1,4 @@
-"""Inner-product k-nearest-neighbour search for neighbourhood search spaces (DESIGN §2.1).
+"""Inner-product k-nearest-neighbour search for neighbourhood search spaces (docs/ALGORITHM.md §2).
 
 Backends:
 

@@ -1,4 +1,4 @@
-"""Overlapping batch construction with training (DESIGN §2.2; speed only, same batches).
+"""Overlapping batch construction with training (docs/ALGORITHM.md §3; speed only, same batches).
 
 Two ways to hide the quantile chain's CPU time behind the trainer:
 

@@ -1,4 +1,4 @@
-"""Cutting the training pairs into search spaces of |M| members (DESIGN §2.1).
+"""Cutting the training pairs into search spaces of |M| members (docs/ALGORITHM.md §2).
 
 - :func:`random_spaces`: GRIT-VLP's shuffle-and-cut.
 - :func:`neighbourhood_spaces` (beyond the paper): spaces of pairs close in embedding space,

@@ -1,4 +1,4 @@
-"""The similarity matrix of a search space (DESIGN §2.1; GRIT-VLP, FALCON).
+"""The similarity matrix of a search space (docs/ALGORITHM.md §2; GRIT-VLP, FALCON).
 
 ``S = S_i2t + S_t2i`` with ``S_i2t[a, b] = img_a · txt_b`` and ``S_t2i[a, b] = txt_a · img_b``:
 how hard pair ``b`` is as a negative of anchor ``a`` in both ITC directions. Since

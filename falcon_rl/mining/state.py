@@ -1,4 +1,4 @@
-"""The scheduler's per-member observation (DESIGN §2.3; FALCON).
+"""The scheduler's per-member observation (docs/ALGORITHM.md §4; FALCON).
 
 For member ``a``, its similarities to the other |M|-1 members (row ``a`` of S without the
 own pair) are sorted **descending** (``v_0 >= ... >= v_{|M|-2}``) and reduced to ``m`` evenly

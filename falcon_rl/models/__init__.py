@@ -1,4 +1,4 @@
-"""The VLP models (ALBEF, BLIP-2 stage 1) built from Hugging Face classes (DESIGN §2.8) and the
+"""The VLP models (ALBEF, BLIP-2 stage 1) built from Hugging Face classes (docs/ARCHITECTURE.md) and the
 protocol through which the rest of falcon-rl drives them."""
 
 from falcon_rl.models.albef import ALBEF, ALBEFOutput

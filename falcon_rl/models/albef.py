@@ -1,4 +1,4 @@
-"""The ALBEF-style VLP model: ViT + BERT text encoder + BERT fusion encoder (DESIGN §2.8).
+"""The ALBEF-style VLP model: ViT + BERT text encoder + BERT fusion encoder (ALBEF, Li et al. 2021; docs/ARCHITECTURE.md).
 
 Li et al., "Align before Fuse" (ALBEF, NeurIPS 2021). Three losses share the towers:
 

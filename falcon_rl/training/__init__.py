@@ -1,4 +1,4 @@
-"""VLP training: the trainer, retrieval evaluation and the pretraining loop (DESIGN §2.8)."""
+"""VLP training: the trainer, retrieval evaluation and the pretraining loop (docs/ALGORITHM.md §10; docs/ARCHITECTURE.md)."""
 
 from falcon_rl.models.masking import MLMMasks
 from falcon_rl.training.evaluation import HEADLINE, retrieval_metrics

@@ -66,7 +66,7 @@ def filter_checkpoint_path(cfg: ExperimentConfig) -> Path:
 def load_filter_model(path: str | Path, tokenizer, image_size: int, device: torch.device) -> VLPModel:
     """A frozen model (eval mode, no parameter requiring a gradient) from a trainer checkpoint,
     built with the checkpoint's own model config (its framework, without a momentum copy): an
-    ALBEF filter may serve a BLIP-2 run and the other way round."""
+    ALBEF filter may serve a BLIP-2 run and vice versa."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"MAFA filter checkpoint {path} does not exist (train it first, e.g. falcon-rl "

@@ -1,4 +1,4 @@
-"""Zero-shot retrieval metrics on similarity matrices (DESIGN §2.8; ALBEF's evaluation).
+"""Zero-shot retrieval metrics on similarity matrices (docs/ALGORITHM.md §10; ALBEF's evaluation).
 
 Everything here is a pure function of a caption x image similarity matrix, so it can be
 tested on hand-made matrices. Values are percentages (ALBEF's convention).

@@ -1,6 +1,6 @@
 """The VLP trainer: one optimisation step at a time of the ``model.framework`` model (ALBEF or
 BLIP-2 stage 1), plus the losses the env's reward needs, embedding passes, retrieval evaluation
-and exact-resume checkpoints (DESIGN §2.4, §2.8). It reaches the model only through
+and exact-resume checkpoints (docs/ALGORITHM.md §5). It reaches the model only through
 :class:`falcon_rl.models.protocol.VLPModel`.
 
 The env (``falcon_rl.envs``) drives it batch by batch::
@@ -350,7 +350,7 @@ class Trainer:
     def embed_pairs(self, split: PairSplit, indices: np.ndarray | None = None, batch_size: int | None = None,
                     progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalised ITC embeddings (img, txt), CPU float32, of the given pairs
-        (default all), in batches without gradients (the mining cache refresh, DESIGN §2.1)."""
+        (default all), in batches without gradients (the mining cache refresh, docs/ALGORITHM.md §2)."""
         idx = np.arange(split.n_pairs) if indices is None else np.asarray(indices, dtype=np.int64)
         img = self.embed_images(split, split.pair_image[idx], batch_size, "embed images" if progress else None)
         txt = self.embed_texts(split, idx, batch_size, "embed texts" if progress else None)

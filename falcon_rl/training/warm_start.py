@@ -1,7 +1,7 @@
 """Shared warm starts: the env state right after the random-batch warm-up, saved once and
 reloaded by every run that would repeat the same warm-up (``env.warm_start``).
 
-An ablation's schedulers differ only after the warm-up (random batches, DESIGN §2.1: GRIT
+An ablation's schedulers differ only after the warm-up (random batches, docs/ALGORITHM.md §2: GRIT
 fills its cache the same way): every run of a seed computes the same warm-up, so it can be
 computed once per seed, saved, and loaded by the other runs of that seed (bit-identical
 starting model, embedding cache and member history, whatever thread count each run uses).
