@@ -1,11 +1,28 @@
-"""Schedulers by name: ``make_scheduler``, ``load_scheduler``, ``available``.
+"""Schedulers by name: ``make_scheduler``, ``load_scheduler``, ``available``, ``scheduler_class``.
 
-Configs and the CLI swap schedulers by name (``agent.name``, ``--agent``).
+Configs and the CLI swap schedulers by name (``agent.name``, ``--agent``,
+``ablation.schedulers``, ``pretrain --scheduler``). A name is one of
+
+- a built-in scheduler (:data:`SCHEDULERS`, :data:`SB3_AGENTS`, :data:`ALIASES`);
+- ``package.module:ClassName``: a class importable from the current directory or
+  ``PYTHONPATH`` that implements the :class:`~falcon_rl.agents.base.Scheduler` protocol
+  (``docs/ARCHITECTURE.md``, "Your own scheduler");
+- a name that an installed package registers under the entry-point group
+  :data:`ENTRY_POINT_GROUP` (``[project.entry-points."falcon_rl.schedulers"]``).
+
+Loading a saved scheduler never imports a module the user did not name: a file whose recorded
+class is not built in loads only when that class is also the config's ``agent.name``
+(:func:`load_scheduler`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
+import re
+import sys
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -29,19 +46,50 @@ SB3_AGENTS: tuple[str, ...] = ("ppo", "a2c", "sac", "td3")
 #: other spellings accepted
 ALIASES: dict[str, str] = {"fixed-q": "fixed", "albef": "random", "hardening": "progressive-hardening",
                            "softening": "progressive-softening"}
+#: entry-point group under which installed packages register scheduler classes
+ENTRY_POINT_GROUP = "falcon_rl.schedulers"
+#: what a scheduler class must provide (the :class:`Scheduler` protocol; subclassing it gives all
+#: but ``q_values``)
+PROTOCOL: tuple[str, ...] = ("predict", "observe", "q_values", "save", "state_dict", "load_state_dict",
+                             "resume_state", "load_resume_state", "learns_from_reward", "needs_oracle",
+                             "needs_gt_targets", "false_negatives", "learns_online")
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
+
+
+class SchedulerNameError(ValueError):
+    """A scheduler name that cannot be resolved (unknown, not importable, not a scheduler)."""
+
+
+def is_import_path(name: str) -> bool:
+    """Whether ``name`` has the form ``package.module:ClassName``."""
+    return ":" in name
+
+
+def _entry_points() -> dict[str, metadata.EntryPoint]:
+    return {ep.name: ep for ep in metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def available() -> list[str]:
-    """Every scheduler name ``make_scheduler`` accepts."""
-    return list(SCHEDULERS) + list(SB3_AGENTS)
+    """Every built-in scheduler name ``make_scheduler`` accepts, then the installed entry points
+    (``package.module:ClassName`` is accepted too)."""
+    return list(SCHEDULERS) + list(SB3_AGENTS) + sorted(n for n in _entry_points() if n not in SCHEDULERS)
 
 
 def canonical_name(name: str) -> str:
-    """The registry name of ``name`` (aliases resolved); a clear error for unknown names."""
+    """The registry name of ``name`` (aliases resolved; import paths and entry-point names as
+    given); a clear error for unknown names. Nothing is imported."""
+    if is_import_path(name):
+        stripped = name.strip()
+        if not _IMPORT_PATH.match(stripped):
+            raise SchedulerNameError(f"scheduler {name!r} is not of the form package.module:ClassName")
+        return stripped
     key = ALIASES.get(name.strip().lower(), name.strip().lower())
-    if key not in SCHEDULERS and key not in SB3_AGENTS:
-        raise ValueError(f"unknown scheduler {name!r}; available: {', '.join(available())}")
-    return key
+    if key in SCHEDULERS or key in SB3_AGENTS:
+        return key
+    if name.strip() in _entry_points():
+        return name.strip()
+    raise SchedulerNameError(f"unknown scheduler {name!r}; available: {', '.join(available())}, or "
+                             "package.module:ClassName for your own class")
 
 
 def is_sb3(name: str) -> bool:
@@ -49,10 +97,69 @@ def is_sb3(name: str) -> bool:
     return canonical_name(name) in SB3_AGENTS
 
 
-def needs_oracle(name: str) -> bool:
-    """Whether scheduler ``name`` needs the environment's oracle mode."""
+def check_protocol(cls: Any, name: str) -> type[Scheduler]:
+    """``cls`` if it is a scheduler class (the :class:`Scheduler` protocol), else a
+    :class:`SchedulerNameError` saying what is missing."""
+    if not isinstance(cls, type):
+        raise SchedulerNameError(f"scheduler {name!r} is a {type(cls).__name__}, not a class")
+    missing = [attr for attr in PROTOCOL if not hasattr(cls, attr)]
+    if not missing and getattr(cls, "q_values", None) is Scheduler.q_values \
+            and getattr(cls, "predict", None) is Scheduler.predict:
+        missing = ["q_values"]
+    if missing:
+        raise SchedulerNameError(
+            f"scheduler {name!r} does not implement the Scheduler protocol: missing {', '.join(missing)} "
+            "(subclass falcon_rl.agents.Scheduler and define q_values(self, obs, deterministic=False) returning "
+            "q in [0, 1] of shape (n, |M|) for observations (n, |M|, F))")
+    return cls
+
+
+def _import_class(path: str) -> Any:
+    module_name, _, attr = path.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:  # "the current directory", also for the console script
+        sys.path.insert(0, cwd)
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception as e:
+        raise SchedulerNameError(f"scheduler {path!r}: cannot import module {module_name!r} "
+                                 f"({type(e).__name__}: {e}); it must be importable from the current directory "
+                                 "or PYTHONPATH") from e
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SchedulerNameError(f"scheduler {path!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def scheduler_class(name: str) -> type[Scheduler] | None:
+    """The class behind scheduler ``name`` (imports a ``package.module:ClassName`` or an entry
+    point), or None for an SB3 agent. Raises :class:`SchedulerNameError` naming what is wrong."""
     key = canonical_name(name)
-    return key in SCHEDULERS and SCHEDULERS[key].needs_oracle
+    if key in SB3_AGENTS:
+        return None
+    if key in SCHEDULERS:
+        return SCHEDULERS[key]
+    if is_import_path(key):
+        return check_protocol(_import_class(key), key)
+    try:
+        obj = _entry_points()[key].load()
+    except Exception as e:
+        raise SchedulerNameError(f"scheduler {key!r} (entry point of group {ENTRY_POINT_GROUP}) failed to load: "
+                                 f"{type(e).__name__}: {e}") from e
+    return check_protocol(obj, key)
+
+
+def needs_oracle(name: str) -> bool:
+    """Whether scheduler ``name`` needs the environment's oracle mode (ground-truth matches)."""
+    cls = scheduler_class(name)
+    return cls is not None and bool(cls.needs_oracle)
+
+
+def needs_labels(name: str) -> bool:
+    """Whether scheduler ``name`` reads ground truth (oracle exclusion or ground-truth ITC targets)."""
+    cls = scheduler_class(name)
+    return cls is not None and bool(cls.needs_oracle or cls.needs_gt_targets)
 
 
 def scheduler_seed(cfg: ExperimentConfig) -> int:
@@ -74,7 +181,12 @@ def make_scheduler(name: str, cfg: ExperimentConfig, env: gym.Env | None = None)
 
         return SB3Scheduler.create(key, cfg, env, seed)
     spec = SchedulerSpec.from_env(env) if env is not None else SchedulerSpec.from_config(cfg)
-    return SCHEDULERS[key](cfg.agent, spec, seed)
+    cls = scheduler_class(key)
+    assert cls is not None
+    sched = cls(cfg.agent, spec, seed)
+    if key not in SCHEDULERS:
+        sched.name = key  # type: ignore[misc]  # saved files and results name the class as the user did
+    return sched
 
 
 def _agent_config(saved: dict[str, Any], fallback: AgentConfig) -> AgentConfig:
@@ -105,11 +217,24 @@ def load_scheduler(path: str | Path, cfg: ExperimentConfig, env: gym.Env | None 
     blob = load_torch_file(path, "scheduler file")
     if not isinstance(blob, dict) or blob.get("format") != "falcon_rl.scheduler/1":
         raise ValueError(f"{path}: not a falcon-rl scheduler file (no 'format' entry)")
-    key = canonical_name(blob["name"])
+    key = canonical_name(str(blob["name"]))
+    if key not in SCHEDULERS:  # a user's class: import it only when the user named it, never from the file
+        try:
+            named = canonical_name(cfg.agent.name)
+        except SchedulerNameError:
+            named = None
+        if key != named:
+            raise ValueError(f"{path}: saved by scheduler class {key!r}, which is not built in; falcon-rl imports "
+                             "no module named only by a file. Name it to load the file: --agent " + key
+                             + " (or agent.name in the config)")
     if blob["columns"] != spec.columns:  # |M| may differ: the networks are shared over members
         raise ValueError(f"{path}: saved {key!r} scheduler reads state columns {blob['columns']}; "
                          f"this config gives {spec.columns} (check the mining.state_* flags)")
-    sched = SCHEDULERS[key](_agent_config(blob["agent"], cfg.agent), spec, seed)
+    cls = scheduler_class(key)
+    assert cls is not None
+    sched = cls(_agent_config(blob["agent"], cfg.agent), spec, seed)
+    if key not in SCHEDULERS:
+        sched.name = key  # type: ignore[misc]
     sched.load_state_dict(blob["state"])
     if frozen and hasattr(sched, "freeze"):
         sched.freeze()  # type: ignore[attr-defined]

@@ -350,6 +350,13 @@ def run_time_split(env_timing: Timings, run_timing: Timings, total: float, cpu: 
     return split
 
 
+def data_summary(cfg: ExperimentConfig, data: Any) -> dict[str, Any]:
+    """What a run trained and evaluated on: source, location (files on disk) and split sizes."""
+    location = cfg.data.train_file if cfg.data.source == "albef_json" else None
+    return {"source": cfg.data.source, "location": location, "train_pairs": int(data.train.n_pairs),
+            "test_pairs": int(data.test.n_pairs)}
+
+
 def _nanmean(values: list[float]) -> float:
     arr = np.asarray(values, dtype=float)
     return float(np.nanmean(arr)) if arr.size and not np.all(np.isnan(arr)) else float("nan")
@@ -574,6 +581,7 @@ def run_scheduler(
             "mean_reward": _nanmean(list(rewards)),
             "mean_fn_rate": float(np.nanmean(fn)) if fn.size and not np.all(np.isnan(fn)) else float("nan"),
             "mean_fn_pair_rate": _nanmean(h.get("fn_pair_rate", [])),
+            "data": data_summary(cfg, base_env.data),
             **summarize_filter(h.get("mafa", [])),
             "filter_time": filter_time,
             "reward_computed": base_env.computes_reward,

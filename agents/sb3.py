@@ -54,6 +54,29 @@ def wrap_for_sb3(env: gym.Env) -> gym.Env:
     return SymmetricActions(env) if isinstance(env.action_space, spaces.Box) else env
 
 
+def sb3_setup(env: gym.Env, algorithm: str = "ppo", agent: AgentConfig | None = None,
+              seed: int | None = None) -> tuple[gym.Env, dict[str, Any]]:
+    """Your own SB3 model on a negative-mining env, set up as falcon-rl's own agents are:
+    returns ``(wrapped_env, kwargs)`` for ``PPO(env=wrapped_env, **kwargs)`` (or A2C / SAC / TD3).
+
+    The wrapper (:class:`~falcon_rl.envs.wrappers.SymmetricActions`) makes the SB3 model act in
+    ``[-1, 1]`` with ``q = (a + 1) / 2``, so an untrained Gaussian policy starts at q = 0.5 (on
+    the raw ``Box(0, 1)`` env SB3 clips a mean of 0 to q = 0); ``kwargs`` holds the per-member,
+    weight-shared policy (``policy``; its size does not grow with |M|) and the ``agent``
+    section's hyper-parameters (default: the env's config).
+    """
+    key = algorithm.lower()
+    if key not in ALGORITHMS:
+        raise ValueError(f"unknown SB3 algorithm {algorithm!r}; available: {sorted(ALGORITHMS)}")
+    base = env.unwrapped
+    agent = agent if agent is not None else base.cfg.agent  # type: ignore[attr-defined]
+    if key in _OFF_POLICY and not isinstance(env.action_space, spaces.Box):
+        raise ValueError(f"{key} needs continuous actions: set env.action=box (got {env.action_space})")
+    kwargs = default_kwargs(key, agent, int(seed if seed is not None else base.cfg.train.seed))  # type: ignore[attr-defined]
+    kwargs["policy"] = ALGORITHMS[key][1]
+    return wrap_for_sb3(env), kwargs
+
+
 def algorithm_class(name: str, agent: AgentConfig) -> type[BaseAlgorithm]:
     """The SB3 class that learns agent ``name``: PPO with one ratio per member where
     ``agent.sb3_member_ratio`` asks for it (:class:`~falcon_rl.agents.sb3_member_ppo.MemberRatioPPO`)."""

@@ -76,12 +76,15 @@ class NegativeMiningEnv(gym.Env):
 
     ## Observation Space
 
-    ``Box(|M|, F)`` float32, one row per member (:func:`falcon_rl.envs.spaces.state_columns`):
-    the softmax (temperature ``mining.state_temperature``) over ``mining.state_quantiles``
-    evenly spaced quantiles of the member's sorted row of ``S = S_i2t + S_t2i``, then the
-    optional columns ``progress`` (env step / budget), ``last_loss`` (the member's last
-    per-pair ITC loss, 0 before it is trained), ``prev_q`` (its last q, 0.5 before) and
-    ``specificity`` (ground-truth facts / max, an ablation column).
+    ``Box(|M|, F)`` float32, one row per member; ``self.state_columns`` names the F columns in
+    order (:func:`falcon_rl.envs.spaces.state_columns`; table in docs/ALGORITHM.md §4):
+    ``quantile00..`` the softmax weights (temperature ``mining.state_temperature``) of
+    ``mining.state_quantiles`` evenly spaced quantiles of the member's sorted row of
+    ``S = S_i2t + S_t2i``, hardest first (``mining.state_profile: raw``: the quantiles
+    themselves), then the optional columns ``progress`` (env step / budget), ``last_loss`` (the
+    member's last per-pair ITC loss, 0 before it is trained), ``prev_q`` (its last q, 0.5
+    before), ``specificity`` (ground-truth facts / max, an ablation column) and
+    ``positive_rank``.
 
     ## Rewards
 

@@ -73,5 +73,5 @@ def space_observation(img: Any, txt: Any, members: np.ndarray, mining: MiningCon
                           last_loss=history.last_loss[members], prev_q=history.prev_q[members], specificity=spec,
                           positive_rank=rank)
     obs = scheduler_state(S, mining.state_quantiles, mining.state_temperature, extras,
-                          chunk_rows=mining.state_chunk_rows)
+                          chunk_rows=mining.state_chunk_rows, profile=mining.state_profile)
     return S, np.asarray(obs, dtype=np.float32)

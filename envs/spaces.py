@@ -1,8 +1,9 @@
 """Observation and action spaces of the negative-mining environment (docs/ALGORITHM.md §4).
 
-The observation is one row per search-space member: the ``m`` softmaxed quantiles of its
-sorted similarity row, then the optional scalar columns, in the order of
-:func:`state_columns`. Schedulers find a column by name with :func:`column_index`.
+The observation is one row per search-space member: the ``m`` quantile columns of its sorted
+similarity row (softmax weights, or the raw similarities with ``mining.state_profile: raw``),
+then the optional scalar columns, in the order of :func:`state_columns` (table:
+docs/ALGORITHM.md §4). Schedulers find a column by name with :func:`column_index`.
 
 Actions are one hardness ``q`` per member: ``Box(0, 1, (|M|,))`` or, for the discrete
 variant, ``MultiDiscrete([K] * |M|)`` with level ``k`` meaning ``q = k / (K - 1)``.
@@ -36,12 +37,14 @@ def column_index(columns: list[str], name: str, who: str) -> int:
 
 
 def observation_space(mining: MiningConfig) -> spaces.Box:
-    """``Box(|M|, F)`` float32. Quantile columns lie in [0, 1] (a softmax); extras are unbounded."""
+    """``Box(|M|, F)`` float32. Quantile columns lie in [0, 1] (a softmax; unbounded with
+    ``mining.state_profile: raw``); bounded extras as documented in docs/ALGORITHM.md §4."""
     cols = state_columns(mining)
     m = mining.state_quantiles
     low = np.full((mining.search_space, len(cols)), -np.inf, dtype=np.float32)
     high = np.full((mining.search_space, len(cols)), np.inf, dtype=np.float32)
-    low[:, :m], high[:, :m] = 0.0, 1.0
+    if mining.state_profile == "softmax":
+        low[:, :m], high[:, :m] = 0.0, 1.0
     for j, name in enumerate(cols):
         if name in ("progress", "prev_q", "specificity", "positive_rank"):  # specificity: F / max F of the split
             low[:, j], high[:, j] = 0.0, 1.0

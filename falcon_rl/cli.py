@@ -39,16 +39,40 @@ COMMANDS: dict[str, str] = {
 }
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, required: bool = False) -> None:
-    """``--config FILE`` and trailing ``key.sub=value`` overrides."""
-    parser.add_argument("--config", "-c", required=required, default=None,
-                        help="YAML experiment config (see configs/)")
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--config FILE`` and trailing ``key.sub=value`` overrides (the same in every command)."""
+    parser.add_argument("--config", "-c", default=None,
+                        help="YAML experiment config (see configs/); without it the built-in defaults "
+                             "(falcon-rl config --docs), which the command says once")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides, e.g. train.steps=100 model.preset=small")
 
 
+def load_command_config(path: str | None, overrides: list[str], command: str):
+    """The command's config: ``path`` with ``overrides``, or the built-in defaults with them, said
+    once on stderr so that a forgotten ``--config`` does not go unnoticed."""
+    from falcon_rl.config import load_config
+
+    if path is None:
+        print(f"falcon-rl {command}: no --config given; using the built-in defaults"
+              + (f" with {' '.join(overrides)}" if overrides else "")
+              + " (falcon-rl config --docs lists them)", file=sys.stderr, flush=True)
+    return load_config(path, overrides)
+
+
+def version() -> str:
+    """The installed falcon-rl version."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("falcon-rl")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="falcon-rl", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"falcon-rl {version()}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, module_name in COMMANDS.items():

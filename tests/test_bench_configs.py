@@ -25,7 +25,7 @@ def test_quickstart_is_a_cut_down_bench():
     assert {k: v for k, v in q["data"].items() if k != "n_test"} == {k: v for k, v in b["data"].items() if k != "n_test"}
     assert quick.env.reward == bench.env.reward == "val_itc"
     assert quick.env.budget_steps < bench.env.budget_steps
-    assert {"random", "oracle", "falcon-shared"} <= set(quick.ablation.schedulers)
+    assert {"random", "grit", "falcon-shared"} <= set(quick.ablation.schedulers)
     assert quick.ablation.overrides["falcon-shared"] == bench.ablation.overrides["falcon-shared"]
     assert quick.ablation.headline == bench.ablation.headline == ["i2t_map", "t2i_map"]
     assert quick.ablation.shared_warmup

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import numpy as np
+
 from falcon_rl.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,7 +50,10 @@ def test_readme_snippet_runs_as_written(tmp_path, monkeypatch, capsys, one_threa
     monkeypatch.setenv("CI", "true")
     exec(compile(code.replace(CONFIG, f'config="{tiny}"'), "README.md (environment in Python)", "exec"),
          {"__name__": "__readme__"})
-    printed = capsys.readouterr().out.split()
-    fn_rate, r1 = float(printed[-2]), float(printed[-1])
-    assert 0.0 <= fn_rate <= 1.0 and 0.0 <= r1 <= 100.0
-
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].split() == ["scheduler", "mean", "reward", "i2t", "R@1", "%", "FN", "picks"]
+    rows = {line.split()[0]: [float(v) for v in line.split()[1:]] for line in lines[1:]}
+    assert list(rows) == ["random", "grit", "falcon"]  # one labelled row per scheduler
+    for name, (reward, r1, fn_rate) in rows.items():
+        assert np.isfinite(reward) and 0.0 <= r1 <= 100.0 and 0.0 <= fn_rate <= 1.0, name
+    assert rows["grit"][2] > rows["random"][2]  # GRIT's hardest picks include more true matches

@@ -34,6 +34,7 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
 from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
+from falcon_rl.agents.validate import check_scheduler_run
 from falcon_rl.ablation.results import aggregate, metrics_are_percent, render_markdown, write_results_csv
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
@@ -94,6 +95,7 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
                 data["env"]["warm_start"] = str(out_root / "warmup" / f"seed{seed}-{digest}.pt")
                 run_cfg = build_dataclass(ExperimentConfig, data, where)
             check_mining(run_cfg, where)
+            check_scheduler_run(run_cfg, where)
             specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
     return specs
 
@@ -284,7 +286,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     headline = tuple(cfg.ablation.headline)
     rows = aggregate(runs, headline=headline)
     notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "
-             f"Data: {cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs; "
+             f"Data: {_data_line(cfg, runs)}; "
              f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
     md = render_markdown(rows, command=command, notes=notes, headline=headline)
@@ -307,13 +309,31 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
             "files": {"csv": out_root / "results.csv", "md": out_root / "results.md", "plots": plots}}
 
 
+def _data_line(cfg: ExperimentConfig, runs: list[dict[str, Any]]) -> str:
+    """The data the runs used, with the sizes they loaded (a run record's ``data``), else the config's."""
+    for rec in runs:
+        data = rec.get("data")
+        if isinstance(data, dict) and data.get("train_pairs") is not None:
+            where = f" ({data['location']})" if data.get("location") else ""
+            return f"{data.get('source', cfg.data.source)}{where}, {data['train_pairs']} train / {data['test_pairs']} test pairs"
+    return f"{cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs (configured)"
+
+
+def _number(value: Any, spec: str = ".3f") -> str:
+    """``value`` formatted, or ``n/a`` where a run has none (e.g. FN rates without ground truth)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return "n/a" if number != number else format(number, spec)
+
+
 def _summary_line(rec: dict[str, Any], done: int, total: int, elapsed: float) -> str:
     name = f"{rec.get('scheduler')}/seed{rec.get('seed')}"
     if rec.get("status") != "ok":
         return f"[{done}/{total}] {name}: FAILED — {rec.get('error')}"
     final = rec.get("final") or {}
-    return (f"[{done}/{total}] {name}: i2t R@1 mp {final.get('i2t_r1_mp', float('nan')):.3f}, "
-            f"i2t mAP {final.get('i2t_map', float('nan')):.3f}, "
-            f"t2i mAP {final.get('t2i_map', float('nan')):.3f}, FN rate "
-            f"{rec.get('mean_fn_rate', float('nan')):.3f}, {rec.get('wall_time', 0):.0f} s "
+    return (f"[{done}/{total}] {name}: i2t R@1 mp {_number(final.get('i2t_r1_mp'))}, "
+            f"i2t mAP {_number(final.get('i2t_map'))}, t2i mAP {_number(final.get('t2i_map'))}, "
+            f"FN rate {_number(rec.get('mean_fn_rate'))}, {_number(rec.get('wall_time'), '.0f')} s "
             f"(elapsed {elapsed:.0f} s)")

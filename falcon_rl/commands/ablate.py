@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 import time
 from pathlib import Path
 
-from falcon_rl.config import load_config
 
 HELP = "run a list of schedulers x seeds on the same data/model/budget; write results.csv/.md and plots"
 
@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from falcon_rl.cli import add_config_arguments
 
     parser.add_argument("--out", default=None, help="output dir (overrides ablation.out_dir)")
-    add_config_arguments(parser, required=True)
+    add_config_arguments(parser)
 
 
 def _prepare(cfg) -> None:
@@ -47,6 +47,7 @@ def check_workers(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from falcon_rl.cli import load_command_config
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
@@ -56,20 +57,20 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"ablation.out_dir={args.out}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_command_config(args.config, overrides, "ablate")
     cfg, main_rank = join_processes(cfg)  # torchrun: each run data-parallel over its processes, one run at a time
     check_workers(cfg)
     say = (lambda s: print(s, flush=True)) if main_rank else (lambda s: None)
     # rebuilt from the parsed arguments (sys.argv is not ours when called as cli.main([...]))
-    parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
+    parts = (["--config", str(args.config)] if args.config else []) + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
     command = "falcon-rl ablate " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
     run_fn = functools.partial(run_scheduler, resume="auto")  # an interrupted run continues where it stopped
-    out = run_ablation(cfg, run_fn, source=str(args.config), command=command.strip(),
+    out = run_ablation(cfg, run_fn, source=str(args.config or "<defaults>"), command=command.strip(),
                        prepare=_prepare if main_rank else _load, log=say, warm_fn=write_warm_start)
-    failed = sum(r.get("status") != "ok" for r in out["runs"])
+    failed = [r for r in out["runs"] if r.get("status") != "ok"]
     if not main_rank:
-        return 1 if failed == len(out["runs"]) else 0
+        return 1 if failed else 0
     print()
     print(out["markdown"])
     root = Path(cfg.ablation.out_dir)
@@ -78,4 +79,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"plot:    {p}")
     print(f"TensorBoard: tensorboard --logdir {root}")
     print(f"total wall time: {time.perf_counter() - start:.0f} s")
-    return 1 if failed == len(out["runs"]) else 0
+    if failed:
+        print(f"error: {len(failed)} of {len(out['runs'])} runs failed: "
+              + "; ".join(f"{r.get('scheduler')}/seed{r.get('seed')} ({r.get('error')})" for r in failed)
+              + " -- rerun the same command to redo them", file=sys.stderr)
+        return 1
+    return 0

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config, args.overrides)  # printing the (default) config is what this command does
     if not args.docs:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
         return 0

@@ -49,11 +49,11 @@ def format_split(name: str, stats: dict[str, Any]) -> list[str]:
 
 
 def describe(args: argparse.Namespace) -> int:
-    from falcon_rl.config import load_config
+    from falcon_rl.cli import load_command_config
     from falcon_rl.data import load_data
     from falcon_rl.data.preview import save_sample_grid
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_command_config(args.config, args.overrides, "data")
     t0 = time.perf_counter()
     bundle = load_data(cfg.data)
     total = time.perf_counter() - t0

@@ -8,7 +8,6 @@ import argparse
 import shlex
 import time
 
-from falcon_rl.config import load_config
 
 HELP = ("run fixed policies x seeds logging every reward option; write how each option's mean reward "
         "rank-correlates with the final retrieval metrics and its per-batch regression on false negatives "
@@ -19,10 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from falcon_rl.cli import add_config_arguments
 
     parser.add_argument("--out", default=None, help="output dir (overrides reward_check.out_dir)")
-    add_config_arguments(parser, required=True)
+    add_config_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    from falcon_rl.cli import load_command_config
     import functools
 
     from falcon_rl.ablation.reward_check import run_reward_check
@@ -33,15 +33,15 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.out:
         overrides.append(f"reward_check.out_dir={args.out}")
-    cfg = load_config(args.config, overrides)
+    cfg = load_command_config(args.config, overrides, "reward-check")
     cfg, main_rank = join_processes(cfg)  # torchrun: each run data-parallel over its processes
     check_workers(cfg)
-    parts = ["--config", str(args.config)] + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
+    parts = (["--config", str(args.config)] if args.config else []) + (["--out", str(args.out)] if args.out else []) + list(args.overrides)
     command = "falcon-rl reward-check " + " ".join(shlex.quote(a) for a in parts)
     start = time.perf_counter()
     run_fn = functools.partial(run_scheduler, resume="auto")
     say = (lambda s: print(s, flush=True)) if main_rank else (lambda s: None)
-    out = run_reward_check(cfg, run_fn, source=str(args.config), command=command,
+    out = run_reward_check(cfg, run_fn, source=str(args.config or "<defaults>"), command=command,
                            prepare=_prepare if main_rank else _load, log=say, warm_fn=write_warm_start)
     runs = out["ablation"]["runs"]
     failed = sum(r.get("status") != "ok" for r in runs)

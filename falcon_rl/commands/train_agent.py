@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
-from falcon_rl.config import check_mining, load_config
+from falcon_rl.config import check_mining
 
 #: every name ``make_scheduler`` accepts (kept here so that ``--help`` needs no agent imports;
 #: tests/test_cli_help.py checks it against ``falcon_rl.agents.available()``)
@@ -21,7 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from falcon_rl.cli import add_config_arguments
 
     parser.add_argument("--agent", "-a", default=None,
-                        help="scheduler name (default agent.name): " + ", ".join(SCHEDULER_NAMES))
+                        help="scheduler (default agent.name): " + ", ".join(SCHEDULER_NAMES)
+                        + "; package.module:ClassName for your own class (importable from the current directory "
+                        "or PYTHONPATH); or a name an installed package registers (entry points falcon_rl.schedulers)")
     parser.add_argument("--episodes", "-n", type=int, default=None,
                         help="episodes of env.budget_steps steps (default 1; SB3 agents: agent.sb3_total_steps steps)")
     parser.add_argument("--out", "-o", default=None, help="output directory (default train.out_dir)")
@@ -37,25 +40,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon_rl.agents import canonical_name
     from falcon_rl.agents.runner import run_scheduler
-    from falcon_rl.cli import join_processes
+    from falcon_rl.agents.validate import check_scheduler_run
+    from falcon_rl.cli import join_processes, load_command_config
 
     overrides = list(args.overrides)
     if args.agent:
         overrides.append(f"agent.name={args.agent}")
     if args.trust_agent_file:
         overrides.append("agent.trust_agent_file=true")
-    cfg = load_config(args.config, overrides)
+    cfg = load_command_config(args.config, overrides, "train-agent")
     if args.episodes is not None and args.episodes < 1:
         print(f"error: --episodes={args.episodes} must be >= 1", file=sys.stderr)
         return 2
-    try:
-        canonical_name(cfg.agent.name)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
+    where = str(args.config or "<defaults>")
+    check_scheduler_run(cfg, where, key="--agent" if args.agent else "agent.name")
+    if args.load and not Path(args.load).expanduser().is_file():
+        print(f"error: --load {args.load}: no such file", file=sys.stderr)
         return 2
-    check_mining(cfg, str(args.config or "<defaults>"))
+    check_mining(cfg, where)
     cfg, main_rank = join_processes(cfg)  # torchrun: data-parallel over its processes, the scheduler on rank 0
     out_dir = args.out if args.out is not None else cfg.train.out_dir
     results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load,

@@ -80,3 +80,25 @@ def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
         if env.reward_estimator != "exact":
             raise ConfigError(f"{source}: agent.credit=member needs every member's loss change: "
                               "env.reward_estimator=exact, not subbatch")
+
+
+def train_ground_truth(cfg: ExperimentConfig) -> bool:
+    """Whether the training split will carry a caption x image match matrix (the generated
+    benchmarks do; files on disk do not)."""
+    return cfg.data.source in GENERATED_SOURCES
+
+
+def check_labels(cfg: ExperimentConfig, source: str = "<config>", scheduler_needs: bool = False,
+                 scheduler: str | None = None) -> None:
+    """Refuse, before any data is loaded, settings that read the training split's true matches
+    when the data have none: ``env.oracle``, ``env.gt_targets``, ``mining.state_specificity`` and
+    schedulers that need them (``scheduler_needs``, e.g. ``oracle``)."""
+    if train_ground_truth(cfg):
+        return
+    wanted = [key for key, on in (("env.oracle", cfg.env.oracle), ("env.gt_targets", cfg.env.gt_targets),
+                                  ("mining.state_specificity", cfg.mining.state_specificity)) if on]
+    if scheduler_needs:
+        wanted.insert(0, f"scheduler {scheduler!r}")
+    if wanted:
+        raise ConfigError(f"{source}: {', '.join(wanted)} needs ground-truth matches of the training pairs, which "
+                          f"data.source={cfg.data.source} does not have; drop it or use a generated benchmark")

@@ -47,6 +47,9 @@ class MiningConfig:
                                  "a background thread while batch b trains; same batches)")
     # --- scheduler state (docs/ALGORITHM.md §4) ---
     state_quantiles: int = param(16, "m: quantiles of each sorted similarity row", ge=2)
+    state_profile: str = param("softmax", "quantile columns of the state: softmax weights over the m quantiles "
+                               "(shape of the similarity profile, each row sums to 1) or the raw similarity "
+                               "quantiles (docs/ALGORITHM.md §4)", choices=["softmax", "raw"])
     state_temperature: float = param(0.1, "softmax temperature of the quantile state", gt=0.0)
     state_chunk_rows: int = param(1024, "rows of S reduced at once for the state (memory: rows x |M|)", ge=1)
     state_progress: bool = param(True, "add training progress to each member's state")

@@ -3,10 +3,12 @@
 For member ``a``, its similarities to the other |M|-1 members (row ``a`` of S without the
 own pair) are sorted **descending** (``v_0 >= ... >= v_{|M|-2}``) and reduced to ``m`` evenly
 spaced quantiles: feature ``j`` (j = 0..m-1) is ``v_{d_j}`` with
-``d_j = floor(j·(|M|-2)/(m-1) + 1/2)``, so feature 0 is the hardest candidate's similarity and
-feature m-1 the easiest's. A softmax with temperature ``τ`` over those m values gives the
-*shape* of the distribution (sums to 1, invariant to shifts of the scale and to the order of
-the candidates). Extra per-member scalar columns follow, in the order of the ``extras`` dict;
+``d_j = floor(j·(|M|-2)/(m-1) + 1/2)``, so quantile 0 is the hardest candidate's similarity and
+quantile m-1 the easiest's. With ``profile="softmax"`` (the default) the observation holds a
+softmax with temperature ``τ`` over those m values, not the similarities: the *shape* of the
+distribution (each row sums to 1; feature 0 is the hardest candidate's softmax weight; invariant
+to shifts of the scale and to the order of the candidates). ``profile="raw"`` keeps the m
+similarity quantiles themselves. Extra per-member scalar columns follow, in the order of the ``extras`` dict;
 :func:`state_extras` builds it in the canonical order :data:`EXTRA_ORDER`.
 
 Rows are sorted in chunks of ``chunk_rows`` × |M| floats (numpy's SIMD sort on the CPU, which
@@ -100,6 +102,7 @@ def scheduler_state(
     temperature: float,
     extras: Mapping[str, np.ndarray | float] | None = None,
     chunk_rows: int = MiningConfig.state_chunk_rows,
+    profile: str = "softmax",
 ) -> np.ndarray:
     """Per-member state, float32 (|M|, m + len(extras)) (module docstring).
 
@@ -109,6 +112,8 @@ def scheduler_state(
     :param extras: per-member scalar columns appended in this dict's order (scalar values are
         broadcast to every member), e.g. from :func:`state_extras`.
     :param chunk_rows: rows of S reduced at once (``mining.state_chunk_rows``).
+    :param profile: ``softmax`` (weights over the quantiles) or ``raw`` (the quantiles;
+        ``mining.state_profile``).
     """
     shape = tuple(S.shape)
     if len(shape) != 2 or shape[0] != shape[1]:
@@ -117,6 +122,8 @@ def scheduler_state(
         raise ValueError(f"temperature={temperature!r} must be > 0")
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows={chunk_rows!r} must be >= 1")
+    if profile not in ("softmax", "raw"):
+        raise ValueError(f"profile={profile!r} must be 'softmax' or 'raw'")
     n = shape[0]
     d = quantile_positions(n, int(m))
     if isinstance(S, torch.Tensor) and S.device.type == "cpu":
@@ -125,7 +132,7 @@ def scheduler_state(
         quant = _quantiles_torch(S.detach(), d, chunk_rows)
     else:
         quant = _quantiles_numpy(np.asarray(S), d, chunk_rows)
-    feats = _softmax(quant, float(temperature)).astype(np.float32)
+    feats = (_softmax(quant, float(temperature)) if profile == "softmax" else quant).astype(np.float32)
     cols = _extra_columns(extras or {}, n)
     if not cols:
         return feats

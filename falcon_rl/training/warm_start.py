@@ -38,7 +38,7 @@ _PER_BATCH = "per-batch loss difference"
 #: mining keys that only choose observation columns, computed after a warm start is loaded: not signed,
 #: so one warm start serves runs that differ in them (the older state_* columns stay signed, as files
 #: written before this list existed record them)
-_OBSERVATION_ONLY = ("state_positive_rank",)
+_OBSERVATION_ONLY = ("state_positive_rank", "state_profile")
 #: older observation-only columns, signed as off whatever the run sets: a run that reads them (e.g. the
 #: ``by-specificity`` reference reads ``specificity``) shares the warm start of the runs that do not,
 #: and files written before keep their names and still load
