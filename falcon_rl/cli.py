@@ -50,13 +50,14 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_command_config(path: str | None, overrides: list[str], command: str):
     """The command's config: ``path`` with ``overrides``, or the built-in defaults with them, said
-    once on stderr so that a forgotten ``--config`` does not go unnoticed."""
+    once (on stdout: stderr keeps its one ``error:`` line) so that a forgotten ``--config`` does
+    not go unnoticed."""
     from falcon_rl.config import load_config
 
     if path is None:
         print(f"falcon-rl {command}: no --config given; using the built-in defaults"
               + (f" with {' '.join(overrides)}" if overrides else "")
-              + " (falcon-rl config --docs lists them)", file=sys.stderr, flush=True)
+              + " (falcon-rl config --docs lists them)", flush=True)
     return load_config(path, overrides)
 
 

@@ -157,7 +157,7 @@ def test_cli_train_agent_and_pretrain_with_scheduler(small, tmp_path, capsys):
     out = tmp_path / "run"
     rc = main(["train-agent", "--agent", "fixed", "--out", str(out), *overrides, "agent.q=0.25"])
     assert rc == 0
-    summary = json.loads(capsys.readouterr().out.splitlines()[0])
+    summary = json.loads(next(line for line in capsys.readouterr().out.splitlines() if line.startswith("{")))
     assert summary["agent"] == "fixed" and summary["steps"] == 2 and summary["i2t_r1_mp"] is not None
     rec = json.loads((out / "results.json").read_text())
     assert all(d and set(d.values()) == {0.25} for d in rec["history"]["q_by_specificity"])

@@ -73,10 +73,11 @@ def test_data_and_env_errors_are_one_line(tiny, albef, tmp_path, capsys):
     assert main(["pretrain", *tiny, "data.source=albef_json", f"train.out_dir={tmp_path / 'a'}"]) == 2
     assert _one_error_line(capsys) == "error: data.train_file must be set when data.source=albef_json  " \
                                       "(--debug shows the traceback)"
-    # env construction: the oracle needs a match matrix, which ALBEF training files do not have
+    # the config check: the oracle needs a match matrix, which ALBEF training files do not have
     rc = main(["train-agent", "--agent", "oracle", "--out", str(tmp_path / "o"), *tiny, *albef["overrides"]])
     assert rc == 2
-    assert "needs a ground-truth match matrix" in _one_error_line(capsys)
+    assert "scheduler 'oracle' needs ground-truth matches of the training pairs" in _one_error_line(capsys)
+    assert not (tmp_path / "o").exists()
 
 
 def test_base_naming_a_missing_file_names_the_file_that_refers_to_it(tmp_path, capsys):

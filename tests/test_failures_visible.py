@@ -48,7 +48,7 @@ def test_train_agent_reports_a_terminated_episode_and_fails(tiny, tmp_path, caps
     _, _, overrides = tiny
     rc = main(["train-agent", "--agent", "fixed", "--out", str(tmp_path / "run"), *overrides, *DIVERGE])
     out = capsys.readouterr()
-    summary = json.loads(out.out.splitlines()[0])
+    summary = json.loads(next(line for line in out.out.splitlines() if line.startswith("{")))
     assert rc == 1 and summary["status"] == "terminated" and "update skipped" in summary["error"]
     assert "error: episode terminated at env step 1: update skipped" in out.err
     assert json.loads((tmp_path / "run" / "results.json").read_text())["status"] == "terminated"

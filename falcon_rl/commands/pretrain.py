@@ -40,7 +40,7 @@ def _frozen_sampler(scheduler: str, cfg, where: str):
     if Path(scheduler).expanduser().is_file():
         return frozen_batch_sampler(scheduler, cfg)
     if scheduler.endswith((".pt", ".zip")) or "/" in scheduler:
-        raise FileNotFoundError(f"--scheduler {scheduler}: no such agent file")
+        raise FileNotFoundError(f"scheduler file not found: {scheduler} (--scheduler)")
     named = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, name=scheduler))
     check_scheduler_run(named, where, key="--scheduler")
     if is_sb3_name(scheduler):
