@@ -192,7 +192,7 @@ class BLIP2(nn.Module):
                                 cfg.max_positions, self.special_ids["pad"], s.init_std, cfg.dropout)
         self.qformer = QFormer(config, self.qshape.queries)
         if s.text_path is not None:
-            self.qformer.load_pretrained_bert(Path(s.text_path).expanduser())
+            self.qformer.load_pretrained_bert(s.text_path, cfg.allow_partial_load)
         width = int(config.hidden_size)
         head_config = BertConfig(vocab_size=self.vocab_size + 1, hidden_size=width, hidden_act=config.hidden_act,
                                  layer_norm_eps=config.layer_norm_eps)

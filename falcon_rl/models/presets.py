@@ -12,11 +12,10 @@ layers with :data:`QFORMER_FALLBACK` (:func:`resolve_qformer`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from falcon_rl.config.model import ModelConfig
+from falcon_rl.config.model import ModelConfig, is_local_path, pretrained_json
 
 
 @dataclass(frozen=True)
@@ -105,13 +104,12 @@ def minilm_path() -> Path:
     return path
 
 
-def _pretrained_text_shape(cfg: ModelConfig, path: Path) -> dict:
-    """Width and heads of a pretrained BERT directory; explicit keys must agree with them."""
-    config_file = path / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"model.text_path={str(path)!r}: no config.json in that directory "
+def _pretrained_text_shape(cfg: ModelConfig, path: str) -> dict:
+    """Width and heads of a pretrained BERT (local directory or hub id); explicit keys must agree."""
+    config = pretrained_json(path, "config.json", "model.text_path")
+    if config is None:
+        raise FileNotFoundError(f"model.text_path={path!r}: no config.json in that directory "
                                 "(a local Hugging Face BERT directory is expected; nothing is downloaded)")
-    config = json.loads(config_file.read_text())
     found = {"text_hidden": int(config["hidden_size"]), "heads": int(config["num_attention_heads"])}
     for key, have in found.items():
         want = getattr(cfg, key)
@@ -144,7 +142,8 @@ def resolve_shape(cfg: ModelConfig) -> ModelShape:
         values["text_path"] = str(minilm_path())
     values["vision_path"] = cfg.vision_path
     if values["text_path"] is not None:
-        values.update(_pretrained_text_shape(cfg, Path(values["text_path"]).expanduser()))
+        text = values["text_path"]
+        values.update(_pretrained_text_shape(cfg, str(Path(text).expanduser()) if is_local_path(text) else text))
     shape = ModelShape(**values)
     if shape.vision_hidden % shape.vision_heads:
         raise ValueError(f"model: vision_hidden={shape.vision_hidden} is not divisible by "

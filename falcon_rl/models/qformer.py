@@ -36,7 +36,7 @@ from transformers import BertModel
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig
 from transformers.models.blip_2.modeling_blip_2 import Blip2QFormerLayer, Blip2TextEmbeddings
 
-from falcon_rl.models.towers import ATTN_IMPLEMENTATION, _quiet_loading, init_bert_style
+from falcon_rl.models.towers import ATTN_IMPLEMENTATION, init_bert_style, load_pretrained, tokenizer_mismatch
 
 #: the objectives whose masks :func:`attention_mask` builds
 MASK_KINDS = ("itc", "itm", "itg")
@@ -170,15 +170,20 @@ class QFormer(nn.Module):
             hidden = layer(hidden, mask, image_tokens, encoder_attention_mask=None, query_length=n_query)
         return hidden
 
-    def load_pretrained_bert(self, path: str | Path) -> None:
-        """Initialise from a local BERT directory as LAVIS initialises the Q-Former from
+    def load_pretrained_bert(self, path: str | Path, allow_partial: bool = False) -> None:
+        """Initialise from a BERT (local directory or hub id) as LAVIS initialises the Q-Former from
         bert-base-uncased: embeddings, and per layer the self-attention and the feed-forward block
         (copied into both the text and the query FFN); cross-attention and queries stay new. BERT's
         token-type embedding of type 0 (every token of a single sentence) is folded into the position
-        embeddings, so a text-only pass computes what BERT computes."""
-        with _quiet_loading():
-            bert = BertModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        embeddings, so a text-only pass computes what BERT computes.
+
+        :param allow_partial: ``model.allow_partial_load`` (:func:`falcon_rl.models.towers.load_pretrained`).
+        """
+        bert = load_pretrained(BertModel, str(path), "text_path", allow_partial, add_pooling_layer=False)
         cfg = bert.config
+        tokens = self.embeddings.word_embeddings.weight.shape[0] - 1  # the tokenizer's, without [DEC]
+        if cfg.vocab_size != tokens:
+            raise ValueError(tokenizer_mismatch(str(path), cfg.vocab_size, tokens))
         if cfg.hidden_size != self.config.hidden_size or cfg.num_attention_heads != self.config.num_attention_heads:
             mine = f"{self.config.hidden_size} / {self.config.num_attention_heads}"
             raise ValueError(f"model.text_path={path}: BERT width {cfg.hidden_size} / heads {cfg.num_attention_heads} "

@@ -11,6 +11,11 @@ decoder's self-attention causal. ALBEF's fusion encoder is bidirectional, so the
 layers are built from a decoder config and then made non-causal
 (``attention.self.is_causal = False``); :func:`fusion_layer_forward` additionally always
 passes an explicit padding mask, which makes SDPA ignore causality (docs/ARCHITECTURE.md, model and trainer).
+
+Pretrained weights load completely or not at all (:func:`load_pretrained`): a missing,
+unexpected or differently shaped weight is an error naming the keys and the path, unless
+``model.allow_partial_load`` opts in (then they are logged). Weights of heads the towers do not
+use (:data:`UNUSED_HEADS`) are skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import contextlib
 import copy
 import logging
 from pathlib import Path
+from typing import Any, Iterable
 
 import torch
 from torch import nn
@@ -26,7 +32,7 @@ from transformers import BertConfig, BertModel, ViTConfig, ViTModel
 from transformers.models.bert.modeling_bert import BertLayer
 from transformers.utils import logging as hf_logging
 
-from falcon_rl.config.model import ModelConfig
+from falcon_rl.config.model import ModelConfig, is_local_path, pretrained_json
 from falcon_rl.models.presets import ModelShape
 
 logger = logging.getLogger(__name__)
@@ -34,6 +40,17 @@ logger = logging.getLogger(__name__)
 #: attention kernel the layers are built with; :func:`set_attention` switches it afterwards
 ATTN_IMPLEMENTATION = "sdpa"
 ATTENTION_KERNELS = ("eager", "sdpa")
+#: checkpoint weights of heads the towers do not use (ViT / BERT pooler, classification and MLM /
+#: NSP heads of the task models): skipped when loading
+UNUSED_HEADS = ("pooler.", "classifier.", "cls.")
+#: how many key names an error or a log line lists
+KEYS_SHOWN = 5
+#: (path, from side, to side) of the position-embedding resizes already logged
+_RESIZES_LOGGED: set[tuple[str, int, int]] = set()
+
+
+class PretrainedLoadError(ValueError):
+    """Weights of ``model.vision_path`` / ``model.text_path`` that do not fit the tower built from them."""
 
 
 def resolve_attention(name: str, device: torch.device | str | None = None) -> str:
@@ -70,12 +87,61 @@ def init_bert_style(module: nn.Module, std: float) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_dir(path: str, key: str) -> Path:
+def pretrained_source(path: str, key: str) -> tuple[str, bool]:
+    """``(name, local)`` to give ``from_pretrained`` for ``model.<key>``: a local directory (which
+    must hold ``config.json``; loaded with ``local_files_only``) or a hub id (looked up on the hub)."""
+    if not is_local_path(path):
+        return str(path), False
     p = Path(path).expanduser()
     if not (p / "config.json").is_file():
         raise FileNotFoundError(f"model.{key}={path!r}: no config.json in that directory "
                                 "(a local Hugging Face model directory is expected; nothing is downloaded)")
-    return p
+    return str(p), True
+
+
+def _keys(kind: str, keys: Iterable[str]) -> str:
+    """``"22 missing keys (a, b, c, d, e, ...)"``: the count and the first :data:`KEYS_SHOWN` names."""
+    names = sorted(keys)
+    more = ", ..." if len(names) > KEYS_SHOWN else ""
+    return f"{len(names)} {kind} key{'s' if len(names) != 1 else ''} ({', '.join(names[:KEYS_SHOWN])}{more})"
+
+
+def load_pretrained(cls: Any, path: str, key: str, allow_partial: bool, **kwargs: Any) -> Any:
+    """``cls.from_pretrained(path, **kwargs)``, all of whose weights must load.
+
+    :param key: ``vision_path`` or ``text_path`` (named in errors).
+    :param allow_partial: ``model.allow_partial_load``: log missing / unexpected / mismatched
+        weights instead of raising (missing and mismatched ones keep their random init).
+    :raises PretrainedLoadError: naming the first keys of each kind, their count and the path.
+    """
+    source, local = pretrained_source(path, key)
+    with _quiet_loading():
+        try:
+            model, info = cls.from_pretrained(source, local_files_only=local, output_loading_info=True,
+                                              ignore_mismatched_sizes=True, **kwargs)
+        except OSError as e:
+            if local:
+                raise
+            raise ValueError(f"model.{key}={path!r} is neither a local directory nor a model id the Hugging "
+                             f"Face hub answers for ({type(e).__name__}: {str(e).splitlines()[0]})") from e
+    missing = set(info["missing_keys"])
+    unexpected = {k for k in info["unexpected_keys"] if not k.startswith(UNUSED_HEADS)}
+    mismatched = {m[0] if isinstance(m, (tuple, list)) else m for m in info["mismatched_keys"]}
+    if not (missing or unexpected or mismatched):
+        return model
+    found = "; ".join(_keys(kind, keys) for kind, keys in (("missing", missing), ("unexpected", unexpected),
+                                                          ("differently shaped", mismatched)) if keys)
+    kind = (pretrained_json(source, "config.json", f"model.{key}") or {}).get("model_type")
+    want = getattr(cls.config_class, "model_type", None)
+    hint = (f"; its config.json has model_type {kind!r}, a {cls.__name__} ({want!r}) is built"
+            if kind and want and kind != want else "")
+    message = f"model.{key}={path!r}: {found} when loading it as a {cls.__name__}{hint}"
+    if not allow_partial:
+        raise PretrainedLoadError(f"{message}. Give a matching checkpoint, or set model.allow_partial_load=true "
+                                  "to train with these weights randomly initialised")
+    logger.warning("%s (model.allow_partial_load=true: missing and differently shaped weights stay randomly "
+                   "initialised)", message)
+    return model
 
 
 class ConvPatchStem(nn.Module):
@@ -113,14 +179,18 @@ class ConvPatchStem(nn.Module):
 def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[ViTModel, bool]:
     """The ViT and whether its position embeddings must be interpolated to ``image_size``."""
     if shape.vision_path is not None:
-        path = _check_dir(shape.vision_path, "vision_path")
-        with _quiet_loading():
-            vit = ViTModel.from_pretrained(
-                str(path), local_files_only=True, add_pooling_layer=False,
-                hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
-                attn_implementation=ATTN_IMPLEMENTATION,
-            )
-        return vit, int(vit.config.image_size) != int(image_size)
+        vit = load_pretrained(
+            ViTModel, shape.vision_path, "vision_path", cfg.allow_partial_load, add_pooling_layer=False,
+            hidden_dropout_prob=cfg.dropout, attention_probs_dropout_prob=cfg.dropout,
+            attn_implementation=ATTN_IMPLEMENTATION,
+        )
+        trained, patch = int(vit.config.image_size), int(vit.config.patch_size)
+        if image_size % patch:
+            raise ValueError(f"the image size {image_size} (data.image_size) is not a multiple of the patch size "
+                             f"{patch} of model.vision_path={shape.vision_path!r}")
+        if trained != int(image_size):
+            _log_resize(str(shape.vision_path), trained, int(image_size), patch)
+        return vit, trained != int(image_size)
     if image_size % shape.patch_size:
         raise ValueError(f"model.patch_size={shape.patch_size} does not divide the image size {image_size}")
     config = ViTConfig(
@@ -143,19 +213,28 @@ def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[
     return vit, False
 
 
+def _log_resize(path: str, trained: int, image_size: int, patch: int) -> None:
+    """Say once per process and (path, sizes) that the ViT's position embeddings are interpolated."""
+    if (path, trained, image_size) in _RESIZES_LOGGED:
+        return
+    _RESIZES_LOGGED.add((path, trained, image_size))
+    logger.warning("model.vision_path=%s: position embeddings trained at %d px (%dx%d patches) are interpolated "
+                   "to %d px (%dx%d patches); leave data.image_size null to use %d px", path, trained,
+                   trained // patch, trained // patch, image_size, image_size // patch, image_size // patch, trained)
+
+
 def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int) -> BertConfig:
     """BERT config of the text side (from ``text_path``'s config.json when given)."""
     if shape.text_path is not None:
-        path = _check_dir(shape.text_path, "text_path")
-        config = BertConfig.from_pretrained(str(path), local_files_only=True)
+        path, local = pretrained_source(shape.text_path, "text_path")
+        config = BertConfig.from_pretrained(path, local_files_only=local)
         for key, want, have in (("text_hidden", cfg.text_hidden, config.hidden_size),
                                 ("heads", cfg.heads, config.num_attention_heads)):
             if want is not None and want != have:
                 raise ValueError(f"model.{key}={want} conflicts with the pretrained text model at "
                                  f"{path} ({have}); leave it null")
         if config.vocab_size != vocab_size:
-            raise ValueError(f"tokenizer has {vocab_size} tokens but the pretrained text model at {path} "
-                             f"has vocab_size={config.vocab_size}")
+            raise ValueError(tokenizer_mismatch(shape.text_path, config.vocab_size, vocab_size))
     else:
         config = BertConfig(
             vocab_size=vocab_size,
@@ -173,6 +252,14 @@ def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_
     config.add_cross_attention = False
     config._attn_implementation = ATTN_IMPLEMENTATION
     return config
+
+
+def tokenizer_mismatch(text_path: str, model_vocab: int, tokens: int, tokenizer_source: str | None = None) -> str:
+    """The error of a tokenizer whose size differs from the text model's vocabulary."""
+    source = f" (loaded from {tokenizer_source!r})" if tokenizer_source else ""
+    return (f"the tokenizer has {tokens} tokens{source} but the pretrained text model model.text_path={text_path!r} "
+            f"has vocab_size={model_vocab}: set data.tokenizer_path to the tokenizer of that model (left null, "
+            "model.text_path's own tokenizer is used when its directory holds one)")
 
 
 def build_text(cfg: ModelConfig, shape: ModelShape, vocab_size: int,
@@ -195,25 +282,29 @@ def build_text(cfg: ModelConfig, shape: ModelShape, vocab_size: int,
         fusion.append(layer)
     init_bert_style(fusion, config.initializer_range)
     if shape.text_path is not None:
-        _load_pretrained_text(Path(shape.text_path).expanduser(), text, fusion, shape)
+        _load_pretrained_text(shape.text_path, text, fusion, shape, cfg.allow_partial_load)
     return text, fusion, config
 
 
 @contextlib.contextmanager
 def _quiet_loading():
-    """No weight-loading progress bar (restored afterwards)."""
+    """No weight-loading progress bar and no Hugging Face load report (:func:`load_pretrained` reports
+    what did not load); both restored afterwards."""
     enabled = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if enabled:
             hf_logging.enable_progress_bar()
 
 
-def _load_pretrained_text(path: Path, text: BertModel, fusion: nn.ModuleList, shape: ModelShape) -> None:
-    with _quiet_loading():  # with the pooler, so that its weights are not reported as unexpected
-        pretrained = BertModel.from_pretrained(str(path), local_files_only=True)
+def _load_pretrained_text(path: str, text: BertModel, fusion: nn.ModuleList, shape: ModelShape,
+                          allow_partial: bool) -> None:
+    pretrained = load_pretrained(BertModel, path, "text_path", allow_partial, add_pooling_layer=False)
     src_layers = pretrained.encoder.layer
     n_src = len(src_layers)
     text.embeddings.load_state_dict(pretrained.embeddings.state_dict())
