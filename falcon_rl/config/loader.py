@@ -197,6 +197,13 @@ def load_config(
             set_path(data, parts, value)
             build_dataclass(cls, data, "<override>")  # the override is what is new: name it
         cfg = build_dataclass(cls, data, source)
+    if hasattr(cfg, "data") and hasattr(cfg, "model"):  # keys left null follow the pretrained encoders
+        from falcon_rl.config.model import resolve_encoder_inputs
+
+        try:
+            cfg.data = resolve_encoder_inputs(cfg.data, cfg.model)
+        except ValueError as e:
+            raise ConfigError(f"{source}: {e}") from None
     return cfg  # type: ignore[return-value]
 
 

@@ -79,6 +79,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
+    if not model.get("allow_partial_load"):  # the default loads exactly what the files hold: unsigned, so
+        model.pop("allow_partial_load", None)  # the digests of runs at the defaults stay what they were
     mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
     return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
