@@ -150,6 +150,7 @@ def test_sequential_ablation_progress_lines_and_ci(tmp_path, monkeypatch):
     from falcon_rl.ablation.runner import run_ablation
 
     overrides = [f"ablation.out_dir={tmp_path / 'abl'}", "ablation.schedulers=[a, b]", "ablation.seeds=[0]",
+                 "ablation.overrides={a: {agent.name: random}, b: {agent.name: grit}}",
                  "ablation.workers=1", "logging.progress_interval=0.1", "model.preset=tiny"]
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)
@@ -158,7 +159,7 @@ def test_sequential_ablation_progress_lines_and_ci(tmp_path, monkeypatch):
     run_ablation(load_config(None, overrides), reporting_run, log=logged.append)
     text = log.getvalue()
     assert text.startswith("ablate: 2 runs to do\n") and "ablate: 2/2 runs done in" in text
-    assert re.search(r"^a/seed0 a env step: 0/4 step", text, re.M) and "b/seed0 b env step: done, 4 step" in text
+    assert re.search(r"^a/seed0 random env step: 0/4 step", text, re.M) and "b/seed0 grit env step: done, 4 step" in text
     assert len(logged) == 2 and logged[0].startswith("[1/2] a/seed0")
 
     quiet = FakeTTY()
@@ -176,6 +177,7 @@ def test_parallel_ablation_reports_through_the_queue(tmp_path, monkeypatch):
     from falcon_rl.ablation.runner import run_ablation
 
     overrides = [f"ablation.out_dir={tmp_path / 'abl'}", "ablation.schedulers=[a, b]", "ablation.seeds=[0]",
+                 "ablation.overrides={a: {agent.name: random}, b: {agent.name: grit}}",
                  "ablation.workers=2", "logging.progress_interval=0.05", "model.preset=tiny"]
     log = io.StringIO()
     monkeypatch.setattr(sys, "stderr", log)

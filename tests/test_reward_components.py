@@ -45,7 +45,9 @@ def test_logged_components_change_nothing_in_training(tiny):
         assert i0["losses"] == i1["losses"]  # the same batches, masks and updates
         for b0, b1 in zip(i0["batches"], i1["batches"]):
             np.testing.assert_array_equal(b0, b1)
-        assert r1 == pytest.approx(r0, rel=1e-5)  # the mlm reward, from per-token losses here
+        # the mlm reward, from per-token losses here (float32 sums in another order: 1e-5 relative held
+        # on the Intel hosts, 1.0e-5 was exceeded on an AMD EPYC host, 2026-12-06)
+        assert r1 == pytest.approx(r0, rel=5e-5)
         assert set(i1["reward_components"]) == {"mlm", "itc", "itm", "mlm_hi", "lm_sample"}
         assert i1["reward_components"]["lm_sample"] == pytest.approx(r0, rel=0.2)  # pair- vs token-weighted mean
         assert "batch_stats" in i1 and "batch_stats" not in i0
@@ -218,8 +220,10 @@ def test_member_own_itc_is_each_pairs_two_rows_and_sums_to_the_batch_reward(tiny
     assert reward == pytest.approx(np.mean(info["batch_stats"]["rewards"]["itc"]), rel=1e-6)
     plain = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
     plain_reward, plain_info = _run(plain, [action], seed=2)[0]
-    # the same training; the batch value is the mean of float32 rows instead of two float32 means
-    assert plain_reward == pytest.approx(reward, rel=1e-4) and plain_info["losses"] == info["losses"]
+    # the same training; the batch value is the mean of float32 rows instead of two float32 means: a
+    # difference of losses of order 1, so float32 rounding allows ~1e-6 absolute (1e-4 relative to a reward of
+    # 0.0019 was exceeded by 2e-7 on an AMD EPYC host, 2026-12-06)
+    assert plain_reward == pytest.approx(reward, rel=1e-4, abs=1e-6) and plain_info["losses"] == info["losses"]
 
     lam = 3.0
     mixed = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc+val_itc", f"env.reward_val_weight={lam}",
