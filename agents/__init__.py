@@ -13,7 +13,7 @@ from falcon_rl.agents.frozen import FrozenSchedulerSampler, frozen_batch_sampler
 from falcon_rl.agents.heuristics import (ConstantScheduler, GritScheduler, OracleScheduler,
                                          ProgressiveScheduler, RandomScheduler, SofteningScheduler)
 from falcon_rl.agents.registry import (ENTRY_POINT_GROUP, SchedulerNameError, available, canonical_name,
-                                       check_protocol, is_sb3, load_scheduler, make_scheduler, needs_labels,
+                                       check_protocol, is_sb3, load_scheduler, make_scheduler,
                                        needs_oracle, scheduler_class)
 from falcon_rl.agents.sb3 import sb3_setup
 from falcon_rl.agents.sb3_policies import (MemberActorCriticPolicy, MemberCritic, MemberFlatten,
@@ -26,5 +26,5 @@ __all__ = [
     "MemberTD3Actor", "MemberTD3Policy", "OracleScheduler", "ProgressiveScheduler", "RandomScheduler",
     "Scheduler", "SchedulerSpec", "SofteningScheduler", "available", "canonical_name", "frozen_batch_sampler",
     "is_sb3", "load_scheduler", "make_scheduler", "needs_oracle",
-    "ENTRY_POINT_GROUP", "sb3_setup", "SchedulerNameError", "check_protocol", "needs_labels", "scheduler_class",
+    "ENTRY_POINT_GROUP", "sb3_setup", "SchedulerNameError", "check_protocol", "scheduler_class",
 ]

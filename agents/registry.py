@@ -156,10 +156,15 @@ def needs_oracle(name: str) -> bool:
     return cls is not None and bool(cls.needs_oracle)
 
 
-def needs_labels(name: str) -> bool:
-    """Whether scheduler ``name`` reads ground truth (oracle exclusion or ground-truth ITC targets)."""
-    cls = scheduler_class(name)
-    return cls is not None and bool(cls.needs_oracle or cls.needs_gt_targets)
+def _build(key: str, agent: AgentConfig, spec: SchedulerSpec, seed: int) -> Scheduler:
+    """A scheduler of registry name ``key`` (not SB3); a user's class is named as the user named it
+    (saved files and results carry that name)."""
+    cls = scheduler_class(key)
+    assert cls is not None
+    sched = cls(agent, spec, seed)
+    if key not in SCHEDULERS:
+        sched.name = key  # type: ignore[misc]
+    return sched
 
 
 def scheduler_seed(cfg: ExperimentConfig) -> int:
@@ -181,12 +186,7 @@ def make_scheduler(name: str, cfg: ExperimentConfig, env: gym.Env | None = None)
 
         return SB3Scheduler.create(key, cfg, env, seed)
     spec = SchedulerSpec.from_env(env) if env is not None else SchedulerSpec.from_config(cfg)
-    cls = scheduler_class(key)
-    assert cls is not None
-    sched = cls(cfg.agent, spec, seed)
-    if key not in SCHEDULERS:
-        sched.name = key  # type: ignore[misc]  # saved files and results name the class as the user did
-    return sched
+    return _build(key, cfg.agent, spec, seed)
 
 
 def _agent_config(saved: dict[str, Any], fallback: AgentConfig) -> AgentConfig:
@@ -230,11 +230,7 @@ def load_scheduler(path: str | Path, cfg: ExperimentConfig, env: gym.Env | None 
     if blob["columns"] != spec.columns:  # |M| may differ: the networks are shared over members
         raise ValueError(f"{path}: saved {key!r} scheduler reads state columns {blob['columns']}; "
                          f"this config gives {spec.columns} (check the mining.state_* flags)")
-    cls = scheduler_class(key)
-    assert cls is not None
-    sched = cls(_agent_config(blob["agent"], cfg.agent), spec, seed)
-    if key not in SCHEDULERS:
-        sched.name = key  # type: ignore[misc]
+    sched = _build(key, _agent_config(blob["agent"], cfg.agent), spec, seed)
     sched.load_state_dict(blob["state"])
     if frozen and hasattr(sched, "freeze"):
         sched.freeze()  # type: ignore[attr-defined]

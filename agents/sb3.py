@@ -54,6 +54,12 @@ def wrap_for_sb3(env: gym.Env) -> gym.Env:
     return SymmetricActions(env) if isinstance(env.action_space, spaces.Box) else env
 
 
+def check_action_space(name: str, action_space: spaces.Space) -> None:
+    """SAC and TD3 act on continuous actions only: a clear error for the discrete env."""
+    if name in _OFF_POLICY and not isinstance(action_space, spaces.Box):
+        raise ValueError(f"{name} needs continuous actions: set env.action=box (got {type(action_space).__name__} actions)")
+
+
 def sb3_setup(env: gym.Env, algorithm: str = "ppo", agent: AgentConfig | None = None,
               seed: int | None = None) -> tuple[gym.Env, dict[str, Any]]:
     """Your own SB3 model on a negative-mining env, set up as falcon-rl's own agents are:
@@ -70,8 +76,7 @@ def sb3_setup(env: gym.Env, algorithm: str = "ppo", agent: AgentConfig | None = 
         raise ValueError(f"unknown SB3 algorithm {algorithm!r}; available: {sorted(ALGORITHMS)}")
     base = env.unwrapped
     agent = agent if agent is not None else base.cfg.agent  # type: ignore[attr-defined]
-    if key in _OFF_POLICY and not isinstance(env.action_space, spaces.Box):
-        raise ValueError(f"{key} needs continuous actions: set env.action=box (got {env.action_space})")
+    check_action_space(key, env.action_space)
     kwargs = default_kwargs(key, agent, int(seed if seed is not None else base.cfg.train.seed))  # type: ignore[attr-defined]
     kwargs["policy"] = ALGORITHMS[key][1]
     return wrap_for_sb3(env), kwargs
@@ -136,8 +141,7 @@ class SB3Scheduler(Scheduler):
         """A new, untrained model on ``env`` (a :class:`~falcon_rl.envs.NegativeMiningEnv`)."""
         if name not in ALGORITHMS:
             raise ValueError(f"unknown SB3 agent {name!r}; available: {sorted(ALGORITHMS)}")
-        if name in _OFF_POLICY and not isinstance(env.action_space, spaces.Box):
-            raise ValueError(f"{name} needs continuous actions: set env.action=box (got {env.action_space})")
+        check_action_space(name, env.action_space)
         algo, policy = algorithm_class(name, cfg.agent), ALGORITHMS[name][1]
         model = algo(policy, wrap_for_sb3(env), **default_kwargs(name, cfg.agent, seed))
         return cls(name, model, SchedulerSpec.from_env(env), cfg.agent, seed)

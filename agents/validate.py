@@ -9,6 +9,7 @@ from pathlib import Path
 from falcon_rl.agents.registry import SchedulerNameError, canonical_name, scheduler_class
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import check_labels
+from falcon_rl.envs.spaces import action_space
 
 
 def check_scheduler_run(cfg: ExperimentConfig, where: str = "<config>", key: str = "agent.name") -> None:
@@ -25,13 +26,12 @@ def check_scheduler_run(cfg: ExperimentConfig, where: str = "<config>", key: str
     check_labels(cfg, where, scheduler_needs=needs, scheduler=canonical_name(name))
     if cfg.agent.load_path is not None and not Path(cfg.agent.load_path).expanduser().is_file():
         raise ConfigError(f"{where}: agent.load_path={cfg.agent.load_path!r}: no such file")
-    if cls is None:  # an SB3 agent: its options are checked where its model is built
-        from falcon_rl.agents.sb3 import default_kwargs
+    if cls is None:  # an SB3 agent: the checks its model's construction makes, before any run
+        from falcon_rl.agents.sb3 import check_action_space, default_kwargs
 
         key_name = canonical_name(name)
         try:
             default_kwargs(key_name, cfg.agent, 0)
+            check_action_space(key_name, action_space(cfg.env, cfg.mining.search_space))
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None
-        if key_name in ("sac", "td3") and cfg.env.action != "box":
-            raise ConfigError(f"{where}: {key_name} needs continuous actions: set env.action=box")

@@ -34,8 +34,8 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
 from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
+from falcon_rl.ablation.results import _metric, aggregate, metrics_are_percent, render_markdown, write_results_csv
 from falcon_rl.agents.validate import check_scheduler_run
-from falcon_rl.ablation.results import aggregate, metrics_are_percent, render_markdown, write_results_csv
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
 from falcon_rl.distributed import broadcast_object, world
@@ -319,21 +319,18 @@ def _data_line(cfg: ExperimentConfig, runs: list[dict[str, Any]]) -> str:
     return f"{cfg.data.source}, {cfg.data.n_train} train / {cfg.data.n_test} test pairs (configured)"
 
 
-def _number(value: Any, spec: str = ".3f") -> str:
-    """``value`` formatted, or ``n/a`` where a run has none (e.g. FN rates without ground truth)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return "n/a"
-    return "n/a" if number != number else format(number, spec)
+def _number(rec: dict[str, Any], key: str, spec: str = ".3f") -> str:
+    """Metric or run scalar ``key`` of a run record, or ``n/a`` where the run has none (e.g. FN
+    rates without ground truth)."""
+    value = _metric(rec, key)
+    return "n/a" if value != value else format(value, spec)
 
 
 def _summary_line(rec: dict[str, Any], done: int, total: int, elapsed: float) -> str:
     name = f"{rec.get('scheduler')}/seed{rec.get('seed')}"
     if rec.get("status") != "ok":
         return f"[{done}/{total}] {name}: FAILED — {rec.get('error')}"
-    final = rec.get("final") or {}
-    return (f"[{done}/{total}] {name}: i2t R@1 mp {_number(final.get('i2t_r1_mp'))}, "
-            f"i2t mAP {_number(final.get('i2t_map'))}, t2i mAP {_number(final.get('t2i_map'))}, "
-            f"FN rate {_number(rec.get('mean_fn_rate'))}, {_number(rec.get('wall_time'), '.0f')} s "
+    return (f"[{done}/{total}] {name}: i2t R@1 mp {_number(rec, 'i2t_r1_mp')}, "
+            f"i2t mAP {_number(rec, 'i2t_map')}, t2i mAP {_number(rec, 't2i_map')}, "
+            f"FN rate {_number(rec, 'mean_fn_rate')}, {_number(rec, 'wall_time', '.0f')} s "
             f"(elapsed {elapsed:.0f} s)")

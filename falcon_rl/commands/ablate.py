@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-
 HELP = "run a list of schedulers x seeds on the same data/model/budget; write results.csv/.md and plots"
 
 
@@ -47,12 +46,11 @@ def check_workers(cfg) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon_rl.cli import load_command_config
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
     from falcon_rl.agents.runner import run_scheduler, write_warm_start
-    from falcon_rl.cli import join_processes
+    from falcon_rl.cli import join_processes, load_command_config
 
     overrides = list(args.overrides)
     if args.out:

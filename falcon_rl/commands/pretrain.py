@@ -34,7 +34,7 @@ def _frozen_sampler(scheduler: str, cfg, where: str):
     like ``train-agent --agent``; a learning scheduler runs frozen)."""
     from pathlib import Path
 
-    from falcon_rl.agents import FrozenSchedulerSampler, frozen_batch_sampler, make_scheduler
+    from falcon_rl.agents import FrozenSchedulerSampler, frozen_batch_sampler, is_sb3, make_scheduler
     from falcon_rl.agents.validate import check_scheduler_run
 
     if Path(scheduler).expanduser().is_file():
@@ -43,20 +43,13 @@ def _frozen_sampler(scheduler: str, cfg, where: str):
         raise FileNotFoundError(f"scheduler file not found: {scheduler} (--scheduler)")
     named = dataclasses.replace(cfg, agent=dataclasses.replace(cfg.agent, name=scheduler))
     check_scheduler_run(named, where, key="--scheduler")
-    if is_sb3_name(scheduler):
+    if is_sb3(scheduler):
         raise ValueError(f"--scheduler {scheduler}: an untrained SB3 agent has nothing to run; train one with "
                          "falcon-rl train-agent and pass its agent.zip")
     sched = make_scheduler(scheduler, named)
     if hasattr(sched, "freeze"):
         sched.freeze()
     return FrozenSchedulerSampler(sched, named)
-
-
-def is_sb3_name(name: str) -> bool:
-    """Whether ``name`` names a Stable-Baselines3 agent."""
-    from falcon_rl.agents import is_sb3
-
-    return is_sb3(name)
 
 
 def run(args: argparse.Namespace) -> int:

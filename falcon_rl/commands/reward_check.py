@@ -22,12 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon_rl.cli import load_command_config
     import functools
 
     from falcon_rl.ablation.reward_check import run_reward_check
     from falcon_rl.agents.runner import run_scheduler, write_warm_start
-    from falcon_rl.cli import join_processes
+    from falcon_rl.cli import join_processes, load_command_config
     from falcon_rl.commands.ablate import _load, _prepare, check_workers
 
     overrides = list(args.overrides)
