@@ -64,7 +64,8 @@ class FrozenSchedulerSampler:
         self._create(split)
         assert self.cache is not None
         if self.cfg.mining.refresh_at_start:
-            self.cache.refresh(lambda idx: trainer.embed_pairs(split, idx), trainer.step)
+            self.cache.refresh(lambda idx: trainer.embed_pairs(split, idx), trainer.step,
+                               chunk=self.cfg.mining.cache_refresh_chunk)
             return True
         return False
 

@@ -79,7 +79,7 @@ CHECKPOINT_NAME = "resume.pt"
 CHECKPOINT_FORMAT = "falcon_rl.train_agent/1"
 #: config keys that may differ between an interrupted run and its resumption
 _RESUME_FREE_KEYS = ("logging.", "train.threads", "agent.checkpoint_every", "agent.trust_agent_file",
-                     "data.cache_dir", "data.use_cache", "data.num_workers")
+                     "data.cache_dir", "data.use_cache", "data.num_workers", "data.prefetch")
 
 
 class _StopAtBoundary(Exception):

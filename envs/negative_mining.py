@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from falcon_rl.config import ExperimentConfig, check_mining, load_config, parse_override, to_dict
-from falcon_rl.config.mining import MiningConfig
 from falcon_rl.config.loader import build_dataclass, set_path
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs.observation import MemberHistory, space_observation
@@ -337,10 +336,10 @@ class NegativeMiningEnv(gym.Env):
             with self.timing("state"):
                 if self.replicas.size > 1:  # each rank embeds its share, every rank stores all
                     refresh_sharded(self.cache, self.trainer, train, self.trainer.step,
-                                    MiningConfig.cache_refresh_chunk, cfg.eval.batch_size)
+                                    cfg.mining.cache_refresh_chunk, cfg.eval.batch_size)
                 else:
                     self.cache.refresh(lambda idx: self.trainer.embed_pairs(train, idx, progress=True),
-                                       self.trainer.step)
+                                       self.trainer.step, chunk=cfg.mining.cache_refresh_chunk)
         self.history = MemberHistory(n, train.specificity)
         self._warmup(warmup)
         self.probe = RetrievalProbe(data.test, cfg.env.retrieval_pairs) if cfg.env.reward == "retrieval" else None
@@ -456,12 +455,27 @@ class NegativeMiningEnv(gym.Env):
             else:
                 batches = iter(stream)
                 group = self.replicas.size  # one optimiser step: one local batch per rank
+
+                def pull() -> list[np.ndarray]:
+                    return [b for b in (next(batches, None) for _ in range(group)) if b is not None]
+
+                def load_then_prefetch(idx: np.ndarray, ahead: np.ndarray | None) -> tuple[np.ndarray, Any]:
+                    loaded = self._load_batch(idx)  # first: its augmentation seeds are drawn as without prefetch
+                    if ahead is not None:  # images on disk: this rank's next batch decodes while this one trains
+                        with timing("chain"):
+                            train.prefetch(ahead)
+                    return loaded
+
+                upcoming = None  # the next group, pulled one step ahead (the chain is fixed by q and rng)
                 while reason is None:
                     with timing("chain"):  # includes the wait for the prefetch thread
-                        local = [b for b in (next(batches, None) for _ in range(group)) if b is not None]
+                        local = pull() if upcoming is None else upcoming
+                        upcoming = pull() if local else []
                     if not local:
                         break
-                    results = self.replicas.run(self.trainer, [members[b] for b in local], self._load_batch,
+                    ahead = members[upcoming[world().rank]] if len(upcoming) == group else None
+                    results = self.replicas.run(self.trainer, [members[b] for b in local],
+                                                functools.partial(load_then_prefetch, ahead=ahead),
                                                 functools.partial(self._train_batch, metered=metered))
                     for position, (chosen, res) in enumerate(zip(local, results)):  # in chain order, as one process
                         if res.error is not None:  # e.g. sampling from NaN similarities of diverged weights

@@ -153,3 +153,19 @@ def test_input_similarity_probe_runs_on_a_small_benchmark(tmp_path):
         assert 0.0 <= score["auc"] <= 1.0 and set(score["by_specificity"]) <= {"1", "2", "3", "4"}
         tops = [score["top"][k]["recall"] for k in ("0.001", "0.01", "0.05")]
         assert tops == sorted(tops)  # flagging more pairs never recalls fewer
+
+
+@pytest.mark.slow
+def test_data_throughput_runs_end_to_end(tmp_path):
+    """benchmarks/data_throughput.py at its smallest: every measurement prints (structure only)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(BENCH / "data_throughput.py"), "--images", "8", "--batch-size", "4",
+                           "--steps", "2", "--repeats", "1", "--workers", "1", "2", "--loop-workers", "2",
+                           "--dir", str(tmp_path / "img"), f"data.cache_dir={tmp_path / 'cache'}"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
+    for needle in ("decode", "model", "prefetch", "cache"):
+        assert needle in out.lower(), (needle, out)

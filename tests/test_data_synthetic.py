@@ -155,3 +155,17 @@ def test_20k_pairs_generate_in_under_30_seconds(tmp_path):
     arrays, _ = generate(cfg)
     assert time.perf_counter() - t0 < 30
     assert arrays["train"]["images"].shape == (18000, 32, 32, 3)
+
+
+def test_truncated_cache_file_is_rebuilt(tmp_path):
+    """A cache file cut short (a killed writer on a file system without atomic rename, a full disk)
+    is not a valid zip; it is rebuilt instead of crashing (zipfile.BadZipFile was not caught)."""
+    from falcon_rl.data.cache import load_or_build
+
+    build = lambda: {"x": np.arange(1000)}  # noqa: E731
+    arrays, hit = load_or_build(tmp_path, "t", {"a": 1}, build)
+    path = cache_path(tmp_path, "t", {"a": 1})
+    path.write_bytes(path.read_bytes()[:200])
+    again, hit = load_or_build(tmp_path, "t", {"a": 1}, build)
+    assert not hit and np.array_equal(again["x"], arrays["x"])
+    assert load_or_build(tmp_path, "t", {"a": 1}, build)[1]  # the rebuilt file is a hit

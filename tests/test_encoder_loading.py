@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import (BertConfig, BertForMaskedLM, BertTokenizerFast, CLIPVisionConfig, CLIPVisionModel,
-                          ViTConfig, ViTModel)
+from transformers import BertForMaskedLM, ViTConfig, ViTModel
+
+from helpers_hf import VOCAB, tiny_bert, tiny_clip_vision, tiny_vit
 
 from falcon_rl.config import load_config
 from falcon_rl.config.data import DEFAULT_IMAGE_MEAN, DEFAULT_IMAGE_STD, DataConfig
@@ -26,37 +27,7 @@ from falcon_rl.data import load_data
 from falcon_rl.data.tokenizer import build_tokenizer, default_tokenizer_dir
 from falcon_rl.models import PretrainedLoadError, build_model
 
-WORDS = ["a", "the", "red", "blue", "green", "circle", "square", "triangle", "small", "large", "left", "right",
-         "top", "bottom", "of", "in", "and", "above", "below", "is", "there", "##s", "."]
-VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
 TOWERS = "falcon_rl.models.towers"
-
-
-def _tiny_bert(path: Path, tokenizer: bool = True) -> Path:
-    """A 2-layer, 32-wide BERT (saved as BertForMaskedLM: ``bert.`` prefix and an MLM head) and,
-    optionally, its WordPiece tokenizer."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=64)
-    BertForMaskedLM(config).save_pretrained(path)
-    if tokenizer:
-        BertTokenizerFast(vocab={w: i for i, w in enumerate(VOCAB)}, do_lower_case=True).save_pretrained(path)
-    return path
-
-
-def _tiny_vit(path: Path, image_size: int = 224) -> Path:
-    """A 1-layer, 32-wide ViT with 32-px patches (saved with its pooler, a head the towers skip)."""
-    torch.manual_seed(0)
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       image_size=image_size, patch_size=32)).save_pretrained(path)
-    return path
-
-
-def _tiny_clip_vision(path: Path) -> Path:
-    torch.manual_seed(0)
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=64, image_size=64, patch_size=32)).save_pretrained(path)
-    return path
 
 
 def _resolved(*overrides: str):
@@ -76,7 +47,7 @@ def _images(bundle) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------- text_path and its tokenizer
 def test_text_path_brings_its_own_tokenizer(tmp_path):
-    bert = _tiny_bert(tmp_path / "bert")
+    bert = tiny_bert(tmp_path / "bert")
     cfg, data = _resolved("model.preset=tiny", f"model.text_path={bert}")
     assert data.tokenizer_path == str(bert)
     fresh = DataConfig()
@@ -98,7 +69,7 @@ def test_text_path_brings_its_own_tokenizer(tmp_path):
 
 
 def test_text_path_without_tokenizer_names_data_tokenizer_path(tmp_path):
-    bert = _tiny_bert(tmp_path / "bert", tokenizer=False)
+    bert = tiny_bert(tmp_path / "bert", tokenizer=False)
     with pytest.raises(ValueError, match=rf"(?s){re.escape(str(bert))}.*holds no tokenizer.*data\.tokenizer_path"):
         _resolved("model.preset=tiny", f"model.text_path={bert}")
     # a tokenizer that is not the model's (here the packaged bert-base-uncased one) is an error
@@ -114,7 +85,7 @@ def test_text_path_without_tokenizer_names_data_tokenizer_path(tmp_path):
 
 
 def test_blip2_qformer_loads_text_path_with_its_tokenizer(tmp_path):
-    bert = _tiny_bert(tmp_path / "bert")
+    bert = tiny_bert(tmp_path / "bert")
     cfg, data = _resolved("model.framework=blip2", "model.preset=blip2-tiny", f"model.text_path={bert}")
     tok = build_tokenizer(data)
     model = build_model(cfg.model, tok, 32)
@@ -125,7 +96,7 @@ def test_blip2_qformer_loads_text_path_with_its_tokenizer(tmp_path):
 
 # ---------------------------------------------------------------------------- weights that do not load
 def test_clip_vision_dir_as_vision_path_is_an_error_naming_the_keys(tmp_path):
-    clip = _tiny_clip_vision(tmp_path / "clip")
+    clip = tiny_clip_vision(tmp_path / "clip")
     n_vit = len(ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                                    intermediate_size=64), add_pooling_layer=False).state_dict())
     for framework in (["model.preset=tiny"], ["model.framework=blip2", "model.preset=blip2-tiny"]):
@@ -140,7 +111,7 @@ def test_clip_vision_dir_as_vision_path_is_an_error_naming_the_keys(tmp_path):
 
 
 def test_allow_partial_load_loads_the_clip_dir_and_logs_the_keys(tmp_path, caplog):
-    clip = _tiny_clip_vision(tmp_path / "clip")
+    clip = tiny_clip_vision(tmp_path / "clip")
     cfg = load_config(None, ["model.preset=tiny", f"model.vision_path={clip}", "model.allow_partial_load=true"])
     with caplog.at_level(logging.WARNING, logger=TOWERS):
         model = build_model(cfg.model, build_tokenizer(cfg.data), 64)
@@ -152,7 +123,7 @@ def test_allow_partial_load_loads_the_clip_dir_and_logs_the_keys(tmp_path, caplo
 
 # ---------------------------------------------------------------------------- image size, mean and std
 def test_vit_image_size_sets_the_data_and_model_size(tmp_path, caplog):
-    vit = _tiny_vit(tmp_path / "vit", image_size=224)
+    vit = tiny_vit(tmp_path / "vit", image_size=224)
     cfg, data = _resolved("model.preset=tiny", f"model.vision_path={vit}")
     assert data.image_size == 224 and DataConfig().image_size == 32
     bundle = load_data(_small(data))
@@ -169,7 +140,7 @@ def test_vit_image_size_sets_the_data_and_model_size(tmp_path, caplog):
 
 
 def test_explicit_image_size_is_kept_and_the_resize_logged_once(tmp_path, caplog):
-    vit = _tiny_vit(tmp_path / "vit", image_size=224)
+    vit = tiny_vit(tmp_path / "vit", image_size=224)
     cfg, data = _resolved("model.preset=tiny", f"model.vision_path={vit}", "data.image_size=64")
     assert data.image_size == 64
     tok = build_tokenizer(cfg.data)
@@ -184,7 +155,7 @@ def test_explicit_image_size_is_kept_and_the_resize_logged_once(tmp_path, caplog
 
 
 def test_mean_std_from_preprocessor_config(tmp_path):
-    vit = _tiny_vit(tmp_path / "vit", image_size=64)
+    vit = tiny_vit(tmp_path / "vit", image_size=64)
     (vit / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ViTImageProcessor", "do_normalize": True, "image_mean": [0.5, 0.4, 0.3],
         "image_std": [0.25, 0.2, 0.125], "size": {"height": 64, "width": 64}}))
@@ -222,7 +193,7 @@ def test_hub_ids_are_looked_up_on_the_hub_local_dirs_offline(tmp_path, monkeypat
             Exception.__init__(self, message)
 
     asked: list[tuple[str, str]] = []
-    hub = _tiny_vit(tmp_path / "hub-vit", image_size=64)
+    hub = tiny_vit(tmp_path / "hub-vit", image_size=64)
 
     def download(repo_id: str, filename: str, **kwargs) -> str:
         asked.append((repo_id, filename))

@@ -419,3 +419,19 @@ def test_by_specificity_reads_the_true_specificity_of_every_member(tiny):
         make_scheduler("by-specificity", short.cfg, short).predict(obs)
     with pytest.raises(ValueError, match=r"mining\.state_specificity=true"):
         make_scheduler("by-specificity", cfg(), make_env(tiny))
+
+
+def test_cache_refresh_chunk_is_read_from_the_config(tiny, monkeypatch):
+    """mining.cache_refresh_chunk sets the pairs per embedding call of a full refresh (it was read
+    from the class default, 4096, whatever the config said)."""
+    sizes: list[int] = []
+    real = Trainer.embed_pairs
+
+    def spy(self, split, idx, *args, **kwargs):
+        sizes.append(len(idx))
+        return real(self, split, idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "embed_pairs", spy)
+    env = make_env(tiny, "mining.cache_refresh_chunk=100", "mining.refresh_at_start=true")
+    env.reset(seed=0)
+    assert sizes[:3] == [100, 100, 56]  # 256 training pairs in chunks of 100

@@ -210,3 +210,19 @@ def test_the_bench_digest_is_unchanged_by_the_chain_only_keys():
     assert Path(spec.cfg.env.warm_start).name == "seed0-4323530256.pt"
     anchor = next(s for s in run_specs(apply_overrides(bench, ["ablation.schedulers=[oracle-anchor]"])) if s.seed == 0)
     assert Path(anchor.cfg.env.warm_start).name == "seed0-4323530256.pt"
+
+
+@pytest.mark.parametrize("config, recorded", [(None, "5c5c0cec3d"), ("configs/bench_cpu.yaml", "1b96484547"),
+                                              ("configs/quickstart.yaml", "7166b30e91")])
+def test_new_data_keys_leave_existing_warm_start_names_alone(config, recorded):
+    """data.prefetch (speed only) and data.match_from at its default are unsigned: the warm-start
+    files of existing ablations keep their names (digests recorded at 16e1fef, before the keys)."""
+    from falcon_rl.training.warm_start import signature_digest, warm_signature
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(None if config is None else root / config, [])
+    assert signature_digest(warm_signature(cfg, 0)) == recorded
+    off = load_config(None if config is None else root / config, ["data.prefetch=false"])
+    assert signature_digest(warm_signature(off, 0)) == recorded
+    signed = load_config(None if config is None else root / config, ["data.match_from=none"])
+    assert signature_digest(warm_signature(signed, 0)) != recorded

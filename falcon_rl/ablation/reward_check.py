@@ -35,9 +35,10 @@ import numpy as np
 
 from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression
 from falcon_rl.ablation.learnability import learnability, step_series
-from falcon_rl.ablation.runner import RunFn, WarmFn, run_ablation
+from falcon_rl.ablation.runner import RunFn, WarmFn, data_line, run_ablation
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
+from falcon_rl.training.evaluation import metric_names
 from falcon_rl.config.loader import build_dataclass, to_dict
 from falcon_rl.distributed import world
 
@@ -61,6 +62,11 @@ def reward_check_config(cfg: ExperimentConfig, source: str = "<config>") -> Expe
         raise ConfigError(f"{source}: reward_check.rewards has {bad}; choose from {list(LOGGABLE_REWARDS)}")
     if not rc.policies:
         raise ConfigError(f"{source}: reward_check.policies is empty")
+    known = metric_names(cfg.eval.ks)
+    unknown = [m for m in rc.metrics if m not in known]
+    if unknown:
+        raise ConfigError(f"{source}: reward_check.metrics has {unknown}, not metrics the evaluation reports "
+                          f"(eval.ks={list(cfg.eval.ks)}); choose from {known}")
     data = to_dict(cfg)
     overrides = copy.deepcopy(data["ablation"].get("overrides") or {})
     for label in rc.policies:
@@ -130,6 +136,11 @@ def run_table(records: Sequence[dict[str, Any]], rewards: Sequence[str], metrics
     return rows
 
 
+#: what the report says where a number needs the training pairs' true matches
+NEEDS_TRUTH = ("needs ground truth (the training pairs' true matches: a generated benchmark, or "
+               "data.match_from: image_id on files on disk)")
+
+
 def _float(x: Any) -> float:
     return float("nan") if x is None else float(x)
 
@@ -186,13 +197,17 @@ def render_markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any
     lines += ["", "## Per-batch regression, centred within the env step", "",
               "reward ~ b_fn · (in-batch false-negative pairs) + b_hard · hardness, every variable centred on its "
               "(run, env step) mean (the training trend cancels); pooled over runs. t = coef / SE.", ""]
-    head = ["reward", "batches", "b_fn", "SE", "t", "b_hard", "SE", "t"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r["reward"], str(r["batches"])]
-        for k in REGRESSORS:
-            cells += [_fmt(r[f"{k}_coef"], 4), _fmt(r[f"{k}_se"], 4), _fmt(r[f"{k}_t"])]
-        lines.append("| " + " | ".join(cells) + " |")
+    labelled = any(math.isfinite(r["fn_rate"]) for r in runs)
+    if not labelled:
+        lines += [f"n/a — {NEEDS_TRUTH}: the regression counts each batch's false-negative pairs."]
+    else:
+        head = ["reward", "batches", "b_fn", "SE", "t", "b_hard", "SE", "t"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [r["reward"], str(r["batches"])]
+            for k in REGRESSORS:
+                cells += [_fmt(r[f"{k}_coef"], 4), _fmt(r[f"{k}_se"], 4), _fmt(r[f"{k}_t"])]
+            lines.append("| " + " | ".join(cells) + " |")
     if learn:
         first = learn[0]
         lines += ["", "## Learnability: env steps an online learner needs", "",
@@ -216,9 +231,12 @@ def render_markdown(rows: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any
     for policy in dict.fromkeys(r["policy"] for r in runs):
         sel = [r for r in runs if r["policy"] == policy]
         mean = lambda k: float(np.nanmean([r[k] for r in sel])) if any(np.isfinite(r[k]) for r in sel) else float("nan")  # noqa: E731
-        cells = [str(policy), str(len(sel))] + [_fmt(mean(m)) for m in metrics] + [_fmt(mean("fn_rate"), 3)]
+        fn = _fmt(mean("fn_rate"), 3) if labelled else "n/a"
+        cells = [str(policy), str(len(sel))] + [_fmt(mean(m)) for m in metrics] + [fn]
         cells += [_fmt(mean(f"reward_{n}"), 4) for n in rewards]
         lines.append("| " + " | ".join(cells) + " |")
+    if not labelled:
+        lines += ["", f"FN rate: n/a — {NEEDS_TRUTH}."]
     return "\n".join(lines) + "\n"
 
 
@@ -287,8 +305,7 @@ def run_reward_check(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<confi
     out = Path(rc.out_dir).expanduser()
     failed = sum(r.get("status") != "ok" for r in records)
     notes = [f"Runs: {len(records)} ({failed} failed): policies {', '.join(rc.policies)} × seeds "
-             f"{', '.join(map(str, abl.ablation.seeds))}. Data: {abl.data.source}, {abl.data.n_train} train pairs "
-             f"(data.seed {abl.data.seed}); model {abl.model.preset}; B = {abl.train.batch_size}; |M| = "
+             f"{', '.join(map(str, abl.ablation.seeds))}. Data: {data_line(abl, records)}; model {abl.model.preset}; B = {abl.train.batch_size}; |M| = "
              f"{abl.mining.search_space}; {abl.env.budget_steps} env steps; validation rewards on "
              f"{abl.env.held_out_pairs} held-out training pairs; mlm_hi at mlm_prob {abl.env.reward_mlm_prob}; "
              f"hardness = {rc.hardness}."]

@@ -286,7 +286,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
     headline = tuple(cfg.ablation.headline)
     rows = aggregate(runs, headline=headline)
     notes = [f"Runs: {len(runs)} ({sum(r.get('status') != 'ok' for r in runs)} failed). "
-             f"Data: {_data_line(cfg, runs)}; "
+             f"Data: {data_line(cfg, runs)}; "
              f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
     md = render_markdown(rows, command=command, notes=notes, headline=headline)
@@ -309,7 +309,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
             "files": {"csv": out_root / "results.csv", "md": out_root / "results.md", "plots": plots}}
 
 
-def _data_line(cfg: ExperimentConfig, runs: list[dict[str, Any]]) -> str:
+def data_line(cfg: ExperimentConfig, runs: list[dict[str, Any]]) -> str:
     """The data the runs used, with the sizes they loaded (a run record's ``data``), else the config's."""
     for rec in runs:
         data = rec.get("data")

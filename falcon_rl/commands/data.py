@@ -22,9 +22,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(describe)
 
 
+#: what ``data describe`` says of each kind of ground truth (falcon_rl.data.stats.ground_truth_kind)
+GROUND_TRUTH_TEXT = {
+    "exact": "every caption x image match is known (generated benchmark)",
+    "own image": "pairs that share an image match; matches across images are not known",
+    "none": "none: FN rates, the oracle and gt targets are n/a (data.match_from=image_id where entries share images)",
+}
+
+
 def format_split(name: str, stats: dict[str, Any]) -> list[str]:
     """Human-readable lines for one split's :func:`falcon_rl.data.stats.split_stats`."""
     lines = [f"[{name}] pairs {stats['pairs']}  images {stats['images']}"]
+    lines.append("  ground truth: " + GROUND_TRUTH_TEXT.get(stats.get("ground_truth", "exact"), "exact"))
     if "random_pair_fn_rate" in stats:
         lines.append(f"  random-pair false-negative rate: {100 * stats['random_pair_fn_rate']:.2f} % "
                      f"(caption a matches image b), {100 * stats['random_pair_fn_rate_either_direction']:.2f} % "

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import json
+import os
+
 from falcon_rl.config.loader import ConfigError
 from falcon_rl.config.schema import ExperimentConfig
 
@@ -82,10 +85,31 @@ def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
                               "env.reward_estimator=exact, not subbatch")
 
 
-def train_ground_truth(cfg: ExperimentConfig) -> bool:
-    """Whether the training split will carry a caption x image match matrix (the generated
-    benchmarks do; files on disk do not)."""
-    return cfg.data.source in GENERATED_SOURCES
+def train_ground_truth(cfg: ExperimentConfig, source: str = "<config>") -> bool:
+    """Whether the training split will carry a caption x image match matrix: the generated
+    benchmarks always; ``albef_json`` with ``data.match_from: image_id`` (pairs sharing an image),
+    or ``auto`` when every entry of ``data.train_file`` has an ``image_id`` (the file is read)."""
+    data = cfg.data
+    if data.source in GENERATED_SOURCES:
+        return True
+    if data.source != "albef_json" or data.match_from == "none":
+        return False
+    if data.match_from == "image_id":
+        return True
+    return _all_entries_have_image_id(data.train_file, source)
+
+
+def _all_entries_have_image_id(path: str | None, source: str) -> bool:
+    """Whether every entry of an ALBEF JSON file has ``image_id`` (``data.match_from: auto``)."""
+    if not path:
+        return False  # loading the data names the missing data.train_file
+    try:
+        with open(os.path.expanduser(path), encoding="utf-8") as f:
+            entries = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ConfigError(f"{source}: data.train_file={path}: cannot read it as JSON ({e})") from e
+    return isinstance(entries, list) and bool(entries) and all(
+        isinstance(e, dict) and "image_id" in e for e in entries)
 
 
 def check_labels(cfg: ExperimentConfig, source: str = "<config>", scheduler_needs: bool = False,
@@ -93,12 +117,16 @@ def check_labels(cfg: ExperimentConfig, source: str = "<config>", scheduler_need
     """Refuse, before any data is loaded, settings that read the training split's true matches
     when the data have none: ``env.oracle``, ``env.gt_targets``, ``mining.state_specificity`` and
     schedulers that need them (``scheduler_needs``, e.g. ``oracle``)."""
-    if train_ground_truth(cfg):
-        return
     wanted = [key for key, on in (("env.oracle", cfg.env.oracle), ("env.gt_targets", cfg.env.gt_targets),
                                   ("mining.state_specificity", cfg.mining.state_specificity)) if on]
     if scheduler_needs:
         wanted.insert(0, f"scheduler {scheduler!r}")
-    if wanted:
-        raise ConfigError(f"{source}: {', '.join(wanted)} needs ground-truth matches of the training pairs, which "
-                          f"data.source={cfg.data.source} does not have; drop it or use a generated benchmark")
+    if cfg.mining.state_specificity and cfg.data.source not in GENERATED_SOURCES:
+        raise ConfigError(f"{source}: mining.state_specificity reads how many facts each caption states, which only "
+                          "the generated benchmarks know; drop it")
+    if not wanted or train_ground_truth(cfg, source):
+        return
+    hint = ("set data.match_from=image_id (pairs that share an image match) or give every train entry an image_id"
+            if cfg.data.source == "albef_json" else "use a generated benchmark")
+    raise ConfigError(f"{source}: {', '.join(wanted)} needs ground-truth matches of the training pairs, which "
+                      f"data.source={cfg.data.source} does not have here; drop it or {hint}")

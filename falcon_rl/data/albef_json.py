@@ -12,6 +12,11 @@ file is reported at start-up naming the JSON file and entry, or skipped and coun
 warning with ``on_missing: skip``. A file whose header is fine but whose body is corrupt fails
 at the batch that meets it (``pretrain`` checkpoints first). Malformed JSON raises a
 :class:`DataError` naming the file, the entry index and the key.
+
+The parsed and tokenised pairs of each file are cached in ``data.cache_dir``
+(:mod:`falcon_rl.data.pair_cache`, keyed by the file's bytes and the tokenizer), so the runs of
+an ``ablate`` parse a file once; images are checked when the cache entry is written. The train
+split's ground truth follows ``data.match_from`` (:func:`train_matches`).
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from PIL import Image
 from falcon_rl.config.data import DataConfig
 from falcon_rl.data.errors import DataError
 from falcon_rl.data.image_files import ImageFileSplit, open_rgb
+from falcon_rl.data.own_image_match import OwnImageMatch
 
 _PUNCT = re.compile(r"([,.'!?\"()*#:;~])")
 
@@ -96,6 +102,7 @@ class JsonPairs:
     image_entry: list[int] = field(default_factory=list)
     skipped_images: int = 0
     skipped_pairs: int = 0
+    all_image_ids: bool = False
 
 
 def _resolve(image: str, image_root: str) -> str:
@@ -165,7 +172,8 @@ def parse_pairs(path: str, cfg: DataConfig) -> JsonPairs:
         more = f" ({len(problems)} of {len(keys)} images have problems)" if len(problems) > 1 else ""
         raise DataError(f"{path}: entry {first_entry[k]}: {problems[k]}: {key_path[k]}{more}; "
                         "set data.on_missing=skip to skip such entries")
-    out = JsonPairs(source_file=path, skipped_images=len(problems))
+    out = JsonPairs(source_file=path, skipped_images=len(problems),
+                    all_image_ids=all("image_id" in e for e in entries))
     image_id: dict[Any, int] = {}
     for i, (e, key) in enumerate(zip(entries, key_of_entry)):
         caps = e["caption"] if isinstance(e["caption"], list) else [e["caption"]]
@@ -193,34 +201,72 @@ def parse_pairs(path: str, cfg: DataConfig) -> JsonPairs:
 
 
 def build_split(name: str, pairs: JsonPairs, cfg: DataConfig, tokenizer, with_match: bool) -> ImageFileSplit:
-    """An :class:`ImageFileSplit` of parsed pairs; ``with_match``: caption c matches its own image only."""
+    """An :class:`ImageFileSplit` of parsed pairs; ``with_match``: ground truth where caption c matches
+    its own image only (:class:`~falcon_rl.data.own_image_match.OwnImageMatch`)."""
     from falcon_rl.data.tokenizer import tokenize
 
     pair_image = np.asarray(pairs.pair_image, dtype=np.int64)
     n_images = len(pairs.image_paths)
-    match = None
-    if with_match:
-        match = np.zeros((len(pair_image), n_images), dtype=bool)
-        match[np.arange(len(pair_image)), pair_image] = True
+    match = OwnImageMatch(pair_image, n_images) if with_match else None
     input_ids, attention_mask = tokenize(tokenizer, pairs.captions, cfg.max_text_len)
     return ImageFileSplit(
         name, pairs.captions, pair_image, n_images, input_ids, attention_mask, match=match, specificity=None,
         image_paths=pairs.image_paths, image_entry=pairs.image_entry, source_file=pairs.source_file,
         image_size=cfg.image_size, mean=cfg.image_mean, std=cfg.image_std,
         augment=cfg.augment and name == "train", crop_scale_min=cfg.crop_scale_min, hflip_prob=cfg.hflip_prob,
-        num_workers=cfg.num_workers, seed=cfg.seed,
+        num_workers=cfg.num_workers, seed=cfg.seed, prefetch=cfg.prefetch,
     )
 
 
+def train_matches(cfg: DataConfig, pairs: JsonPairs) -> bool:
+    """Whether the train split gets ground truth from shared images (``data.match_from``): ``image_id``
+    always, ``none`` never, ``auto`` when every entry of the train file has an ``image_id``."""
+    if cfg.match_from == "auto":
+        return pairs.all_image_ids
+    return cfg.match_from == "image_id"
+
+
+class _Pretokenized:
+    """A tokenizer whose output for ``captions`` is known already (from the pair cache): the
+    :func:`~falcon_rl.data.tokenizer.tokenize` of :func:`build_split` gets it without tokenising
+    again; any other call goes to ``tokenizer``."""
+
+    def __init__(self, tokenizer, captions: list[str], input_ids, attention_mask) -> None:
+        self._tokenizer, self._captions = tokenizer, captions
+        self._ids, self._mask = input_ids, attention_mask
+
+    def __call__(self, texts, **kwargs):
+        if (kwargs.get("padding") == "max_length" and kwargs.get("max_length") == self._ids.shape[1]
+                and list(texts) == self._captions):
+            return {"input_ids": self._ids, "attention_mask": self._mask}
+        return self._tokenizer(texts, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._tokenizer, name)
+
+
+def _parse_and_tokenize(path: str, cfg: DataConfig, tokenizer) -> tuple[JsonPairs, _Pretokenized]:
+    """:func:`parse_pairs` of ``path`` and its captions' tokens, from ``data.cache_dir`` when this file
+    was read with the same settings before (:mod:`falcon_rl.data.pair_cache`)."""
+    from falcon_rl.data.pair_cache import load_or_parse
+
+    pairs, input_ids, attention_mask, _ = load_or_parse(path, cfg, tokenizer, parse_pairs, JsonPairs)
+    return pairs, _Pretokenized(tokenizer, pairs.captions, input_ids, attention_mask)
+
+
 def load_albef_json(cfg: DataConfig, tokenizer) -> tuple[ImageFileSplit, ImageFileSplit, dict[str, Any]]:
-    """Train and test splits from ``cfg.train_file`` / ``cfg.test_file``, plus load info."""
+    """Train and test splits from ``cfg.train_file`` / ``cfg.test_file``, plus load info.
+
+    Each file is parsed, its images checked and its captions tokenised once per content and
+    settings: later loads (every run of an ``ablate``) read the result from ``data.cache_dir``
+    (``data.use_cache``; :mod:`falcon_rl.data.pair_cache`, which says what a hit does not check)."""
     for key in ("train_file", "test_file"):
         if not getattr(cfg, key):
             raise DataError(f"data.{key} must be set when data.source=albef_json")
-    train_pairs = parse_pairs(str(cfg.train_file), cfg)
-    test_pairs = parse_pairs(str(cfg.test_file), cfg)
-    train = build_split("train", train_pairs, cfg, tokenizer, with_match=False)
-    test = build_split("test", test_pairs, cfg, tokenizer, with_match=True)
+    train_pairs, train_tokens = _parse_and_tokenize(str(cfg.train_file), cfg, tokenizer)
+    test_pairs, test_tokens = _parse_and_tokenize(str(cfg.test_file), cfg, tokenizer)
+    train = build_split("train", train_pairs, cfg, train_tokens, with_match=train_matches(cfg, train_pairs))
+    test = build_split("test", test_pairs, cfg, test_tokens, with_match=True)
     info = {"skipped_images": {"train": train_pairs.skipped_images, "test": test_pairs.skipped_images},
             "skipped_pairs": {"train": train_pairs.skipped_pairs, "test": test_pairs.skipped_pairs}}
     return train, test, info

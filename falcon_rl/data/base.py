@@ -96,6 +96,11 @@ class PairSplit:
         """Normalised float images (k, 3, H, W) for the given image ids."""
         raise NotImplementedError
 
+    def prefetch(self, pair_indices: np.ndarray | Sequence[int]) -> None:
+        """A hint that :meth:`batch` of ``pair_indices`` comes next (the next training step): a split
+        that decodes images from disk starts decoding them in the background while the current batch
+        trains. It never changes what :meth:`batch` returns. The default (images in memory) does nothing."""
+
     def batch(self, pair_indices: np.ndarray | Sequence[int]) -> Batch:
         """The :class:`Batch` of the given pairs (CPU tensors)."""
         idx = np.asarray(pair_indices, dtype=np.int64)

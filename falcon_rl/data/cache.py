@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -48,7 +49,7 @@ def load_or_build(
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}, True
-        except (OSError, ValueError, EOFError):
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
             pass  # corrupt or partial file: rebuild it below
     arrays = build()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from falcon_rl.data.base import PairSplit
+from falcon_rl.data.own_image_match import OwnImageMatch
 
 
 def random_pair_match_rate(split: PairSplit, chunk: int = 512) -> float:
@@ -18,6 +19,8 @@ def random_pair_match_rate(split: PairSplit, chunk: int = 512) -> float:
     if split.match is None or n < 2:
         return float("nan")
     per_image = np.bincount(split.pair_image, minlength=split.n_images)
+    if isinstance(split.match, OwnImageMatch):  # each caption matches its own image: counts, no matrix
+        return float((split.match.matches_of(per_image) - 1).sum(dtype=np.float64)) / (n * (n - 1))
     total = 0.0
     for start in range(0, n, chunk):
         rows = split.match[start:start + chunk]
@@ -37,9 +40,17 @@ def sampled_pair_match_rate(split: PairSplit, n_samples: int = 200_000, seed: in
     return float(split.pair_match(a, b).mean())
 
 
+def ground_truth_kind(split: PairSplit) -> str:
+    """``none``, ``own image`` (pairs sharing an image match; :mod:`falcon_rl.data.own_image_match`)
+    or ``exact`` (every caption x image, the generated benchmarks)."""
+    if split.match is None:
+        return "none"
+    return "own image" if isinstance(split.match, OwnImageMatch) else "exact"
+
+
 def split_stats(split: PairSplit) -> dict[str, Any]:
     """Pairs, images, captions by specificity, matches per caption by specificity, random-pair FN rates."""
-    out: dict[str, Any] = {"pairs": split.n_pairs, "images": split.n_images}
+    out: dict[str, Any] = {"pairs": split.n_pairs, "images": split.n_images, "ground_truth": ground_truth_kind(split)}
     matches = split.match.sum(axis=1) if split.match is not None else None
     if matches is not None:
         out["matches_per_caption"] = {"mean": float(matches.mean()), "median": float(np.median(matches))}

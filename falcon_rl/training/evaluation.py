@@ -66,6 +66,14 @@ def rank_statistics(
     return {name: tuple(torch.cat(parts) for parts in lists) for name, lists in out.items()}  # type: ignore
 
 
+def metric_names(ks: Sequence[int]) -> list[str]:
+    """The headline-level metric names an evaluation with recall cut-offs ``ks`` reports (``eval.ks``)."""
+    names = []
+    for d in ("i2t", "t2i"):
+        names += [f"{d}_r{k}{mp}" for mp in ("", "_mp") for k in ks] + [f"{d}_map"]
+    return names
+
+
 def _summarise(prefix: str, stats: tuple[torch.Tensor, torch.Tensor, torch.Tensor], ks: Sequence[int],
                rows: torch.Tensor | None, suffix: str, with_map: bool, metrics: dict[str, float]) -> None:
     first, ap, has = stats

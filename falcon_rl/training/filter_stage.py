@@ -58,7 +58,7 @@ def filter_config(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
 def _fingerprint(fcfg: ExperimentConfig) -> dict[str, Any]:
     d = to_dict(fcfg)
     train = {k: v for k, v in d["train"].items() if k not in _FREE_TRAIN_KEYS}
-    data = {k: v for k, v in d["data"].items() if k not in ("cache_dir", "use_cache", "num_workers")}
+    data = {k: v for k, v in d["data"].items() if k not in ("cache_dir", "use_cache", "num_workers", "prefetch")}
     return json.loads(json.dumps({"data": data, "model": d["model"], "train": train}, default=str))
 
 

@@ -189,6 +189,10 @@ def pretrain(cfg: ExperimentConfig, resume: bool = False, batch_sampler: BatchSa
                     save()
                     raise DataError(f"{failure} (checkpoint saved at step {trainer.step}: fix or remove the file, "
                                     "then continue with --resume)") from failure
+                if trainer.step + 1 < steps and position + 2 * ranks.size <= len(batches):
+                    # images on disk (data.prefetch): the next step's batch decodes while this one trains; a
+                    # checkpoint meanwhile saves the split's RNG as before that prefetch (exact resume)
+                    split.prefetch(batches[position + ranks.size + ranks.rank])
                 last = trainer.train_step(batch)
                 if last.stats["skipped"]:
                     losses = ", ".join(f"{k}={v:.4g}" for k, v in last.losses.items())

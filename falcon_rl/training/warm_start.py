@@ -82,7 +82,10 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     if not model.get("allow_partial_load"):  # the default loads exactly what the files hold: unsigned, so
         model.pop("allow_partial_load", None)  # the digests of runs at the defaults stay what they were
     mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
-    return {"data": d["data"], "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
+    data = {k: v for k, v in d["data"].items() if k != "prefetch"}  # speed only: the same batches
+    if data.get("match_from") == "auto":  # the default: unsigned, so existing digests stay what they were
+        data.pop("match_from")
+    return {"data": data, "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
 def signature_digest(signature: dict[str, Any]) -> str:
