@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
 
 from falcon_rl.cli import main
 
@@ -27,11 +31,26 @@ def _args(tmp_path) -> list[str]:
     ]
 
 
-def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
-    from pathlib import Path
+def _capture_plots(monkeypatch) -> dict[str, list[list[tuple[str, tuple[np.ndarray, np.ndarray]]]]]:
+    """Record, for every figure saved, per axes the (label, (x, y)) of each line drawn on it."""
+    drawn: dict = {}
+    save = Figure.savefig
 
+    def recording_savefig(fig, fname, *args, **kwargs):
+        drawn[Path(fname).name] = [
+            [(line.get_label(), (np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)))
+             for line in ax.get_lines()] for ax in fig.axes]
+        return save(fig, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", recording_savefig)
+    return drawn
+
+
+def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    drawn = _capture_plots(monkeypatch)
     assert main(_args(tmp_path)) == 0
+    drawn = dict(drawn)  # the figures of this first invocation
     printed = capsys.readouterr().out
     root = tmp_path / "abl"
     # the results table is printed and written
@@ -56,7 +75,34 @@ def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     # compute the reward (env.compute_reward: auto), and their reward column shows "–"
     for name in ("r1_vs_step.png", "fn_rate.png", "q_by_specificity.png"):
         assert (root / name).is_file() and (root / name).stat().st_size > 1000, name
-    assert not (root / "reward.png").exists()
+    assert not (root / "reward.png").exists() and "reward.png" not in drawn
+    recs = {(s, k): json.loads((root / s / f"seed{k}" / "results.json").read_text())
+            for s in SCHEDULERS for k in (0, 1)}
+    # what the figures were drawn from: one curve per scheduler, each point the mean over its two seeds
+    r1 = {label: xy for label, xy in drawn["r1_vs_step.png"][0]}  # left panel: the mean curves
+    fn = {label: xy for label, xy in drawn["fn_rate.png"][0]}
+    for s in SCHEDULERS:
+        x, y = r1[f"{s} (n=2)"]
+        assert list(x) == [0, 2, 3] and np.isfinite(y).all(), (s, x, y)
+        per_seed = [[e["i2t_r1_mp"] for e in recs[s, k]["history"]["eval"]] for k in (0, 1)]
+        np.testing.assert_allclose(y, np.mean(per_seed, axis=0))
+        x, y = fn[f"{s} (n=2)"]
+        assert len(x) == 3 and np.isfinite(y).all() and ((0 <= y) & (y <= 1)).all(), (s, x, y)
+        np.testing.assert_allclose(y, np.mean([recs[s, k]["history"]["fn_rate"] for k in (0, 1)], axis=0))
+    assert fn["oracle (n=2)"][1].max() <= 0.05
+    # right panel of r1_vs_step: the difference to random paired by seed (random's own is 0), and the 0 line
+    delta = [y for _, (x, y) in drawn["r1_vs_step.png"][1] if list(x) == [0, 2, 3]]
+    assert len(delta) == 2, drawn["r1_vs_step.png"][1]
+    np.testing.assert_allclose(delta[0], r1["oracle (n=2)"][1] - r1["random (n=2)"][1])
+    np.testing.assert_array_equal(delta[1], 0.0)
+    # q by specificity: one panel per scheduler (sorted: oracle, random), each with a curve per caption
+    # specificity F over the 3 steps, q in [0, 1]
+    q_panels = drawn["q_by_specificity.png"]
+    assert len(q_panels) == len(SCHEDULERS)
+    for panel in q_panels:
+        assert len(panel) >= 2 and all(label.startswith("F=") for label, _ in panel), panel
+        for label, (x, y) in panel:
+            assert list(x) == [1, 2, 3] and ((0 <= y) & (y <= 1)).all(), (label, y)
     assert all(r["mean_reward"] == "" and float(r["time_reward"]) == 0.0 for r in rows)
     assert all(line.split(" | ")[-2] == "–" for line in table)
     # every run dir: results.json (with the eval curve) and TensorBoard events

@@ -443,3 +443,68 @@ def test_torchrun_pretrain_killed_and_resumed(tmp_path, data_dir):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert assert_same_scalars(tmp_path / "straight", tmp_path / "cut") > 0
     assert nan_equal(results(tmp_path / "straight"), results(tmp_path / "cut"))
+
+
+#: run under ``torchrun --no-python python -c`` (argv: <rc dir> <falcon-rl argv...>): rank 0 sends its
+#: parent, torchrun, SIGINT inside its 3rd optimiser step (Ctrl-C in a terminal reaches torchrun only: its
+#: workers run in sessions of their own) and finishes that step only once torchrun's forwarded SIGINT has
+#: reached it; every rank writes its exit code to <rc dir>/rank<R>
+_CTRL_C_DRIVER = """
+import os, signal, sys, time
+from falcon_rl.training import interrupt
+from falcon_rl.training.trainer import Trainer
+got, handle = [], interrupt.GracefulInterrupt._handle
+def counting(self, signum, frame):
+    got.append(signum)
+    return handle(self, signum, frame)
+interrupt.GracefulInterrupt._handle = counting
+calls, real = [0], Trainer.train_step
+def train_step(self, *a, **k):
+    calls[0] += 1
+    if calls[0] == 3 and os.environ["RANK"] == "0":
+        os.kill(os.getppid(), signal.SIGINT)
+        deadline = time.monotonic() + 60
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return real(self, *a, **k)
+Trainer.train_step = train_step
+from falcon_rl.cli import main
+rc = main(sys.argv[2:])
+open(os.path.join(sys.argv[1], "rank" + os.environ["RANK"]), "w").write(str(rc))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_passes_ctrl_c_to_every_worker(tmp_path, data_dir):
+    """USAGE: "Ctrl-C reaches torchrun, which passes one SIGINT to every worker: they finish the step,
+    checkpoint and exit". The real launcher runs ``pretrain`` on 2 gloo processes (checkpoint every 2
+    steps); SIGINT to torchrun inside step 3: each worker gets exactly one SIGINT, both exit 130 within
+    torchrun's shutdown timeout (none SIGKILLed), the checkpoint is that of step 3 (not the periodic one
+    of step 2), and ``--resume`` continues it into what an uninterrupted run logs (~6 s here for torchrun)."""
+    import os
+    import subprocess
+    import sys
+
+    from helpers_distributed import free_port
+
+    args = ["pretrain", *PRETRAIN, f"data.cache_dir={data_dir}"]
+    assert launch(cli, args + [f"train.out_dir={tmp_path / 'straight'}"]) == [0, 0]
+    cut = args + [f"train.out_dir={tmp_path / 'cut'}"]
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "--no-python", sys.executable, "-c", _CTRL_C_DRIVER, str(codes), *cut]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "Received 2 death signal, shutting down workers" in log, log[-3000:]
+    assert log.count("closing signal SIGINT") == 2 and "SIGKILL" not in log, log[-3000:]
+    assert [(codes / f"rank{r}").read_text() for r in (0, 1)] == ["130", "130"], log[-3000:]
+    assert log.count("Ctrl-C: stopping after the current step") == 2  # one SIGINT each: no "stop at once"
+    assert "interrupted at step 3: checkpoint saved" in proc.stdout, log[-3000:]
+    saved = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)
+    assert saved["step"] == 3 and len(saved["rank_rng"]) == 2
+    assert not (tmp_path / "cut" / "results.json").exists()
+    assert launch(cli, cut + ["--resume"]) == [0, 0]
+    assert assert_same_scalars(tmp_path / "straight", tmp_path / "cut") > 0
+    assert nan_equal(results(tmp_path / "straight"), results(tmp_path / "cut"))

@@ -127,7 +127,7 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
             f"data.cache_dir={tmp_path / 'data'}", "data.n_train=160", "data.n_test=48", "mining.search_space=32",
             "train.batch_size=16", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
             "env.budget_steps=2", "env.warmup_steps=3", "env.eval_every=0", "logging.progress=false",
-            "logging.tensorboard=false", "env.val_pairs=16", "reward_check.policies=[fixed-0.25, grit]",
+            "logging.tensorboard=false", "env.val_pairs=16", "reward_check.policies=[fixed-0.25, grit, fixed-0.75]",
             "reward_check.reference=fixed-0.25",
             f"reward_check.rewards=[{', '.join(options)}]", "ablation.seeds=[0, 1]", "ablation.workers=1",
             "ablation.shared_warmup=true"]
@@ -137,20 +137,54 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
     rows = list(csv.DictReader((root / "reward_check.csv").open()))
     assert [r["reward"] for r in rows] == options
     for r in rows:
-        assert r["runs"] == "4" and -1.0 <= float(r["rho_i2t_r1_mp"]) <= 1.0, r
-        assert int(r["batches"]) == 4 * 2 * 2 and r["fn_pairs_coef"] != "" and r["hardness_t"] != ""
+        assert r["runs"] == "6" and -1.0 <= float(r["rho_i2t_r1_mp"]) <= 1.0, r
+        assert int(r["batches"]) == 6 * 2 * 2 and r["fn_pairs_coef"] != "" and r["hardness_t"] != ""
     runs = list(csv.DictReader((root / "reward_check_runs.csv").open()))
     assert sorted((r["policy"], r["seed"]) for r in runs) == [("fixed-0.25", "0"), ("fixed-0.25", "1"),
+                                                               ("fixed-0.75", "0"), ("fixed-0.75", "1"),
                                                                ("grit", "0"), ("grit", "1")]
     assert all(float(r[f"reward_{n}"]) == float(r[f"reward_{n}"]) for r in runs for n in options)  # no NaN
     assert (root / "reward_check.png").stat().st_size > 5000 and (root / "reward_check.md").is_file()
     assert "## Learnability: env steps an online learner needs" in (root / "reward_check.md").read_text()
     learn = list(csv.DictReader((root / "reward_check_learnability.csv").open()))
     assert [r["reward"] for r in learn] == options  # 2 env steps: too few for a noise, a delta all the same
-    assert all(r["best"] == "grit" and r["reference"] == "fixed-0.25" and r["delta"] != "" for r in learn), learn
+    assert all(r["best"] in ("grit", "fixed-0.75") and r["reference"] == "fixed-0.25" and r["delta"] != ""
+               for r in learn), learn
     rec = json.loads((root / "fixed-0.25" / "seed0" / "results.json").read_text())
     assert rec["history"]["reward_components"][0].keys() >= {"mlm", *options[1:]}  # lm: under the loss's name
-    # the two policies ran from one shared warm-up per seed, and a rerun skips every finished run
+    # the policies ran from one shared warm-up per seed, and a rerun skips every finished run
     assert len(list((root / "warmup").glob("*.pt"))) == 2
     assert main(args) == 0
-    assert capsys.readouterr().out.count("[skip]") == 4
+    assert capsys.readouterr().out.count("[skip]") == 6
+
+    # the best policy is the candidate with the best mean final i2t R@1 (on 48 test pairs after 2 env steps
+    # the three policies tie): give the two candidates known, different finals in the finished runs' records
+    # and rerun the analysis (every run is skipped; no figures, to keep it quick), then swap them
+    import falcon_rl.ablation.reward_check as rc_module
+    import falcon_rl.ablation.runner as runner_module
+
+    monkeypatch.setattr(runner_module, "plot_all", lambda *a, **k: [])
+    monkeypatch.setattr(rc_module, "plot", lambda *a, **k: None)
+
+    def rerun_with(finals: dict[str, float]) -> tuple[list[dict], dict]:
+        for policy, value in finals.items():
+            for seed in (0, 1):
+                path = root / policy / f"seed{seed}" / "results.json"
+                rec = json.loads(path.read_text())
+                rec["final"]["i2t_r1_mp"] = value + seed
+                path.write_text(json.dumps(rec))
+        assert main(args) == 0
+        assert capsys.readouterr().out.count("[skip]") == 6
+        table = {(r["policy"], r["seed"]): r for r in csv.DictReader((root / "reward_check_runs.csv").open())}
+        return list(csv.DictReader((root / "reward_check_learnability.csv").open())), table
+
+    for finals, best, other in (({"grit": 40.0, "fixed-0.75": 30.0}, "grit", "fixed-0.75"),
+                                ({"grit": 30.0, "fixed-0.75": 40.0}, "fixed-0.75", "grit")):
+        learn, table = rerun_with(finals)
+        assert float(table[(best, "1")]["i2t_r1_mp"]) == 41.0 and float(table[(other, "1")]["i2t_r1_mp"]) == 31.0
+        assert [r["best"] for r in learn] == [best] * len(options), (finals, learn)
+        for r in learn:  # the best's mean reward per step minus the reference's, paired by seed
+            n = r["reward"]
+            expected = np.mean([float(table[(best, k)][f"reward_{n}"]) - float(table[("fixed-0.25", k)][f"reward_{n}"])
+                                for k in ("0", "1")])
+            assert float(r["delta"]) == pytest.approx(expected, rel=1e-9, abs=1e-12), (n, r["delta"], expected)
