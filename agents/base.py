@@ -7,7 +7,8 @@ hardness ``q`` per member. The protocol is SB3-compatible, so
 - ``predict(obs, state=None, episode_start=None, deterministic=False) -> (action, state)``;
 - ``observe(reward, info) -> dict``: the online-learning hook (a no-op for heuristics), called
   after every env step with that step's reward; returns stats to log;
-- ``save(path)`` and ``Scheduler.load(path, cfg, env)`` (= :func:`falcon_rl.agents.load_scheduler`).
+- ``save(path)``; :func:`falcon_rl.agents.load_scheduler` loads any saved scheduler (the registry
+  knows every class, so the base class does not import it).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from gymnasium import spaces
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.envs.spaces import action_space, observation_space, q_to_action, state_columns
-from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 
 
 @dataclass
@@ -118,7 +119,7 @@ class Scheduler:
     def learns_from_reward(self) -> bool:
         """Whether this scheduler, as it is now, updates itself from the env reward (an online
         learner that is not frozen). When not, ``env.compute_reward: auto`` skips the reward's
-        extra forwards (:meth:`~falcon_rl.envs.NegativeMiningEnv.set_compute_reward`)."""
+        extra forwards (the env's ``compute_reward=``, decided by the run before the env is built)."""
         return self.learns_online
 
     # --- persistence ------------------------------------------------------------------------
@@ -153,14 +154,6 @@ class Scheduler:
             "state": self.state_dict(),
         }, path)
         return path
-
-    @classmethod
-    def load(cls, path: str | Path, cfg: ExperimentConfig, env: Any = None, frozen: bool = True) -> "Scheduler":
-        """Load any saved scheduler (``agent.pt`` or an SB3 ``agent.zip``); see
-        :func:`falcon_rl.agents.load_scheduler`."""
-        from falcon_rl.agents.registry import load_scheduler
-
-        return load_scheduler(path, cfg, env, frozen)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, members={self.spec.members})"

@@ -4,7 +4,8 @@
 returned object satisfies the batch-sampler hook of :func:`falcon_rl.training.pretrain.pretrain`:
 at each epoch it cuts the training pairs into search spaces, shows the scheduler each space's
 state (from an embedding cache filled by the training forwards, as GRIT-VLP does) and builds
-the batches with the quantile chain and the scheduler's q. Without ``mining.refresh_at_start``
+the batches with the quantile chain and the scheduler's q — the env's mining pipeline
+(:mod:`falcon_rl.envs.pipeline`; docs/ALGORITHM.md §2-4). Without ``mining.refresh_at_start``
 the first epoch uses random batches to fill the cache. Its checkpointed state (embedding cache,
 member history, the scheduler's sampling RNG) makes ``pretrain --resume`` exact.
 """
@@ -21,11 +22,9 @@ from falcon_rl.agents.base import Scheduler
 from falcon_rl.agents.registry import load_scheduler
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.data.base import PairSplit
-from falcon_rl.envs.observation import MemberHistory, space_observation
+from falcon_rl.envs.pipeline import MiningPipeline, check_oracle
 from falcon_rl.envs.spaces import action_to_q
-from falcon_rl.mining import EmbeddingCache, build_chain_batches, make_search_spaces, oracle_exclusion
-from falcon_rl.mining.positive_filter import chain_exclusion
-from falcon_rl.training.checkpoint import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 
 
 class FrozenSchedulerSampler:
@@ -40,11 +39,20 @@ class FrozenSchedulerSampler:
         self.cfg = cfg
         self.deterministic = cfg.agent.frozen_deterministic
         self.oracle = cfg.env.oracle or scheduler.needs_oracle
-        self.cache: EmbeddingCache | None = None
+        self.pipeline: MiningPipeline | None = None
         self.trainer: Any = None
-        self.history: MemberHistory | None = None
         self.epoch_stats: list[dict[str, float]] = []
         self.split: PairSplit | None = None
+
+    @property
+    def cache(self) -> Any:
+        """The embedding cache (None before the first epoch that mines)."""
+        return None if self.pipeline is None else self.pipeline.cache
+
+    @property
+    def history(self) -> Any:
+        """The member history (None before the first epoch that mines)."""
+        return None if self.pipeline is None else self.pipeline.history
 
     def attach(self, trainer: Any, split: PairSplit) -> None:
         """The trainer and split of the run (pretrain calls this before training or resuming)."""
@@ -53,11 +61,10 @@ class FrozenSchedulerSampler:
 
     def _create(self, split: PairSplit) -> None:
         vectors = int(self.trainer.image_vectors) if self.trainer is not None else 0
-        self.cache = EmbeddingCache(split.n_pairs, self.cfg.model.embed_dim, image_vectors=vectors)
-        self.history = MemberHistory(split.n_pairs, split.specificity)
-        if self.oracle and split.match is None:
-            raise ValueError("the oracle scheduler (or env.oracle) needs a ground-truth match matrix, "
-                             f"which data.source={self.cfg.data.source!r} does not have")
+        self.pipeline = MiningPipeline.create(self.cfg.mining, self.cfg.train.batch_size, split,
+                                              self.cfg.model.embed_dim, vectors, oracle=self.oracle)
+        if self.oracle:
+            check_oracle(split, self.cfg.data.source)
 
     def _setup(self, trainer: Any, split: PairSplit) -> bool:
         """Create the cache; returns whether it is already filled (a full refresh)."""
@@ -75,29 +82,20 @@ class FrozenSchedulerSampler:
         m, b = cfg.mining.search_space, cfg.train.batch_size
         if split.n_pairs < m:
             raise ValueError(f"the train split has {split.n_pairs} pairs but mining.search_space={m}")
-        if self.cache is None and not self._setup(trainer, split):
+        if self.pipeline is None and not self._setup(trainer, split):
             order = rng.permutation(split.n_pairs)  # warm-up epoch: random batches fill the cache
             return [order[i:i + b] for i in range(0, split.n_pairs - b + 1, b)]
-        assert self.cache is not None and self.history is not None
+        pipeline = self.pipeline
+        assert pipeline is not None
         per_space = math.ceil(m / b)
         batches: list[np.ndarray] = []
         q_all = []
-        img_all = txt_all = None
-        if cfg.mining.space_kind == "neighbourhood":
-            img_all, txt_all = self.cache.get(np.arange(split.n_pairs))
-        spaces = [np.asarray(s, dtype=np.int64)
-                  for s in make_search_spaces(cfg.mining, split.n_pairs, rng, img_all, txt_all) if len(s) == m]
-        for k, members in enumerate(spaces):
-            img, txt = self.cache.get(members)
-            progress = (trainer.step + k * per_space) / max(1, cfg.train.steps)
-            S, obs = space_observation(img, txt, members, cfg.mining, progress, self.history)
+        for k, members in enumerate(pipeline.spaces(np.arange(split.n_pairs, dtype=np.int64), rng)):
+            S, obs = pipeline.observe(members, (trainer.step + k * per_space) / max(1, cfg.train.steps))
             action, _ = self.scheduler.predict(obs, deterministic=self.deterministic)
             q = action_to_q(action, self.scheduler.spec.action_space)
-            exclude = oracle_exclusion(split, members) if self.oracle else None
-            exclude = chain_exclusion(S, img, txt, cfg.mining.positive_margin, exclude, cfg.mining.state_chunk_rows)
-            chain = build_chain_batches(S, q, b, rng, exclude=exclude, remainder=cfg.mining.remainder,
-                                        backend=cfg.mining.chain_backend, exclude_scope=cfg.mining.oracle_scope)
-            self.history.record_q(members, q)
+            chain = pipeline.batches(S, q, rng, pipeline.exclusion(split, members, S))
+            pipeline.history.record_q(members, q)
             batches.extend(members[local] for local in chain.batches if local.size >= 2)
             q_all.append(q)
         q_cat = np.concatenate(q_all) if q_all else np.zeros(0)
@@ -107,10 +105,9 @@ class FrozenSchedulerSampler:
 
     def observe_step(self, output: Any) -> None:
         """Store the training forward's embeddings and per-pair ITC losses."""
-        if self.cache is None or self.history is None:
-            return
-        self.cache.update(output.index, output.image_embed, output.text_embed, int(self.trainer.step))
-        self.history.record_loss(output.index.numpy(), output.itc_per_sample.numpy())
+        if self.pipeline is not None:
+            self.pipeline.record(output.index, output.image_embed, output.text_embed, output.itc_per_sample,
+                                 int(self.trainer.step))
 
     def state_dict(self) -> dict[str, Any]:
         """Cache, member history, the scheduler's RNG and the epoch stats (``weights_only``-safe)."""
@@ -126,7 +123,7 @@ class FrozenSchedulerSampler:
         set_numpy_generator_state(self.scheduler.rng, state["rng"])
         self.epoch_stats = [dict(e) for e in state.get("epoch_stats", [])]
         if state.get("cache") is None:
-            self.cache, self.history = None, None
+            self.pipeline = None
             return
         if self.split is None:
             raise RuntimeError("FrozenSchedulerSampler.load_state_dict() before attach(trainer, split)")

@@ -107,8 +107,8 @@ def base_overrides(args: argparse.Namespace, preset: str) -> list[str]:
 def measure(cfg: Any, variant: str, data: Any, skip: int, total: int, clock: str = "wall") -> Measured:
     """Run one variant and return its seconds per trained batch over env steps ``skip..total``;
     the parts in wall time or (``clock="cpu"``) the main thread's CPU time."""
-    from falcon_rl.agents.runner import run_scheduler
     from falcon_rl.envs import apply_overrides
+    from falcon_rl.experiments import run_scheduler
 
     name, extra = variant_overrides(variant)
     rec = run_scheduler(apply_overrides(cfg, extra), name, "", data=data)

@@ -1,14 +1,14 @@
-"""Every reward option on the same training step, per-member loss changes, and the validation
-probe (issue #10: which proxy reward tracks retrieval).
+"""Per-batch rewards, one code path: a training step and every before − after difference around
+it — the reward's parts, the ``env.reward_log`` options, per-member loss changes — and the
+validation probe (docs/ALGORITHM.md §5, §13; issue #10: which proxy reward tracks retrieval).
 
-:func:`falcon_rl.envs.rewards.train_with_reward` computes the one reward ``env.reward`` names. To
-compare reward options they must be measured on the *same* runs, so the env can also compute
-extra components for logging only (``env.reward_log``; they land in ``info["reward_components"]``,
-the run history and ``info["batch_stats"]``; the returned reward stays ``env.reward``).
-:class:`RewardMeter` does one training step and every requested before − after difference around
-it, through :class:`falcon_rl.models.protocol.VLPModel` (ALBEF or BLIP-2). Besides the options of
-:mod:`falcon_rl.envs.rewards` (``lm`` / ``mlm``: the LM loss, its component named after the loss,
-``mlm`` or ``itg``; ``itc``, ``itm``, ``itc+itm``):
+:class:`RewardMeter` measures what the reward registry (:mod:`falcon_rl.config.rewards`) says a
+reward is made of (its :class:`~falcon_rl.config.rewards.Measure` parts), through
+:class:`falcon_rl.models.protocol.VLPModel` (ALBEF or BLIP-2). To compare reward options they must
+be measured on the *same* runs, so the env can also compute extra components for logging only
+(``env.reward_log``; they land in ``info["reward_components"]``, the run history and
+``info["batch_stats"]``; the returned reward stays ``env.reward``). Besides the LM loss
+(``lm`` / ``mlm``: its component named after the loss, ``mlm`` or ``itg``), ``itc``, ``itm``:
 
 - ``mlm_hi`` (ALBEF): ΔL_MLM on masks of its own, drawn at ``env.reward_mlm_prob`` (GRIT's 0.5)
   from a generator seeded by (run seed, trainer step), so drawing them changes nothing in
@@ -25,63 +25,37 @@ it, through :class:`falcon_rl.models.protocol.VLPModel` (ALBEF or BLIP-2). Besid
   match matrix), before − after each trained batch. "After" of one batch is "before" of the next
   (no update in between), so a step costs one validation pass per batch plus one.
 
-Costs are timed as ``reward``; nothing here runs unless the env is asked for these options.
+The LM masks are drawn before the step exactly as the step would draw them, and every extra
+forward runs in eval mode, so measuring changes nothing in training. Costs are timed as
+``reward``; nothing runs beyond the step unless the env asks for it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from falcon_rl.config import ExperimentConfig
+from falcon_rl.config import ExperimentConfig, rewards
+from falcon_rl.config.rewards import Measure
 from falcon_rl.data.base import Batch, PairSplit
 from falcon_rl.envs.member_influence import member_influence
-from falcon_rl.envs.rewards import LM_REWARDS, LOSS_REWARDS, _rows_mean, subbatch_rows
-from falcon_rl.mining.chain import ChainResult
-from falcon_rl.mining.false_negatives import batch_false_negative_pairs
+from falcon_rl.envs.rewards import reward_value, row_means, rows_mean, subbatch_rows
 from falcon_rl.mining.similarity import text_image_similarity
 from falcon_rl.models import MLMMasks, mask_tokens
 from falcon_rl.timing import Timings
 from falcon_rl.training import StepOutput, Trainer
 
-#: every per-batch reward option (``env.reward``, ``env.reward_log``)
-BATCH_REWARDS: tuple[str, ...] = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
-                                  "itc+val_itc")
-#: weighted sums of other options: name -> its parts (the weights: :func:`reward_weights`)
-COMBINED_REWARDS: dict[str, tuple[str, ...]] = {"itc+val_itc": ("itc", "val_itc")}
-#: options only this module computes
-NEW_REWARDS: tuple[str, ...] = ("mlm_hi", "lm_sample", "val_itc", "val_lm", "itc+val_itc")
-#: options with a value per member (``info["member_own_reward"]``, ``agent.credit: member``)
-MEMBER_REWARDS: tuple[str, ...] = ("lm", "mlm", "lm_sample", "mlm_hi", "itc", "itc+val_itc")
-#: options measured on the held-out validation pairs
-VAL_REWARDS: tuple[str, ...] = ("val_itc", "val_lm")
+__all__ = ["BatchReward", "RewardMeter", "ValidationProbe", "row_means", "train_with_reward", "validation_split"]
 #: seed offset of the mlm_hi masks' generator (a stream of its own, not a hyper-parameter)
 _HI_STREAM = 0x68692D6D
 #: seed offset of the validation masks' generator
 _VAL_STREAM = 0x76616C
-
-
-def reward_parts(reward: str, lm_name: str = "mlm") -> tuple[str, ...]:
-    """The component names whose (weighted) sum is reward ``reward`` (``itc+itm`` = itc + itm,
-    ``itc+val_itc`` = itc + λ·val_itc; the LM loss's component is named after it, ``lm_name``:
-    ``mlm`` or ``itg``)."""
-    parts = COMBINED_REWARDS.get(reward) or LOSS_REWARDS.get(reward, (reward,))
-    return tuple(lm_name if p == "lm" else p for p in parts)
-
-
-def reward_weights(reward: str, lm_name: str = "mlm", val_weight: float = 1.0) -> dict[str, float]:
-    """Component name -> weight in reward ``reward``: 1 for every part, ``val_weight``
-    (``env.reward_val_weight``, λ) for the held-out part of ``itc+val_itc``."""
-    combined = reward in COMBINED_REWARDS
-    return {p: (float(val_weight) if combined and p in VAL_REWARDS else 1.0) for p in reward_parts(reward, lm_name)}
-
-
-def reward_value(components: dict[str, float], reward: str, lm_name: str = "mlm", val_weight: float = 1.0) -> float:
-    """Reward ``reward`` of one batch from its measured ``components`` (a missing part counts 0)."""
-    return float(sum(w * components.get(p, 0.0) for p, w in reward_weights(reward, lm_name, val_weight).items()))
 
 
 def validation_split(split: PairSplit, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,18 +66,6 @@ def validation_split(split: PairSplit, k: int) -> tuple[np.ndarray, np.ndarray]:
     val = np.unique(np.linspace(0, n - 1, k).round().astype(np.int64)) if k > 0 else np.zeros(0, np.int64)
     held_images = np.isin(split.pair_image, split.pair_image[val])
     return val, np.flatnonzero(~held_images).astype(np.int64)
-
-
-def row_means(tokens: torch.Tensor, labels: torch.Tensor) -> np.ndarray:
-    """(B,) mean of the per-token losses (row-major over ``labels != -100``) of every row; NaN for a
-    row without a masked token."""
-    rows = (labels != -100).nonzero()[:, 0]
-    b = labels.shape[0]
-    sums = torch.zeros(b, dtype=torch.float64).index_add_(0, rows, tokens.double())
-    counts = torch.bincount(rows, minlength=b).double()
-    out = (sums / counts).numpy()
-    out[counts.numpy() == 0] = np.nan
-    return out
 
 
 class ValidationProbe:
@@ -144,19 +106,19 @@ class ValidationProbe:
         return self._chunks
 
     @torch.no_grad()
-    def losses(self, trainer: Trainer, names: set[str]) -> dict[str, float]:
+    def losses(self, trainer: Trainer, names: set[Measure]) -> dict[Measure, float]:
         """``val_lm`` (mean over every LM target) and ``val_itc`` (symmetric InfoNCE over all
         held-out pairs at the model's temperature; a caption's positives are the pairs of its image)."""
-        out: dict[str, float] = {}
-        if "val_lm" in names:
+        out: dict[Measure, float] = {}
+        if Measure.VAL_LM in names:
             total, count = 0.0, 0
             for batch, masks in self._lm_chunks(trainer):
                 n = int((masks.labels != -100).sum())
                 if n:
                     total += trainer.lm_loss(batch, masks) * n
                     count += n
-            out["val_lm"] = total / count if count else 0.0
-        if "val_itc" in names:
+            out[Measure.VAL_LM] = total / count if count else 0.0
+        if Measure.VAL_ITC in names:
             img = trainer.embed_images(self.split, self.image_ids)
             txt = trainer.embed_texts(self.split, self.pairs)
             logits = text_image_similarity(txt, img).double() / float(trainer.model.temp.detach())
@@ -165,7 +127,7 @@ class ValidationProbe:
             pos = torch.zeros(logits.shape[1], logits.shape[0], dtype=torch.float64)
             pos[target, torch.arange(target.numel())] = 1.0
             i2t = -(pos / pos.sum(dim=1, keepdim=True) * torch.log_softmax(logits.t(), dim=1)).sum(dim=1).mean()
-            out["val_itc"] = float(0.5 * (t2i + i2t))
+            out[Measure.VAL_ITC] = float(0.5 * (t2i + i2t))
         return out
 
 
@@ -183,48 +145,42 @@ class BatchReward:
 
 @dataclass
 class RewardMeter:
-    """The env's reward options beyond :func:`~falcon_rl.envs.rewards.train_with_reward`.
+    """The env's per-batch rewards: one training step with every wanted difference around it.
 
     :param cfg: the experiment (``env.reward``, ``env.reward_log``, ``env.reward_mlm_prob``,
-        ``env.val_pairs``, ``env.reward_estimator``, ``env.reward_subbatch``).
-    :param split: the training split.
+        ``env.val_pairs``, ``env.reward_estimator``, ``env.reward_subbatch``, ``env.member_reward``).
+    :param split: the training split (None: no held-out pairs; a reward measured on them is refused).
     """
 
     cfg: ExperimentConfig
-    split: PairSplit
+    split: PairSplit | None
+    reward: rewards.RewardSpec = field(init=False)
     log: tuple[str, ...] = field(init=False)
     val_pairs: np.ndarray = field(init=False)
-    pool: np.ndarray = field(init=False)
+    pool: np.ndarray | None = field(init=False)
     probe: ValidationProbe | None = field(init=False)
-    _val_before: dict[str, float] | None = field(default=None, init=False)
+    _val_before: dict[Measure, float] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.reward = rewards.spec(self.cfg.env.reward)
         self.log = tuple(dict.fromkeys(self.cfg.env.reward_log))
         held = self.cfg.env.held_out_pairs
-        self.val_pairs, self.pool = validation_split(self.split, held)
-        self.probe = None
+        self.probe, self.pool, self.val_pairs = None, None, np.zeros(0, np.int64)
+        if self.split is not None:
+            self.val_pairs, self.pool = validation_split(self.split, held)
+        elif held:
+            raise ValueError("the held-out validation rewards need the training split")
         if held:
             self.probe = ValidationProbe(self.split, self.val_pairs, self.cfg.train.batch_size,
                                          self.cfg.data.seed + _VAL_STREAM)
-
-    def handles(self, compute: bool, own: bool) -> bool:
-        """Whether a batch goes through :meth:`train` (else the plain ``train_with_reward``)."""
-        return bool(self.log) or own or (compute and self.cfg.env.reward in NEW_REWARDS)
 
     def begin_step(self) -> None:
         """A new env step: the validation losses are measured afresh before its first batch."""
         self._val_before = None
 
-    def _wanted(self, compute: bool) -> set[str]:
-        """The quantities to measure (``lm`` for the LM loss, whatever its name)."""
-        want = set(self.log)
-        if compute:
-            want.add(self.cfg.env.reward)
-        parts: set[str] = set()
-        for name in want:
-            for part in COMBINED_REWARDS.get(name, (name,)):
-                parts.update(LOSS_REWARDS.get(part, (part,)))
-        return parts
+    def _wanted(self, compute: bool) -> set[Measure]:
+        """The quantities to measure: the logged options' parts, and the reward's when it is computed."""
+        return rewards.measures(*self.log, *((self.reward.name,) if compute else ()))
 
     def _hi_masks(self, trainer: Trainer, batch: Batch) -> MLMMasks:
         """mlm_hi's masks (ALBEF's BERT masking): ``env.reward_mlm_prob``, seeded by (run seed, trainer step),
@@ -242,45 +198,47 @@ class RewardMeter:
         """One training step on ``batch`` with every wanted difference around it.
 
         :param compute: compute ``env.reward`` (the logged options are computed anyway).
-        :param own: also each pair's own loss change under ``env.reward`` (an LM-family reward; ``itc``:
-            the pair's two in-batch ITC rows, before − after; ``itc+val_itc``: that plus λ times the
-            batch's held-out change, which its pairs share).
+        :param own: also each pair's own loss change under ``env.reward`` (its registry ``own`` part:
+            an LM-family reward's per-pair LM change; ``itc``: the pair's two in-batch ITC rows, before
+            − after; ``itc+val_itc``: that plus λ times the batch's held-out change, which its pairs
+            share), or with ``env.member_reward: val_influence`` each pair's influence.
         :returns: the step's output and the batch's components, keyed by option (the LM loss's
             under its name, ``mlm`` / ``itg``; ``itc+itm`` as ``itc`` and ``itm``, and as itself when
             logged).
         """
         timing = timing if timing is not None else Timings()
-        env = self.cfg.env
-        reward = env.reward
+        env, spec = self.cfg.env, self.reward
         lm_name = trainer.lm_name
         need = self._wanted(compute)
-        influence = own and env.member_reward == "val_influence"  # every pair's, whatever the reward
-        own = own and reward in MEMBER_REWARDS and not influence
+        influence = own and rewards.member_signal(env.member_reward).influence  # every pair's, whatever the reward
+        own_part = spec.own if own and not influence else None
         dropout = trainer.cfg.model.dropout > 0
-        tokens = "lm_sample" in need or (own and reward in (*LM_REWARDS, "lm_sample"))
-        lm = "lm" in need or tokens
+        tokens = Measure.LM_SAMPLE in need or (own_part is not None and own_part.token_rows)
+        lm = Measure.LM in need or tokens
         rows = None
-        if "lm" in need and reward in LM_REWARDS and env.reward_estimator == "subbatch":
+        if Measure.LM in need and spec.subbatch and env.reward_estimator == "subbatch":
             rows = subbatch_rows(len(batch), env.reward_subbatch)
         masks = trainer.make_lm_masks(batch)  # what train_step would draw: the same masks
-        before: dict[str, Any] = {}
+        before: dict[Any, Any] = {}
         own_values = None
-        with timing("reward"):
+        own_itc = own_part is Measure.ITC
+        # nothing measured (the reward off, nothing logged): no reward time either
+        reward_time = functools.partial(timing, "reward") if need or influence else contextlib.nullcontext
+        with reward_time():
             if influence:  # around the weights the step starts from (it draws no random numbers)
                 own_values = member_influence(trainer, self.probe.pair_batch(), batch)["adam"]
             if dropout and tokens:  # the training forward's losses are not the eval-mode ones
                 before["tokens"] = trainer.lm_loss(batch, masks, per_token=True)
             elif dropout and lm:
-                before["lm"] = trainer.lm_loss(batch, masks, rows)
-            if "mlm_hi" in need:
+                before[Measure.LM] = trainer.lm_loss(batch, masks, rows)
+            if Measure.MLM_HI in need:
                 hi = self._hi_masks(trainer, batch)
-                before["mlm_hi"] = trainer.lm_loss(batch, hi, per_token=own and reward == "mlm_hi")
-            own_itc = own and reward in ("itc", "itc+val_itc")
-            for name in ("itc", "itm"):
-                if name in need:
-                    before[name] = (trainer.itc_loss(batch, per_sample=own_itc) if name == "itc"
-                                    else trainer.itm_loss(batch))
-            val = need & set(VAL_REWARDS)
+                before[Measure.MLM_HI] = trainer.lm_loss(batch, hi, per_token=own_part is Measure.MLM_HI)
+            if Measure.ITC in need:
+                before[Measure.ITC] = trainer.itc_loss(batch, per_sample=own_itc)
+            if Measure.ITM in need:
+                before[Measure.ITM] = trainer.itm_loss(batch)
+            val = {m for m in need if m.held_out}
             if val:
                 if self._val_before is None or not val <= set(self._val_before):
                     self._val_before = self.probe.losses(trainer, val)
@@ -289,91 +247,74 @@ class RewardMeter:
             out = trainer.train_step(batch, masks, itc_targets=itc_targets,
                                      mlm_tokens=lm and not dropout and (tokens or rows is not None))
         comps: dict[str, float] = {}
-        with timing("reward"):
+        with reward_time():
             labels = masks.labels
             if tokens:
                 tb = before["tokens"] if dropout else out.mlm_tokens
                 ta = trainer.lm_loss(batch, masks, per_token=True)
                 per_row = row_means(tb, labels) - row_means(ta, labels)
-                if "lm" in need:
+                if Measure.LM in need:
                     if rows is not None:
-                        comps[lm_name] = _rows_mean(tb, labels, rows) - _rows_mean(ta, labels, rows)
+                        comps[lm_name] = rows_mean(tb, labels, rows) - rows_mean(ta, labels, rows)
                     else:
                         comps[lm_name] = float(tb.double().mean() - ta.double().mean()) if tb.numel() else 0.0
-                if "lm_sample" in need:
-                    comps["lm_sample"] = float(np.nanmean(per_row)) if np.isfinite(per_row).any() else 0.0
-                if own and reward in (*LM_REWARDS, "lm_sample"):
+                if Measure.LM_SAMPLE in need:
+                    comps[Measure.LM_SAMPLE.value] = float(np.nanmean(per_row)) if np.isfinite(per_row).any() else 0.0
+                if own_part is not None and own_part.token_rows:
                     own_values = per_row
             elif lm:
                 if rows is not None:
-                    b = before["lm"] if dropout else _rows_mean(out.mlm_tokens, labels, rows)
+                    b = before[Measure.LM] if dropout else rows_mean(out.mlm_tokens, labels, rows)
                 else:
-                    b = before["lm"] if dropout else out.lm
+                    b = before[Measure.LM] if dropout else out.lm
                 comps[lm_name] = b - trainer.lm_loss(batch, masks, rows)
-            if "mlm_hi" in need:
-                if own and reward == "mlm_hi":
+            if Measure.MLM_HI in need:
+                hi_before = before[Measure.MLM_HI]
+                if own_part is Measure.MLM_HI:
                     after = trainer.lm_loss(batch, hi, per_token=True)
-                    own_values = row_means(before["mlm_hi"], hi.labels) - row_means(after, hi.labels)
-                    comps["mlm_hi"] = (float(before["mlm_hi"].double().mean() - after.double().mean())
-                                       if after.numel() else 0.0)
+                    own_values = row_means(hi_before, hi.labels) - row_means(after, hi.labels)
+                    comps[Measure.MLM_HI.value] = (float(hi_before.double().mean() - after.double().mean())
+                                                   if after.numel() else 0.0)
                 else:
-                    comps["mlm_hi"] = before["mlm_hi"] - trainer.lm_loss(batch, hi)
-            for name in ("itc", "itm"):
-                if name in need and name == "itc" and own_itc:  # each pair's own term: its two ITC rows
-                    per_pair = before["itc"] - trainer.itc_loss(batch, per_sample=True)
-                    comps["itc"] = float(per_pair.mean())
-                    own_values = per_pair
-                elif name in need:
-                    after = trainer.itc_loss(batch) if name == "itc" else trainer.itm_loss(batch)
-                    comps[name] = before[name] - after
+                    comps[Measure.MLM_HI.value] = hi_before - trainer.lm_loss(batch, hi)
+            if Measure.ITC in need and own_itc:  # each pair's own term: its two ITC rows
+                per_pair = before[Measure.ITC] - trainer.itc_loss(batch, per_sample=True)
+                comps[Measure.ITC.value] = float(per_pair.mean())
+                own_values = per_pair
+            elif Measure.ITC in need:
+                comps[Measure.ITC.value] = before[Measure.ITC] - trainer.itc_loss(batch)
+            if Measure.ITM in need:
+                comps[Measure.ITM.value] = before[Measure.ITM] - trainer.itm_loss(batch)
             if val:
                 after_val = self.probe.losses(trainer, val)
-                comps.update({n: before[n] - after_val[n] for n in val})
+                comps.update({m.value: before[m] - after_val[m] for m in val})
                 self._val_before = after_val  # no update until the next batch: its "before"
-            if own_values is not None and not influence and reward == "itc+val_itc" and "val_itc" in comps:
-                # the held-out part is the batch's, shared by its pairs
-                own_values = own_values + env.reward_val_weight * comps["val_itc"]
+            if own_part is not None and own_values is not None:  # a held-out part is the batch's, shared by its pairs
+                for part, weight in spec.weights(env.reward_val_weight).items():
+                    if part.held_out and part.value in comps:
+                        own_values = own_values + weight * comps[part.value]
         for name in self.log:  # a sum of parts (itc+itm, itc+val_itc) is logged as an option of its own
-            if len(reward_parts(name, lm_name)) > 1:
+            if rewards.spec(name).combined:
                 comps[name] = reward_value(comps, name, lm_name, env.reward_val_weight)
         return out, BatchReward(comps, own_values)
 
 
-def member_batches(batches: list[np.ndarray], n_members: int, trained: int) -> np.ndarray:
-    """(|M|,) the index of the batch each member was trained in; -1 for members of no trained
-    batch (dropped by the chain, or after a terminated step's last batch)."""
-    out = np.full(n_members, -1, dtype=np.int64)
-    for b, local in enumerate(batches[:trained]):
-        out[np.asarray(local, dtype=np.int64)] = b
-    return out
+def train_with_reward(trainer: Trainer, batch: Batch, reward: str, itc_targets: torch.Tensor | None = None,
+                      *, compute: bool = True, estimator: str = "exact", subbatch: int = 32,
+                      timing: Timings | None = None) -> tuple[StepOutput, dict[str, float]]:
+    """One training step on ``batch`` and the components of reward ``reward`` (a per-batch option not
+    measured on held-out pairs; the LM component named after the model's LM loss, ``mlm`` / ``itg``),
+    through :class:`RewardMeter` (the env's one code path).
 
-
-def batch_stats(split: PairSplit, members: np.ndarray, chain: ChainResult,
-                rewards: list[dict[str, float]]) -> dict[str, Any]:
-    """The per-batch view of one env step: for each trained batch (in training order) its size,
-    its in-batch false-negative pairs (``fn_pairs``; NaN without a match matrix), the mean q of
-    its chain picks (``q_mean``), their mean rank quantile among the remaining candidates
-    (``rank_quantile``: 0 the least, 1 the most similar) and its reward components (``rewards``)."""
-    trained = len(rewards)
-    out: dict[str, Any] = {"size": [], "fn_pairs": [], "q_mean": [], "rank_quantile": [],
-                           "rewards": {name: [r.get(name, float("nan")) for r in rewards]
-                                       for name in dict.fromkeys(k for r in rewards for k in r)}}
-    start = 0
-    for b, local in enumerate(chain.batches):
-        n_picks = max(len(local) - 1, 0)
-        sl = slice(start, start + n_picks)
-        start += n_picks
-        if b >= trained:
-            break
-        out["size"].append(int(len(local)))
-        if split.match is not None:
-            out["fn_pairs"].append(float(batch_false_negative_pairs(split, members, [local])[0]))
-        else:
-            out["fn_pairs"].append(float("nan"))
-        q_used = chain.q_used[sl]
-        out["q_mean"].append(float(q_used.mean()) if q_used.size else float("nan"))
-        cand = chain.n_candidates[sl].astype(np.float64)
-        ok = cand > 1
-        quant = chain.ranks[sl][ok] / (cand[ok] - 1.0)
-        out["rank_quantile"].append(float(quant.mean()) if quant.size else float("nan"))
-    return out
+    :param itc_targets: (B, B) multi-positive ITC targets of the step (``env.gt_targets``), or None.
+    :param compute: run the reward's extra forwards; False trains only and returns no components.
+    :param estimator: ``exact`` or ``subbatch`` (lm / mlm only: the difference on ``subbatch`` evenly
+        spaced pairs of the batch, :func:`~falcon_rl.envs.rewards.subbatch_rows`; "before" comes from
+        the training forward's per-token losses, so it costs one forward of ``subbatch`` pairs).
+    :param timing: accumulates ``train`` (the step) and ``reward`` (the extra forwards).
+    """
+    env = dataclasses.replace(trainer.cfg.env, reward=reward, reward_log=[], reward_estimator=estimator,
+                              reward_subbatch=int(subbatch), member_reward="own")
+    meter = RewardMeter(dataclasses.replace(trainer.cfg, env=env), None)
+    out, measured = meter.train(trainer, batch, itc_targets, compute=compute, timing=timing)
+    return out, measured.components

@@ -49,7 +49,7 @@ def _context():
         import multiprocessing as mp
 
         _CONTEXT = mp.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["falcon_rl.cli", "falcon_rl.training.pretrain", "falcon_rl.agents.runner",
+        _CONTEXT.set_forkserver_preload(["falcon_rl.cli", "falcon_rl.training.pretrain", "falcon_rl.experiments.run",
                                          "helpers_interrupt"])
     return _CONTEXT
 

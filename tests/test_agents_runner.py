@@ -12,11 +12,11 @@ import torch
 from falcon_rl.agents import available, load_scheduler, make_scheduler
 from falcon_rl.agents.frozen import frozen_batch_sampler
 from falcon_rl.agents.registry import SB3_AGENTS, SCHEDULERS
-from falcon_rl.agents.runner import run_scheduler
 from falcon_rl.cli import main
 from falcon_rl.config import load_config
 from falcon_rl.data import load_data
 from falcon_rl.envs import NegativeMiningEnv, apply_overrides
+from falcon_rl.experiments import run_scheduler
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",

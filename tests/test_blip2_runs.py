@@ -89,7 +89,8 @@ def test_reward_is_the_drop_of_the_itg_loss_and_the_cache_holds_query_vectors(ti
 
 @pytest.mark.filterwarnings("ignore:Seems like `optimizer.step\\(\\)`")  # the deepcopy rewraps step
 def test_subbatch_reward_estimate_of_the_itg_drop(tiny):
-    from falcon_rl.envs.rewards import subbatch_rows, train_with_reward
+    from falcon_rl.envs.reward_components import train_with_reward
+    from falcon_rl.envs.rewards import subbatch_rows
     from falcon_rl.training import Trainer
 
     cfg, data, _ = tiny
@@ -201,7 +202,7 @@ def test_pretrain_resumes_exactly_after_sigint_and_kill9(tmp_path, tiny, capsys)
 
 def test_a_falcon_agent_trained_on_albef_schedules_blip2(tiny, tmp_path):
     from falcon_rl.agents import load_scheduler
-    from falcon_rl.agents.runner import run_scheduler
+    from falcon_rl.experiments import run_scheduler
 
     cfg, data, cache = tiny
     albef = cfg("model.framework=albef", "model.preset=tiny")

@@ -203,15 +203,15 @@ def test_oracle_batches_hold_no_matching_pair_unless_forced(tiny, scope):
 
 
 def test_gt_targets_train_true_matches_as_positives(tiny, monkeypatch):
-    env = make_env(tiny, "env.budget_steps=1")
-    env.set_gt_targets(True)
+    env = make_env(tiny, "env.budget_steps=1", gt_targets=True)  # the oracle-targets scheduler's env
+    assert env.gt_targets and not env.cfg.env.gt_targets
     env.reset(seed=0)
     seen = []
     original = env.trainer.train_step
 
-    def spy(batch, mlm_masks=None, itc_targets=None):
+    def spy(batch, mlm_masks=None, itc_targets=None, **kw):
         seen.append((batch.index.numpy().copy(), itc_targets))
-        return original(batch, mlm_masks, itc_targets)
+        return original(batch, mlm_masks, itc_targets, **kw)
 
     monkeypatch.setattr(env.trainer, "train_step", spy)
     env.step(np.ones(64, np.float32))  # GRIT's hardest chain: false negatives in the batch
@@ -234,9 +234,9 @@ def test_oracle_needs_a_match_matrix(tiny):
     bundle = DataBundle(train, data.test, data.tokenizer, {})
     with pytest.raises(ValueError, match="ground-truth match matrix"):
         NegativeMiningEnv(cfg("env.oracle=true"), data=bundle)
-    env = NegativeMiningEnv(cfg(), data=bundle)
+    NegativeMiningEnv(cfg(), data=bundle)
     with pytest.raises(ValueError, match="ground-truth match matrix"):
-        env.set_oracle(True)
+        NegativeMiningEnv(cfg(), data=bundle, oracle=True)  # the oracle scheduler's env
 
 
 def test_actions_are_clipped_and_nan_is_an_error(tiny):

@@ -86,9 +86,9 @@ def test_mlm_reward_with_dropout_equals_an_independent_recomputation(tiny):
     seen = []
     real = trainer.train_step
 
-    def train_step(batch, mlm_masks=None, itc_targets=None):
+    def train_step(batch, mlm_masks=None, itc_targets=None, **kw):
         before = copy.deepcopy(trainer.model.state_dict())
-        out = real(batch, mlm_masks, itc_targets)
+        out = real(batch, mlm_masks, itc_targets, **kw)
         seen.append((batch, out.mlm_masks, before, copy.deepcopy(trainer.model.state_dict())))
         return out
 

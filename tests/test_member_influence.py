@@ -113,7 +113,7 @@ def test_influence_credit_changes_no_training_and_fills_every_member(tiny):
 
 
 def test_a_frozen_scheduler_pays_for_no_member_credit(tiny, monkeypatch):
-    """With the reward off (a frozen agent: the runner calls set_compute_reward(False)) the env computes
+    """With the reward off (a frozen agent: the runner builds the env with compute_reward=False) the env computes
     no per-member credit: before this fix a frozen agent.credit=member run still paid for the
     influences of every batch (2-3 x a GRIT run on the bench). Training is unchanged."""
     import falcon_rl.envs.reward_components as rc
@@ -126,8 +126,7 @@ def test_a_frozen_scheduler_pays_for_no_member_credit(tiny, monkeypatch):
     monkeypatch.setattr(rc, "member_influence", lambda *a, **k: calls.append(1) or real(*a, **k))
     infos = {}
     for compute in (True, False):
-        env = NegativeMiningEnv(cfg, data=data)
-        env.set_compute_reward(compute)
+        env = NegativeMiningEnv(cfg, data=data, compute_reward=compute)
         env.reset(seed=1)
         infos[compute] = env.step(action)[-1]
         if compute:

@@ -287,6 +287,26 @@ def test_missing_numba_falls_back_to_numpy(monkeypatch):
     assert as_lists(got) == expected
 
 
+def test_every_backend_runs_the_one_pick_loop(monkeypatch):
+    """numba compiles ``chain_loop`` itself; numpy and torch run that same function as Python
+    (docs/ALGORITHM.md §3: only the selection of the k-th key has two implementations)."""
+    from falcon_rl.mining import _chain_kernel as kernel
+
+    if chain_mod.NUMBA_AVAILABLE:
+        assert kernel.chain_kernel.py_func is kernel.chain_loop
+    calls = []
+
+    def counted(*args):
+        calls.append(type(args[0]).__module__)
+        return kernel.chain_loop(*args)
+
+    monkeypatch.setattr(chain_mod, "chain_loop", counted)
+    S = random_similarity(40, seed=1)
+    for backend in ("numpy", "torch"):
+        build_chain_batches(S, 0.5, 8, 1, backend=backend)
+    assert calls == ["numpy", "torch"]  # S's int32 view: numpy, then torch on S's device
+
+
 def test_stream_and_prefetcher_equal_direct_build():
     S = random_similarity(300, seed=2)
     q = np.random.default_rng(3).random(300)

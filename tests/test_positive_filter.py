@@ -119,7 +119,7 @@ def test_grit_chain_skips_masked_candidates_unless_forced(scope):
 
 def test_env_hands_the_chain_the_mask_of_the_cached_space(tiny, monkeypatch):
     """The env's chain gets exactly the mask of the space's cached embeddings (and none when off)."""
-    import falcon_rl.envs.negative_mining as nm
+    import falcon_rl.envs.pipeline as nm
 
     base, data = tiny
     seen = []
@@ -148,7 +148,7 @@ def test_env_hands_the_chain_the_mask_of_the_cached_space(tiny, monkeypatch):
 
 def test_frozen_scheduler_run_applies_the_filter(tiny, tmp_path, monkeypatch):
     """pretrain --scheduler (FrozenSchedulerSampler) builds its chains with the same mask."""
-    import falcon_rl.agents.frozen as frozen
+    import falcon_rl.envs.pipeline as pipeline  # the one mining pipeline, the env's and the sampler's
     from falcon_rl.agents import FrozenSchedulerSampler, make_scheduler
     from falcon_rl.training.pretrain import pretrain
 
@@ -156,7 +156,7 @@ def test_frozen_scheduler_run_applies_the_filter(tiny, tmp_path, monkeypatch):
     cfg = apply_overrides(base, ["mining.positive_margin=0.05", "train.steps=1", f"train.out_dir={tmp_path}",
                                  "logging.tensorboard=false", "mining.search_space=32"])
     masks, chains = [], []
-    real_mask, real_chain = frozen.chain_exclusion, frozen.build_chain_batches
+    real_mask, real_chain = pipeline.chain_exclusion, pipeline.build_chain_batches
 
     def mask_spy(S, img, txt, margin, oracle_mask, chunk_rows=1024):
         out = real_mask(S, img, txt, margin, oracle_mask, chunk_rows)
@@ -167,8 +167,8 @@ def test_frozen_scheduler_run_applies_the_filter(tiny, tmp_path, monkeypatch):
         chains.append(exclude)
         return real_chain(S, q, b, rng, exclude=exclude, **kw)
 
-    monkeypatch.setattr(frozen, "chain_exclusion", mask_spy)
-    monkeypatch.setattr(frozen, "build_chain_batches", chain_spy)
+    monkeypatch.setattr(pipeline, "chain_exclusion", mask_spy)
+    monkeypatch.setattr(pipeline, "build_chain_batches", chain_spy)
     env = NegativeMiningEnv(cfg, data=data)
     sampler = FrozenSchedulerSampler(make_scheduler("grit", cfg, env), cfg)
     pretrain(cfg, batch_sampler=sampler, data=data)

@@ -18,8 +18,8 @@ import torch
 from helpers_digest import OVERRIDES, digest
 
 from falcon_rl.ablation.runner import run_specs
-from falcon_rl.agents.runner import run_scheduler
 from falcon_rl.config import load_config
+from falcon_rl.experiments import run_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).with_name("data") / "results_digests.json"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from falcon_rl.config import ConfigError, check_mining, load_config
+from falcon_rl.config.rewards import Measure
 from falcon_rl.data import load_data
 from falcon_rl.envs import NegativeMiningEnv, apply_overrides
 from falcon_rl.envs.reward_components import row_means, validation_split
@@ -150,13 +151,14 @@ def test_validation_reward_telescopes_to_the_steps_loss_drop(tiny):
     env = NegativeMiningEnv(apply_overrides(base, ["env.reward_log=[val_lm, val_itc]"]), data=data)
     env.reset(seed=1)
     probe = env.meter.probe
-    before = probe.losses(env.trainer, {"val_lm", "val_itc"})
+    held_out = {Measure.VAL_LM, Measure.VAL_ITC}
+    before = probe.losses(env.trainer, held_out)
     _, _, _, _, info = env.step(np.full(64, 0.3, np.float32))
-    after = probe.losses(env.trainer, {"val_lm", "val_itc"})
+    after = probe.losses(env.trainer, held_out)
     per_batch = info["batch_stats"]["rewards"]
     for name in ("val_lm", "val_itc"):
         assert len(per_batch[name]) == 2
-        assert sum(per_batch[name]) == pytest.approx(before[name] - after[name], abs=1e-9)
+        assert sum(per_batch[name]) == pytest.approx(before[Measure(name)] - after[Measure(name)], abs=1e-9)
         assert info["reward_components"][name] == pytest.approx(np.mean(per_batch[name]))
 
 
@@ -275,7 +277,7 @@ def test_reward_option_errors_name_the_key(tiny):
 
 
 def test_logged_options_are_computed_for_a_scheduler_that_does_not_learn(tiny, tmp_path):
-    from falcon_rl.agents.runner import run_scheduler
+    from falcon_rl.experiments import run_scheduler
 
     base, data = tiny
     cfg = apply_overrides(base, ["env.reward_log=[itc, val_lm]", "logging.tensorboard=false", "env.budget_steps=2"])

@@ -14,11 +14,12 @@ import torch
 
 from falcon_rl.ablation.results import TIME_SCALARS, aggregate, render_markdown, write_results_csv
 from falcon_rl.agents import load_scheduler
-from falcon_rl.agents.runner import run_scheduler
 from falcon_rl.config import ConfigError, load_config
 from falcon_rl.data import load_data
 from falcon_rl.envs import NegativeMiningEnv, apply_overrides
-from falcon_rl.envs.rewards import subbatch_rows, train_with_reward
+from falcon_rl.envs.reward_components import train_with_reward
+from falcon_rl.envs.rewards import subbatch_rows
+from falcon_rl.experiments import run_scheduler
 from falcon_rl.timing import TIME_PARTS
 from falcon_rl.training import Trainer
 
@@ -74,9 +75,8 @@ def test_skipping_the_reward_changes_nothing_else(small):
     """Same seed with and without the reward forwards: identical training, observations and
     losses; the reward is NaN when skipped and the exact before - after difference when not."""
     base, data = small
-    on, off = NegativeMiningEnv(base, data=data), NegativeMiningEnv(base, data=data)
-    assert on.computes_reward and off.computes_reward  # a bare env computes it
-    off.set_compute_reward(False)
+    on, off = NegativeMiningEnv(base, data=data), NegativeMiningEnv(base, data=data, compute_reward=False)
+    assert on.computes_reward and not off.computes_reward  # a bare env computes it; the runner may decide not to
     obs_on, _ = on.reset(seed=3)
     obs_off, _ = off.reset(seed=3)
     for _ in range(2):
@@ -196,14 +196,13 @@ def test_a_warm_start_written_without_the_reward_still_gives_the_retrieval_basel
     base, data = small
     cfg = apply_overrides(base, ["env.reward=retrieval", "env.retrieval_pairs=32", "env.warmup_steps=6",
                                  f"env.warm_start={tmp_path / 'warm.pt'}"])
-    writer = NegativeMiningEnv(cfg, data=data)
-    writer.set_compute_reward(False)
+    writer = NegativeMiningEnv(cfg, data=data, compute_reward=False)
     writer.reset(seed=4)
-    assert writer._r1 == 0.0 and (tmp_path / "warm.pt").is_file()
+    assert writer.rewards.r1 == 0.0 and (tmp_path / "warm.pt").is_file()
     reader = NegativeMiningEnv(cfg, data=data)
     _, info = reader.reset(seed=4)
     assert "warm_start" in info
-    expected = reader.probe.score(reader.trainer)
-    assert expected > 0.0 and reader._r1 == pytest.approx(expected)
+    expected = reader.rewards.probe.score(reader.trainer)
+    assert expected > 0.0 and reader.rewards.r1 == pytest.approx(expected)
     _, reward, *_, step_info = reader.step(np.full(32, 0.5, np.float32))
     assert step_info["reward_components"]["r1_before"] == pytest.approx(expected)

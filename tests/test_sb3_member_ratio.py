@@ -141,9 +141,9 @@ def test_refused_where_members_have_no_ratio_of_their_own():
 
 def test_member_ratio_ppo_on_the_env_learns_saves_and_resumes(tmp_path):
     from falcon_rl.agents.registry import load_scheduler
-    from falcon_rl.agents.runner import run_scheduler
     from falcon_rl.config import load_config
     from falcon_rl.envs import NegativeMiningEnv
+    from falcon_rl.experiments import run_scheduler
 
     overrides = [*TINY_ITC_RUN, "agent.sb3_member_ratio=true", "agent.sb3_total_steps=4",
                  f"data.cache_dir={tmp_path / 'data'}"]

@@ -73,8 +73,8 @@ def test_only_for_the_gaussian_policies():
 
 
 def test_ppo_with_shared_noise_on_the_env_and_frozen_after(tmp_path):
-    from falcon_rl.agents.runner import run_scheduler
     from falcon_rl.config import load_config
+    from falcon_rl.experiments import run_scheduler
 
     overrides = [*TINY_ITC_RUN, "agent.sb3_shared_noise=true", "agent.train_episodes=1",
                  f"data.cache_dir={tmp_path / 'data'}"]

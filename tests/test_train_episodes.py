@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from falcon_rl.agents.runner import LEARN_DIR, run_scheduler
 from falcon_rl.config import load_config
 from falcon_rl.data import load_data
+from falcon_rl.experiments import LEARN_DIR, run_scheduler
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",

@@ -38,8 +38,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: sub-folder of a run that holds its learning episodes (``agent.train_episodes``; agents/runner.py)
-LEARN_DIR = "train"
+from falcon_rl.experiments.layout import LEARN_DIR  # <run>/train: its learning episodes (agent.train_episodes)
+
 
 #: compute units reported: wall seconds and optimiser steps
 UNITS: tuple[str, ...] = ("wall", "steps")

@@ -15,7 +15,7 @@ env step / budget, last reward and ETA — the workers send their state through 
 only the parent draws. When stderr is not a terminal the same state is printed as plain lines.
 
 The function that performs one run is injected (``run_fn``) so this module stays in the core
-library; the CLI passes :func:`falcon_rl.agents.runner.run_scheduler`.
+library; the CLI passes :func:`falcon_rl.experiments.run_scheduler`.
 """
 
 from __future__ import annotations

@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     from falcon_rl.ablation.runner import run_ablation
-    from falcon_rl.agents.runner import run_scheduler, write_warm_start
     from falcon_rl.cli import join_processes, load_command_config
+    from falcon_rl.experiments import run_scheduler, write_warm_start
 
     overrides = list(args.overrides)
     if args.out:

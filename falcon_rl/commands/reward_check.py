@@ -25,9 +25,9 @@ def run(args: argparse.Namespace) -> int:
     import functools
 
     from falcon_rl.ablation.reward_check import run_reward_check
-    from falcon_rl.agents.runner import run_scheduler, write_warm_start
     from falcon_rl.cli import join_processes, load_command_config
     from falcon_rl.commands.ablate import _load, _prepare, check_workers
+    from falcon_rl.experiments import run_scheduler, write_warm_start
 
     overrides = list(args.overrides)
     if args.out:

@@ -40,9 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from falcon_rl.agents.runner import run_scheduler
     from falcon_rl.agents.validate import check_scheduler_run
     from falcon_rl.cli import join_processes, load_command_config
+    from falcon_rl.experiments import run_scheduler
 
     overrides = list(args.overrides)
     if args.agent:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 
+from falcon_rl.config import rewards
 from falcon_rl.config.loader import ConfigError
 from falcon_rl.config.schema import ExperimentConfig
 
@@ -42,42 +43,47 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.data.source in GENERATED_SOURCES and m > cfg.data.n_train:
         raise ConfigError(f"{source}: mining.search_space={m} exceeds data.n_train={cfg.data.n_train}: lower "
                           "mining.search_space or raise data.n_train")
-    if cfg.env.reward_estimator == "subbatch" and cfg.env.reward not in ("lm", "mlm"):
+    if cfg.env.reward_estimator == "subbatch" and not rewards.spec(cfg.env.reward).subbatch:
         raise ConfigError(f"{source}: env.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
                           f"{cfg.env.reward!r}); use env.reward_estimator=exact")
     check_rewards(cfg, source)
 
 
-#: per-batch reward options env.reward_log accepts (falcon_rl.envs.reward_components.BATCH_REWARDS)
-LOGGABLE_REWARDS = ("lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
-                    "itc+val_itc")
+#: per-batch reward options env.reward_log accepts (the registry's, :mod:`falcon_rl.config.rewards`)
+LOGGABLE_REWARDS = rewards.PER_BATCH
 #: rewards with a loss change per member (agent.credit: member)
-MEMBER_CREDIT_REWARDS = ("lm", "mlm", "lm_sample", "mlm_hi", "itc", "itc+val_itc", "toy")
+MEMBER_CREDIT_REWARDS = rewards.MEMBER_CREDIT
 
 
 def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
-    """``env.reward_log`` names, the validation hold-out and per-member credit (FALCON learners)."""
+    """``env.reward_log`` names, the frameworks of the rewards, the validation hold-out and per-member
+    credit (FALCON learners), as the reward registry (:mod:`falcon_rl.config.rewards`) says."""
     env = cfg.env
-    bad = [n for n in env.reward_log if n not in LOGGABLE_REWARDS]
+    bad = [n for n in env.reward_log if not rewards.loggable(n)]
     if bad:
         raise ConfigError(f"{source}: env.reward_log has {bad}, not per-batch reward options; choose from "
                           f"{list(LOGGABLE_REWARDS)}")
-    if "mlm_hi" in (env.reward, *env.reward_log) and cfg.model.framework != "albef":
-        raise ConfigError(f"{source}: the mlm_hi reward re-masks captions for ALBEF's MLM; model.framework="
-                          f"{cfg.model.framework!r} has no MLM (drop mlm_hi from env.reward / env.reward_log)")
-    if env.reward_log and env.reward in ("toy", "retrieval"):
+    for name in dict.fromkeys((env.reward, *env.reward_log)):
+        option = rewards.spec(name)
+        if cfg.model.framework not in option.frameworks:
+            raise ConfigError(f"{source}: the {name} reward "
+                              + option.framework_reason.format(framework=cfg.model.framework)
+                              + f" (drop {name} from env.reward / env.reward_log)")
+    reward = rewards.spec(env.reward)
+    if env.reward_log and not reward.per_batch:
         raise ConfigError(f"{source}: env.reward_log needs a reward measured per trained batch; env.reward="
-                          f"{env.reward!r} trains {'nothing' if env.reward == 'toy' else 'per step'}")
+                          f"{env.reward!r} trains {reward.computation.value}")
     held = env.held_out_pairs
     if held and cfg.data.source in GENERATED_SOURCES and cfg.data.n_train - held < cfg.mining.search_space:
         raise ConfigError(f"{source}: env.val_pairs={held} held-out pairs leave {cfg.data.n_train - held} of "
                           f"data.n_train={cfg.data.n_train} for training, fewer than mining.search_space="
                           f"{cfg.mining.search_space}: lower env.val_pairs or raise data.n_train")
-    if env.member_reward == "val_influence" and env.reward in ("toy", "retrieval"):
-        raise ConfigError(f"{source}: env.member_reward=val_influence is measured per trained batch; env.reward="
-                          f"{env.reward!r} trains {'nothing' if env.reward == 'toy' else 'per step'}")
+    signal = rewards.member_signal(env.member_reward)
+    if signal.influence and not reward.per_batch:
+        raise ConfigError(f"{source}: env.member_reward={signal.name} is measured per trained batch; env.reward="
+                          f"{env.reward!r} trains {reward.computation.value}")
     if cfg.agent.name in ("falcon", "batch-level") and cfg.agent.credit == "member":
-        if env.member_reward == "own" and env.reward not in MEMBER_CREDIT_REWARDS:  # val_influence: any reward
+        if not signal.influence and not reward.member_credit:  # the influence: any per-batch reward
             raise ConfigError(f"{source}: agent.credit=member needs a loss change per member: env.reward in "
                               f"{list(MEMBER_CREDIT_REWARDS)}, not {env.reward!r}")
         if env.reward_estimator != "exact":

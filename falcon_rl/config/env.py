@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from falcon_rl.config import rewards
 from falcon_rl.config.fields import param
 
 
@@ -11,25 +12,12 @@ from falcon_rl.config.fields import param
 class EnvConfig:
     """Episode, reward and action-space settings."""
 
-    reward: str = param("mlm", "proxy reward (what the scheduler learns from): lm = the drop of the framework's "
-                        "language-modelling loss (ALBEF's MLM, BLIP-2's ITG; mlm is the same, its name before "
-                        "BLIP-2), itc, itm, itc+itm, mlm_hi (ΔL_MLM on masks of its own at env.reward_mlm_prob; "
-                        "ALBEF), lm_sample (per-sample ΔL_LM, mean over pairs), val_itc / val_lm (loss drop on "
-                        "env.val_pairs held-out training pairs), itc+val_itc (ΔL_ITC + env.reward_val_weight × "
-                        "Δval_ITC), retrieval, toy",
-                        choices=["lm", "mlm", "itc", "itm", "itc+itm", "mlm_hi", "lm_sample", "val_itc", "val_lm",
-                                 "itc+val_itc", "retrieval", "toy"])
-    reward_log: list[str] = param([], "extra per-batch reward options computed for logging only, on the same steps "
-                                  "(info reward_components / batch_stats, the run history; falcon-rl reward-check), "
-                                  "also for heuristics: any of lm (mlm), itc, itm, itc+itm, mlm_hi, lm_sample, "
-                                  "val_itc, val_lm, itc+val_itc")
+    reward: str = param("mlm", rewards.doc(), choices=rewards.names())
+    reward_log: list[str] = param([], rewards.log_doc())
     reward_val_weight: float = param(3.0, "itc+val_itc reward: λ in ΔL_ITC(batch) + λ·ΔL_ITC(held-out pairs); "
                                      "λ ≈ 1 stops paying for false negatives, λ ≈ 3 penalises them (reward-check)",
                                      ge=0.0)
-    member_reward: str = param("own", "agent.credit=member: each member's own change of env.reward (own), or its "
-                               "first-order influence on the held-out ITC, ∇L_val · Adam-preconditioned ∇ℓ_pair "
-                               "(val_influence; label-free; holds out env.val_pairs like val_itc)",
-                               choices=["own", "val_influence"])
+    member_reward: str = param("own", rewards.member_doc(), choices=list(rewards.MEMBER_SIGNALS))
     reward_mlm_prob: float = param(0.5, "mlm_hi reward: masking probability of its own masks (GRIT's 0.5)",
                                    gt=0.0, lt=1.0)
     val_pairs: int = param(256, "val_itc / val_lm rewards: evenly spaced training pairs held out (with every pair "
@@ -79,5 +67,6 @@ class EnvConfig:
     def held_out_pairs(self) -> int:
         """Training pairs held out for the validation rewards: ``val_pairs`` when a ``val_*`` reward
         is computed or logged (or ``member_reward: val_influence``), else 0 (nothing is held out)."""
-        names = (self.reward, *self.reward_log, self.member_reward)
-        return self.val_pairs if any("val_" in str(n) for n in names) else 0
+        held = (rewards.needs_held_out(self.reward, *self.reward_log)
+                or rewards.member_signal(self.member_reward).needs_held_out)
+        return self.val_pairs if held else 0

@@ -31,6 +31,7 @@ from PIL import Image
 
 from falcon_rl.data.base import PairSplit
 from falcon_rl.data.errors import DataError
+from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 
 
 def random_resized_crop_box(width: int, height: int, rng: np.random.Generator, scale_min: float,
@@ -124,16 +125,12 @@ class ImageFileSplit(PairSplit):
 
     def state_dict(self) -> dict:
         """The augmentation RNG (checkpointed by ``pretrain`` and ``train-agent`` for exact resume)."""
-        from falcon_rl.training.checkpoint import numpy_generator_state
-
         # a pending prefetch has drawn its seeds already: save the RNG as it was before, as it would be
         # without prefetching (that batch, asked for next, gets the same seeds from it after a resume)
         return {"rng": numpy_generator_state(self._rng_without_prefetches())}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore :meth:`state_dict`."""
-        from falcon_rl.training.checkpoint import set_numpy_generator_state
-
         with self._lock:
             self._drop_prefetches(rewind=False)  # drawn from the RNG being replaced
             set_numpy_generator_state(self._rng, state["rng"])

@@ -25,10 +25,13 @@ Semantics (identical for every backend; same ``rng`` state -> same batches):
 Similarities are compared as float32 (``-0.0`` equals ``+0.0``); a NaN among the remaining
 candidates of an anchor raises, naming the row. Internally each candidate is a unique int64 key
 ``(orderable float bits << 32) | index``, so the k-th candidate is found by selection instead of
-sorting: the numba kernel (:mod:`falcon_rl.mining._chain_kernel`) costs O(|M|²) in total with
-O(|M|) extra memory, the order of reading every used row of ``S`` once. Builds are resumable
-batch by batch, which :class:`falcon_rl.mining.ChainStream` uses to build the next batch while
-the current one trains.
+sorting. The steps above are written once, in :func:`falcon_rl.mining._chain_kernel.chain_loop`,
+and every backend runs that loop: compiled by numba (``numba``: O(|M|²) in total with O(|M|)
+extra memory, the order of reading every used row of ``S`` once), or as Python (``numpy``, and
+``torch`` with ``S`` on its device). Only the selection of the k-th key has two implementations,
+a scalar one-pass selection for compiled code and a vectorised one (``np.partition`` /
+``torch.kthvalue``) for Python. Builds are resumable batch by batch, which
+:class:`falcon_rl.mining.ChainStream` uses to build the next batch while the current one trains.
 """
 
 from __future__ import annotations
@@ -40,16 +43,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from falcon_rl.mining._chain_kernel import SAMPLE, chain_kernel, chain_loop
 from falcon_rl.mining._jit import NUMBA_AVAILABLE
 
 BACKENDS = ("numba", "numpy", "torch")
 REMAINDERS = ("last_batch", "drop")
 EXCLUDE_SCOPES = ("batch", "anchor")
-
-_INT32_MIN = -(2**31)
-_LOW31 = 0x7FFFFFFF
-_EXP_MASK = 0x7F800000
-_LOW32 = 0xFFFFFFFF
 
 
 @dataclass
@@ -96,7 +95,7 @@ class ChainPlan:
     :ivar S: float32 similarity (numpy; torch for the torch backend).
     :ivar q: float64 hardness per member.
     :ivar sizes: batch sizes in build order; ``starts``: start rank of each batch.
-    :ivar exclude: oracle mask or None; ``backend``: the backend that will run.
+    :ivar exclude: oracle mask (numpy bool, every backend) or None; ``backend``: the backend that will run.
     :ivar batch_scope: the exclusion holds against every member of the batch (``exclude_scope="batch"``).
     """
 
@@ -104,7 +103,7 @@ class ChainPlan:
     q: np.ndarray
     sizes: np.ndarray
     starts: np.ndarray
-    exclude: np.ndarray | torch.Tensor | None
+    exclude: np.ndarray | None
     backend: str
     batch_scope: bool = True
 
@@ -193,20 +192,16 @@ def prepare_chain(
         warnings.warn("numba is not installed: the quantile chain uses the numpy backend "
                       "(identical batches, slower); pip install numba for speed", RuntimeWarning, stacklevel=3)
         backend = "numpy"
-    if backend == "torch":
+    if backend == "torch":  # S stays on its device; the chain's bookkeeping runs on the host
         S_t = S if isinstance(S, torch.Tensor) else torch.from_numpy(np.asarray(S))
         S_c: np.ndarray | torch.Tensor = S_t.detach().to(torch.float32).contiguous()
-        ex: np.ndarray | torch.Tensor | None = None
-        if exclude is not None:
-            ex_t = exclude if isinstance(exclude, torch.Tensor) else torch.from_numpy(np.asarray(exclude))
-            ex = ex_t.to(device=S_c.device, dtype=torch.bool)
     else:
         S_np = S.detach().cpu().numpy() if isinstance(S, torch.Tensor) else S
         S_c = np.ascontiguousarray(S_np, dtype=np.float32)
-        ex = None
-        if exclude is not None:
-            ex_np = exclude.detach().cpu().numpy() if isinstance(exclude, torch.Tensor) else exclude
-            ex = np.ascontiguousarray(ex_np, dtype=np.bool_)
+    ex = None
+    if exclude is not None:
+        ex_np = exclude.detach().cpu().numpy() if isinstance(exclude, torch.Tensor) else exclude
+        ex = np.ascontiguousarray(ex_np, dtype=np.bool_)
     sizes, starts = draw_starts(m, batch_size, remainder, _as_generator(rng))
     return ChainPlan(S=S_c, q=qa, sizes=sizes, starts=starts, exclude=ex, backend=backend,
                      batch_scope=exclude_scope == "batch")
@@ -215,7 +210,11 @@ def prepare_chain(
 # ---------------------------------------------------------------------------------- builders
 
 class _Builder:
-    """Resumable chain state of one plan: :meth:`run` builds batches up to a given count."""
+    """Resumable chain state of one plan: :meth:`run` builds batches up to a given count.
+
+    Every backend runs the one pick loop :func:`falcon_rl.mining._chain_kernel.chain_loop`:
+    compiled by numba (``numba``), or as Python (``numpy``; ``torch``, with S on its device).
+    """
 
     def __init__(self, plan: ChainPlan) -> None:
         self.plan = plan
@@ -230,19 +229,30 @@ class _Builder:
         self.ncand = np.empty(n_picks, dtype=np.int64)
         self.ranks = np.empty(n_picks, dtype=np.int64)
         self.n_built = 0
+        self.loop = chain_kernel if plan.backend == "numba" else chain_loop
+        self.sbits = plan.S.view(torch.int32) if isinstance(plan.S, torch.Tensor) else plan.S.view(np.int32)
+        self.alive = np.ones(m, dtype=np.bool_)
+        self.rem = np.arange(m, dtype=np.int64)
+        self.state = np.array([m, m, 0, 0], dtype=np.int64)
+        self.keys = np.empty(max(m, 1), dtype=np.int64)
+        self.sample = np.empty(SAMPLE, dtype=np.int64)
+        self.use_ex = plan.exclude is not None
+        self.ex = plan.exclude if plan.exclude is not None else np.zeros((1, 1), dtype=np.bool_)
+        self.blocked = np.zeros(m, dtype=np.bool_)
 
     def run(self, upto: int) -> None:
         """Build batches ``n_built .. upto-1``."""
         upto = min(int(upto), self.n_batches)
         if upto > self.n_built:
-            self._run(self.n_built, upto)
+            status = self.loop(self.sbits, self.plan.q, self.plan.sizes, self.plan.starts, self.n_built, upto,
+                               self.ex, self.use_ex, self.plan.batch_scope, self.blocked, self.alive, self.rem,
+                               self.state, self.order, self.picks, self.forced, self.ncand, self.ranks, self.keys,
+                               self.sample)
+            if status >= 0:
+                raise ValueError(f"S has a NaN in row {status} (anchor at local position {status}) among its "
+                                 f"remaining candidates: the embeddings or similarities are not finite (diverged "
+                                 f"training?)")
             self.n_built = upto
-
-    def _run(self, b0: int, b1: int) -> None:
-        raise NotImplementedError
-
-    def _alive_members(self) -> np.ndarray:
-        raise NotImplementedError
 
     def batch(self, b: int) -> np.ndarray:
         """Members of built batch ``b`` in chain order (a copy)."""
@@ -262,179 +272,13 @@ class _Builder:
             ranks=self.ranks,
             n_candidates=self.ncand,
             forced=self.forced,
-            dropped=np.sort(self._alive_members()) if n_batched < self.m else np.zeros(0, dtype=np.int64),
+            dropped=np.flatnonzero(self.alive) if n_batched < self.m else np.zeros(0, dtype=np.int64),
         )
-
-
-def _nan_error(row: int) -> ValueError:
-    return ValueError(f"S has a NaN in row {row} (anchor at local position {row}) among its remaining "
-                      f"candidates: the embeddings or similarities are not finite (diverged training?)")
-
-
-class _NumbaBuilder(_Builder):
-    """The compiled kernel (:mod:`falcon_rl.mining._chain_kernel`)."""
-
-    def __init__(self, plan: ChainPlan) -> None:
-        super().__init__(plan)
-        from falcon_rl.mining._chain_kernel import SAMPLE
-
-        self.alive = np.ones(self.m, dtype=np.bool_)
-        self.rem = np.arange(self.m, dtype=np.int64)
-        self.state = np.array([self.m, self.m, 0, 0], dtype=np.int64)
-        self.keys = np.empty(max(self.m, 1), dtype=np.int64)
-        self.sample = np.empty(SAMPLE, dtype=np.int64)
-        self.use_ex = plan.exclude is not None
-        self.ex = plan.exclude if self.use_ex else np.zeros((1, 1), dtype=np.bool_)
-        self.blocked = np.zeros(self.m, dtype=np.bool_)
-
-    def _run(self, b0: int, b1: int) -> None:
-        from falcon_rl.mining._chain_kernel import chain_kernel
-
-        S = self.plan.S
-        assert isinstance(S, np.ndarray)
-        status = chain_kernel(S.view(np.int32), self.plan.q, self.plan.sizes, self.plan.starts, b0, b1,
-                              self.ex, self.use_ex, self.plan.batch_scope, self.blocked, self.alive,
-                              self.rem, self.state, self.order,
-                              self.picks, self.forced, self.ncand, self.ranks, self.keys, self.sample)
-        if status >= 0:
-            raise _nan_error(int(status))
-
-    def _alive_members(self) -> np.ndarray:
-        return np.flatnonzero(self.alive)
-
-
-def _keys_np(sbits_row: np.ndarray, cand: np.ndarray, row: int) -> np.ndarray:
-    bits = sbits_row[cand].astype(np.int64)
-    if ((bits & _LOW31) > _EXP_MASK).any():
-        raise _nan_error(row)
-    bits[bits == _INT32_MIN] = 0
-    bits ^= (bits >> 31) & _LOW31
-    return (bits << 32) | cand
-
-
-class _NumpyBuilder(_Builder):
-    """Vectorised reference: O(|M|) numpy work per pick (np.partition for the k-th key)."""
-
-    def __init__(self, plan: ChainPlan) -> None:
-        super().__init__(plan)
-        self.alive = np.ones(self.m, dtype=bool)
-        self.pos = 0
-        self.p = 0
-
-    def _run(self, b0: int, b1: int) -> None:
-        S = self.plan.S
-        assert isinstance(S, np.ndarray)
-        sbits = S.view(np.int32)
-        ex, q, alive = self.plan.exclude, self.plan.q, self.alive
-        for b in range(b0, b1):
-            a = int(np.flatnonzero(alive)[self.plan.starts[b]])
-            alive[a] = False
-            self.order[self.pos] = a
-            self.pos += 1
-            blocked = ex[a].copy() if ex is not None else None
-            for _ in range(1, int(self.plan.sizes[b])):
-                cand = np.flatnonzero(alive)
-                is_forced = False
-                if ex is not None:
-                    keep = cand[~(blocked[cand] if self.plan.batch_scope else ex[a, cand])]
-                    if keep.size:
-                        cand = keep
-                    else:
-                        is_forced = True
-                keys = _keys_np(sbits[a], cand, a)
-                c = int(cand.size)
-                k = min(int(np.floor(q[a] * c)), c - 1)
-                if k == c - 1:
-                    key = int(keys.max())
-                elif k == 0:
-                    key = int(keys.min())
-                else:
-                    key = int(np.partition(keys, k)[k])
-                chosen = key & _LOW32
-                alive[chosen] = False
-                if blocked is not None:
-                    blocked |= ex[chosen]
-                self.order[self.pos] = chosen
-                self.pos += 1
-                self.picks[self.p] = (a, chosen)
-                self.forced[self.p] = is_forced
-                self.ncand[self.p] = c
-                self.ranks[self.p] = k
-                self.p += 1
-                a = chosen
-
-    def _alive_members(self) -> np.ndarray:
-        return np.flatnonzero(self.alive)
-
-
-class _TorchBuilder(_Builder):
-    """Torch path on S's device (e.g. the GPU), same semantics; one host sync per pick."""
-
-    def __init__(self, plan: ChainPlan) -> None:
-        super().__init__(plan)
-        S = plan.S
-        assert isinstance(S, torch.Tensor)
-        self.alive = torch.ones(self.m, dtype=torch.bool, device=S.device)
-        self.pos = 0
-        self.p = 0
-
-    def _run(self, b0: int, b1: int) -> None:
-        S = self.plan.S
-        assert isinstance(S, torch.Tensor)
-        sbits = S.view(torch.int32)
-        ex, q, alive = self.plan.exclude, self.plan.q, self.alive
-        for b in range(b0, b1):
-            a = int(torch.nonzero(alive).flatten()[int(self.plan.starts[b])])
-            alive[a] = False
-            self.order[self.pos] = a
-            self.pos += 1
-            blocked = ex[a].clone() if ex is not None else None
-            for _ in range(1, int(self.plan.sizes[b])):
-                cand = torch.nonzero(alive).flatten()
-                is_forced = False
-                if ex is not None:
-                    keep = cand[~(blocked[cand] if self.plan.batch_scope else ex[a, cand])]
-                    if keep.numel():
-                        cand = keep
-                    else:
-                        is_forced = True
-                bits = sbits[a, cand].to(torch.int64)
-                if bool(((bits & _LOW31) > _EXP_MASK).any()):
-                    raise _nan_error(a)
-                bits = torch.where(bits == _INT32_MIN, torch.zeros_like(bits), bits)
-                bits = bits ^ ((bits >> 31) & _LOW31)
-                keys = (bits << 32) | cand
-                c = int(cand.numel())
-                k = min(int(np.floor(q[a] * c)), c - 1)
-                if k == c - 1:
-                    key = int(keys.max())
-                elif k == 0:
-                    key = int(keys.min())
-                else:
-                    key = int(torch.kthvalue(keys, k + 1).values)
-                chosen = key & _LOW32
-                alive[chosen] = False
-                if blocked is not None:
-                    blocked |= ex[chosen]
-                self.order[self.pos] = chosen
-                self.pos += 1
-                self.picks[self.p] = (a, chosen)
-                self.forced[self.p] = is_forced
-                self.ncand[self.p] = c
-                self.ranks[self.p] = k
-                self.p += 1
-                a = chosen
-
-    def _alive_members(self) -> np.ndarray:
-        return torch.nonzero(self.alive).flatten().cpu().numpy()
-
-
-_BUILDERS: dict[str, type[_Builder]] = {"numba": _NumbaBuilder, "numpy": _NumpyBuilder, "torch": _TorchBuilder}
 
 
 def make_builder(plan: ChainPlan) -> _Builder:
     """The resumable builder of a prepared plan (used by :class:`~falcon_rl.mining.prefetch.ChainStream`)."""
-    return _BUILDERS[plan.backend](plan)
+    return _Builder(plan)
 
 
 def execute_chain(plan: ChainPlan) -> ChainResult:
@@ -463,8 +307,9 @@ def build_chain_batches(
         holding ``y`` (``exclude_scope="batch"``) or only for the anchor ``y`` (``"anchor"``).
     :param exclude_scope: ``"batch"`` or ``"anchor"`` (see the module docstring, step 5).
     :param remainder: ``"last_batch"`` or ``"drop"`` for the |M| mod B leftover members.
-    :param backend: ``"numba"`` (fast; falls back to numpy with a warning when numba is
-        missing), ``"numpy"`` (vectorised reference) or ``"torch"`` (runs on S's device).
+    :param backend: ``"numba"`` (the pick loop compiled; falls back to numpy with a warning when
+        numba is missing), ``"numpy"`` (the same loop as Python, vectorised selection, no compile) or
+        ``"torch"`` (the same loop, the keys and their selection on S's device).
     :return: :class:`ChainResult`.
     """
     return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend, exclude_scope))

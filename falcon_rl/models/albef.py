@@ -12,6 +12,8 @@ Li et al., "Align before Fuse" (ALBEF, NeurIPS 2021). Three losses share the tow
   image-anchored hard negatives drawn from the in-batch ITC similarity.
 * MLM: masked tokens predicted from the fused text (needs the image), with distillation
   from the momentum model when momentum is on. The head runs at masked positions only.
+
+The towers (and their momentum copy) are :class:`falcon_rl.models.albef_encoders.Encoders`.
 """
 
 from __future__ import annotations
@@ -23,15 +25,15 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from falcon_rl.config.model import ModelConfig
-from falcon_rl.models.towers import (build_text, build_vision, init_bert_style, layer_forward, padding_mask,
-                                      resolve_attention, set_attention)
+from falcon_rl.models.albef_encoders import Encoders
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
 from falcon_rl.models.masking import MLMMasks, mask_tokens
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
-from falcon_rl.models.presets import ModelShape, resolve_shape
+from falcon_rl.models.presets import resolve_shape
+from falcon_rl.models.text import mlm_classes, mlm_targets, trim_padding
+from falcon_rl.models.towers import init_bert_style
 
 
 #: ``gather(image_feat, text_feat, index) -> (image_feat, text_feat, index)`` of the pairs to add as ITC
@@ -71,115 +73,6 @@ class ALBEFOutput:
     @property
     def lm_train(self) -> torch.Tensor:
         return self.mlm_train
-
-
-class Encoders(nn.Module):
-    """The towers ALBEF keeps a momentum copy of: vision, text, fusion, projections, MLM head."""
-
-    def __init__(self, cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int,
-                 image_size: int) -> None:
-        super().__init__()
-        self.vision, self.interpolate_pos = build_vision(cfg, shape, image_size)
-        self.text, self.fusion, self.text_config = build_text(cfg, shape, vocab_size, pad_token_id)
-        vision_width = int(self.vision.config.hidden_size)
-        text_width = int(self.text_config.hidden_size)
-        # BERT's cross-attention reads keys/values of the text width: adapt the image tokens when
-        # the widths differ (ALBEF's fork adds an `encoder_width`; we add a projection instead)
-        self.vision_adapter = nn.Linear(vision_width, text_width) if vision_width != text_width else nn.Identity()
-        self.vision_proj = nn.Linear(vision_width, cfg.embed_dim)
-        self.text_proj = nn.Linear(text_width, cfg.embed_dim)
-        self.mlm_head = BertOnlyMLMHead(self.text_config)
-        init_bert_style(nn.ModuleList([self.vision_adapter, self.vision_proj, self.text_proj, self.mlm_head]),
-                        self.text_config.initializer_range)
-        # tie the MLM decoder to the word embeddings (BertForMaskedLM)
-        predictions = self.mlm_head.predictions
-        predictions.decoder.weight = self.text.embeddings.word_embeddings.weight
-        predictions.bias = predictions.decoder.bias
-        self.attention = "sdpa"
-        self.set_attention(resolve_attention(cfg.attention))
-
-    def set_attention(self, kernel: str) -> None:
-        """Use attention kernel ``eager`` or ``sdpa`` in every layer (masks follow)."""
-        set_attention(self, kernel)
-        self.attention = kernel
-
-    def _mask(self, attention_mask: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        return padding_mask(attention_mask, self.attention, hidden.dtype)
-
-    def encode_image(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Image tokens for the fusion encoder (B, N, H_text) and the normalised ITC feature (B, D)."""
-        tokens = self.vision(pixel_values=image, interpolate_pos_encoding=self.interpolate_pos).last_hidden_state
-        feat = F.normalize(self.vision_proj(tokens[:, 0, :]), dim=-1)
-        return self.vision_adapter(tokens), feat
-
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    embedded: torch.Tensor | None = None) -> torch.Tensor:
-        """Text-encoder hidden states (B, L, H): embeddings + the plain (bidirectional) layers.
-
-        :param embedded: the output of ``self.text.embeddings`` for ``input_ids`` when already
-            computed (row-wise, so embedding several id tensors at once gives the same values).
-        """
-        hidden = self.text.embeddings(input_ids=input_ids) if embedded is None else embedded
-        mask = self._mask(attention_mask, hidden)
-        for layer in self.text.encoder.layer:
-            hidden = layer_forward(layer, hidden, mask)
-        return hidden
-
-    def text_feature(self, text_hidden: torch.Tensor) -> torch.Tensor:
-        """Normalised ITC feature of the text ``[CLS]`` (B, D)."""
-        return F.normalize(self.text_proj(text_hidden[:, 0, :]), dim=-1)
-
-    def fuse(self, text_hidden: torch.Tensor, attention_mask: torch.Tensor,
-             image_tokens: torch.Tensor) -> torch.Tensor:
-        """Fusion encoder: bidirectional self-attention + cross-attention to all image tokens."""
-        mask = self._mask(attention_mask, text_hidden)
-        hidden = text_hidden
-        for layer in self.fusion:
-            hidden = layer_forward(layer, hidden, mask, image_tokens)
-        return hidden
-
-    def mlm_logits(self, image_tokens: torch.Tensor, mlm_input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   labels: torch.Tensor, classes: torch.Tensor | None = None,
-                   embedded: torch.Tensor | None = None) -> torch.Tensor:
-        """MLM logits at the M positions where ``labels != -100`` (row-major order).
-
-        :param classes: sorted vocabulary ids to score (in-batch softmax), or None for all: (M, V).
-        :param embedded: precomputed embeddings of ``mlm_input_ids`` (see :meth:`encode_text`).
-        """
-        fused = self.fuse(self.encode_text(mlm_input_ids, attention_mask, embedded), attention_mask, image_tokens)
-        predictions = self.mlm_head.predictions
-        hidden = predictions.transform(fused[labels != -100])
-        if classes is None:
-            return predictions.decoder(hidden)
-        return F.linear(hidden, predictions.decoder.weight[classes], predictions.decoder.bias[classes])
-
-
-def trim_padding(attention_mask: torch.Tensor, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Drop the trailing columns that are padding in every row (same result, less compute)."""
-    real = attention_mask.bool().any(dim=0).nonzero()
-    n = int(real.max()) + 1 if real.numel() else 1
-    if n == attention_mask.shape[1]:
-        return (attention_mask, *tensors)
-    return (attention_mask[:, :n], *(t[:, :n] for t in tensors))
-
-
-def mlm_classes(mlm_input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor,
-                mode: str) -> torch.Tensor | None:
-    """Output classes of the MLM softmax: None (whole vocabulary) or the sorted ids of the
-    batch's original tokens (``mode == "batch"``). Depends only on the batch and its masks, so
-    the loss before and after an update uses the same classes."""
-    if mode == "full":
-        return None
-    if mode != "batch":
-        raise ValueError(f"model.mlm_softmax={mode!r} is not one of ['full', 'batch']")
-    original = torch.where(labels != -100, labels, mlm_input_ids)
-    return torch.unique(original[attention_mask.bool()])
-
-
-def mlm_targets(labels: torch.Tensor, classes: torch.Tensor | None) -> torch.Tensor:
-    """Targets (M,) of the masked positions, as indices into ``classes`` when given."""
-    targets = labels[labels != -100]
-    return targets if classes is None else torch.searchsorted(classes, targets)
 
 
 class ALBEF(nn.Module):

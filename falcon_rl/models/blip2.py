@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,18 +46,15 @@ from transformers import BertConfig
 from transformers.models.bert.modeling_bert import BertOnlyMLMHead
 
 from falcon_rl.config.model import ModelConfig
-from falcon_rl.models.albef import mlm_classes, mlm_targets, trim_padding
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
 from falcon_rl.models.mafa import eval_mode
 from falcon_rl.models.masking import MLMMasks
 from falcon_rl.models.pair_plan import PairPlanner
 from falcon_rl.models.presets import QFormerShape, resolve_qformer, resolve_shape
 from falcon_rl.models.qformer import QFormer, qformer_config
-from falcon_rl.models.towers import build_vision, init_bert_style, resolve_attention, set_attention
-
-#: ViT shape keys that a ``model.blip2_vision_checkpoint`` must share with this model
-VISION_KEYS = ("patch_size", "vision_hidden", "vision_layers", "vision_heads", "mlp_ratio", "patch_stem")
-
+from falcon_rl.models.text import mlm_classes, mlm_targets, trim_padding
+from falcon_rl.models.towers import (VISION_KEYS, build_vision, init_bert_style,  # noqa: F401 (VISION_KEYS: public)
+                                      load_vision_checkpoint, resolve_attention, set_attention)
 
 @dataclass
 class BLIP2Output:
@@ -94,41 +90,6 @@ def query_similarity(image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch
     (n_t, D): the maximum over the queries of their inner products (BLIP-2 ITC)."""
     n_i, q, d = image_feat.shape
     return (image_feat.reshape(n_i * q, d) @ text_feat.t()).view(n_i, q, -1).amax(dim=1)
-
-
-def load_vision_checkpoint(path: str | Path, vision: nn.Module, shape: Any, image_size: int) -> None:
-    """Copy the ViT of a falcon-rl trainer checkpoint (ALBEF ``enc.vision.*`` or BLIP-2 ``vision.*``)
-    into ``vision``; the checkpoint's vision shape and image size must be this model's."""
-    from falcon_rl.training.checkpoint import CheckpointError, load_payload
-
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"model.blip2_vision_checkpoint: {path} does not exist (e.g. the checkpoint.pt "
-                                "that falcon-rl pretrain writes)")
-    payload = load_payload(path)
-    try:
-        state, signature = payload["model"], payload["signature"]
-    except (KeyError, TypeError) as e:
-        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: not a falcon-rl trainer checkpoint "
-                              f"(missing {e})") from e
-    theirs = signature.get("shape", {})
-    diff = {k: (theirs.get(k), getattr(shape, k)) for k in VISION_KEYS if theirs.get(k) != getattr(shape, k)}
-    if signature.get("image_size") != int(image_size):
-        diff["image_size"] = (signature.get("image_size"), int(image_size))
-    if diff:
-        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: its ViT differs from this model's "
-                              f"(checkpoint, this model): {diff}; set the model.* vision keys to match")
-    for prefix in ("enc.vision.", "vision."):
-        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if weights:
-            break
-    else:
-        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: holds no ViT weights")
-    try:
-        vision.load_state_dict(weights)
-    except RuntimeError as e:
-        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: its ViT weights do not fit: "
-                              f"{str(e).splitlines()[0]}") from e
 
 
 class BLIP2Filter(nn.Module):

@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from falcon_rl.models.albef import trim_padding
 from falcon_rl.models.pair_plan import PairPlan
+from falcon_rl.models.text import trim_padding
 
 #: decisions of connection mining (the values of :attr:`ConnectionReport.decision`)
 KEEP, CONVERT, NEXT = 0, 1, 2
@@ -168,7 +168,7 @@ class FilterScorer(nn.Module):
     and in eval mode (MAFA: ``filter_model.eval()``, every parameter ``requires_grad = False``); the
     :class:`falcon_rl.models.protocol.FilterModel` of ALBEF.
 
-    :param encoders: the filter's towers (:class:`falcon_rl.models.albef.Encoders`: a frozen
+    :param encoders: the filter's towers (:class:`falcon_rl.models.albef_encoders.Encoders`: a frozen
         checkpoint's, a snapshot's, or the momentum model's).
     :param itm_head: the ITM classifier read on the fused ``[CLS]``.
     """

@@ -1,7 +1,8 @@
 """Vision and text towers built from Hugging Face classes (no forked BERT).
 
 * Vision: :class:`transformers.ViTModel`, randomly initialised from the resolved shape or
-  loaded from ``model.vision_path``.
+  loaded from ``model.vision_path``, or the ViT of a falcon-rl trainer checkpoint
+  (:func:`load_vision_checkpoint`, BLIP-2's ``model.blip2_vision_checkpoint``).
 * Text: a :class:`transformers.BertModel` holding the embeddings and the first
   ``text_layers`` (plain, bidirectional) layers, plus ``fusion_layers`` :class:`BertLayer`
   modules with cross-attention to the image tokens (ALBEF's fusion encoder).
@@ -34,6 +35,7 @@ from transformers.utils import logging as hf_logging
 
 from falcon_rl.config.model import ModelConfig, is_local_path, pretrained_json
 from falcon_rl.models.presets import ModelShape
+from falcon_rl.torch_io import CheckpointError, load_payload
 
 logger = logging.getLogger(__name__)
 
@@ -221,6 +223,43 @@ def _log_resize(path: str, trained: int, image_size: int, patch: int) -> None:
     logger.warning("model.vision_path=%s: position embeddings trained at %d px (%dx%d patches) are interpolated "
                    "to %d px (%dx%d patches); leave data.image_size null to use %d px", path, trained,
                    trained // patch, trained // patch, image_size, image_size // patch, image_size // patch, trained)
+
+
+#: ViT shape keys that a ``model.blip2_vision_checkpoint`` must share with this model
+VISION_KEYS = ("patch_size", "vision_hidden", "vision_layers", "vision_heads", "mlp_ratio", "patch_stem")
+
+
+def load_vision_checkpoint(path: str | Path, vision: nn.Module, shape: Any, image_size: int) -> None:
+    """Copy the ViT of a falcon-rl trainer checkpoint (ALBEF ``enc.vision.*`` or BLIP-2 ``vision.*``)
+    into ``vision``; the checkpoint's vision shape and image size must be this model's."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"model.blip2_vision_checkpoint: {path} does not exist (e.g. the checkpoint.pt "
+                                "that falcon-rl pretrain writes)")
+    payload = load_payload(path)
+    try:
+        state, signature = payload["model"], payload["signature"]
+    except (KeyError, TypeError) as e:
+        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: not a falcon-rl trainer checkpoint "
+                              f"(missing {e})") from e
+    theirs = signature.get("shape", {})
+    diff = {k: (theirs.get(k), getattr(shape, k)) for k in VISION_KEYS if theirs.get(k) != getattr(shape, k)}
+    if signature.get("image_size") != int(image_size):
+        diff["image_size"] = (signature.get("image_size"), int(image_size))
+    if diff:
+        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: its ViT differs from this model's "
+                              f"(checkpoint, this model): {diff}; set the model.* vision keys to match")
+    for prefix in ("enc.vision.", "vision."):
+        weights = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if weights:
+            break
+    else:
+        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: holds no ViT weights")
+    try:
+        vision.load_state_dict(weights)
+    except RuntimeError as e:
+        raise CheckpointError(f"model.blip2_vision_checkpoint {path}: its ViT weights do not fit: "
+                              f"{str(e).splitlines()[0]}") from e
 
 
 def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_id: int) -> BertConfig:

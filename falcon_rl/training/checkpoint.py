@@ -1,154 +1,16 @@
-"""Checkpoint helpers: RNG state capture/restore, ``weights_only``-safe payloads, atomic writes.
+"""Checkpoint helpers, under the names the training layer and its callers have always used.
 
-Checkpoints are read with ``torch.load(..., weights_only=True)``: they may hold only tensors
-and primitive containers (dict, list, tuple, str, int, float, bool, None). NumPy arrays must
-be converted to tensors first (:func:`to_safe` does it); anything else is refused at save
-time with the path of the offending entry.
+They live below the training layer, so that data splits and models can use them without
+importing upward (docs/ARCHITECTURE.md, layers): RNG state capture / restore in
+:mod:`falcon_rl.rng`, ``weights_only``-safe torch files (:func:`to_safe`, :func:`atomic_save`,
+:func:`load_torch_file`, :func:`load_payload`, :class:`CheckpointError`) in
+:mod:`falcon_rl.torch_io`. This module re-exports them for the env and the schedulers.
 """
 
 from __future__ import annotations
 
-import os
-import random
-from pathlib import Path
-from typing import Any
+from falcon_rl.rng import global_rng_state, numpy_generator_state, set_global_rng_state, set_numpy_generator_state
+from falcon_rl.torch_io import CheckpointError, atomic_save, load_payload, load_torch_file, to_safe
 
-import numpy as np
-import torch
-
-_PRIMITIVES = (str, int, float, bool, type(None))
-
-
-def to_safe(obj: Any, where: str = "extra") -> Any:
-    """A copy of ``obj`` loadable with ``weights_only=True`` (NumPy arrays and scalars become
-    tensors / Python numbers); raises :class:`TypeError` naming the first unsupported entry."""
-    if isinstance(obj, torch.Tensor) or isinstance(obj, _PRIMITIVES):
-        return obj
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(obj))
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if not isinstance(k, (str, int)):
-                raise TypeError(f"checkpoint {where}: key {k!r} must be str or int")
-            out[k] = to_safe(v, f"{where}[{k!r}]")
-        return out
-    if isinstance(obj, (list, tuple)):
-        items = [to_safe(v, f"{where}[{i}]") for i, v in enumerate(obj)]
-        return items if isinstance(obj, list) else tuple(items)
-    raise TypeError(f"checkpoint {where} is a {type(obj).__name__}: only tensors, NumPy arrays and "
-                    "dict/list/tuple/str/int/float/bool/None can be checkpointed (torch.load weights_only=True)")
-
-
-def numpy_generator_state(rng: np.random.Generator) -> dict:
-    """``weights_only``-safe state of a NumPy Generator (big integers stored as strings)."""
-    return _stringify_ints(rng.bit_generator.state)
-
-
-def set_numpy_generator_state(rng: np.random.Generator, state: dict) -> None:
-    """Inverse of :func:`numpy_generator_state`."""
-    rng.bit_generator.state = _destringify_ints(state)
-
-
-def _stringify_ints(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _stringify_ints(v) for k, v in obj.items()}
-    if isinstance(obj, bool):
-        return obj
-    if isinstance(obj, int) and not -(2**62) < obj < 2**62:
-        return f"int:{obj}"
-    if isinstance(obj, np.ndarray):
-        return torch.from_numpy(obj.copy())
-    return obj
-
-
-def _destringify_ints(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _destringify_ints(v) for k, v in obj.items()}
-    if isinstance(obj, str) and obj.startswith("int:"):
-        return int(obj[4:])
-    if isinstance(obj, torch.Tensor):
-        return obj.numpy()
-    return obj
-
-
-def global_rng_state() -> dict:
-    """Python, NumPy (legacy global), torch CPU and CUDA RNG states."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-    return state
-
-
-def set_global_rng_state(state: dict) -> None:
-    """Inverse of :func:`global_rng_state` (CUDA states only where CUDA is present)."""
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    n = state["numpy"]
-    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def atomic_save(payload: dict, path: str | Path) -> Path:
-    """``torch.save`` to ``path.tmp`` then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
-
-
-class CheckpointError(ValueError):
-    """A checkpoint (or other torch file) cannot be read; the message names the file and why."""
-
-
-def _why_unreadable(path: Path, error: BaseException) -> str:
-    import zipfile
-
-    size = path.stat().st_size
-    first = (str(error).strip().splitlines() or [""])[0][:200]
-    refused = "Weights only load failed" in str(error)
-    if size == 0:
-        return "the file is empty (0 bytes; a run killed while writing it?)"
-    if zipfile.is_zipfile(path):
-        if refused:
-            return ("it holds Python objects other than tensors and plain containers, which are never unpickled "
-                    f"(torch.load weights_only=True refused it: {first})")
-        return f"truncated or corrupt ({type(error).__name__}: {first})"
-    with path.open("rb") as f:
-        head = f.read(1)
-    if refused and head == b"\x80":
-        return ("it is a plain pickle (legacy torch format) holding Python objects other than tensors, which are "
-                "never unpickled (torch.load weights_only=True refused it)")
-    return f"not a torch file: no zip archive in its {size} bytes (truncated, or another format)"
-
-
-def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on CPU; any failure is a :class:`CheckpointError`
-    (or :class:`FileNotFoundError`) that names the file and why it could not be read."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - whatever torch raised, say which file and why
-        raise CheckpointError(f"{what} {path} cannot be read: {_why_unreadable(path, e)}") from e
-
-
-def load_payload(path: str | Path) -> dict:
-    """``torch.load(path, weights_only=True)`` on CPU with clear errors (:func:`load_torch_file`)."""
-    payload = load_torch_file(path, "checkpoint")
-    if not isinstance(payload, dict):
-        raise CheckpointError(f"checkpoint {path} cannot be read: it holds a {type(payload).__name__}, "
-                              "not a falcon-rl checkpoint")
-    return payload
+__all__ = ["CheckpointError", "atomic_save", "global_rng_state", "load_payload", "load_torch_file",
+           "numpy_generator_state", "set_global_rng_state", "set_numpy_generator_state", "to_safe"]

@@ -40,7 +40,7 @@ from falcon_rl.models.mafa import ConnectionReport, mine_connections
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.protocol import FilterModel
 from falcon_rl.models.towers import resolve_attention
-from falcon_rl.training.checkpoint import CheckpointError, load_payload
+from falcon_rl.torch_io import CheckpointError, load_payload
 
 #: buffers of ALBEF's momentum queues (not part of a filter)
 _QUEUE_BUFFERS = ("image_queue", "text_queue", "idx_queue", "queue_ptr")

@@ -45,7 +45,8 @@ from falcon_rl.config import ConfigError, ExperimentConfig, dump_yaml
 from falcon_rl.distributed import all_gather_object, all_true, any_true, broadcast_object, own_state, world
 from falcon_rl.data.base import DataBundle, PairSplit
 from falcon_rl.progress import progress_bar
-from falcon_rl.training.checkpoint import atomic_save, numpy_generator_state, set_numpy_generator_state
+from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
+from falcon_rl.torch_io import atomic_save
 from falcon_rl.training.evaluation import HEADLINE
 from falcon_rl.training.interrupt import GracefulInterrupt
 from falcon_rl.training.trainer import StepOutput, Trainer

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from falcon_rl.config import ExperimentConfig, to_dict
+from falcon_rl.config import ExperimentConfig, rewards, to_dict
 from falcon_rl.training.checkpoint import atomic_save, load_torch_file
 
 WARM_START_FORMAT = 1
@@ -28,12 +28,11 @@ WARM_START_FORMAT = 1
 _TRAIN_FREE = ("out_dir", "threads", "checkpoint_every", "eval_every", "steps")
 #: env keys that shape the warm-up and the LR schedule (budget) of the episode
 _ENV_KEYS = ("warmup_steps", "budget_steps", "reward", "checkpoint")
-#: rewards that shape the warm-up or the state saved after it: ``toy`` trains nothing, ``retrieval``
-#: scores the warm model into the saved state. Every other option is a per-batch loss difference
-#: computed only after the warm-up (its held-out pairs are signed separately), so runs that differ
-#: only in such a reward share one warm start (checked on the bench: bit-identical files)
-_WARMUP_REWARDS = ("toy", "retrieval")
-#: what the signature records for every other reward
+#: what the signature records for a reward that does not shape the warm-up or the state saved after it
+#: (:attr:`falcon_rl.config.rewards.RewardSpec.shapes_warm_up`: ``toy`` trains nothing, ``retrieval`` scores
+#: the warm model into the saved state). Every other option is a per-batch loss difference computed only
+#: after the warm-up (its held-out pairs are signed separately), so runs that differ only in such a reward
+#: share one warm start (checked on the bench: bit-identical files)
 _PER_BATCH = "per-batch loss difference"
 #: mining keys that only choose observation columns, computed after a warm start is loaded: not signed,
 #: so one warm start serves runs that differ in them (the older state_* columns stay signed, as files
@@ -63,7 +62,7 @@ def _signed_mining(mining: dict[str, Any]) -> dict[str, Any]:
 
 def _signed_reward(reward: Any) -> Any:
     """The signature's value of ``env.reward``."""
-    return reward if reward in _WARMUP_REWARDS else _PER_BATCH
+    return reward if rewards.shapes_warm_up(reward) else _PER_BATCH
 
 
 def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
