@@ -24,6 +24,7 @@ from gymnasium import spaces
 
 from falcon_rl.config import ExperimentConfig
 from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.experimental import section_dict
 from falcon_rl.envs.spaces import action_space, observation_space, q_to_action, state_columns
 from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 
@@ -118,7 +119,7 @@ class Scheduler:
     @property
     def learns_from_reward(self) -> bool:
         """Whether this scheduler, as it is now, updates itself from the env reward (an online
-        learner that is not frozen). When not, ``env.compute_reward: auto`` skips the reward's
+        learner that is not frozen). When not, ``experimental.compute_reward: auto`` skips the reward's
         extra forwards (the env's ``compute_reward=``, decided by the run before the env is built)."""
         return self.learns_online
 
@@ -147,7 +148,7 @@ class Scheduler:
         torch.save({
             "format": "falcon_rl.scheduler/1",
             "name": self.name,
-            "agent": dataclasses.asdict(self.agent),
+            "agent": section_dict(self.agent),  # with its moved keys (hidden, blocks, ...)
             "columns": list(self.spec.columns),
             "members": self.spec.members,
             "seed": int(self.seed),

@@ -1,7 +1,7 @@
 """The FALCON negative-mining scheduler (FALCON, arXiv 2505.11192; docs/ALGORITHM.md §6).
 
 A small residual MLP, shared across members, maps each member's state to the concentrations
-``(alpha, beta)`` of a Beta distribution (softplus + ``agent.min_concentration``); the
+``(alpha, beta)`` of a Beta distribution (softplus + ``experimental.min_concentration``); the
 member's hardness is ``q ~ Beta(alpha, beta)``. The scheduler learns online, concurrently with
 pretraining, by REINFORCE on the env reward (:mod:`falcon_rl.agents.reinforce`).
 Deterministic predictions use the Beta mean.
@@ -30,17 +30,17 @@ _Q_EPS = 1e-4
 
 
 def check_learner_options(agent: AgentConfig) -> None:
-    """Refuse combinations of ``agent.credit``, ``agent.center`` and ``agent.update_unit`` that have
+    """Refuse combinations of ``experimental.credit``, ``experimental.center`` and ``experimental.update_unit`` that have
     no per-member advantages to work on (a clear error naming the keys)."""
     if agent.center == "step" and agent.credit == "step":
-        raise ValueError("agent.center=step centres per-member rewards within the step: it needs agent.credit=batch "
+        raise ValueError("experimental.center=step centres per-member rewards within the step: it needs experimental.credit=batch "
                          "or member (with credit=step every member has the same reward, so all advantages are 0)")
     if agent.center == "batch" and agent.credit != "member":
-        raise ValueError(f"agent.center=batch centres each member's own reward within its batch: it needs "
-                         f"agent.credit=member (with credit={agent.credit} the members of a batch share one reward)")
+        raise ValueError(f"experimental.center=batch centres each member's own reward within its batch: it needs "
+                         f"experimental.credit=member (with credit={agent.credit} the members of a batch share one reward)")
     if agent.update_unit == "batch" and agent.credit == "step":
-        raise ValueError("agent.update_unit=batch updates once per batch from that batch's members' advantages: it "
-                         "needs agent.credit=batch or member")
+        raise ValueError("experimental.update_unit=batch updates once per batch from that batch's members' advantages: it "
+                         "needs experimental.credit=batch or member")
 
 
 class ResidualBlock(nn.Module):
@@ -62,8 +62,8 @@ class BetaPolicy(nn.Module):
     ``Linear -> blocks x ResidualBlock -> LayerNorm -> Linear(2) -> softplus + c``.
 
     :param in_dim: state features F.
-    :param hidden: width of the residual MLP (``agent.hidden``).
-    :param blocks: residual blocks (``agent.blocks``; 4 in the paper).
+    :param hidden: width of the residual MLP (``experimental.hidden``).
+    :param blocks: residual blocks (``experimental.blocks``; 4 in the paper).
     :param min_concentration: added to both concentrations (>= 1 keeps the density unimodal).
     """
 
@@ -109,7 +109,7 @@ class FalconScheduler(Scheduler):
             self.policy = BetaPolicy(in_dim, agent.hidden, agent.blocks, agent.min_concentration)
         member_fn = None if self.pooled else self._member_log_prob_entropy
         self.learner = Reinforce(self.policy, self._log_prob_entropy, agent, member_fn)
-        #: one logit offset per env step shared by every member (agent.step_noise; inactive at 0)
+        #: one logit offset per env step shared by every member (experimental.step_noise; inactive at 0)
         self.shift = StepShift(agent)
         self.training = True
 
@@ -148,7 +148,7 @@ class FalconScheduler(Scheduler):
     def observe(self, reward: float, info: dict[str, Any] | None = None) -> dict[str, float]:
         """REINFORCE credit for the last sampled action (ignored when frozen).
 
-        ``agent.credit``: ``step`` uses ``reward``; ``batch`` the env's ``info["member_reward"]`` (the
+        ``experimental.credit``: ``step`` uses ``reward``; ``batch`` the env's ``info["member_reward"]`` (the
         reward of each member's batch); ``member`` its ``info["member_own_reward"]`` (each member's own
         loss change). ``info["member_batch"]`` tells centring and per-batch updates the batches.
         """
@@ -162,7 +162,7 @@ class FalconScheduler(Scheduler):
         elif credit == "member" and self.learner._pending is not None and math.isfinite(float(reward)):
             member_reward = info.get("member_own_reward")
             if member_reward is None:
-                raise ValueError("agent.credit=member needs each member's own loss change, info['member_own_reward'], "
+                raise ValueError("experimental.credit=member needs each member's own loss change, info['member_own_reward'], "
                                  "which the env gives for env.reward lm (mlm), lm_sample, mlm_hi or toy")
         stats = self.learner.observe(reward, member_reward, info.get("member_batch"))
         if self.shift.active:
@@ -200,7 +200,7 @@ class FalconScheduler(Scheduler):
                              f"this environment gives {in_dim} (check the mining.state_* flags)")
         self.policy.load_state_dict(state["policy"])
         self.learner.load_state_dict(state["learner"])
-        if "shift" in state:  # agents saved before agent.step_noise existed have no shared offset (level 0)
+        if "shift" in state:  # agents saved before experimental.step_noise existed have no shared offset (level 0)
             self.shift.load_state_dict(state["shift"])
 
 

@@ -37,7 +37,7 @@ class FrozenSchedulerSampler:
     def __init__(self, scheduler: Scheduler, cfg: ExperimentConfig) -> None:
         self.scheduler = scheduler
         self.cfg = cfg
-        self.deterministic = cfg.agent.frozen_deterministic
+        self.deterministic = cfg.experimental.frozen_deterministic
         self.oracle = cfg.env.oracle or scheduler.needs_oracle
         self.pipeline: MiningPipeline | None = None
         self.trainer: Any = None
@@ -72,7 +72,7 @@ class FrozenSchedulerSampler:
         assert self.cache is not None
         if self.cfg.mining.refresh_at_start:
             self.cache.refresh(lambda idx: trainer.embed_pairs(split, idx), trainer.step,
-                               chunk=self.cfg.mining.cache_refresh_chunk)
+                               chunk=self.cfg.experimental.cache_refresh_chunk)
             return True
         return False
 
@@ -94,7 +94,7 @@ class FrozenSchedulerSampler:
             S, obs = pipeline.observe(members, (trainer.step + k * per_space) / max(1, cfg.train.steps))
             action, _ = self.scheduler.predict(obs, deterministic=self.deterministic)
             q = action_to_q(action, self.scheduler.spec.action_space)
-            chain = pipeline.batches(S, q, rng, pipeline.exclusion(split, members, S))
+            chain = pipeline.batches(pipeline.chain_similarity(members, S), q, rng, pipeline.exclusion(split, members, S))
             pipeline.history.record_q(members, q)
             batches.extend(members[local] for local in chain.batches if local.size >= 2)
             q_all.append(q)

@@ -6,8 +6,8 @@ Each maps the observation to q without learning:
   makes the quantile chain draw (statistically) random batches;
 - ``grit`` — GRIT-VLP: q = 1, the greedy hardest chain;
 - ``fixed`` — q = ``agent.q`` for every member;
-- ``by-specificity`` — q = ``agent.q_by_specificity[F - 1]`` for a caption stating F facts, read
-  from the ``specificity`` state column (``mining.state_specificity``): the *true* caption
+- ``by-specificity`` — q = ``experimental.q_by_specificity[F - 1]`` for a caption stating F facts, read
+  from the ``specificity`` state column (``experimental.state_specificity``): the *true* caption
   specificity of the built-in benchmark, so, like ``oracle``, a reference that reads labels, not a
   label-free scheduler. It measures what a q split by caption specificity (softer for vague
   captions, issue #10) is worth on retrieval;
@@ -15,7 +15,7 @@ Each maps the observation to q without learning:
   from the ``progress`` state column (training step / budget);
 - ``oracle`` — q = 1 with the true matches excluded from the chain: the environment runs in
   oracle mode (``needs_oracle``), which needs a dataset with a match matrix. A pick skips the
-  true matches of every member already in the batch (``mining.oracle_scope: batch``), so no
+  true matches of every member already in the batch (``experimental.oracle_scope: batch``), so no
   batch holds two matching pairs unless the space leaves no other choice (counted as forced);
 - ``oracle-targets`` — GRIT's q = 1 chain, false negatives kept in the batch but trained as
   positives: ITC/ITM on ground-truth multi-positive targets (``needs_gt_targets``), the
@@ -78,7 +78,7 @@ class SpecificityTableScheduler(Scheduler):
         self.column = column_index(spec.columns, "specificity", self.name)
         self.table = np.asarray(agent.q_by_specificity, dtype=np.float64)
         if self.table.size == 0:
-            raise ValueError(f"{self.name}: agent.q_by_specificity is empty: give q for specificity 1, 2, ...")
+            raise ValueError(f"{self.name}: experimental.q_by_specificity is empty: give q for specificity 1, 2, ...")
 
     def q_values(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
         # the column holds F / max F of the split; the table's length must be that max
@@ -86,7 +86,7 @@ class SpecificityTableScheduler(Scheduler):
         level = obs[:, :, self.column].astype(np.float64) * k
         facts = np.rint(level)
         if not (np.allclose(level, facts, atol=1e-3) and facts.min() >= 1 and facts.max() <= k):
-            raise ValueError(f"{self.name}: agent.q_by_specificity has {k} entries, but the specificity column "
+            raise ValueError(f"{self.name}: experimental.q_by_specificity has {k} entries, but the specificity column "
                              f"(F / max F) does not map onto 1..{k} facts (values "
                              f"{np.unique(np.round(obs[:, :, self.column], 4))[:8].tolist()}): give one q per "
                              f"specificity up to the split's most")

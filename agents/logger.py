@@ -5,7 +5,7 @@ Tags (x axis: env steps across episodes): ``reward/step``, ``reward/episode``, `
 ``mining/q_std``, ``mining/q_hist``,
 ``mining/fn_rate``, ``mining/fn_pair_rate``, ``mining/fn_rate_by_specificity/<F>``,
 ``mining/q_by_specificity/<F>``, ``eval/<metric>``, ``reward/<option>`` (every option of
-``env.reward_log``), ``time/step``, ``time/<part>`` (the step's
+``experimental.reward_log``), ``time/step``, ``time/<part>`` (the step's
 wall time split, :mod:`falcon_rl.timing`), and ``agent/<stat>`` for what an online learner's
 ``observe`` returns. With MAFA (``model.false_negatives: mafa``):
 ``mafa/precision``, ``mafa/recall`` (the filter at detecting false negatives, where the data
@@ -113,7 +113,7 @@ class RunLogger:
         for f, v in info.get("q_by_specificity", {}).items():
             self.scalar(f"mining/q_by_specificity/{f}", v, step)
         self.scalar("time/step", info.get("step_time"), step)
-        if info.get("batch_stats"):  # logged reward options (env.reward_log): each under reward/<name>
+        if info.get("batch_stats"):  # logged reward options (experimental.reward_log): each under reward/<name>
             for key, v in info.get("reward_components", {}).items():
                 self.scalar(f"reward/{key}", v, step)
         for key, v in info.get("mafa", {}).items():

@@ -32,7 +32,8 @@ from falcon_rl.agents.base import Scheduler, SchedulerSpec
 from falcon_rl.agents.falcon import BatchLevelScheduler, FalconScheduler
 from falcon_rl.agents.heuristics import HEURISTICS
 from falcon_rl.config import ExperimentConfig
-from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.agent import AgentConfig, Sb3Config
+from falcon_rl.config.experimental import SB3_RENAMED, build_section, experimental_of, section_dict
 from falcon_rl.training.checkpoint import load_torch_file
 
 #: online / heuristic schedulers (``agent.pt``)
@@ -190,10 +191,12 @@ def make_scheduler(name: str, cfg: ExperimentConfig, env: gym.Env | None = None)
 
 
 def _agent_config(saved: dict[str, Any], fallback: AgentConfig) -> AgentConfig:
-    known = {f.name for f in dataclasses.fields(AgentConfig)}
-    values = dataclasses.asdict(fallback)
-    values.update({k: v for k, v in saved.items() if k in known})
-    return AgentConfig(**values)
+    values = section_dict(fallback)  # the keys moved to experimental too: saved under their old names
+    values.update({k: v for k, v in saved.items() if k in values})
+    sb3 = dict(values["sb3"])  # files written before agent.sb3 hold its keys as agent.sb3_*
+    sb3.update({new: saved[old] for old, new in SB3_RENAMED.items() if old in saved})
+    values["sb3"] = Sb3Config(**{k: v for k, v in sb3.items() if k in {f.name for f in dataclasses.fields(Sb3Config)}})
+    return build_section(AgentConfig, base=experimental_of(fallback), **values)
 
 
 def load_scheduler(path: str | Path, cfg: ExperimentConfig, env: gym.Env | None = None,

@@ -3,13 +3,13 @@
 Each env step is a one-step bandit: the action (one q per member) earns the step's reward
 (the alignment proxy of FALCON). Its log-probability is the sum of the members'
 log-probabilities. The advantage is ``reward - baseline`` (moving average with momentum
-``agent.baseline_momentum``), or per member (``agent.credit``: the reward of the member's batch,
+``experimental.baseline_momentum``), or per member (``experimental.credit``: the reward of the member's batch,
 or the member's own loss change) and then optionally centred within the step or the batch
-(``agent.center``: the mean over the step's members / the batch's members is subtracted, so the
-learning-rate trend of the reward cancels). With ``agent.normalize_reward`` the advantages are
-divided by a slowly forgetting running std (momentum ``agent.reward_std_momentum``); an entropy
-bonus (``agent.entropy_coef``) keeps exploring. Updates are made every ``agent.update_every`` env
-steps from the steps collected since, as one gradient step (``agent.update_unit: step``) or one
+(``experimental.center``: the mean over the step's members / the batch's members is subtracted, so the
+learning-rate trend of the reward cancels). With ``experimental.normalize_reward`` the advantages are
+divided by a slowly forgetting running std (momentum ``experimental.reward_std_momentum``); an entropy
+bonus (``agent.entropy_coef``) keeps exploring. Updates are made every ``experimental.update_every`` env
+steps from the steps collected since, as one gradient step (``experimental.update_unit: step``) or one
 per trained batch of each step, from that batch's members (``update_unit: batch``).
 
 The policy-gradient loss is the *mean* over members of ``-A_i log π(q_i | s_i)`` (the sum divided
@@ -39,7 +39,7 @@ LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Ten
 
 def running_std(ema_var: float, momentum: float, updates: int) -> float:
     """The std of an exponential moving average of squared advantages after ``updates`` updates,
-    bias-corrected for its zero start (``agent.reward_std_momentum``)."""
+    bias-corrected for its zero start (``experimental.reward_std_momentum``)."""
     var = ema_var / (1.0 - momentum ** updates) if momentum > 0 else ema_var
     return math.sqrt(var) + 1e-12
 
@@ -109,7 +109,7 @@ class Reinforce:
         :param member_reward: one reward per member (the reward of its batch, or its own loss
             change): the advantage is then per member and multiplies that member's log-probability.
         :param member_batch: the batch each member was trained in (-1: none), for
-            ``agent.center=batch`` and ``agent.update_unit=batch``.
+            ``experimental.center=batch`` and ``experimental.update_unit=batch``.
         """
         if self._pending is None:  # deterministic / frozen predictions are not learned from
             return {}
@@ -128,7 +128,7 @@ class Reinforce:
         advantage: Any
         if per_member is not None and center != "none":
             if center == "batch" and groups is None:
-                raise ValueError("agent.center=batch needs the batch of every member (info['member_batch'])")
+                raise ValueError("experimental.center=batch needs the batch of every member (info['member_batch'])")
             advantage = centred(per_member, groups if center == "batch" else None)
             scale = self._scale(float((advantage ** 2).mean()))
         elif per_member is not None:
@@ -150,7 +150,7 @@ class Reinforce:
 
     def _terms(self) -> list[list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]]]:
         """The buffered steps grouped into gradient steps: all at once, or one per trained batch
-        of each step (``agent.update_unit=batch``; the entry's last item selects its members)."""
+        of each step (``experimental.update_unit=batch``; the entry's last item selects its members)."""
         if self.agent.update_unit != "batch":
             return [[(obs, q, adv, None) for obs, q, adv, _ in self._buffer]]
         groups = []

@@ -57,7 +57,7 @@ def wrap_for_sb3(env: gym.Env) -> gym.Env:
 def check_action_space(name: str, action_space: spaces.Space) -> None:
     """SAC and TD3 act on continuous actions only: a clear error for the discrete env."""
     if name in _OFF_POLICY and not isinstance(action_space, spaces.Box):
-        raise ValueError(f"{name} needs continuous actions: set env.action=box (got {type(action_space).__name__} actions)")
+        raise ValueError(f"{name} needs continuous actions: set experimental.action=box (got {type(action_space).__name__} actions)")
 
 
 def sb3_setup(env: gym.Env, algorithm: str = "ppo", agent: AgentConfig | None = None,
@@ -84,35 +84,35 @@ def sb3_setup(env: gym.Env, algorithm: str = "ppo", agent: AgentConfig | None = 
 
 def algorithm_class(name: str, agent: AgentConfig) -> type[BaseAlgorithm]:
     """The SB3 class that learns agent ``name``: PPO with one ratio per member where
-    ``agent.sb3_member_ratio`` asks for it (:class:`~falcon_rl.agents.sb3_member_ppo.MemberRatioPPO`)."""
+    ``experimental.sb3_member_ratio`` asks for it (:class:`~falcon_rl.agents.sb3_member_ppo.MemberRatioPPO`)."""
     if agent.sb3_member_ratio:
         if name != "ppo":
-            raise ValueError(f"agent.sb3_member_ratio is a PPO option (its clipped ratio), not for {name}")
+            raise ValueError(f"experimental.sb3_member_ratio is a PPO option (its clipped ratio), not for {name}")
         return MemberRatioPPO
     return ALGORITHMS[name][0]
 
 
 def default_kwargs(name: str, agent: AgentConfig, seed: int) -> dict[str, Any]:
-    """Algorithm keyword arguments from the ``agent`` section (``agent.sb3_kwargs`` win)."""
-    kwargs: dict[str, Any] = {"seed": seed, "verbose": 0, "device": "cpu", "gamma": agent.sb3_gamma,
+    """Algorithm keyword arguments from the ``agent`` section (``agent.sb3.kwargs`` win)."""
+    kwargs: dict[str, Any] = {"seed": seed, "verbose": 0, "device": "cpu", "gamma": agent.sb3.gamma,
                               "learning_rate": agent.lr}
-    policy_kwargs: dict[str, Any] = {"net_arch": list(agent.sb3_hidden), "pool": agent.sb3_pool}
+    policy_kwargs: dict[str, Any] = {"net_arch": list(agent.sb3.hidden), "pool": agent.sb3_pool}
     if name in ("ppo", "a2c"):  # std 0.6 in [-1, 1] = 0.3 in q: explores without saturating
         policy_kwargs["log_std_init"] = -0.5
         if agent.sb3_shared_noise:
             policy_kwargs["shared_noise"] = True
     elif agent.sb3_shared_noise:
-        raise ValueError(f"agent.sb3_shared_noise is for ppo / a2c (their per-member Gaussian policy), not {name}")
+        raise ValueError(f"experimental.sb3_shared_noise is for ppo / a2c (their per-member Gaussian policy), not {name}")
     if name == "ppo":
-        kwargs.update(n_steps=agent.sb3_n_steps, batch_size=agent.sb3_n_steps)
+        kwargs.update(n_steps=agent.sb3.n_steps, batch_size=agent.sb3.n_steps)
         if agent.sb3_member_ratio:
             kwargs["common_weight"] = agent.sb3_common_weight
     elif name == "a2c":
-        kwargs.update(n_steps=agent.sb3_n_steps)
+        kwargs.update(n_steps=agent.sb3.n_steps)
     else:  # one transition holds |M| member rows: small replay batches are already large
-        kwargs.update(buffer_size=max(1000, agent.sb3_total_steps), batch_size=32,
-                      learning_starts=min(100, max(1, agent.sb3_total_steps // 4)))
-    extra = dict(agent.sb3_kwargs)
+        kwargs.update(buffer_size=max(1000, agent.sb3.total_steps), batch_size=32,
+                      learning_starts=min(100, max(1, agent.sb3.total_steps // 4)))
+    extra = dict(agent.sb3.kwargs)
     policy_kwargs.update(extra.pop("policy_kwargs", {}) or {})
     kwargs.update(extra)
     kwargs["policy_kwargs"] = policy_kwargs

@@ -1,4 +1,4 @@
-"""PPO with one probability ratio per member (``agent.sb3_member_ratio``; issue #10).
+"""PPO with one probability ratio per member (``experimental.sb3_member_ratio``; issue #10).
 
 SB3's PPO clips the ratio of the *joint* action's probability. A scheduler's action is one q per
 member of the search space (|M| = 512 on the bench), and the per-member Gaussian policy makes the
@@ -15,14 +15,14 @@ update, before its first gradient step (the policy that collected the rollout). 
 estimation, value clipping, ``target_kl`` and the logged ``train/*`` keys are PPO's; the entropy
 bonus is the mean entropy per action dimension. Box actions only.
 
-With ``agent.sb3_shared_noise`` the members are coupled: ``a = μ + σ_m ε + σ_s η 1`` has the
+With ``experimental.sb3_shared_noise`` the members are coupled: ``a = μ + σ_m ε + σ_s η 1`` has the
 covariance ``σ_m² I + σ_s² 11ᵀ``. Its deviation ``d = a − μ`` splits exactly into the *common
 mode* ``c = mean_i d_i ~ N(0, σ_m²/|M| + σ_s²)`` (how much harder or softer the whole step was
 explored) and the residuals ``e_i = d_i − c``, independent of ``c``, with variance σ_m² per
 member (up to the one dimension the mean removes). The surrogate then clips one ratio for the
 common mode and one per member residual, and weights them ``α`` and ``(1 − α)/|M|``
-(``agent.sb3_common_weight``): the step-level choice gets its own trust region instead of
-being one of |M| + 1 equal dimensions (FALCON's ``agent.step_noise`` learns its shared level
+(``experimental.sb3_common_weight``): the step-level choice gets its own trust region instead of
+being one of |M| + 1 equal dimensions (FALCON's ``experimental.step_noise`` learns its shared level
 separately for the same reason).
 """
 
@@ -49,14 +49,14 @@ class MemberRatioPPO(PPO):
 
     def __init__(self, *args: Any, common_weight: float = 0.5, **kwargs: Any) -> None:
         if not 0.0 <= common_weight <= 1.0:
-            raise ValueError(f"agent.sb3_common_weight must be in [0, 1], got {common_weight}")
+            raise ValueError(f"experimental.sb3_common_weight must be in [0, 1], got {common_weight}")
         self.common_weight = float(common_weight)
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
         super()._setup_model()
         if not isinstance(self.policy.action_dist, DiagGaussianDistribution):
-            raise ValueError("agent.sb3_member_ratio needs per-member Gaussian actions: env.action=box "
+            raise ValueError("experimental.sb3_member_ratio needs per-member Gaussian actions: experimental.action=box "
                              f"(got {type(self.policy.action_dist).__name__})")
 
     def mode_weights(self, members: int) -> th.Tensor:

@@ -42,7 +42,7 @@ class SharedNoiseGaussian(DiagGaussianDistribution):
     ``a_i = mu_i + sigma_m * eps_i + sigma_s * eta`` (``eps_i``, ``eta`` standard normal), i.e.
     ``N(mu, sigma_m^2 I + sigma_s^2 11^T)``. With ``sigma_s`` a whole step is explored harder or
     softer together, so its reward can show a preference that per-member noise averages out
-    (the SB3 counterpart of FALCON's ``agent.step_noise``; ``agent.sb3_shared_noise``).
+    (the SB3 counterpart of FALCON's ``experimental.step_noise``; ``experimental.sb3_shared_noise``).
     Log-density and entropy are exact (Sherman-Morrison on the rank-one covariance)."""
 
     def __init__(self, action_dim: int) -> None:
@@ -78,7 +78,7 @@ class SharedNoiseGaussian(DiagGaussianDistribution):
         """(B, |M| + 1) log-densities of the deviation's independent modes: each member's residual
         ``d_i − c`` (variance σ_m²) and, last, the common mode ``c = mean_i d_i`` (variance
         σ_m²/|M| + σ_s²). Their sum is :meth:`log_prob` − ½·log(2π σ_m²) + ½·log |M| (the residuals
-        span |M| − 1 dimensions); ``agent.sb3_member_ratio`` clips one ratio per mode."""
+        span |M| − 1 dimensions); ``experimental.sb3_member_ratio`` clips one ratio per mode."""
         var_m, var_s, n = self._parts()
         deviation = actions - self.distribution.mean
         common = deviation.mean(dim=-1, keepdim=True)
@@ -223,7 +223,7 @@ class MemberActorCriticPolicy(ActorCriticPolicy):
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Space, lr_schedule: Any,
                  *args: Any, pool: str = "mean+max", shared_noise: bool = False, **kwargs: Any) -> None:
         if shared_noise and not isinstance(action_space, spaces.Box):
-            raise ValueError(f"shared_noise (agent.sb3_shared_noise) needs Box actions (env.action=box), got {action_space}")
+            raise ValueError(f"shared_noise (experimental.sb3_shared_noise) needs Box actions (experimental.action=box), got {action_space}")
         self.shared_noise = bool(shared_noise)
         if pool not in POOLS:
             raise ValueError(f"pool={pool!r} is not one of {list(POOLS)}")

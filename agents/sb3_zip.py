@@ -197,7 +197,7 @@ def _declared_shape(agent: AgentZip, key: str) -> tuple[int, ...] | None:
 def check_spaces(agent: AgentZip, observation_space: spaces.Space, action_space: spaces.Space) -> None:
     """The zip's declared space shapes and action type must be the config's."""
     for key, space, what in (("observation_space", observation_space, "mining.search_space / mining.state_* flags"),
-                             ("action_space", action_space, "mining.search_space / env.action")):
+                             ("action_space", action_space, "mining.search_space / experimental.action")):
         shape = _declared_shape(agent, key)
         if shape is None:
             raise AgentFileError(f"{agent.path}: entry {key!r} does not declare its shape")
@@ -208,7 +208,7 @@ def check_spaces(agent: AgentZip, observation_space: spaces.Space, action_space:
     kind = "MultiDiscrete" if ("gymnasium.spaces.multi_discrete", "MultiDiscrete") in declared else "Box"
     if kind != type(action_space).__name__:
         raise AgentFileError(f"{agent.path}: agent acts with {kind} actions, this config gives "
-                             f"{type(action_space).__name__} (env.action)")
+                             f"{type(action_space).__name__} (experimental.action)")
 
 
 def rebuild_policy_kwargs(agent: AgentZip) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""One hardness level shared by every member, explored once per env step (``agent.step_noise``).
+"""One hardness level shared by every member, explored once per env step (``experimental.step_noise``).
 
 Why: with per-member exploration the q of a batch's 32 members average out (the batch mean of
 ``Beta(1, 1)`` samples has std 0.29 / sqrt(32) = 0.05), so a batch or a step is almost never much
@@ -10,8 +10,8 @@ in logit space by one offset ``z`` per env step::
 
 so a whole step is harder or softer together, and the scalar ``level`` is learned by REINFORCE
 on the step's reward: ``level += step_lr · A · (z - level) / step_noise``, with ``A`` the step's
-reward minus a moving-average baseline (``agent.baseline_momentum``), divided by a running std
-of ``A`` (``agent.reward_std_momentum``). The per-member network keeps learning the members'
+reward minus a moving-average baseline (``experimental.baseline_momentum``), divided by a running std
+of ``A`` (``experimental.reward_std_momentum``). The per-member network keeps learning the members'
 differences from its own credit (:mod:`falcon_rl.agents.reinforce`). Frozen or deterministic
 predictions use ``z = level``. This is an exploration device of falcon-rl, not part of the
 FALCON paper (off by default: ``step_noise: 0``).
@@ -42,8 +42,8 @@ def shift_q(x: np.ndarray, z: float) -> np.ndarray:
 class StepShift:
     """The shared logit offset and its REINFORCE learner.
 
-    :param agent: ``agent.step_noise`` (std of the offset's exploration), ``agent.step_lr``,
-        ``agent.baseline_momentum``, ``agent.reward_std_momentum``.
+    :param agent: ``experimental.step_noise`` (std of the offset's exploration), ``experimental.step_lr``,
+        ``experimental.baseline_momentum``, ``experimental.reward_std_momentum``.
     """
 
     def __init__(self, agent: AgentConfig) -> None:
@@ -59,7 +59,7 @@ class StepShift:
 
     @property
     def active(self) -> bool:
-        """Whether the offset is explored and learned (``agent.step_noise > 0``)."""
+        """Whether the offset is explored and learned (``experimental.step_noise > 0``)."""
         return self.noise > 0.0
 
     def sample(self, rng: np.random.Generator) -> float:

@@ -76,7 +76,7 @@ def overrides(args: argparse.Namespace, train: Path, test: Path, workers: int, p
             f"data.image_size={args.image_size}", f"data.cache_dir={train.parent / 'cache'}",
             "data.augment=true", f"data.num_workers={workers}", f"data.prefetch={str(prefetch).lower()}",
             "logging.progress=false", "logging.tensorboard=false", "eval.at_start=false",
-            "eval.by_specificity=false", f"train.amp={args.amp}", *args.overrides]
+            "experimental.by_specificity=false", f"train.amp={args.amp}", *args.overrides]
 
 
 def cpu_wall(fn) -> tuple[float, float]:

@@ -4,20 +4,20 @@ Runs the env with uniformly random hardness (no learning) and, for every trained
 what a per-member reward could be built from, next to what a scheduler should learn from it:
 
 * ``own_itc``: the member's own loss change, its pair's two in-batch ITC rows before − after
-  (``info["member_own_reward"]`` of ``agent.credit: member`` with ``env.reward: itc``);
-* ``influence``: the first-order change of the held-out ITC (``env.val_pairs`` training pairs,
+  (``info["member_own_reward"]`` of ``experimental.credit: member`` with ``env.reward: itc``);
+* ``influence``: the first-order change of the held-out ITC (``experimental.val_pairs`` training pairs,
   never the test split) that one optimiser step on the member's own row would cause, ``∇L_val ·
   ∇ℓ_a`` (:mod:`falcon_rl.envs.member_influence`); ``influence_adam`` the same through Adam's
-  preconditioner, the step AdamW actually takes (``env.member_reward: val_influence``);
+  preconditioner, the step AdamW actually takes (``experimental.member_reward: val_influence``);
 * ``influence_pos`` (``--positive-influence``): the same through Adam, on another held-out objective,
   minus the held-out pairs' mean own-pair ITC score (cosine; the best query for BLIP-2): it pays
   nothing for pushing pairs apart, so a pick that separates a true match should cost more in it
   than in the held-out ITC, whose in-batch negatives themselves hold matches (tenth round);
 * the label-free FN flag ``above_own``: the member's pick scores at least as high in the cached
-  ``S`` as the member's own pair (what ``mining.state_positive_rank`` counts over all candidates).
+  ``S`` as the member's own pair (what ``experimental.state_positive_rank`` counts over all candidates).
 
 Each signal is regressed within batches (signal and regressors centred on their batch's mean, what
-``agent.center: batch`` removes) on ``[q, FN(own pick), FN(picked by the previous member)]``: a
+``experimental.center: batch`` removes) on ``[q, FN(own pick), FN(picked by the previous member)]``: a
 usable reward for selective hardness needs a clearly negative FN coefficient. The FN flag's precision, recall and AUC are
 printed too. The command of docs/results/bench_cpu_ablation.md (fifth round)::
 
@@ -135,7 +135,7 @@ def probe(cfg, steps: int, seed: int, q_range: tuple[float, float] = (0.0, 1.0),
 
 def summarise(c: dict[str, np.ndarray]) -> dict:
     """Per signal: OLS within batches (signal and regressors centred on their batch's mean, as
-    ``agent.center: batch`` centres the credit) on q and the two FN flags, and the slope on q per
+    ``experimental.center: batch`` centres the credit) on q and the two FN flags, and the slope on q per
     specificity; the FN flag's quality; the positive_rank column by specificity."""
     fn_own, fn_prev = c["fn_own"].astype(bool), c["fn_prev"].astype(bool)
     out: dict = {"members": int(c["q"].size), "fn_rate": float(fn_own.mean()), "signals": {}}
@@ -197,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON with the summary")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. data.seed=1")
     args = ap.parse_args(argv)
-    cfg = load_config(args.config, ["env.reward=itc", "agent.credit=member", "env.reward_log=[val_itc]",
+    cfg = load_config(args.config, ["env.reward=itc", "experimental.credit=member", "experimental.reward_log=[val_itc]",
                                     "logging.progress=false", *args.overrides])
     torch.set_num_threads(max(1, cfg.train.threads or 1))
     t0, c0 = time.time(), time.process_time()

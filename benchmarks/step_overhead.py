@@ -6,15 +6,15 @@ per trained batch is split into the parts of :mod:`falcon_rl.timing`:
 
 - ``train``: forward + backward + optimiser of the batch;
 - ``reward``: the reward's extra forwards (only for schedulers that learn from the reward,
-  ``env.compute_reward: auto``; ``grit+reward`` shows grit with ``env.compute_reward=always``,
+  ``experimental.compute_reward: auto``; ``grit+reward`` shows grit with ``experimental.compute_reward=always``,
   i.e. what every scheduler paid before);
 - ``chain``: batch building, including the wait for the prefetch thread;
 - ``state``: similarity + observation of the next search space;
 - ``scheduler``: predict + update (FALCON's REINFORCE, PPO's rollout code and updates);
 - ``other``: the rest of the env step (cache update, statistics, logging).
 
-``falcon~k`` is FALCON with the sub-batch reward estimator (``env.reward_estimator=subbatch``,
-``env.reward_subbatch=k``). Env parts are summed over the env steps after the first ``--skip``
+``falcon~k`` is FALCON with the sub-batch reward estimator (``experimental.reward_estimator=subbatch``,
+``experimental.reward_subbatch=k``). Env parts are summed over the env steps after the first ``--skip``
 (first-call costs: numba compile, allocator warm-up); the scheduler part is the run's total
 divided by all its batches, so PPO's updates are amortised over exactly the rollouts they
 learn from. ``cpu`` is the process CPU time per batch over the same steps (all threads: torch,
@@ -74,10 +74,10 @@ class Measured:
 def variant_overrides(variant: str) -> tuple[str, list[str]]:
     """Scheduler name and extra overrides of a variant (``grit+reward``, ``falcon~k``)."""
     if variant.endswith("+reward"):
-        return variant[: -len("+reward")], ["env.compute_reward=always"]
+        return variant[: -len("+reward")], ["experimental.compute_reward=always"]
     if "~" in variant:
         name, k = variant.split("~", 1)
-        return name, ["env.reward_estimator=subbatch", f"env.reward_subbatch={int(k)}"]
+        return name, ["experimental.reward_estimator=subbatch", f"experimental.reward_subbatch={int(k)}"]
     return variant, []
 
 
@@ -97,8 +97,8 @@ def base_overrides(args: argparse.Namespace, preset: str) -> list[str]:
           "data.n_test=64", f"data.cache_dir={args.cache_dir}", "eval.itm_rerank=false",
           f"env.budget_steps={total + 1}", "env.warmup_steps=0", "env.eval_every=0", "env.eval_at_end=false",
           "eval.at_start=false", "eval.max_test=64", "logging.tensorboard=false", "logging.progress=false",
-          f"agent.sb3_total_steps={total}", f"agent.sb3_n_steps={args.ppo_n_steps}", f"train.amp={args.amp}",
-          f"mining.chain_backend={args.chain_backend}", "mining.space_kind=random"]
+          f"agent.sb3.total_steps={total}", f"agent.sb3.n_steps={args.ppo_n_steps}", f"train.amp={args.amp}",
+          f"experimental.chain_backend={args.chain_backend}", "mining.space_kind=random"]
     if args.image_size:
         ov.append(f"data.image_size={args.image_size}")
     return ov + list(args.overrides)
@@ -140,7 +140,7 @@ def run_preset(args: argparse.Namespace, preset: str) -> list[Measured]:
 
     cfg = load_config(args.config, base_overrides(args, preset))
     data = load_data(cfg.data)
-    warm = apply_overrides(cfg, ["env.budget_steps=2", "agent.sb3_total_steps=2"])
+    warm = apply_overrides(cfg, ["env.budget_steps=2", "agent.sb3.total_steps=2"])
     measure(warm, "grit", data, 0, 2)  # compile and warm up; not reported
     results = []
     total = total_steps(args)
@@ -214,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--presets", nargs="+", default=None, help="model presets (default: tiny small; cuda: "
                         "albef-base)")
     parser.add_argument("--variants", nargs="+", default=None,
-                        help="schedulers; name+reward = env.compute_reward=always, name~k = sub-batch estimator "
+                        help="schedulers; name+reward = experimental.compute_reward=always, name~k = sub-batch estimator "
                              "(default: random grit grit+reward falcon falcon~B/4 ppo)")
     parser.add_argument("--batch-size", type=int, default=None, help="B (default 32; cuda 128)")
     parser.add_argument("--search-space", type=int, default=None, help="|M| (default 8 B)")

@@ -19,10 +19,10 @@ DISCRETE_ENV_ID = "falcon_rl/NegativeMiningDiscrete-v0"
 
 
 def make_discrete(config: Any = None, overrides: list[str] | None = None, **kwargs: Any) -> Any:
-    """The discrete-levels variant (``env.action=discrete``) of :class:`NegativeMiningEnv`."""
+    """The discrete-levels variant (``experimental.action=discrete``) of :class:`NegativeMiningEnv`."""
     from falcon_rl.envs.negative_mining import NegativeMiningEnv
 
-    return NegativeMiningEnv(config, overrides=list(overrides or []) + ["env.action=discrete"], **kwargs)
+    return NegativeMiningEnv(config, overrides=list(overrides or []) + ["experimental.action=discrete"], **kwargs)
 
 
 def _register() -> None:

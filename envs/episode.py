@@ -75,10 +75,10 @@ def new_pipeline(env: NegativeMiningEnv) -> MiningPipeline:
 def start_loss_options(env: NegativeMiningEnv, first_mined_step: int) -> None:
     """MAFA's connection mining from the episode's first mined optimiser step (the warm-up is
     plain random-batch ALBEF for every scheduler), and S-ITC too unless
-    ``model.itc_smoothing_start`` is set."""
+    ``experimental.itc_smoothing_start`` is set."""
     env._mining_start = int(first_mined_step)
     env.trainer.connections_start = env._mining_start
-    if env.cfg.model.itc_smoothing_start is None:
+    if env.cfg.experimental.itc_smoothing_start is None:
         env.trainer.itc_smoothing_start = env._mining_start
 
 
@@ -111,10 +111,10 @@ def reset(env: NegativeMiningEnv, seed: int | None) -> tuple[np.ndarray, dict[st
         with env.timing("state"):
             if env.replicas.size > 1:  # each rank embeds its share, every rank stores all
                 refresh_sharded(env.cache, env.trainer, train, env.trainer.step,
-                                cfg.mining.cache_refresh_chunk, cfg.eval.batch_size)
+                                cfg.experimental.cache_refresh_chunk, cfg.eval.batch_size)
             else:
                 env.cache.refresh(lambda idx: env.trainer.embed_pairs(train, idx, progress=True),
-                                  env.trainer.step, chunk=cfg.mining.cache_refresh_chunk)
+                                  env.trainer.step, chunk=cfg.experimental.cache_refresh_chunk)
     env._warmup(warmup)
     env.rewards.start(env.data.test)
     env.rewards.score_start(env.trainer, env.timing)

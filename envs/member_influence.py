@@ -1,7 +1,7 @@
-"""Each member's first-order influence on the held-out ITC loss (``env.member_reward: val_influence``).
+"""Each member's first-order influence on the held-out ITC loss (``experimental.member_reward: val_influence``).
 
-A label-free per-member credit for ``agent.credit: member`` (issue #10): how much the optimiser
-step about to be taken on a batch would lower the in-batch ITC loss of the ``env.val_pairs``
+A label-free per-member credit for ``experimental.credit: member`` (issue #10): how much the optimiser
+step about to be taken on a batch would lower the in-batch ITC loss of the ``experimental.val_pairs``
 held-out training pairs through pair ``a``'s own term,
 
     I_a = ∇L_val(θ) · P ∇ℓ_a(θ),
@@ -42,7 +42,7 @@ class _ItcTerms(torch.nn.Module):
         return 0.5 * (i2t + t2i)
 
 
-#: the two directions: ``adam`` through Adam's preconditioner (``env.member_reward: val_influence``),
+#: the two directions: ``adam`` through Adam's preconditioner (``experimental.member_reward: val_influence``),
 #: ``raw`` the plain gradient product (the probe's comparison)
 KINDS = ("adam", "raw")
 

@@ -46,7 +46,7 @@ class NegativeMiningEnv(gym.Env):
     (:mod:`falcon_rl.envs.episode`). At every step the agent sees the current search space — one
     state row per member, ``Box(|M|, F)``, columns :attr:`state_columns` — and chooses a hardness
     ``q`` per member (``Box(0, 1, (|M|,))``, or ``MultiDiscrete([K] * |M|)`` with
-    ``env.action=discrete``); the env builds the space's batches with the quantile chain
+    ``experimental.action=discrete``); the env builds the space's batches with the quantile chain
     (:mod:`falcon_rl.envs.pipeline`), trains one optimiser step on each and returns their mean
     reward (:mod:`falcon_rl.envs.step_rewards`; ``env.reward``, the reward registry
     :mod:`falcon_rl.config.rewards`). Truncation after ``env.budget_steps`` steps; termination when
@@ -60,7 +60,7 @@ class NegativeMiningEnv(gym.Env):
     it is built and never changes: ``oracle`` (exclude true matches from the chain; default
     ``env.oracle``), ``gt_targets`` (ground-truth multi-positive ITC targets; default
     ``env.gt_targets``), ``compute_reward`` (run the reward's extra forwards; default: unless
-    ``env.compute_reward=never``), and MAFA's losses through the config (``model.false_negatives``,
+    ``experimental.compute_reward=never``), and MAFA's losses through the config (``model.false_negatives``,
     :func:`falcon_rl.envs.episode.with_false_negatives`). :attr:`timing` accumulates the seconds per
     part (:mod:`falcon_rl.timing`), :attr:`env_clock` (part ``env``) those inside ``reset`` / ``step``.
     Registered as ``falcon_rl/NegativeMining-v0`` and ``falcon_rl/NegativeMiningDiscrete-v0``.
@@ -89,7 +89,7 @@ class NegativeMiningEnv(gym.Env):
         self.oracle = bool(cfg.env.oracle if oracle is None else oracle)
         self.gt_targets = bool(cfg.env.gt_targets if gt_targets is None else gt_targets)
         # (not called compute_reward: SB3's env checker takes an env with that attribute for a GoalEnv)
-        self.computes_reward = bool(cfg.env.compute_reward != "never" if compute_reward is None else compute_reward)
+        self.computes_reward = bool(cfg.experimental.compute_reward != "never" if compute_reward is None else compute_reward)
         self.rewards = StepRewards(cfg, self.computes_reward)
         self.timing = Timings()
         self.env_clock = Timings()  # part "env": the time inside reset and step
@@ -150,7 +150,7 @@ class NegativeMiningEnv(gym.Env):
             raise ValueError(f"env.gt_targets (or the oracle-targets scheduler) needs a ground-truth match "
                              f"matrix, which data.source={self.cfg.data.source!r} does not have")
         wanted = [what for what, on in ((f"env.reward={self.rewards.spec.name}", self.rewards.spec.specificity),
-                                        ("mining.state_specificity=true", self.cfg.mining.state_specificity)) if on]
+                                        ("experimental.state_specificity=true", self.cfg.experimental.state_specificity)) if on]
         if wanted and train.specificity is None:
             raise ValueError(f"{wanted[0]} needs caption specificities, which data.source="
                              f"{self.cfg.data.source!r} does not provide")
@@ -173,7 +173,7 @@ class NegativeMiningEnv(gym.Env):
 
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
-        return full + (1 if rest and self.cfg.mining.remainder == "last_batch" else 0)
+        return full + (1 if rest and self.cfg.experimental.remainder == "last_batch" else 0)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -193,7 +193,7 @@ class NegativeMiningEnv(gym.Env):
         before = self.timing.snapshot()
         with self.env_clock("env"):
             obs, reward, terminated, truncated, info = self._step(action)
-        if self.cfg.env.info_timing:
+        if self.cfg.experimental.info_timing:
             info["step_time"] = time.perf_counter() - t0
             spent = self.timing.since(before)
             info["time"] = {part: spent.get(part) for part in ENV_TIME_PARTS}
@@ -205,7 +205,8 @@ class NegativeMiningEnv(gym.Env):
         members = self._members
         exclude = self.pipeline.exclusion(train, members, self._S)
         with timing("chain"):  # batch b+1 of the chain is built in a background thread while batch b trains (§2.2)
-            stream = self.pipeline.stream(self._S, q, self.rng, exclude, prefetch=rewards.spec.trains)
+            stream = self.pipeline.stream(self.pipeline.chain_similarity(members, self._S), q, self.rng, exclude,
+                                          prefetch=rewards.spec.trains)
         spec = train.specificity[members] if train.specificity is not None else None
         self.meter.begin_step()
         tally = StepTally(rewards, len(members), self.trainer.lm_name)

@@ -67,7 +67,7 @@ def space_observation(img: Any, txt: Any, members: np.ndarray, mining: MiningCon
         S = S.detach().numpy()
     spec = history.specificity[members] if history.specificity is not None else None
     if mining.state_specificity and spec is None:
-        raise ValueError("mining.state_specificity=true needs caption specificities, which this dataset lacks")
+        raise ValueError("experimental.state_specificity=true needs caption specificities, which this dataset lacks")
     rank = positive_rank(S, own_pair_similarity(img, txt), mining.state_chunk_rows) if mining.state_positive_rank else None
     extras = state_extras(mining, progress=float(min(max(progress, 0.0), 1.0)),
                           last_loss=history.last_loss[members], prev_q=history.prev_q[members], specificity=spec,

@@ -3,7 +3,7 @@
 One optimiser step trains a *group* of N local batches, N the number of ranks: rank r trains the
 group's r-th batch (so over a search space rank r trains chain batches r, r + N, r + 2N, ...),
 DDP averages the gradients, and every rank's per-batch outcome (losses, reward components — the
-reward's and the ``env.reward_log`` options' —, each pair's own reward, the training forward's ITC
+reward's and the ``experimental.reward_log`` options' —, each pair's own reward, the training forward's ITC
 embeddings with their dataset indices, per-pair ITC losses, MAFA's filter counts) is all-gathered.
 Each rank then processes the group's outcomes in chain order exactly as a single process
 processes its batches one by one: the step reward, ``member_reward``, ``member_own_reward``,

@@ -4,7 +4,7 @@
 Embedding cache -> search spaces (:func:`~falcon_rl.mining.make_search_spaces`, over the pairs
 training may use) -> each space's similarity ``S = S_i2t + S_t2i`` and per-member state
 (:func:`~falcon_rl.envs.observation.space_observation`) -> the chain's exclusion mask (the
-oracle's true matches, the label-free ``mining.positive_margin`` mask, their union,
+oracle's true matches, the label-free ``experimental.positive_margin`` mask, their union,
 :func:`~falcon_rl.mining.positive_filter.chain_exclusion`) -> the quantile chain's batches with
 the scheduler's q (:class:`~falcon_rl.mining.ChainStream`, or all at once). Training forwards
 write their ITC embeddings and per-pair losses back (:meth:`MiningPipeline.record`).
@@ -22,7 +22,8 @@ import numpy as np
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.data.base import PairSplit
 from falcon_rl.envs.observation import MemberHistory, space_observation
-from falcon_rl.mining import ChainResult, ChainStream, EmbeddingCache, build_chain_batches, make_search_spaces
+from falcon_rl.mining import ChainResult, ChainStream, EmbeddingCache, build_chain_batches, image_text_similarity
+from falcon_rl.mining import make_search_spaces
 from falcon_rl.mining import oracle_exclusion
 from falcon_rl.mining.positive_filter import chain_exclusion
 
@@ -81,13 +82,24 @@ class MiningPipeline:
         img, txt = self.cache.get(members)  # label-free filter: the cache is still this space's state's
         return chain_exclusion(S, img, txt, self.mining.positive_margin, exclude, self.mining.state_chunk_rows)
 
+    def chain_similarity(self, members: np.ndarray, S: Any) -> Any:
+        """What the chain ranks by: the state's symmetric ``S``, or S_i2t for GRIT-VLP's alternating
+        chain (``mining.chain: grit``; its transpose is S_t2i), from the same cache."""
+        if self.mining.chain != "grit":
+            return S
+        img, txt = self.cache.get(members)
+        return image_text_similarity(img, txt)
+
     def _chain_args(self) -> dict[str, Any]:
         m = self.mining
-        return {"remainder": m.remainder, "backend": m.chain_backend, "exclude_scope": m.oracle_scope}
+        grit = m.chain == "grit"
+        return {"remainder": m.remainder, "backend": m.chain_backend, "exclude_scope": m.oracle_scope,
+                "direction": "alternate" if grit else "symmetric", "restart": "space" if grit else "batch",
+                "shuffle_batches": grit}
 
     def stream(self, S: Any, q: np.ndarray, rng: np.random.Generator, exclude: Any, prefetch: bool) -> ChainStream:
         """The chain's batches one by one (batch b+1 built in a background thread while b trains when
-        ``prefetch`` and ``mining.chain_prefetch``)."""
+        ``prefetch`` and ``experimental.chain_prefetch``)."""
         prefetch = self.mining.chain_prefetch and prefetch
         return ChainStream(S, q, self.batch_size, rng, exclude=exclude, prefetch=prefetch, **self._chain_args())
 

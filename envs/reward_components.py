@@ -1,26 +1,26 @@
 """Per-batch rewards, one code path: a training step and every before − after difference around
-it — the reward's parts, the ``env.reward_log`` options, per-member loss changes — and the
+it — the reward's parts, the ``experimental.reward_log`` options, per-member loss changes — and the
 validation probe (docs/ALGORITHM.md §5, §13; issue #10: which proxy reward tracks retrieval).
 
 :class:`RewardMeter` measures what the reward registry (:mod:`falcon_rl.config.rewards`) says a
 reward is made of (its :class:`~falcon_rl.config.rewards.Measure` parts), through
 :class:`falcon_rl.models.protocol.VLPModel` (ALBEF or BLIP-2). To compare reward options they must
 be measured on the *same* runs, so the env can also compute extra components for logging only
-(``env.reward_log``; they land in ``info["reward_components"]``, the run history and
+(``experimental.reward_log``; they land in ``info["reward_components"]``, the run history and
 ``info["batch_stats"]``; the returned reward stays ``env.reward``). Besides the LM loss
 (``lm`` / ``mlm``: its component named after the loss, ``mlm`` or ``itg``), ``itc``, ``itm``:
 
-- ``mlm_hi`` (ALBEF): ΔL_MLM on masks of its own, drawn at ``env.reward_mlm_prob`` (GRIT's 0.5)
+- ``mlm_hi`` (ALBEF): ΔL_MLM on masks of its own, drawn at ``experimental.reward_mlm_prob`` (GRIT's 0.5)
   from a generator seeded by (run seed, trainer step), so drawing them changes nothing in
   training; two extra MLM forwards;
 - ``lm_sample``: per-sample ΔL_LM: each pair's mean over its LM targets before − after (the
   training forward's per-token losses, and one per-token forward after); the batch value is the
   mean over its pairs (``lm`` weights every target token equally). Each member's own value is
-  also the per-member credit of ``agent.credit: member`` (with ``lm`` and ``mlm_hi`` too; with
+  also the per-member credit of ``experimental.credit: member`` (with ``lm`` and ``mlm_hi`` too; with
   ``itc`` each pair's own term of the in-batch ITC, its image→text and text→image rows averaged,
   before − after; with ``itc+val_itc`` that plus λ·Δ(held-out ITC) of its batch);
 - ``val_itc``, ``val_lm``: label-free: the drop of the in-batch ITC / the LM loss (fixed masks)
-  on a fixed validation subset of ``env.val_pairs`` *training* pairs (evenly spaced; every pair
+  on a fixed validation subset of ``experimental.val_pairs`` *training* pairs (evenly spaced; every pair
   of their images is held out of the search spaces and the warm-up; never the test split, no
   match matrix), before − after each trained batch. "After" of one batch is "before" of the next
   (no update in between), so a step costs one validation pass per batch plus one.
@@ -88,7 +88,7 @@ class ValidationProbe:
 
     def pair_batch(self) -> Batch:
         """Every held-out pair in one batch (built once): the in-batch ITC that
-        ``env.member_reward: val_influence`` differentiates."""
+        ``experimental.member_reward: val_influence`` differentiates."""
         if self._pairs_batch is None:
             self._pairs_batch = self.split.batch(self.pairs)
         return self._pairs_batch
@@ -147,8 +147,8 @@ class BatchReward:
 class RewardMeter:
     """The env's per-batch rewards: one training step with every wanted difference around it.
 
-    :param cfg: the experiment (``env.reward``, ``env.reward_log``, ``env.reward_mlm_prob``,
-        ``env.val_pairs``, ``env.reward_estimator``, ``env.reward_subbatch``, ``env.member_reward``).
+    :param cfg: the experiment (``env.reward``, ``experimental.reward_log``, ``experimental.reward_mlm_prob``,
+        ``experimental.val_pairs``, ``experimental.reward_estimator``, ``experimental.reward_subbatch``, ``experimental.member_reward``).
     :param split: the training split (None: no held-out pairs; a reward measured on them is refused).
     """
 
@@ -163,7 +163,7 @@ class RewardMeter:
 
     def __post_init__(self) -> None:
         self.reward = rewards.spec(self.cfg.env.reward)
-        self.log = tuple(dict.fromkeys(self.cfg.env.reward_log))
+        self.log = tuple(dict.fromkeys(self.cfg.experimental.reward_log))
         held = self.cfg.env.held_out_pairs
         self.probe, self.pool, self.val_pairs = None, None, np.zeros(0, np.int64)
         if self.split is not None:
@@ -183,14 +183,14 @@ class RewardMeter:
         return rewards.measures(*self.log, *((self.reward.name,) if compute else ()))
 
     def _hi_masks(self, trainer: Trainer, batch: Batch) -> MLMMasks:
-        """mlm_hi's masks (ALBEF's BERT masking): ``env.reward_mlm_prob``, seeded by (run seed, trainer step),
+        """mlm_hi's masks (ALBEF's BERT masking): ``experimental.reward_mlm_prob``, seeded by (run seed, trainer step),
         and the rank under several processes (the N batches of one optimiser step share its trainer step)."""
         entropy = [trainer.cfg.train.seed, _HI_STREAM, trainer.step] + ([trainer.replica] if trainer.replica else [])
         seed = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         ids = trainer.model.special_ids
         m = trainer.cfg.model
         return mask_tokens(batch.input_ids, batch.attention_mask, [ids["cls"], ids["sep"], ids["pad"]], ids["mask"],
-                           trainer.model.vocab_size, self.cfg.env.reward_mlm_prob, torch.Generator().manual_seed(seed),
+                           trainer.model.vocab_size, self.cfg.experimental.reward_mlm_prob, torch.Generator().manual_seed(seed),
                            m.mlm_mask_ratio, m.mlm_random_ratio)
 
     def train(self, trainer: Trainer, batch: Batch, itc_targets: torch.Tensor | None = None, *, compute: bool = True,
@@ -201,7 +201,7 @@ class RewardMeter:
         :param own: also each pair's own loss change under ``env.reward`` (its registry ``own`` part:
             an LM-family reward's per-pair LM change; ``itc``: the pair's two in-batch ITC rows, before
             − after; ``itc+val_itc``: that plus λ times the batch's held-out change, which its pairs
-            share), or with ``env.member_reward: val_influence`` each pair's influence.
+            share), or with ``experimental.member_reward: val_influence`` each pair's influence.
         :returns: the step's output and the batch's components, keyed by option (the LM loss's
             under its name, ``mlm`` / ``itg``; ``itc+itm`` as ``itc`` and ``itm``, and as itself when
             logged).
@@ -313,8 +313,9 @@ def train_with_reward(trainer: Trainer, batch: Batch, reward: str, itc_targets: 
         the training forward's per-token losses, so it costs one forward of ``subbatch`` pairs).
     :param timing: accumulates ``train`` (the step) and ``reward`` (the extra forwards).
     """
-    env = dataclasses.replace(trainer.cfg.env, reward=reward, reward_log=[], reward_estimator=estimator,
-                              reward_subbatch=int(subbatch), member_reward="own")
-    meter = RewardMeter(dataclasses.replace(trainer.cfg, env=env), None)
+    env = dataclasses.replace(trainer.cfg.env, reward=reward)
+    experimental = dataclasses.replace(trainer.cfg.experimental, reward_log=[], reward_estimator=estimator,
+                                       reward_subbatch=int(subbatch), member_reward="own")
+    meter = RewardMeter(dataclasses.replace(trainer.cfg, env=env, experimental=experimental), None)
     out, measured = meter.train(trainer, batch, itc_targets, compute=compute, timing=timing)
     return out, measured.components

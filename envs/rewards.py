@@ -7,14 +7,14 @@ training step (:mod:`falcon_rl.envs.reward_components`, one code path for all of
 module has what they are assembled from and the two rewards that are not per batch:
 
 - a per-batch reward is the weighted sum of its parts (:func:`reward_value`): ``itc+itm`` =
-  itc + itm, ``itc+val_itc`` = itc + λ·val_itc (λ = ``env.reward_val_weight``); the LM loss's
+  itc + itm, ``itc+val_itc`` = itc + λ·val_itc (λ = ``experimental.reward_val_weight``); the LM loss's
   component is named after it (``mlm`` / ``itg``), so ``lm`` and ``mlm`` are the same reward;
-- ``env.reward_estimator: subbatch`` differences the LM loss on ``env.reward_subbatch`` evenly
+- ``experimental.reward_estimator: subbatch`` differences the LM loss on ``experimental.reward_subbatch`` evenly
   spaced pairs of the batch (:func:`subbatch_rows`) with the batch's masks and softmax classes;
 - ``retrieval``: held-out gain of multi-positive image→text R@1 over the env step
   (:class:`RetrievalProbe`, analysis);
 - ``toy``: a *diagnostic* with a known optimum and no training at all:
-  ``−mean_i (q_i − env.toy_optimum[F_i − 1])²`` where ``F_i`` is member i's caption
+  ``−mean_i (q_i − experimental.toy_optimum[F_i − 1])²`` where ``F_i`` is member i's caption
   specificity (:func:`toy_reward`). It tests that a scheduler can learn a per-anchor q from the state.
 """
 
@@ -38,7 +38,7 @@ def reward_parts(reward: str, lm_name: str = "mlm") -> tuple[str, ...]:
 
 def reward_weights(reward: str, lm_name: str = "mlm", val_weight: float = 1.0) -> dict[str, float]:
     """Component name -> weight in reward ``reward``: 1 for every part, ``val_weight``
-    (``env.reward_val_weight``, λ) for the scaled (held-out) part of ``itc+val_itc``."""
+    (``experimental.reward_val_weight``, λ) for the scaled (held-out) part of ``itc+val_itc``."""
     return {p.component(lm_name): w for p, w in rewards.spec(reward).weights(val_weight).items()}
 
 
@@ -95,7 +95,7 @@ class RetrievalProbe:
     """Multi-positive image→text R@1 (a fraction) on the first ``n`` pairs of a held-out split.
 
     :param split: held-out pairs (the test split).
-    :param n: pairs used (``env.retrieval_pairs``).
+    :param n: pairs used (``experimental.retrieval_pairs``).
     """
 
     def __init__(self, split: PairSplit, n: int) -> None:

@@ -1,7 +1,7 @@
 """Observation and action spaces of the negative-mining environment (docs/ALGORITHM.md §4).
 
 The observation is one row per search-space member: the ``m`` quantile columns of its sorted
-similarity row (softmax weights, or the raw similarities with ``mining.state_profile: raw``),
+similarity row (softmax weights, or the raw similarities with ``experimental.state_profile: raw``),
 then the optional scalar columns, in the order of :func:`state_columns` (table:
 docs/ALGORITHM.md §4). Schedulers find a column by name with :func:`column_index`.
 
@@ -32,13 +32,13 @@ def state_columns(mining: MiningConfig) -> list[str]:
 def column_index(columns: list[str], name: str, who: str) -> int:
     """Position of column ``name``; a clear error naming the config flag when it is absent."""
     if name not in columns:
-        raise ValueError(f"{who} needs the '{name}' state column: set mining.state_{name}=true")
+        raise ValueError(f"{who} needs the '{name}' state column: set experimental.state_{name}=true")
     return columns.index(name)
 
 
 def observation_space(mining: MiningConfig) -> spaces.Box:
     """``Box(|M|, F)`` float32. Quantile columns lie in [0, 1] (a softmax; unbounded with
-    ``mining.state_profile: raw``); bounded extras as documented in docs/ALGORITHM.md §4."""
+    ``experimental.state_profile: raw``); bounded extras as documented in docs/ALGORITHM.md §4."""
     cols = state_columns(mining)
     m = mining.state_quantiles
     low = np.full((mining.search_space, len(cols)), -np.inf, dtype=np.float32)
@@ -54,7 +54,7 @@ def observation_space(mining: MiningConfig) -> spaces.Box:
 
 
 def action_space(env: EnvConfig, members: int) -> spaces.Box | spaces.MultiDiscrete:
-    """``Box(0, 1, (|M|,))`` or ``MultiDiscrete([K] * |M|)`` per ``env.action``."""
+    """``Box(0, 1, (|M|,))`` or ``MultiDiscrete([K] * |M|)`` per ``experimental.action``."""
     if env.action == "discrete":
         return spaces.MultiDiscrete(np.full(members, env.levels, dtype=np.int64))
     return spaces.Box(low=0.0, high=1.0, shape=(members,), dtype=np.float32)

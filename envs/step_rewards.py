@@ -1,30 +1,30 @@
 """What one env step trains and earns (docs/ALGORITHM.md §5, §14; FALCON, arXiv 2505.11192, §2.4-2.5).
 
-The reward is ``env.reward`` × ``env.reward_scale``, computed as the reward registry
+The reward is ``env.reward`` × ``experimental.reward_scale``, computed as the reward registry
 (:mod:`falcon_rl.config.rewards`) says — :class:`~falcon_rl.config.rewards.Computation`:
 
 - ``BATCH``: the mean over the step's trained batches of a before − after difference around
   each batch's training step (:class:`~falcon_rl.envs.reward_components.RewardMeter`, the one
   code path for these; ``lm`` / ``mlm`` FALCON's ΔL_MLM — with BLIP-2 the drop of its ITG loss —,
   ``itc``, ``itm``, ``itc+itm``, ``mlm_hi``, ``lm_sample``, ``val_itc``, ``val_lm``, ``itc+val_itc``;
-  with a held-out option ``env.val_pairs`` training pairs are held out of the warm-up and the
+  with a held-out option ``experimental.val_pairs`` training pairs are held out of the warm-up and the
   search spaces);
 - ``RETRIEVAL``: ``retrieval``, the held-out i2t R@1 gain of the step (:class:`RetrievalProbe`);
-- ``TOY``: ``toy``, a diagnostic that trains nothing and peaks at ``q = env.toy_optimum[F − 1]``
+- ``TOY``: ``toy``, a diagnostic that trains nothing and peaks at ``q = experimental.toy_optimum[F − 1]``
   for a member of caption specificity F.
 
 The reward's extra forwards run only when the env computes it (``compute_reward`` of the env,
-default: unless ``env.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for
+default: unless ``experimental.compute_reward=never``; ``train-agent`` / ``ablate`` turn them off for
 schedulers that do not learn from the reward); otherwise the reward is NaN and
-``reward_components`` holds only the ``env.reward_log`` options (logged beside the reward, for
-any scheduler). ``env.reward_estimator=subbatch`` estimates the lm (mlm) reward on a sub-batch.
+``reward_components`` holds only the ``experimental.reward_log`` options (logged beside the reward, for
+any scheduler). ``experimental.reward_estimator=subbatch`` estimates the lm (mlm) reward on a sub-batch.
 
 Info entries of the reward: ``reward_components`` (mean over batches of each component; with
 ``retrieval`` also ``r1_before`` / ``r1_after``), ``member_reward`` (each member's batch's reward,
 FALCON §2.5's credit; the step reward where there is no per-batch reward), ``member_batch`` (its
-batch, -1: untrained), ``member_own_reward`` (its own loss change, with ``agent.credit: member``
-or reward ``lm_sample``; with ``env.member_reward: val_influence`` its influence on the held-out
-ITC), ``batch_stats`` (the per-batch view, with ``env.reward_log``) and, with ``model.false_negatives:
+batch, -1: untrained), ``member_own_reward`` (its own loss change, with ``experimental.credit: member``
+or reward ``lm_sample``; with ``experimental.member_reward: val_influence`` its influence on the held-out
+ITC), ``batch_stats`` (the per-batch view, with ``experimental.reward_log``) and, with ``model.false_negatives:
 mafa``, ``mafa`` (the filter's precision / recall, :mod:`falcon_rl.mining.filter_quality`).
 """
 
@@ -61,8 +61,8 @@ class StepRewards:
         self.cfg = cfg
         self.spec = rewards.spec(cfg.env.reward)
         self.computes = bool(compute)
-        #: each member's own loss change in info["member_own_reward"] (agent.credit=member, lm_sample)
-        self.own_rewards = cfg.agent.credit == "member" or self.spec.member_values
+        #: each member's own loss change in info["member_own_reward"] (experimental.credit=member, lm_sample)
+        self.own_rewards = cfg.experimental.credit == "member" or self.spec.member_values
         self.meter: RewardMeter | None = None
         self.probe: RetrievalProbe | None = None
         self.r1 = 0.0
@@ -78,15 +78,15 @@ class StepRewards:
         if self.meter is None:
             meter = RewardMeter(self.cfg, split)
             if meter.pool.size < members_per_space:
-                raise ValueError(f"env.val_pairs={self.cfg.env.held_out_pairs} held-out pairs (and the other pairs of "
+                raise ValueError(f"experimental.val_pairs={self.cfg.env.held_out_pairs} held-out pairs (and the other pairs of "
                                  f"their images) leave {meter.pool.size} training pairs, fewer than "
-                                 f"mining.search_space={members_per_space}: lower env.val_pairs")
+                                 f"mining.search_space={members_per_space}: lower experimental.val_pairs")
             self.meter = meter
         return self.meter
 
     def start(self, test: PairSplit, r1: float = 0.0) -> None:
         """A new (or loaded) episode: the retrieval probe where the reward is per step."""
-        self.probe = RetrievalProbe(test, self.cfg.env.retrieval_pairs) if self.spec.computation is Computation.RETRIEVAL \
+        self.probe = RetrievalProbe(test, self.cfg.experimental.retrieval_pairs) if self.spec.computation is Computation.RETRIEVAL \
             else None
         self.r1 = float(r1)
 
@@ -123,7 +123,7 @@ class StepTally:
 
     def toy(self, q: np.ndarray, specificity: np.ndarray, timing: Timings) -> None:
         """The toy reward of the step (nothing is trained)."""
-        optimum = self.side.cfg.env.toy_optimum
+        optimum = self.side.cfg.experimental.toy_optimum
         with timing("reward"):
             self.values.append(toy_reward(q, specificity, optimum))
         self.components[self.side.spec.name] = [self.values[-1]]
@@ -219,7 +219,7 @@ class StepTally:
         out = np.full(n, reward, dtype=np.float32)
         if len(self.values) == len(batches) and self.side.spec.per_batch:
             for local, r in zip(batches, self.values):
-                out[local] = r * self.side.cfg.env.reward_scale
+                out[local] = r * self.side.cfg.experimental.reward_scale
         return out
 
 

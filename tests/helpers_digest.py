@@ -10,7 +10,7 @@ from typing import Any
 
 #: the bench (configs/bench_cpu.yaml) cut to seconds: 640 pairs, |M| = 128, B = 16, 3 env steps
 OVERRIDES = ["data.n_train=640", "data.n_test=200", "mining.search_space=128", "train.batch_size=16",
-             "env.val_pairs=64", "env.budget_steps=3", "env.warmup_steps=4", "env.eval_every=0",
+             "experimental.val_pairs=64", "env.budget_steps=3", "env.warmup_steps=4", "env.eval_every=0",
              "ablation.seeds=[0]", "ablation.workers=1", "ablation.shared_warmup=false", "logging.progress=false",
              "logging.tensorboard=false", "train.threads=1"]
 HISTORY_KEYS = ("q_mean", "q_std", "reward", "reward_components", "loss_itc", "loss_itm", "loss_mlm", "fn_rate",

@@ -10,8 +10,8 @@ from gymnasium import spaces
 #: a tiny ALBEF env run of 2 env steps with the itc reward (add the agent's options and data.cache_dir)
 TINY_ITC_RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
                 "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-                "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "env.reward=itc",
-                "agent.sb3_n_steps=2", "agent.sb3_hidden=[16]"]
+                "env.budget_steps=2", "train.warmup_steps=1", "experimental.by_specificity=false", "env.reward=itc",
+                "agent.sb3.n_steps=2", "agent.sb3.hidden=[16]"]
 
 
 class MeanQBandit(gym.Env):

@@ -26,7 +26,7 @@ def _args(tmp_path) -> list[str]:
         "mining.search_space=32", "train.batch_size=16", "train.device=cpu", "train.threads=1",
         "train.warmup_steps=2", "env.budget_steps=3", "env.warmup_steps=4", "env.eval_every=2",
         "eval.max_test=0", "logging.progress=false", "logging.hist_every=1",
-        "agent.hidden=16", "agent.blocks=1",
+        "experimental.hidden=16", "experimental.blocks=1",
         f"ablation.schedulers=[{', '.join(SCHEDULERS)}]", "ablation.seeds=[0, 1]", "ablation.workers=1",
     ]
 
@@ -72,7 +72,7 @@ def test_ablate_cli_end_to_end_and_resume(tmp_path, capsys, monkeypatch):
     assert all(r["status"] == "ok" and r["steps"] == "3" for r in rows)
     assert all(0.0 <= float(r["i2t_r1_mp"]) <= 100.0 for r in rows)
     # plots, with the mid-run evaluation giving r1_vs_step its points; no reward curve: heuristics do not
-    # compute the reward (env.compute_reward: auto), and their reward column shows "–"
+    # compute the reward (experimental.compute_reward: auto), and their reward column shows "–"
     for name in ("r1_vs_step.png", "fn_rate.png", "q_by_specificity.png"):
         assert (root / name).is_file() and (root / name).stat().st_size > 1000, name
     assert not (root / "reward.png").exists() and "reward.png" not in drawn

@@ -38,7 +38,7 @@ def _args(tmp_path: Path, rows: str) -> list[str]:
     return ["ablate", "--out", str(tmp_path / "abl"), "data.source=albef_json", f"data.train_file={train}",
             f"data.test_file={test}", f"data.image_root={tmp_path / 'data' / 'images'}", "data.image_size=16",
             "model.preset=tiny", "train.batch_size=8", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
-            "mining.search_space=16", "mining.chain_backend=numpy", "env.budget_steps=2", "env.warmup_steps=2",
+            "mining.search_space=16", "experimental.chain_backend=numpy", "env.budget_steps=2", "env.warmup_steps=2",
             "env.eval_at_end=true", "eval.max_test=0", "logging.progress=false", f"ablation.schedulers={rows}",
             "ablation.seeds=[0]", "ablation.workers=1"]
 

@@ -58,7 +58,7 @@ def test_nothing_to_draw_gives_no_figure(maker):
 
 
 def test_reward_plot_names_the_schedulers_without_a_reward():
-    """Heuristics do not compute the reward (env.compute_reward: auto): their NaN / null rewards
+    """Heuristics do not compute the reward (experimental.compute_reward: auto): their NaN / null rewards
     draw no curve, and the title says so; with no reward at all there is no figure."""
     skipped = [{**r, "history": {**r["history"], "reward": [None] * 4}} for r in RUNS if r["scheduler"] != "falcon"]
     mixed = skipped + [r for r in RUNS if r["scheduler"] == "falcon"]

@@ -23,7 +23,7 @@ from falcon_rl.agents.pickle_scan import PickleScanError, pickle_globals
 from falcon_rl.agents.sb3 import SB3Scheduler, default_kwargs
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy, MemberSACPolicy
 from falcon_rl.agents.sb3_zip import UntrustedAgentFile
-from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.agent import AgentConfig, Sb3Config
 from falcon_rl.envs.wrappers import SymmetricActions
 
 
@@ -50,7 +50,7 @@ def _spec() -> SchedulerSpec:
 def agent_zips(tmp_path_factory) -> dict[str, Path]:
     """Real agent.zip files of PPO, A2C and SAC (together they hold every kind of serialized entry)."""
     out = tmp_path_factory.mktemp("agents")
-    agent = AgentConfig(sb3_hidden=[8], sb3_n_steps=4, sb3_total_steps=8)
+    agent = AgentConfig(sb3=Sb3Config(hidden=[8], n_steps=4, total_steps=8))
     made = {}
     for name, algo, policy in (("ppo", PPO, MemberActorCriticPolicy), ("a2c", A2C, MemberActorCriticPolicy),
                                ("sac", SAC, MemberSACPolicy)):

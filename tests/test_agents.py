@@ -18,6 +18,7 @@ from falcon_rl.agents.reinforce import Reinforce
 from falcon_rl.config import load_config
 from falcon_rl.config.agent import AgentConfig
 from test_sb3_policies import OPT, MembersToy
+from falcon_rl.config.experimental import build_section
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,7 +83,7 @@ def test_progressive_schedules_read_the_progress_column():
     np.testing.assert_allclose(hard.predict(obs)[0][:, 0], [0.0, 0.25, 0.9], atol=1e-7)
     np.testing.assert_allclose(soft.predict(obs)[0][:, 0], [1.0, 0.75, 0.1], atol=1e-7)
     no_progress = SchedulerSpec(spec.observation_space, spec.action_space, ["a", "b", "c"])
-    with pytest.raises(ValueError, match=r"mining\.state_progress=true"):
+    with pytest.raises(ValueError, match=r"experimental\.state_progress=true"):
         ProgressiveScheduler(cfg.agent, no_progress)
 
 
@@ -98,7 +99,7 @@ def test_predict_checks_shapes_and_batches():
 
 def test_falcon_starts_at_half_and_samples_inside_unit_interval():
     env = MembersToy(members=32)
-    sched = FalconScheduler(AgentConfig(), spec_of(env), seed=0)
+    sched = FalconScheduler(build_section(AgentConfig), spec_of(env), seed=0)
     obs, _ = env.reset(seed=0)
     np.testing.assert_allclose(sched.predict(obs, deterministic=True)[0], 0.5, atol=1e-6)
     q = sched.predict(obs)[0]
@@ -107,7 +108,7 @@ def test_falcon_starts_at_half_and_samples_inside_unit_interval():
 
 def test_reinforce_baseline_and_advantage():
     policy = torch.nn.Linear(1, 1)
-    agent = AgentConfig(baseline_momentum=0.5, normalize_reward=False, update_every=2)
+    agent = build_section(AgentConfig, baseline_momentum=0.5, normalize_reward=False, update_every=2)
     learner = Reinforce(policy, lambda o, q: (policy(o).sum(dim=(-1, -2)), torch.zeros(o.shape[0])), agent)
     stats = []
     for r in (1.0, 3.0, 0.0):
@@ -131,7 +132,7 @@ def falcon_toy_error(sched, members: int = 32, seed: int = 7) -> float:
 
 def test_falcon_reinforce_improves_on_the_toy_reward():
     env = MembersToy(members=32)
-    agent = AgentConfig(hidden=32, blocks=2)
+    agent = build_section(AgentConfig, hidden=32, blocks=2)
     sched = FalconScheduler(agent, spec_of(env), seed=0)
     err0 = falcon_toy_error(sched)
     obs, _ = env.reset(seed=0)
@@ -147,7 +148,7 @@ def test_falcon_reinforce_improves_on_the_toy_reward():
 
 def test_batch_level_uses_one_q_per_space():
     env = MembersToy(members=16)
-    sched = BatchLevelScheduler(AgentConfig(), spec_of(env), seed=0)
+    sched = BatchLevelScheduler(build_section(AgentConfig), spec_of(env), seed=0)
     obs, _ = env.reset(seed=0)
     q = sched.predict(obs)[0]
     assert np.all(q == q[0]) and 0 < q[0] < 1
@@ -159,7 +160,7 @@ def test_batch_level_uses_one_q_per_space():
 
 def test_falcon_save_load_round_trip_and_frozen(tmp_path):
     env = MembersToy(members=16)
-    cfg = load_config(None, ["agent.hidden=16", "agent.blocks=1"])
+    cfg = load_config(None, ["experimental.hidden=16", "experimental.blocks=1"])
     sched = make_scheduler("falcon", cfg, env)
     obs, _ = env.reset(seed=0)
     for _ in range(5):
@@ -215,7 +216,7 @@ def _credit_error(credit: str, steps: int = 60, members: int = 512) -> float:
     """
     obs_space = spaces.Box(-np.inf, np.inf, (members, 2), np.float32)
     spec = SchedulerSpec(obs_space, spaces.Box(0.0, 1.0, (members,), np.float32), ["a", "b"])
-    agent = AgentConfig(lr=3e-2, hidden=16, blocks=1, entropy_coef=0.0, credit=credit)
+    agent = build_section(AgentConfig, lr=3e-2, hidden=16, blocks=1, entropy_coef=0.0, credit=credit)
     sched = FalconScheduler(agent, spec, seed=0)
     group = np.arange(members) % 2
     obs = np.stack([group, 1 - group], axis=1).astype(np.float32)

@@ -20,14 +20,14 @@ from falcon_rl.experiments import run_scheduler
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-       "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "logging.hist_every=1",
-       "agent.sb3_total_steps=2", "agent.sb3_n_steps=2", "agent.hidden=16", "agent.blocks=1",
-       "agent.sb3_hidden=[16]"]
+       "env.budget_steps=2", "train.warmup_steps=1", "experimental.by_specificity=false", "logging.hist_every=1",
+       "agent.sb3.total_steps=2", "agent.sb3.n_steps=2", "experimental.hidden=16", "experimental.blocks=1",
+       "agent.sb3.hidden=[16]"]
 COMMON_TAGS = {"loss/itc", "loss/itm", "loss/mlm", "mining/q_mean",
                "mining/q_std", "mining/fn_rate", "mining/fn_pair_rate", "eval/i2t_r1_mp", "eval/t2i_map",
                "eval/t2i_r1", "time/step", "time/train", "time/reward", "time/chain", "time/state", "time/scheduler",
                "time/eval"}
-#: only where the run computes the reward (schedulers that learn from it, env.compute_reward=auto)
+#: only where the run computes the reward (schedulers that learn from it, experimental.compute_reward=auto)
 REWARD_TAGS = {"reward/step", "reward/episode"}
 
 
@@ -57,7 +57,7 @@ def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     base, data, _ = small
     if name == "by-specificity":  # reads the specificity column: one q per specificity of the split
         top = int(data.train.specificity.max())
-        base = apply_overrides(base, ["mining.state_specificity=true", f"agent.q_by_specificity={[0.5] * top}"])
+        base = apply_overrides(base, ["experimental.state_specificity=true", f"experimental.q_by_specificity={[0.5] * top}"])
     record = run_scheduler(base, name, tmp_path, data=data)
     assert record["status"] == "ok" and record["scheduler"] == name
     assert record["steps"] == 2 and record["episodes"] == 1 and not record["interrupted"]
@@ -74,7 +74,7 @@ def test_every_scheduler_runs_two_env_steps(small, tmp_path, name):
     assert (tmp_path / "config.yaml").is_file()
     scalars, hists = tb_tags(tmp_path)
     assert COMMON_TAGS <= scalars, COMMON_TAGS - scalars  # the same tags for every scheduler
-    # the reward's extra forwards only for schedulers that learn from it (env.compute_reward=auto)
+    # the reward's extra forwards only for schedulers that learn from it (experimental.compute_reward=auto)
     assert record["reward_computed"] == (name in SB3_AGENTS or SCHEDULERS[name].learns_online)
     if record["reward_computed"]:
         assert REWARD_TAGS <= scalars

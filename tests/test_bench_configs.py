@@ -33,10 +33,10 @@ def test_quickstart_is_a_cut_down_bench():
 
 def test_bench_world_and_protocol():
     bench = _load("bench_cpu.yaml")
-    assert bench.data.max_objects == 1 and bench.data.relation_prob == 0.0
+    assert bench.experimental.max_objects == 1 and bench.experimental.relation_prob == 0.0
     assert bench.data.seed == 0  # the reported instance; choices were made on data.seed 1
     assert len(bench.ablation.schedulers) == 14 and len(bench.ablation.seeds) == 3
-    assert bench.env.held_out_pairs == bench.env.val_pairs == 128  # held out for every scheduler
+    assert bench.env.held_out_pairs == bench.experimental.val_pairs == 128  # held out for every scheduler
 
 
 def test_every_bench_row_holds_out_the_same_pairs_and_shares_the_warm_up():
@@ -50,10 +50,10 @@ def test_every_bench_row_holds_out_the_same_pairs_and_shares_the_warm_up():
         assert spec.cfg.env.held_out_pairs == 128, spec.label
         assert spec.cfg.env.warm_start == next(s for s in specs if s.seed == spec.seed).cfg.env.warm_start, spec.label
     shared = next(s.cfg for s in specs if s.label == "falcon-shared")
-    assert shared.env.reward == "itc" and shared.agent.step_noise == 4.0 and shared.agent.credit == "batch"
+    assert shared.env.reward == "itc" and shared.experimental.step_noise == 4.0 and shared.experimental.credit == "batch"
     ppo = next(s.cfg for s in specs if s.label == "ppo-shared")
-    assert ppo.agent.name == "ppo" and ppo.env.reward == "itc" and ppo.agent.sb3_member_ratio
-    assert ppo.agent.sb3_shared_noise and ppo.agent.sb3_total_steps == bench.env.budget_steps
+    assert ppo.agent.name == "ppo" and ppo.env.reward == "itc" and ppo.experimental.sb3_member_ratio
+    assert ppo.experimental.sb3_shared_noise and ppo.agent.sb3.total_steps == bench.env.budget_steps
 
 
 def test_mafa_config_pairs_with_the_bench_runs():
@@ -83,6 +83,6 @@ def test_credit_check_is_the_tuning_bench_with_the_toy_reward():
         k: v for k, v in b["data"].items() if k != "seed"}
     assert check.env.reward == "toy" and check.env.checkpoint.endswith("checkpoint.pt")
     rows = check.ablation.overrides
-    assert [rows[s]["agent.credit"] if "agent.credit" in rows[s] else bench.agent.credit
+    assert [rows[s]["experimental.credit"] if "experimental.credit" in rows[s] else bench.experimental.credit
             for s in check.ablation.schedulers] == ["member"] * 3 + ["batch"] * 2
-    assert sum("mining.state_specificity" in rows[s] for s in check.ablation.schedulers) == 2
+    assert sum("experimental.state_specificity" in rows[s] for s in check.ablation.schedulers) == 2

@@ -19,8 +19,8 @@ def step_overhead():
 
 def test_step_overhead_variants_and_split(step_overhead, tmp_path, one_thread):
     assert step_overhead["variant_overrides"]("falcon~8") == (
-        "falcon", ["env.reward_estimator=subbatch", "env.reward_subbatch=8"])
-    assert step_overhead["variant_overrides"]("grit+reward") == ("grit", ["env.compute_reward=always"])
+        "falcon", ["experimental.reward_estimator=subbatch", "experimental.reward_subbatch=8"])
+    assert step_overhead["variant_overrides"]("grit+reward") == ("grit", ["experimental.compute_reward=always"])
     args = argparse.Namespace(search_space=32, batch_size=16, skip=1, steps=1, ppo_n_steps=2, device="cpu", threads=1,
                               cache_dir=str(tmp_path), amp="fp32", chain_backend="numpy", image_size=None,
                               overrides=["data.n_train=64", "data.n_test=16"])
@@ -28,7 +28,7 @@ def test_step_overhead_variants_and_split(step_overhead, tmp_path, one_thread):
     from falcon_rl.data import load_data
 
     cfg = load_config(None, step_overhead["base_overrides"](args, "tiny"))
-    assert cfg.env.budget_steps == 3 and cfg.agent.sb3_total_steps == 2  # no episode end inside the window
+    assert cfg.env.budget_steps == 3 and cfg.agent.sb3.total_steps == 2  # no episode end inside the window
     data = load_data(cfg.data)
     grit = step_overhead["measure"](cfg, "grit", data, 1, 2)
     sub = step_overhead["measure"](cfg, "falcon~4", data, 1, 2)
@@ -72,13 +72,13 @@ def test_member_signal_probe_runs_and_finds_a_planted_fn_effect(tmp_path, one_th
     bench = runpy.run_path(str(BENCH / "member_signal_probe.py"))
     out = tmp_path / "probe.json"
     bench["main"](["--config", str(BENCH.parent / "configs" / "quickstart.yaml"), "--steps", "1", "--out", str(out),
-                   "data.n_train=256", "data.n_test=32", "mining.search_space=64", "env.val_pairs=24",
+                   "data.n_train=256", "data.n_test=32", "mining.search_space=64", "experimental.val_pairs=24",
                    "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
     summary = json.loads(out.read_text())
     assert summary["members"] == 64 and set(summary["signals"]) == {"own_itc", "influence", "influence_adam"}
     bench["main"](["--config", str(BENCH.parent / "configs" / "quickstart.yaml"), "--steps", "1", "--out", str(out),
                    "--positive-influence", "data.n_train=256", "data.n_test=32", "mining.search_space=64",
-                   "env.val_pairs=24", "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
+                   "experimental.val_pairs=24", "env.warmup_steps=2", f"data.cache_dir={tmp_path}", "train.threads=1"])
     pos = json.loads(out.read_text())["signals"]
     assert set(pos) == {"own_itc", "influence", "influence_adam", "influence_pos"}
     assert np.isfinite(pos["influence_pos"]["fit"]["q"]["coef"])

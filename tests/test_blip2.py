@@ -141,7 +141,7 @@ def test_itm_is_bidirectional_over_queries_and_text(batch):
 
 
 def test_cross_attention_every_freq_layers():
-    model = _model("model.qformer_layers=5", "model.cross_attention_freq=2")
+    model = _model("experimental.qformer_layers=5", "experimental.cross_attention_freq=2")
     assert model.qformer.cross_attention_layers() == [0, 2, 4]
     assert model.qshape.layers == 5 and len(model.qformer.layers) == 5
     assert _model().qformer.cross_attention_layers() == [0, 1]  # blip2-tiny: every layer
@@ -150,7 +150,7 @@ def test_cross_attention_every_freq_layers():
 def test_sdpa_and_eager_kernels_agree(batch):
     outs = {}
     for kernel in ("eager", "sdpa"):
-        model = _model(f"model.attention={kernel}")
+        model = _model(f"experimental.attention={kernel}")
         masks = model.make_lm_masks(batch.input_ids, batch.attention_mask)
         out = model(batch.image, batch.input_ids, batch.attention_mask, masks.input_ids, masks.labels,
                     generator=torch.Generator().manual_seed(0))
@@ -180,7 +180,7 @@ def test_itc_is_the_max_over_queries_infonce(batch):
 
 
 def test_itg_targets_and_loss(batch):
-    model = _model("model.mlm_softmax=full")
+    model = _model("experimental.mlm_softmax=full")
     masks = model.make_lm_masks(batch.input_ids, batch.attention_mask)
     real = batch.attention_mask.bool()
     assert (masks.input_ids[:, 0] == model.dec_id).all() and model.dec_id == model.vocab_size
@@ -210,7 +210,7 @@ def test_itg_targets_and_loss(batch):
 
 
 def test_itm_never_draws_a_known_match_and_reads_the_mean_over_queries(batch):
-    model = _model("model.itm_negatives=hardest")
+    model = _model("experimental.itm_negatives=hardest")
     masks = model.make_lm_masks(batch.input_ids, batch.attention_mask)
     targets = torch.eye(12)
     targets[0, 1] = targets[1, 0] = 1.0  # pairs 0 and 1 match: never each other's negative
@@ -272,7 +272,7 @@ def test_vision_tower_from_an_albef_checkpoint(tmp_path):
     assert all(torch.equal(v, theirs[k]) for k, v in model.vision.state_dict().items())
     assert all(not p.requires_grad for p in model.vision.parameters())
     with pytest.raises(CheckpointError, match="vision_layers"):
-        _model(f"model.blip2_vision_checkpoint={ckpt}", "model.vision_layers=3")
+        _model(f"model.blip2_vision_checkpoint={ckpt}", "experimental.vision_layers=3")
     with pytest.raises(FileNotFoundError, match="blip2_vision_checkpoint"):
         _model(f"model.blip2_vision_checkpoint={tmp_path / 'missing.pt'}")
 
@@ -282,7 +282,7 @@ def test_qformer_from_a_pretrained_bert_computes_bert_on_text(batch):
 
     from falcon_rl.models import minilm_path
 
-    model = _model("model.preset=minilm", "model.vision_layers=1")
+    model = _model("model.preset=minilm", "experimental.vision_layers=1")
     assert model.qshape.layers == 6 and model.qshape.queries == 8  # an ALBEF preset: text + fusion depth
     bert = BertModel.from_pretrained(str(minilm_path()), local_files_only=True, add_pooling_layer=False).eval()
     with torch.no_grad():

@@ -23,7 +23,7 @@ from falcon_rl.models import BLIP2
 BLIP2_TINY = ["model.framework=blip2", "model.preset=blip2-tiny"]
 TINY = ["train.device=cpu", "train.threads=1", "logging.progress=false", "data.n_train=128", "data.n_test=48",
         "mining.search_space=32", "train.batch_size=16", "env.budget_steps=3", "train.warmup_steps=1",
-        "eval.by_specificity=false", "agent.hidden=16", "agent.blocks=1"]
+        "experimental.by_specificity=false", "experimental.hidden=16", "experimental.blocks=1"]
 
 
 @pytest.fixture(scope="module")

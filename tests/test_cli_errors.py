@@ -12,8 +12,8 @@ from falcon_rl.cli import main
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-        "env.budget_steps=2", "train.warmup_steps=0", "eval.by_specificity=false", "agent.hidden=16",
-        "agent.blocks=1"]
+        "env.budget_steps=2", "train.warmup_steps=0", "experimental.by_specificity=false", "experimental.hidden=16",
+        "experimental.blocks=1"]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def albef(tmp_path) -> dict[str, str]:
             "overrides": ["data.source=albef_json", f"data.train_file={tmp_path / 'train.json'}",
                           f"data.test_file={tmp_path / 'test.json'}", f"data.image_root={images}",
                           "data.image_size=16", "data.num_workers=1", "train.batch_size=2",
-                          "mining.search_space=4", "eval.by_specificity=false"]}
+                          "mining.search_space=4", "experimental.by_specificity=false"]}
 
 
 def _one_error_line(capsys) -> str:

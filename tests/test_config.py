@@ -29,11 +29,11 @@ def test_defaults_and_file_values(tmp_path):
 
 def test_overrides_apply_and_are_typed(tmp_path):
     p = write(tmp_path, "train:\n  steps: 10\n")
-    cfg = load_config(p, ["train.steps=20", "mining.search_space=480", "data.fact_probs=[0.5, 0.5]",
+    cfg = load_config(p, ["train.steps=20", "mining.search_space=480", "experimental.fact_probs=[0.5, 0.5]",
                           "train.lr=1e-4", "data.train_file=null"])
     assert cfg.train.steps == 20
     assert cfg.mining.search_space == 480
-    assert cfg.data.fact_probs == [0.5, 0.5]
+    assert cfg.experimental.fact_probs == [0.5, 0.5]
     assert cfg.train.lr == pytest.approx(1e-4) and isinstance(cfg.train.lr, float)
     assert cfg.data.train_file is None
 
@@ -72,8 +72,8 @@ def test_out_of_range_and_choices(tmp_path):
         load_config(write(tmp_path, "model:\n  mlm_prob: 1.5\n"))
     with pytest.raises(ConfigError, match=r"model\.preset='huge' is not one of"):
         load_config(write(tmp_path, "model:\n  preset: huge\n"))
-    with pytest.raises(ConfigError, match=r"data\.fact_probs\[1\]=-0\.1 is out of range"):
-        load_config(write(tmp_path, "data:\n  fact_probs: [0.5, -0.1]\n"))
+    with pytest.raises(ConfigError, match=r"experimental\.fact_probs\[1\]=-0\.1 is out of range"):
+        load_config(write(tmp_path, "experimental:\n  fact_probs: [0.5, -0.1]\n"))
 
 
 def test_bad_override_is_named(tmp_path):

@@ -11,6 +11,7 @@ from falcon_rl.config.data import DataConfig
 from falcon_rl.data import digits_scenes, synthetic_scenes
 from falcon_rl.data.scene_match import CaptionFacts, SceneLayout, match_matrix
 from falcon_rl.data.scenes import split_seeds, unpack_match
+from falcon_rl.config.experimental import build_section
 
 
 def brute_force_match(slot_attr, slot_row, slot_col, n_described, attr_mask, slot_mask, rel, count_mask):
@@ -62,7 +63,7 @@ def _check_split(arrays, slot_row, slot_col):
     (150, {"n_colors": 2, "n_shapes": 2, "n_sizes": 1, "position_facts": False, "min_objects": 2}),
 ])
 def test_synthetic_match_equals_brute_force(n, overrides):
-    cfg = DataConfig(**overrides)
+    cfg = build_section(DataConfig, **overrides)
     arrays = synthetic_scenes.generate_split(cfg, n, split_seeds(3)["train"])
     g = cfg.grid
     got = _check_split(arrays, np.arange(g * g) // g, np.arange(g * g) % g)
@@ -72,7 +73,7 @@ def test_synthetic_match_equals_brute_force(n, overrides):
 
 
 def test_digits_match_equals_brute_force():
-    cfg = DataConfig(source="digits_scenes", count_fact_prob=0.4)
+    cfg = build_section(DataConfig, source="digits_scenes", count_fact_prob=0.4)
     pools, images = digits_scenes.digit_pools(0)
     arrays = digits_scenes.generate_split(cfg, 180, split_seeds(0)["test"], pools["test"], images)
     n_slots = cfg.max_digits

@@ -178,7 +178,7 @@ def test_pretrain_with_prefetch_resumes_exactly_and_matches_no_prefetch(root, tm
             f"data.test_file={root / 'test.json'}", f"data.image_root={root / 'images'}", "data.image_size=16",
             f"data.cache_dir={root / 'cache'}", "data.augment=true", "data.num_workers=2", "train.batch_size=4",
             "train.steps=6", "train.warmup_steps=1", "train.checkpoint_every=2", "train.eval_every=0",
-            "eval.by_specificity=false", "eval.at_start=false", f"train.out_dir={tmp_path / out}", *extra])
+            "experimental.by_specificity=false", "eval.at_start=false", f"train.out_dir={tmp_path / out}", *extra])
 
     def run(c, **kw):
         return pretrain(c, data=load_data(c.data), **kw)  # a fresh split: its RNG is run state
@@ -208,7 +208,7 @@ def test_the_env_prefetches_the_next_chain_batch_and_trains_the_same(root, monke
             f"data.test_file={root / 'test.json'}", f"data.image_root={root / 'images'}", "data.image_size=16",
             f"data.cache_dir={root / 'cache'}", "data.augment=true", "data.num_workers=2", "train.batch_size=3",
             "mining.search_space=12", "train.warmup_steps=1", "env.budget_steps=2", "env.reward=itc",
-            "eval.by_specificity=false", *extra])
+            "experimental.by_specificity=false", *extra])
         env = NegativeMiningEnv(cfg, data=load_data(cfg.data))
         env.reset(seed=0)
         out = []

@@ -12,12 +12,13 @@ from falcon_rl.data import synthetic_scenes
 from falcon_rl.data.cache import cache_path
 from falcon_rl.data.scenes import split_seeds, unpack_match
 from falcon_rl.data.synthetic_scenes import COLOR_NAMES, SHAPE_NAMES, generate, generate_split
+from falcon_rl.config.experimental import build_section
 
 
 def _cfg(tmp_path, **kw) -> DataConfig:
     base = dict(n_train=400, n_test=200, cache_dir=str(tmp_path / "cache"))
     base.update(kw)
-    return DataConfig(**base)
+    return build_section(DataConfig, **base)
 
 
 def test_deterministic_for_a_seed_and_different_across_seeds(tmp_path):
@@ -140,7 +141,7 @@ def test_rendered_objects_have_their_colour_in_their_cell(tmp_path):
 def test_bad_settings_raise_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="max_objects=5 exceeds the 2x2 grid"):
         generate_split(_cfg(tmp_path, max_objects=5), 10, split_seeds(0)["train"])
-    with pytest.raises(ValueError, match="image_size=30 must be a multiple of data.grid=4"):
+    with pytest.raises(ValueError, match="image_size=30 must be a multiple of experimental.grid=4"):
         generate_split(_cfg(tmp_path, image_size=30, grid=4), 10, split_seeds(0)["train"])
     with pytest.raises(ValueError, match="fact_probs"):
         generate_split(_cfg(tmp_path, fact_probs=[0.0, 0.0]), 10, split_seeds(0)["train"])

@@ -6,7 +6,7 @@ gradients. The reference is one process that trains the same chain batches with 
 of each group of N averaged into one step, each batch with the same rank's streams
 (:class:`helpers_distributed.ThreadReplicas`). Against it: (a) the parameters after k steps,
 (b) the env's rewards, member rewards, FN statistics and next observations (also with every
-reward option of env.reward_log, per-member own rewards and the per-batch stats, and validation
+reward option of experimental.reward_log, per-member own rewards and the per-batch stats, and validation
 pairs held out), and (c) a run killed and resumed under two processes logs what an uninterrupted
 one does. Warm starts of every episode (env.warm_start_episodes: every) work under two processes.
 """
@@ -29,7 +29,7 @@ from falcon_rl.mining import build_chain_batches, search_space_similarity
 from falcon_rl.training import Trainer
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false", "data.n_train=128",
-        "data.n_test=32", "train.batch_size=16", "train.warmup_steps=1", "mining.chain_backend=numpy"]
+        "data.n_test=32", "train.batch_size=16", "train.warmup_steps=1", "experimental.chain_backend=numpy"]
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_ddp_parameters_equal_one_process_averaging_each_pair_of_batches(data_di
     assert moved > 1e-3  # averaging pairs is a different run from training the batches one by one
 
 
-#: info keys present only with some reward settings (per-member own rewards, env.reward_log)
+#: info keys present only with some reward settings (per-member own rewards, experimental.reward_log)
 OPTIONAL_KEYS = ("member_own_reward", "batch_stats")
 
 
@@ -135,7 +135,7 @@ def _close(a, b, path: str = "") -> None:
 @pytest.mark.parametrize("model", [[], ["model.framework=blip2", "model.preset=blip2-tiny"]], ids=["albef", "blip2"])
 def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_dir, one_thread, model):
     overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
-                        "env.budget_steps=3", "mining.state_last_loss=true", *model]
+                        "env.budget_steps=3", "experimental.state_last_loss=true", *model]
     ranks = launch(env_episode, overrides, 2)
     reference = env_episode(overrides, 2, ThreadReplicas(2))
     for r in ranks:
@@ -147,15 +147,15 @@ def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_
     assert reference["eval"]["i2t_r1_mp"] >= 0 and "t2i_map" in ranks[0]["eval"]
 
 
-REWARD_LOG = "env.reward_log=[lm, itc, itm, itc+itm, mlm_hi, val_itc, val_lm]"
+REWARD_LOG = "experimental.reward_log=[lm, itc, itm, itc+itm, mlm_hi, val_itc, val_lm]"
 
 
 def test_reward_options_under_two_processes_match_one_process(data_dir, one_thread):
-    """Every env.reward_log option, the per-member own rewards (env.reward=lm_sample) and the per-batch
+    """Every experimental.reward_log option, the per-member own rewards (env.reward=lm_sample) and the per-batch
     stats (FN pairs, hardness, each batch's components) are gathered from both ranks and processed in
     chain order: the same as the one-process reference; the validation pairs stay out of every batch."""
     overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
-                        "env.budget_steps=3", "env.reward=lm_sample", REWARD_LOG, "env.val_pairs=16"]
+                        "env.budget_steps=3", "env.reward=lm_sample", REWARD_LOG, "experimental.val_pairs=16"]
     ranks = launch(env_episode, overrides, 2)
     reference = env_episode(overrides, 2, ThreadReplicas(2))
     for r in ranks:
@@ -186,7 +186,7 @@ def test_mlm_hi_masks_of_the_two_batches_of_a_step_are_drawn_apart(data_dir, one
     the step, so each rank's replica index joins the seed (rank 0 keeps one process's masks)."""
     from falcon_rl.envs.reward_components import _HI_STREAM, RewardMeter
 
-    cfg, data, image_size = _setup(TINY + [f"data.cache_dir={data_dir}", "env.reward_log=[mlm_hi]"])
+    cfg, data, image_size = _setup(TINY + [f"data.cache_dir={data_dir}", "experimental.reward_log=[mlm_hi]"])
     trainer = Trainer(cfg, data.tokenizer, image_size, replica=0)
     other = Trainer(cfg, data.tokenizer, image_size, replica=1)
     meter = RewardMeter(cfg, data.train)
@@ -200,8 +200,8 @@ def test_mlm_hi_masks_of_the_two_batches_of_a_step_are_drawn_apart(data_dir, one
     from falcon_rl.models import mask_tokens
 
     expected = mask_tokens(batch.input_ids, batch.attention_mask, [ids["cls"], ids["sep"], ids["pad"]], ids["mask"],
-                           trainer.model.vocab_size, cfg.env.reward_mlm_prob, gen, cfg.model.mlm_mask_ratio,
-                           cfg.model.mlm_random_ratio)
+                           trainer.model.vocab_size, cfg.experimental.reward_mlm_prob, gen, cfg.experimental.mlm_mask_ratio,
+                           cfg.experimental.mlm_random_ratio)
     assert torch.equal(zero.labels, expected.labels) and torch.equal(zero.input_ids, expected.input_ids)
 
 
@@ -254,7 +254,7 @@ def test_global_negatives_gradient_is_that_of_the_mean_loss_over_ranks(data_dir,
     """train.global_negatives: rank r's ITC sees every rank's pairs (gathered with gradient); the step's
     (clipped) gradient is that of one process minimising the mean of both ranks' losses, each rank's
     against both batches' pairs (the gradient through the other rank's features included)."""
-    overrides = TINY + [f"data.cache_dir={data_dir}", "train.global_negatives=true", "model.itm_negatives=hardest"]
+    overrides = TINY + [f"data.cache_dir={data_dir}", "train.global_negatives=true", "experimental.itm_negatives=hardest"]
     groups = _chain_groups(128, 32, 16, 2)[:1]
     ranks = launch(train_groups, overrides, groups)
 
@@ -316,7 +316,7 @@ def test_pretrain_killed_and_resumed_under_two_processes_logs_the_same(tmp_path,
 
 
 AGENT = TINY + ["mining.search_space=32", "env.budget_steps=4", "env.warmup_steps=2", "env.eval_every=3",
-                "agent.hidden=16", "agent.blocks=1", "agent.update_every=2", "agent.checkpoint_every=2",
+                "experimental.hidden=16", "experimental.blocks=1", "experimental.update_every=2", "agent.checkpoint_every=2",
                 "logging.hist_every=1"]
 
 
@@ -325,7 +325,7 @@ def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_pa
     """The scheduler on rank 0 (FALCON; PPO inside SB3's learn loop, checkpointed at update boundaries),
     its q broadcast, both ranks' rewards gathered; a rank killed inside env step 3 (the checkpoint of
     step 2 survives, with every rank's RNG streams) and the run resumed."""
-    sb3 = ["agent.sb3_total_steps=8", "agent.sb3_n_steps=2", "agent.sb3_hidden=[16]"]
+    sb3 = ["agent.sb3.total_steps=8", "agent.sb3.n_steps=2", "agent.sb3.hidden=[16]"]
     args = ["train-agent", "--agent", agent, "--episodes", "2", *AGENT, *sb3, f"data.cache_dir={data_dir}"]
     assert launch(cli, args + ["--out", str(tmp_path / "straight")]) == [0, 0]
     cut = args + ["--out", str(tmp_path / "cut")]
@@ -353,7 +353,7 @@ def test_reward_check_under_two_processes(tmp_path, data_dir, monkeypatch):
     options = ["lm", "itc", "mlm_hi", "lm_sample", "val_itc", "val_lm"]
     args = ["reward-check", "--config", "tests/configs/tiny_ablation.yaml", "--out", str(root), *TINY,
             f"data.cache_dir={data_dir}", "mining.search_space=32", "env.budget_steps=2", "env.warmup_steps=2",
-            "env.eval_every=0", "logging.tensorboard=false", "env.val_pairs=16",
+            "env.eval_every=0", "logging.tensorboard=false", "experimental.val_pairs=16",
             "reward_check.policies=[fixed-0.25, grit]", f"reward_check.rewards=[{', '.join(options)}]",
             "ablation.seeds=[0]", "ablation.workers=1", "ablation.shared_warmup=true"]
     assert launch(cli, args) == [0, 0]

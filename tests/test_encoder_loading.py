@@ -26,6 +26,7 @@ from falcon_rl.config.model import is_local_path, resolve_encoder_inputs, vision
 from falcon_rl.data import load_data
 from falcon_rl.data.tokenizer import build_tokenizer, default_tokenizer_dir
 from falcon_rl.models import PretrainedLoadError, build_model
+from falcon_rl.config.experimental import replace_section
 
 TOWERS = "falcon_rl.models.towers"
 
@@ -38,7 +39,7 @@ def _resolved(*overrides: str):
 
 def _small(data):
     """A few synthetic scenes of the resolved data config (no cache; cheap rendering at 224 px)."""
-    return dataclasses.replace(data, n_train=4, n_test=2, use_cache=False, supersample=1, position_jitter=0.0)
+    return replace_section(data, n_train=4, n_test=2, use_cache=False, supersample=1, position_jitter=0.0)
 
 
 def _images(bundle) -> torch.Tensor:
@@ -159,7 +160,7 @@ def test_mean_std_from_preprocessor_config(tmp_path):
     (vit / "preprocessor_config.json").write_text(json.dumps({
         "image_processor_type": "ViTImageProcessor", "do_normalize": True, "image_mean": [0.5, 0.4, 0.3],
         "image_std": [0.25, 0.2, 0.125], "size": {"height": 64, "width": 64}}))
-    cfg, data = _resolved("model.preset=tiny", f"model.vision_path={vit}", "data.background=64", "data.max_objects=1")
+    cfg, data = _resolved("model.preset=tiny", f"model.vision_path={vit}", "experimental.background=64", "experimental.max_objects=1")
     assert (data.image_size, data.image_mean, data.image_std) == (64, [0.5, 0.4, 0.3], [0.25, 0.2, 0.125])
     images = _images(load_data(_small(data)))
     background = torch.tensor([(64 / 255 - m) / s for m, s in zip(data.image_mean, data.image_std)])

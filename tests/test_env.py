@@ -19,7 +19,7 @@ from falcon_rl.training import Trainer
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=32",
-        "env.budget_steps=3", "train.warmup_steps=1", "eval.by_specificity=false"]
+        "env.budget_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false"]
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_gymnasium_and_sb3_env_checkers(tiny):
     from gymnasium.utils.env_checker import check_env as gym_check
     from stable_baselines3.common.env_checker import check_env as sb3_check
 
-    # as shipped: the defaults (no env.info_timing override), through the registered id
+    # as shipped: the defaults (no experimental.info_timing override), through the registered id
     cfg, data = tiny
     env = gym.make(ENV_ID, config=cfg("mining.search_space=32", "train.batch_size=16"), data=data)
     gym_check(env.unwrapped, skip_render_check=True)
@@ -51,9 +51,9 @@ def test_gymnasium_and_sb3_env_checkers(tiny):
 
 
 def test_positive_rank_column_is_where_the_own_pair_falls_in_the_cached_row(tiny):
-    """mining.state_positive_rank: the last column is the share of each member's candidates that the
+    """experimental.state_positive_rank: the last column is the share of each member's candidates that the
     cached embeddings score at least as high as its own pair (recomputed here from the cache)."""
-    env = make_env(tiny, "mining.state_positive_rank=true")
+    env = make_env(tiny, "experimental.state_positive_rank=true")
     assert env.state_columns[-1] == "positive_rank"
     obs, _ = env.reset(seed=0)
     for _ in range(2):
@@ -70,7 +70,7 @@ def test_positive_rank_column_is_where_the_own_pair_falls_in_the_cached_row(tiny
 
 
 def test_spaces_match_what_step_returns(tiny):
-    env = make_env(tiny, "mining.state_prev_q=true", "mining.state_specificity=true")
+    env = make_env(tiny, "experimental.state_prev_q=true", "experimental.state_specificity=true")
     assert env.observation_space.shape == (64, 16 + 3)
     assert env.state_columns[16:] == ["progress", "prev_q", "specificity"]
     obs, info = env.reset(seed=0)
@@ -92,7 +92,7 @@ def test_spaces_match_what_step_returns(tiny):
         for key in ("q_mean", "q_std", "q_quantiles", "fn_rate", "fn_pair_rate", "fn_rate_by_specificity",
                     "q_by_specificity"):
             assert key in info, key
-        assert "step_time" not in info  # wall clock only with env.info_timing: info stays deterministic
+        assert "step_time" not in info  # wall clock only with experimental.info_timing: info stays deterministic
         np.testing.assert_allclose(info["q"], action, rtol=1e-6)
         assert info["q_mean"] == pytest.approx(float(np.mean(action)), rel=1e-5)
         assert 0.0 <= info["fn_rate"] <= 1.0 and info["n_batches"] == 2
@@ -115,7 +115,7 @@ def test_reward_is_the_before_after_mlm_difference(tiny):
         deltas.append(out.losses["mlm"] - twin.mlm_loss(batch, out.mlm_masks))
     assert reward == pytest.approx(float(np.mean(deltas)), abs=1e-6)
     assert reward != 0.0
-    # per-member credit (agent.credit=batch): each member carries its own batch's reward
+    # per-member credit (experimental.credit=batch): each member carries its own batch's reward
     local = {int(g): i for i, g in enumerate(members)}
     for idx, delta in zip(info["batches"], deltas):
         got = info["member_reward"][[local[int(g)] for g in idx]]
@@ -186,7 +186,7 @@ def _matching_pairs(split, batch):
 
 @pytest.mark.parametrize("scope", ["batch", "anchor"])
 def test_oracle_batches_hold_no_matching_pair_unless_forced(tiny, scope):
-    env = make_env(tiny, "env.reward=toy", "env.budget_steps=4", f"mining.oracle_scope={scope}", oracle=True)
+    env = make_env(tiny, "env.reward=toy", "env.budget_steps=4", f"experimental.oracle_scope={scope}", oracle=True)
     env.reset(seed=3)
     split = env.data.train
     clashing = forced = 0
@@ -254,9 +254,9 @@ def test_actions_are_clipped_and_nan_is_an_error(tiny):
 
 
 def test_toy_reward_has_its_known_optimum(tiny):
-    env = make_env(tiny, "env.reward=toy", "env.reward_scale=2.0")
+    env = make_env(tiny, "env.reward=toy", "experimental.reward_scale=2.0")
     env.reset(seed=0)
-    opt = np.array(env.cfg.env.toy_optimum)
+    opt = np.array(env.cfg.experimental.toy_optimum)
     spec = env.data.train.specificity[env.members]
     best = opt[spec - 1].astype(np.float32)
     _, r_best, _, _, info = env.step(best)
@@ -323,7 +323,7 @@ def test_budget_truncates_and_divergence_terminates(tiny):
 
 @pytest.mark.parametrize("reward", ["itc+itm", "retrieval"])
 def test_other_rewards(tiny, reward):
-    env = make_env(tiny, f"env.reward={reward}", "env.retrieval_pairs=32")
+    env = make_env(tiny, f"env.reward={reward}", "experimental.retrieval_pairs=32")
     env.reset(seed=0)
     _, r, _, _, info = env.step(np.full(64, 0.5, np.float32))
     comp = info["reward_components"]
@@ -339,7 +339,7 @@ def test_registered_ids_and_discrete_levels(tiny, tmp_path):
     cfg, data = tiny
     env = gym.make(ENV_ID, config=cfg("env.reward=toy"), data=data)
     assert isinstance(env.unwrapped, NegativeMiningEnv)
-    denv = gym.make(DISCRETE_ENV_ID, config=cfg("env.reward=toy", "env.levels=3"), data=data)
+    denv = gym.make(DISCRETE_ENV_ID, config=cfg("env.reward=toy", "experimental.levels=3"), data=data)
     assert denv.action_space == gym.spaces.MultiDiscrete([3] * 64)
     denv.reset(seed=0)
     levels = np.tile([0, 1, 2], 22)[:64]
@@ -396,7 +396,7 @@ def test_neighbourhood_search_spaces_hold_similar_pairs(tiny):
 
 
 def test_by_specificity_reads_the_true_specificity_of_every_member(tiny):
-    """The label-reading reference ``by-specificity``: q = agent.q_by_specificity[F - 1] for the
+    """The label-reading reference ``by-specificity``: q = experimental.q_by_specificity[F - 1] for the
     caption specificity F of each member (the env's specificity column is F / max F); a table whose
     length is not the split's most facts is refused, naming the key."""
     from falcon_rl.agents import make_scheduler
@@ -404,7 +404,7 @@ def test_by_specificity_reads_the_true_specificity_of_every_member(tiny):
     cfg, data = tiny
     top = int(data.train.specificity.max())
     table = np.linspace(0.1, 0.9, top).round(3).tolist()
-    env = make_env(tiny, "mining.state_specificity=true", f"agent.q_by_specificity={table}")
+    env = make_env(tiny, "experimental.state_specificity=true", f"experimental.q_by_specificity={table}")
     obs, _ = env.reset(seed=0)
     sched = make_scheduler("by-specificity", env.cfg, env)
     q = sched.predict(obs)[0]
@@ -413,16 +413,16 @@ def test_by_specificity_reads_the_true_specificity_of_every_member(tiny):
     np.testing.assert_allclose(q, np.asarray(table)[spec - 1], atol=1e-6)
     _, _, _, _, info = env.step(q)
     np.testing.assert_allclose(info["q"], np.asarray(table, np.float32)[info["specificity"] - 1], atol=1e-6)
-    short = make_env(tiny, "mining.state_specificity=true", f"agent.q_by_specificity={table[:-1]}")
+    short = make_env(tiny, "experimental.state_specificity=true", f"experimental.q_by_specificity={table[:-1]}")
     obs, _ = short.reset(seed=0)
-    with pytest.raises(ValueError, match=r"agent\.q_by_specificity has %d entries" % (top - 1)):
+    with pytest.raises(ValueError, match=r"experimental\.q_by_specificity has %d entries" % (top - 1)):
         make_scheduler("by-specificity", short.cfg, short).predict(obs)
-    with pytest.raises(ValueError, match=r"mining\.state_specificity=true"):
+    with pytest.raises(ValueError, match=r"experimental\.state_specificity=true"):
         make_scheduler("by-specificity", cfg(), make_env(tiny))
 
 
 def test_cache_refresh_chunk_is_read_from_the_config(tiny, monkeypatch):
-    """mining.cache_refresh_chunk sets the pairs per embedding call of a full refresh (it was read
+    """experimental.cache_refresh_chunk sets the pairs per embedding call of a full refresh (it was read
     from the class default, 4096, whatever the config said)."""
     sizes: list[int] = []
     real = Trainer.embed_pairs
@@ -432,6 +432,6 @@ def test_cache_refresh_chunk_is_read_from_the_config(tiny, monkeypatch):
         return real(self, split, idx, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "embed_pairs", spy)
-    env = make_env(tiny, "mining.cache_refresh_chunk=100", "mining.refresh_at_start=true")
+    env = make_env(tiny, "experimental.cache_refresh_chunk=100", "mining.refresh_at_start=true")
     env.reset(seed=0)
     assert sizes[:3] == [100, 100, 56]  # 256 training pairs in chunks of 100

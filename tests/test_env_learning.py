@@ -1,9 +1,9 @@
 """Schedulers learn the env's toy reward (a known optimal q per caption specificity).
 
 ``env.reward=toy`` trains no model, so a few hundred env steps take seconds; the state holds
-the ground-truth specificity column (``mining.state_specificity``), which is what the optimum
+the ground-truth specificity column (``experimental.state_specificity``), which is what the optimum
 depends on. PPO (SB3, per-member policy) and FALCON (REINFORCE) must both move from the
-initial q = 0.5 towards ``env.toy_optimum``.
+initial q = 0.5 towards ``experimental.toy_optimum``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from falcon_rl.envs import NegativeMiningEnv
 
 TOY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=512", "data.n_test=32", "mining.search_space=64", "train.batch_size=32",
-       "env.reward=toy", "env.budget_steps=64", "mining.state_specificity=true", "mining.state_progress=false"]
+       "env.reward=toy", "env.budget_steps=64", "experimental.state_specificity=true", "experimental.state_progress=false"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -51,10 +51,10 @@ def test_ppo_learns_the_toy_optimum_per_specificity(toy):
     base, data = toy
     from falcon_rl.envs import apply_overrides
 
-    cfg = apply_overrides(base, ["agent.sb3_n_steps=32", "agent.lr=3e-3", "agent.sb3_hidden=[32, 32]"])
+    cfg = apply_overrides(base, ["agent.sb3.n_steps=32", "agent.lr=3e-3", "agent.sb3.hidden=[32, 32]"])
     env = NegativeMiningEnv(cfg, data=data)
     sched = make_scheduler("ppo", cfg, env)
-    opt = cfg.env.toy_optimum
+    opt = cfg.experimental.toy_optimum
     before = q_by_specificity(env, sched)
     sched.learn(640)
     after = q_by_specificity(env, sched)
@@ -67,7 +67,7 @@ def test_falcon_reinforce_improves_on_the_toy_reward(toy):
     cfg, data = toy
     env = NegativeMiningEnv(cfg, data=data)
     sched = make_scheduler("falcon", cfg, env)
-    opt = cfg.env.toy_optimum
+    opt = cfg.experimental.toy_optimum
     before = q_by_specificity(env, sched)
     obs, _ = env.reset(seed=0)
     rewards = []
@@ -89,7 +89,7 @@ def _falcon_split(toy, overrides: list[str], steps: int = 150) -> dict[int, floa
     from falcon_rl.envs import apply_overrides
 
     base, data = toy
-    cfg = apply_overrides(base, ["agent.center=step", "agent.update_unit=batch", "agent.seed=0", *overrides])
+    cfg = apply_overrides(base, ["experimental.center=step", "experimental.update_unit=batch", "agent.seed=0", *overrides])
     env = NegativeMiningEnv(cfg, data=data)
     sched = make_scheduler("falcon", cfg, env)
     obs, _ = env.reset(seed=0)
@@ -106,8 +106,8 @@ def test_a_split_by_specificity_needs_per_member_credit(toy):
     """The bench's per-batch credit gives a batch's members of mixed specificity one reward, so
     FALCON learns no q that differs by specificity even when the state holds it; the same
     learner with each member's own reward does (docs/results/bench_cpu_ablation.md, fifth round)."""
-    member = _falcon_split(toy, ["agent.credit=member"])
-    batch = _falcon_split(toy, ["agent.credit=batch"])
+    member = _falcon_split(toy, ["experimental.credit=member"])
+    batch = _falcon_split(toy, ["experimental.credit=batch"])
     gap = {name: q[7] - q[2] for name, q in (("member", member), ("batch", batch))}
     assert gap["member"] > 0.3, member  # vague captions (2 facts) softer than specific ones (7)
     assert abs(gap["batch"]) < 0.5 * gap["member"], (member, batch)

@@ -23,7 +23,7 @@ def _tiny_config(tmp_path: Path) -> Path:
     path.write_text(f"base: {ROOT / 'configs' / 'snippet.yaml'}\n"
                     f"data: {{n_train: 160, n_test: 48, cache_dir: '{tmp_path / 'data'}'}}\n"
                     "train: {batch_size: 16, threads: 1}\nmining: {search_space: 32}\n"
-                    "env: {budget_steps: 4, warmup_steps: 2}\nagent: {sb3_n_steps: 4}\n")
+                    "env: {budget_steps: 4, warmup_steps: 2}\nagent: {sb3: {n_steps: 4}}\n")
     return path
 
 

@@ -20,7 +20,7 @@ from falcon_rl.models import build_model
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-        "env.budget_steps=4", "train.warmup_steps=0", "eval.by_specificity=false"]
+        "env.budget_steps=4", "train.warmup_steps=0", "experimental.by_specificity=false"]
 #: a learning rate that blows the weights up after one update: the next gradients are not finite
 DIVERGE = ["train.lr=1e5", "train.grad_clip=0"]
 

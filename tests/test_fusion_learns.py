@@ -2,7 +2,7 @@
 
 ITM negatives drawn at the learned ITC temperature are nearly always the hardest in-batch
 candidate, mostly a false negative or a pair the young fusion encoder cannot tell apart, and
-ITM stayed at the prior entropy H(1/3) = 0.6365. Sampling them at ``model.itm_temperature``
+ITM stayed at the prior entropy H(1/3) = 0.6365. Sampling them at ``experimental.itm_temperature``
 (the bench's 0.5) lets ITM learn. The image must also carry the MLM prediction: masked
 attribute words are predicted better with the paired image than with a shuffled one.
 """

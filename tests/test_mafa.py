@@ -161,7 +161,7 @@ def _batches(n: int, b: int = 16, seed: int = 0):
 
 
 def test_smoothing_starts_exactly_at_the_configured_step(monkeypatch):
-    trainer = _trainer("model.itc_label_smoothing=0.5", "model.itc_smoothing_start=2")
+    trainer = _trainer("experimental.itc_label_smoothing=0.5", "experimental.itc_smoothing_start=2")
     used = []
     forward = trainer.model.forward
 
@@ -181,7 +181,7 @@ def test_smoothing_starts_exactly_at_the_configured_step(monkeypatch):
 
 
 def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
-    trainer = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "mafa.snapshot_every=2")
+    trainer = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "experimental.snapshot_every=2")
     conn = trainer.connections
     assert conn.filter is None  # nothing built before the first use
 
@@ -201,7 +201,7 @@ def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
     assert all(not p.requires_grad and p.grad is None for p in conn.filter_parameters())
     # exact resume: the snapshot travels in the trainer's checkpoint
     payload = trainer.state_dict()
-    again = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "mafa.snapshot_every=2")
+    again = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "experimental.snapshot_every=2")
     again.load_state_dict(payload)
     assert again.connections.snapshot_step == 2
     assert all(torch.equal(a, b) for a, b in zip(again.connections.filter_parameters(), conn.filter_parameters()))
@@ -214,7 +214,7 @@ def test_snapshot_filter_is_frozen_and_refreshed_every_k_steps():
 
 
 def test_no_gradient_reaches_a_checkpoint_filter(tmp_path):
-    source = _trainer("model.text_layers=1")  # the filter may have its own model config
+    source = _trainer("experimental.text_layers=1")  # the filter may have its own model config
     path = source.save_checkpoint(tmp_path / "filter.pt")
     saved = {k: v.clone() for k, v in source.model.state_dict().items()}
     trainer = _trainer("model.false_negatives=mafa", "mafa.filter=path", f"mafa.path={path}")

@@ -18,13 +18,13 @@ from falcon_rl.envs import NegativeMiningEnv
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=32",
-        "env.budget_steps=2", "env.warmup_steps=3", "train.warmup_steps=1", "eval.by_specificity=false",
-        "mining.chain_backend=numpy"]
+        "env.budget_steps=2", "env.warmup_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false",
+        "experimental.chain_backend=numpy"]
 
 
 def test_env_reports_the_filter_every_step_and_smooths_after_the_warmup(tmp_path):
     cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path}", "model.false_negatives=mafa",
-                                    "mafa.filter=snapshot", "mafa.snapshot_every=10"])
+                                    "mafa.filter=snapshot", "experimental.snapshot_every=10"])
     env = NegativeMiningEnv(cfg, data=load_data(cfg.data))
     env.reset(seed=0)
     assert env.trainer.itc_smoothing_start == env.warmup_length() == 3 == env.trainer.step
@@ -54,7 +54,7 @@ def _ablate_args(tmp_path) -> list[str]:
         f"data.cache_dir={tmp_path / 'data'}", "data.n_train=256", "data.n_test=64",
         "mining.search_space=64", "train.batch_size=32", "train.device=cpu", "train.threads=1",
         "train.warmup_steps=1", "env.budget_steps=2", "env.warmup_steps=2", "env.eval_every=0",
-        "eval.max_test=0", "logging.progress=false", "agent.hidden=16", "agent.blocks=1",
+        "eval.max_test=0", "logging.progress=false", "experimental.hidden=16", "experimental.blocks=1",
         "ablation.schedulers=[grit, mafa, falcon+mafa]", "ablation.seeds=[0]", "ablation.workers=1",
         "ablation.shared_warmup=true",
         # falcon+mafa converts almost every scored pair (thresholds near 0), so precision is defined
@@ -112,7 +112,7 @@ def test_ablate_with_mafa_rows_trains_one_filter_and_reports_it(tmp_path, capsys
 def test_env_with_mafa_continues_exactly_from_its_state(tmp_path):
     """Exact resume: the snapshot filter and S-ITC's start travel with the env's state."""
     cfg = load_config(None, TINY + [f"data.cache_dir={tmp_path}", "env.budget_steps=3", "model.false_negatives=mafa",
-                                    "mafa.filter=snapshot", "mafa.snapshot_every=3", "mafa.low=0.2",
+                                    "mafa.filter=snapshot", "experimental.snapshot_every=3", "mafa.low=0.2",
                                     "mafa.high=0.3"])
     data = load_data(cfg.data)
     action = np.ones(64, np.float32)

@@ -1,4 +1,4 @@
-"""env.member_reward=val_influence: each member's first-order influence on the held-out ITC."""
+"""experimental.member_reward=val_influence: each member's first-order influence on the held-out ITC."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from falcon_rl.training import Trainer
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=16",
-        "env.budget_steps=2", "env.warmup_steps=4", "train.warmup_steps=1", "eval.by_specificity=false",
-        "mining.chain_backend=numpy", "env.val_pairs=24"]
+        "env.budget_steps=2", "env.warmup_steps=4", "train.warmup_steps=1", "experimental.by_specificity=false",
+        "experimental.chain_backend=numpy", "experimental.val_pairs=24"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -37,7 +37,7 @@ def test_influence_is_the_held_out_gradient_times_each_pairs_preconditioned_grad
     """I_a = ∇L_val · P ∇ℓ_a, recomputed with one backward pass per pair; the raw variant without P;
     and a small step along −P∇ℓ_a lowers the held-out loss by η·I_a to first order."""
     base, data = tiny
-    env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
+    env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "experimental.reward_log=[val_itc]"]), data=data)
     env.reset(seed=0)
     env.step(np.full(64, 0.5, np.float32))  # Adam has a second moment now
     trainer = env.trainer
@@ -97,8 +97,8 @@ def test_influence_credit_changes_no_training_and_fills_every_member(tiny):
     base, data = tiny
     action = np.linspace(0, 1, 64, dtype=np.float32)
     runs = {}
-    for name, extra in (("influence", ["agent.credit=member", "env.member_reward=val_influence"]),
-                        ("plain", ["env.reward_log=[val_itc]"])):
+    for name, extra in (("influence", ["experimental.credit=member", "experimental.member_reward=val_influence"]),
+                        ("plain", ["experimental.reward_log=[val_itc]"])):
         env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", *extra]), data=data)
         assert env.meter.val_pairs.size == 24
         env.reset(seed=1)
@@ -114,12 +114,12 @@ def test_influence_credit_changes_no_training_and_fills_every_member(tiny):
 
 def test_a_frozen_scheduler_pays_for_no_member_credit(tiny, monkeypatch):
     """With the reward off (a frozen agent: the runner builds the env with compute_reward=False) the env computes
-    no per-member credit: before this fix a frozen agent.credit=member run still paid for the
+    no per-member credit: before this fix a frozen experimental.credit=member run still paid for the
     influences of every batch (2-3 x a GRIT run on the bench). Training is unchanged."""
     import falcon_rl.envs.reward_components as rc
 
     base, data = tiny
-    cfg = apply_overrides(base, ["env.reward=itc", "agent.credit=member", "env.member_reward=val_influence"])
+    cfg = apply_overrides(base, ["env.reward=itc", "experimental.credit=member", "experimental.member_reward=val_influence"])
     action = np.linspace(0, 1, 64, dtype=np.float32)
     calls = []
     real = rc.member_influence
@@ -140,7 +140,7 @@ def test_influence_with_blip2(tiny):
     """The influence reads only the protocol's itc_rows: BLIP-2 gets one per trained member too."""
     base, data = tiny
     cfg = apply_overrides(base, ["model.framework=blip2", "model.preset=blip2-tiny", "env.reward=itc",
-                                 "agent.credit=member", "env.member_reward=val_influence"])
+                                 "experimental.credit=member", "experimental.member_reward=val_influence"])
     env = NegativeMiningEnv(cfg, data=data)
     env.reset(seed=0)
     info = env.step(np.linspace(0, 1, 64, dtype=np.float32))[-1]
@@ -150,10 +150,10 @@ def test_influence_with_blip2(tiny):
 
 def test_influence_option_errors_name_the_key(tiny):
     base, _ = tiny
-    with pytest.raises(ConfigError, match=r"env.member_reward=val_influence is measured per trained batch"):
-        check_mining(apply_overrides(base, ["env.member_reward=val_influence", "env.reward=toy"]))
-    with pytest.raises(ConfigError, match=r"env.member_reward"):
-        apply_overrides(base, ["env.member_reward=influence"])
+    with pytest.raises(ConfigError, match=r"experimental.member_reward=val_influence is measured per trained batch"):
+        check_mining(apply_overrides(base, ["experimental.member_reward=val_influence", "env.reward=toy"]))
+    with pytest.raises(ConfigError, match=r"experimental.member_reward"):
+        apply_overrides(base, ["experimental.member_reward=influence"])
     # any per-batch reward gives per-member credit with it (itm has no per-member change of its own)
-    check_mining(apply_overrides(base, ["env.member_reward=val_influence", "env.reward=itm", "agent.name=falcon",
-                                        "agent.credit=member"]))
+    check_mining(apply_overrides(base, ["experimental.member_reward=val_influence", "env.reward=itm", "agent.name=falcon",
+                                        "experimental.credit=member"]))

@@ -8,6 +8,7 @@ import torch
 
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.mining import knn, make_search_spaces, neighbourhood_spaces, random_spaces, search_space_similarity
+from falcon_rl.config.experimental import build_section
 
 try:
     import faiss
@@ -117,9 +118,9 @@ def test_neighbourhood_remainder_and_config_dispatch():
     assert set(np.concatenate(spaces).tolist()) == set(range(105))
     keep = neighbourhood_spaces(img, txt, 25, np.random.default_rng(1), k=8, remainder="keep")
     assert [s.size for s in keep] == [25, 25, 25, 25, 5]
-    cfg = MiningConfig(search_space=25, space_kind="neighbourhood", knn_k=8, space_remainder="drop")
+    cfg = build_section(MiningConfig, search_space=25, space_kind="neighbourhood", knn_k=8, space_remainder="drop")
     via_cfg = make_search_spaces(cfg, 105, np.random.default_rng(1), torch.from_numpy(img), torch.from_numpy(txt))
     assert [s.tolist() for s in via_cfg] == [s.tolist() for s in keep[:4]]
     with pytest.raises(ValueError, match="needs the cached embeddings"):
         make_search_spaces(cfg, 105, rng)
-    assert [s.size for s in make_search_spaces(MiningConfig(search_space=25), 105, rng)] == [25] * 5
+    assert [s.size for s in make_search_spaces(build_section(MiningConfig, search_space=25), 105, rng)] == [25] * 5

@@ -17,6 +17,7 @@ from falcon_rl.mining import (
 import falcon_rl.mining.state as state_mod
 from falcon_rl.mining.similarity import own_pair_similarity, positive_rank
 from falcon_rl.mining.state import quantile_positions
+from falcon_rl.config.experimental import build_section
 
 
 def embeddings(m, d=8, seed=0):
@@ -120,7 +121,7 @@ def test_state_torch_path_used_off_cpu_equals_numpy():
 def test_state_extras_appended_in_order():
     img, txt = embeddings(10, seed=3)
     S = search_space_similarity(img, txt)
-    cfg = MiningConfig(state_progress=True, state_last_loss=True, state_prev_q=True)
+    cfg = build_section(MiningConfig, state_progress=True, state_last_loss=True, state_prev_q=True)
     last_loss = np.arange(10, dtype=np.float32)
     prev_q = np.linspace(0, 1, 10)
     extras = state_extras(cfg, progress=0.25, last_loss=last_loss, prev_q=prev_q)
@@ -131,7 +132,7 @@ def test_state_extras_appended_in_order():
     assert state_feature_names(4, extras) == ["quantile00", "quantile01", "quantile02", "quantile03",
                                               "progress", "last_loss", "prev_q"]
     assert EXTRA_ORDER[:3] == ("progress", "last_loss", "prev_q")
-    with pytest.raises(ValueError, match="mining.state_last_loss=true but no 'last_loss'"):
+    with pytest.raises(ValueError, match="experimental.state_last_loss=true but no 'last_loss'"):
         state_extras(cfg, progress=0.1, prev_q=prev_q)
 
 

@@ -62,7 +62,7 @@ def test_forward_losses_finite_and_shapes(momentum):
 @pytest.mark.parametrize("kernel", ["eager", "sdpa"])
 def test_fusion_self_attention_is_bidirectional(kernel):
     """Changing a later token changes an earlier token's fused output (not causal)."""
-    model = _model(f"model.attention={kernel}")
+    model = _model(f"experimental.attention={kernel}")
     b = _batch(2)
     tokens, _ = model.enc.encode_image(b.image)
     ids = b.input_ids.clone()
@@ -102,7 +102,7 @@ def test_text_encoder_is_bidirectional_and_fusion_reads_the_image():
 @pytest.mark.parametrize("kernel", ["eager", "sdpa"])
 def test_padding_does_not_change_outputs(kernel):
     """Trailing padding is trimmed and masked: the same captions padded to 16 or 40 give equal features."""
-    model = _model(f"model.attention={kernel}")
+    model = _model(f"experimental.attention={kernel}")
     b = _batch(4)
     pad = torch.zeros(4, 24, dtype=torch.long)
     ids40, mask40 = torch.cat([b.input_ids, pad], 1), torch.cat([b.attention_mask, pad], 1)
@@ -215,7 +215,7 @@ def test_mlm_head_is_tied_and_batch_softmax_matches_full_softmax_ranking():
     assert full.shape == (int((m.labels != -100).sum()), len(tokenizer()))
     torch.testing.assert_close(part, full[:, classes])
     # with the full softmax the MLM loss equals log(V)-ish at init; the batch softmax is cheaper and lower
-    full_loss = _model("model.mlm_softmax=full").mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
+    full_loss = _model("experimental.mlm_softmax=full").mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
     batch_loss = model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
     assert full_loss > batch_loss > 0
 
@@ -223,22 +223,22 @@ def test_mlm_head_is_tied_and_batch_softmax_matches_full_softmax_ranking():
 def test_presets_and_overrides():
     tiny = resolve_shape(load_config(None, ["model.preset=tiny"]).model)
     assert (tiny.vision_hidden, tiny.text_layers, tiny.fusion_layers, tiny.heads) == (64, 1, 1, 2)
-    over = resolve_shape(load_config(None, ["model.preset=tiny", "model.fusion_layers=3", "model.heads=4"]).model)
+    over = resolve_shape(load_config(None, ["model.preset=tiny", "experimental.fusion_layers=3", "experimental.heads=4"]).model)
     assert (over.fusion_layers, over.heads, over.vision_heads) == (3, 4, 4)
     base = resolve_shape(load_config(None, ["model.preset=albef-base"]).model)
     assert (base.vision_hidden, base.vision_layers, base.patch_size, base.text_layers, base.fusion_layers) == \
         (768, 12, 16, 6, 6)
     with pytest.raises(ValueError, match="divisible"):
-        resolve_shape(load_config(None, ["model.text_hidden=65"]).model)
+        resolve_shape(load_config(None, ["experimental.text_hidden=65"]).model)
     # different vision and text widths: image tokens are projected to the text width
-    model = _model("model.vision_hidden=32")
+    model = _model("experimental.vision_hidden=32")
     b = _batch(2)
     tokens, feat = model.enc.encode_image(b.image)
     assert tokens.shape[-1] == 64 and feat.shape == (2, 256)
 
 
 def test_conv_patch_stem_keeps_the_token_grid_and_trains():
-    model = _model("model.patch_stem=conv").train()
+    model = _model("experimental.patch_stem=conv").train()
     stem = model.enc.vision.embeddings.patch_embeddings.projection
     convs = [m for m in stem.modules() if isinstance(m, torch.nn.Conv2d)]
     assert [c.stride for c in convs] == [(2, 2)] * 3 + [(1, 1)]  # patch 8 = three stride-2 convolutions
@@ -248,14 +248,14 @@ def test_conv_patch_stem_keeps_the_token_grid_and_trains():
     m = _masks(b)
     model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index).loss.backward()
     assert all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
-    with pytest.raises(ValueError, match="power-of-two model.patch_size"):
-        build_model(tiny_config("model.patch_stem=conv", "model.patch_size=12").model, tokenizer(), 48)
+    with pytest.raises(ValueError, match="power-of-two experimental.patch_size"):
+        build_model(tiny_config("experimental.patch_stem=conv", "experimental.patch_size=12").model, tokenizer(), 48)
 
 
 def test_minilm_preset_loads_shipped_weights_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     torch.manual_seed(0)
-    cfg = load_config(None, ["model.preset=minilm", "model.vision_layers=1"]).model
+    cfg = load_config(None, ["model.preset=minilm", "experimental.vision_layers=1"]).model
     model = build_model(cfg, tokenizer(), 32)
     path = minilm_path() / "model.safetensors"
     with safe_open(str(path), "pt") as f:
@@ -271,7 +271,7 @@ def test_minilm_preset_loads_shipped_weights_offline(monkeypatch):
     assert model.enc.fusion[0].crossattention.self.query.weight.shape == (384, 384)
     assert os.environ["HF_HUB_OFFLINE"] == "1"
     with pytest.raises(ValueError, match="conflicts"):
-        build_model(load_config(None, ["model.preset=minilm", "model.text_hidden=128"]).model, tokenizer(), 32)
+        build_model(load_config(None, ["model.preset=minilm", "experimental.text_hidden=128"]).model, tokenizer(), 32)
 
 
 def test_missing_pretrained_directory_is_a_clear_error(tmp_path):

@@ -18,8 +18,8 @@ from falcon_rl.envs import NegativeMiningEnv, apply_overrides
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-       "env.budget_steps=3", "env.warmup_steps=3", "train.warmup_steps=1", "eval.by_specificity=false",
-       "logging.tensorboard=false", "agent.hidden=16", "agent.blocks=1", "mining.chain_backend=numpy"]
+       "env.budget_steps=3", "env.warmup_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false",
+       "logging.tensorboard=false", "experimental.hidden=16", "experimental.blocks=1", "experimental.chain_backend=numpy"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -62,7 +62,7 @@ def test_later_episodes_start_from_the_warm_state_with_fresh_randomness(small, t
 def test_multi_episode_training_then_the_frozen_agent_in_fresh_runs(small, tmp_path, capsys):
     _, _, overrides = small
     out = tmp_path / "train"
-    learner = ["agent.credit=member", "agent.center=step", "agent.update_unit=batch"]
+    learner = ["experimental.credit=member", "experimental.center=step", "experimental.update_unit=batch"]
     rc = main(["train-agent", "--agent", "falcon", "--episodes", "2", "--out", str(out), *overrides, *learner,
                f"env.warm_start={tmp_path / 'warm.pt'}", "env.warm_start_episodes=every"])
     assert rc == 0, capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""mining.positive_margin: the label-free filter that skips candidates scored close to a member's
+"""experimental.positive_margin: the label-free filter that skips candidates scored close to a member's
 own pair (falcon_rl.mining.positive_filter), on its own, in the env and in a frozen scheduler's
 pretraining run."""
 
@@ -17,7 +17,7 @@ from falcon_rl.mining.similarity import own_pair_similarity, search_space_simila
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=16",
-        "env.budget_steps=3", "train.warmup_steps=1", "eval.by_specificity=false", "env.reward=toy"]
+        "env.budget_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false", "env.reward=toy"]
 
 
 def test_mask_is_the_formula_on_numbers():
@@ -75,10 +75,10 @@ def test_bad_input_is_named():
         positive_margin_exclusion(S, np.zeros(2), 0.0)
     with pytest.raises(ValueError, match="square"):
         positive_margin_exclusion(np.zeros((3, 2), dtype=np.float32), np.zeros(3), 0.0)
-    with pytest.raises(ValueError, match="mining.positive_margin must be a finite number"):
+    with pytest.raises(ValueError, match="experimental.positive_margin must be a finite number"):
         positive_margin_exclusion(S, np.zeros(3), float("nan"))
     with pytest.raises(ConfigError, match="positive_margin"):
-        load_config(None, ["mining.positive_margin=abc"])
+        load_config(None, ["experimental.positive_margin=abc"])
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +131,8 @@ def test_env_hands_the_chain_the_mask_of_the_cached_space(tiny, monkeypatch):
 
     monkeypatch.setattr(nm, "ChainStream", spy)
     for margin in (None, 0.05):
-        env = NegativeMiningEnv(apply_overrides(base, [] if margin is None else [f"mining.positive_margin={margin}",
-                                                                              "mining.oracle_scope=anchor"]), data=data)
+        env = NegativeMiningEnv(apply_overrides(base, [] if margin is None else [f"experimental.positive_margin={margin}",
+                                                                              "experimental.oracle_scope=anchor"]), data=data)
         env.reset(seed=2)
         members = env.members.copy()
         want = None if margin is None else positive_margin_exclusion(
@@ -153,7 +153,7 @@ def test_frozen_scheduler_run_applies_the_filter(tiny, tmp_path, monkeypatch):
     from falcon_rl.training.pretrain import pretrain
 
     base, data = tiny
-    cfg = apply_overrides(base, ["mining.positive_margin=0.05", "train.steps=1", f"train.out_dir={tmp_path}",
+    cfg = apply_overrides(base, ["experimental.positive_margin=0.05", "train.steps=1", f"train.out_dir={tmp_path}",
                                  "logging.tensorboard=false", "mining.search_space=32"])
     masks, chains = [], []
     real_mask, real_chain = pipeline.chain_exclusion, pipeline.build_chain_batches

@@ -29,7 +29,7 @@ class FakeTTY(io.StringIO):
 
 def tiny_run(tmp_path, *extra: str):
     return tiny_config("data.n_train=96", "data.n_test=32", f"data.cache_dir={tmp_path / 'data'}",
-                       "train.batch_size=16", "mining.search_space=32", "eval.by_specificity=false",
+                       "train.batch_size=16", "mining.search_space=32", "experimental.by_specificity=false",
                        "logging.progress=auto", *extra)
 
 

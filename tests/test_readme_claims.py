@@ -109,7 +109,7 @@ def test_cli_second_ctrl_c_stops_inside_the_step_and_keeps_the_last_checkpoint(t
 
 
 # ----------------------------------------------------------------------------------- config --docs
-_DOC_LINE = re.compile(r"^  (\w+) = (.*)  # (.+)$")
+_DOC_LINE = re.compile(r"^  ([\w.]+) = (.*)  # (.+)$")
 
 
 def _docs_output(capsys, *overrides: str) -> dict[str, dict[str, tuple[str, str]]]:
@@ -117,6 +117,8 @@ def _docs_output(capsys, *overrides: str) -> dict[str, dict[str, tuple[str, str]
     sections: dict[str, dict[str, tuple[str, str]]] = {}
     current = None
     for line in capsys.readouterr().out.splitlines():
+        if line.startswith("# "):  # the banner above the experimental section
+            continue
         if re.fullmatch(r"\w+:", line):
             current = sections.setdefault(line[:-1], {})
             continue
@@ -126,18 +128,30 @@ def _docs_output(capsys, *overrides: str) -> dict[str, dict[str, tuple[str, str]
     return sections
 
 
+def _leaves(cls, prefix: str = "") -> list[tuple[str, dataclasses.Field]]:
+    """(key, field) of every key of a section dataclass; a nested group (agent.sb3) as sb3.<key>."""
+    out = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(f.default_factory if f.default_factory is not dataclasses.MISSING else None):
+            out += _leaves(f.default_factory, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", f))
+    return out
+
+
 def test_config_docs_lists_every_key_with_its_one_line_doc(capsys):
     from falcon_rl.config.schema import ExperimentConfig
 
     sections = _docs_output(capsys)
-    expected = {s.name: list(dataclasses.fields(s.default_factory)) for s in dataclasses.fields(ExperimentConfig)}
+    expected = {s.name: _leaves(s.default_factory) for s in dataclasses.fields(ExperimentConfig)}
     assert list(sections) == list(expected)  # every section, in the config's order
     n_keys = sum(len(v) for v in sections.values())
     assert n_keys == sum(len(v) for v in expected.values()) > 200
+    assert all(doc.strip() and "\n" not in doc for s in sections.values() for _, doc in s.values())
     for name, fields in expected.items():
-        assert list(sections[name]) == [f.name for f in fields], name
-        for f in fields:
-            assert sections[name][f.name][1] == f.metadata["doc"], (name, f.name)  # the field's own doc
+        assert list(sections[name]) == [key for key, _ in fields], name
+        for key, f in fields:
+            assert sections[name][key][1] == f.metadata["doc"], (name, key)  # the field's own doc
     # a few keys as a user reads them
     assert sections["mafa"]["high"] == ("0.8", "filter P(match) above which a hardest negative is a false "
                                                "negative and becomes a positive (MAFA 0.8)")
@@ -145,8 +159,25 @@ def test_config_docs_lists_every_key_with_its_one_line_doc(capsys):
     assert sections["agent"]["trust_agent_file"][0] == "False"
     assert "(CLI: --trust-agent-file)" in sections["agent"]["trust_agent_file"][1]
     assert sections["data"]["source"][0] == "'synthetic_scenes'"
+    assert sections["experimental"]["step_noise"][0] == "0.0" and sections["experimental"]["grid"][0] == "2"
+    assert sections["agent"]["sb3.n_steps"] == ("8", "PPO/A2C rollout length")
     # the values are the resolved config's (file + overrides)
     assert _docs_output(capsys, "mafa.high=0.9", "train.batch_size=8")["mafa"]["high"][0] == "0.9"
+    assert _docs_output(capsys, "experimental.step_noise=4")["experimental"]["step_noise"][0] == "4.0"
+
+
+def test_config_docs_lists_at_most_120_keys_outside_experimental_under_a_banner(capsys):
+    """Issue #31 item 5, "a config a user can read": the knobs for experiments and benchmark design
+    are in one section, after a banner saying so; what a user decides fits in 120 keys."""
+    from falcon_rl.config.experimental import BANNER, MOVED_FROM
+
+    sections = _docs_output(capsys)
+    outside = sum(len(v) for name, v in sections.items() if name != "experimental")
+    assert outside <= 120, outside
+    assert set(sections["experimental"]) == set(MOVED_FROM)
+    out = main(["config", "--docs"]) == 0 and capsys.readouterr().out.splitlines()
+    assert out[out.index("experimental:") - 1] == BANNER
+    assert "not settings a user needs" in BANNER and "docs/results/" in BANNER
 
 
 # ----------------------------------------------------------------------------------- --trust-agent-file
@@ -176,10 +207,10 @@ def _with_extra_entry(src: Path, dst: Path, marker: Path) -> Path:
 def test_cli_trust_agent_file_lets_sb3_load_an_entry_falcon_rl_cannot_rebuild(tmp_path, capsys):
     tiny = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
             "logging.tensorboard=false", "data.n_train=128", "data.n_test=32", f"data.cache_dir={tmp_path / 'data'}",
-            "mining.search_space=32", "train.batch_size=16", "train.warmup_steps=1", "eval.by_specificity=false",
-            "agent.sb3_hidden=[16]"]
+            "mining.search_space=32", "train.batch_size=16", "train.warmup_steps=1", "experimental.by_specificity=false",
+            "agent.sb3.hidden=[16]"]
     agent = ["train-agent", "--agent", "ppo", "--out", str(tmp_path / "agent"), *tiny, "env.budget_steps=2",
-             "agent.sb3_total_steps=2", "agent.sb3_n_steps=2"]
+             "agent.sb3.total_steps=2", "agent.sb3.n_steps=2"]
     assert main(agent) == 0
     capsys.readouterr()
     marker = tmp_path / "unpickled"

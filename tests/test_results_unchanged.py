@@ -9,6 +9,7 @@ is compared instead.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -19,18 +20,27 @@ from helpers_digest import OVERRIDES, digest
 
 from falcon_rl.ablation.runner import run_specs
 from falcon_rl.config import load_config
+from falcon_rl.config.experimental import MOVED_FROM, ExperimentalConfig
 from falcon_rl.experiments import run_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).with_name("data") / "results_digests.json"
 FAST = ("grit", "oracle", "falcon-shared")
 SLOW = ("random", "fixed-0", "progressive-hardening", "by-specificity", "falcon", "falcon-influence", "ppo-shared")
-EXTRA = ["ablation.overrides.ppo-shared.agent.sb3_total_steps=3", "ablation.overrides.ppo-shared.agent.sb3_n_steps=3"]
+_DEFAULT_EXPERIMENTAL = dataclasses.asdict(ExperimentalConfig())
+EXTRA = ["ablation.overrides.ppo-shared.agent.sb3.total_steps=3", "ablation.overrides.ppo-shared.agent.sb3.n_steps=3"]
 
 
 def _records(rows) -> dict[str, dict]:
     cfg = load_config(ROOT / "configs" / "bench_cpu.yaml",
                       OVERRIDES + EXTRA + [f"ablation.schedulers=[{', '.join(rows)}]", "ablation.out_dir=unused"])
+    # EXTRA's nested ``agent`` mapping replaces the row's whole agent section (the digests were recorded
+    # so: the row ran with the default agent section plus those two keys, agent.name included). The keys
+    # that moved from agent to experimental are set to their defaults too, so that the row stays the
+    # recorded one.
+    cfg.ablation.overrides["ppo-shared"].update(
+        {f"experimental.{new}": _DEFAULT_EXPERIMENTAL[new] for new, (section, _) in MOVED_FROM.items()
+         if section == "agent"})
     return {spec.label: run_scheduler(spec.cfg, spec.agent_name, "", progress=False) for spec in run_specs(cfg)}
 
 

@@ -57,8 +57,8 @@ def test_pretrain_with_a_frozen_scheduler_resumes_exactly(tmp_path, data_dir):
 
     run = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
            "data.n_train=128", "data.n_test=32", f"data.cache_dir={data_dir}", "mining.search_space=32",
-           "train.batch_size=16", "train.warmup_steps=1", "eval.by_specificity=false", "agent.hidden=16",
-           "agent.blocks=1", "mining.state_last_loss=true", "mining.state_prev_q=true"]
+           "train.batch_size=16", "train.warmup_steps=1", "experimental.by_specificity=false", "experimental.hidden=16",
+           "experimental.blocks=1", "experimental.state_last_loss=true", "experimental.state_prev_q=true"]
     agent = make_scheduler("falcon", load_config(None, run)).save(tmp_path / "agent.pt")  # samples q: uses its RNG
 
     def args(out: str) -> list[str]:
@@ -76,16 +76,16 @@ def test_pretrain_with_a_frozen_scheduler_resumes_exactly(tmp_path, data_dir):
 
 TRAIN_AGENT = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
                "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-               "env.budget_steps=4", "train.warmup_steps=1", "eval.by_specificity=false", "logging.hist_every=1",
-               "agent.sb3_total_steps=8", "agent.sb3_n_steps=2", "agent.hidden=16", "agent.blocks=1",
-               "agent.sb3_hidden=[16]", "env.eval_every=3", "agent.checkpoint_every=2"]
+               "env.budget_steps=4", "train.warmup_steps=1", "experimental.by_specificity=false", "logging.hist_every=1",
+               "agent.sb3.total_steps=8", "agent.sb3.n_steps=2", "experimental.hidden=16", "experimental.blocks=1",
+               "agent.sb3.hidden=[16]", "env.eval_every=3", "agent.checkpoint_every=2"]
 
 
 @pytest.mark.parametrize("agent", ["falcon", "ppo", "ppo-member-ratio", pytest.param("sac", marks=pytest.mark.slow)])
 def test_train_agent_resumes_exactly_after_sigint_and_kill9(tmp_path, data_dir, agent):
-    extra = ["agent.sb3_kwargs={learning_starts: 2}"] if agent == "sac" else ["agent.update_every=2"]
+    extra = ["agent.sb3.kwargs={learning_starts: 2}"] if agent == "sac" else ["experimental.update_every=2"]
     if agent == "ppo-member-ratio":  # MemberRatioPPO, the bench's ppo-shared learner
-        agent, extra = "ppo", extra + ["agent.sb3_member_ratio=true", "agent.sb3_shared_noise=true"]
+        agent, extra = "ppo", extra + ["experimental.sb3_member_ratio=true", "experimental.sb3_shared_noise=true"]
 
     def args(out: str) -> list[str]:
         return ["train-agent", "--agent", agent, "--out", str(tmp_path / out), "--episodes", "2", *TRAIN_AGENT,
@@ -111,7 +111,7 @@ def test_ablate_continues_an_interrupted_run(tmp_path, data_dir, monkeypatch):
                 f"data.cache_dir={data_dir}", "data.n_train=128", "data.n_test=64", "mining.search_space=32",
                 "train.batch_size=16", "train.device=cpu", "train.threads=1", "env.budget_steps=3",
                 "env.warmup_steps=4", "env.eval_every=2", "logging.progress=false", "logging.hist_every=1",
-                "agent.hidden=16", "agent.blocks=1", "agent.checkpoint_every=1",
+                "experimental.hidden=16", "experimental.blocks=1", "agent.checkpoint_every=1",
                 "ablation.schedulers=[random, falcon]", "ablation.seeds=[0]", "ablation.workers=1"]
 
     assert main(args("straight")) == 0

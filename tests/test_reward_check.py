@@ -109,7 +109,7 @@ def test_reward_check_config_expands_fixed_labels_and_logs_every_option():
     abl = reward_check_config(cfg)
     assert abl.ablation.schedulers == ["fixed-0", "fixed-0.75", "random"] and abl.ablation.out_dir == "/tmp/x"
     assert abl.ablation.overrides["fixed-0.75"] == {"agent.name": "fixed", "agent.q": 0.75}
-    assert abl.env.reward_log == ["mlm", "val_itc"] and abl.env.compute_reward == "always"
+    assert abl.experimental.reward_log == ["mlm", "val_itc"] and abl.experimental.compute_reward == "always"
     assert fixed_label("fixed-.5") == 0.5 and fixed_label("fixed") is None and fixed_label("grit") is None
     with pytest.raises(ConfigError, match=r"reward_check.rewards has \['toy'\]"):
         reward_check_config(load_config(None, ["reward_check.rewards=[toy]"]))
@@ -127,8 +127,8 @@ def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsy
             f"data.cache_dir={tmp_path / 'data'}", "data.n_train=160", "data.n_test=48", "mining.search_space=32",
             "train.batch_size=16", "train.device=cpu", "train.threads=1", "train.warmup_steps=2",
             "env.budget_steps=2", "env.warmup_steps=3", "env.eval_every=0", "logging.progress=false",
-            "logging.tensorboard=false", "env.val_pairs=16", "reward_check.policies=[fixed-0.25, grit, fixed-0.75]",
-            "reward_check.reference=fixed-0.25",
+            "logging.tensorboard=false", "experimental.val_pairs=16", "reward_check.policies=[fixed-0.25, grit, fixed-0.75]",
+            "experimental.reference=fixed-0.25",
             f"reward_check.rewards=[{', '.join(options)}]", "ablation.seeds=[0, 1]", "ablation.workers=1",
             "ablation.shared_warmup=true"]
     assert main(args) == 0

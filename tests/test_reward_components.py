@@ -18,9 +18,9 @@ from falcon_rl.training import Trainer
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=32",
-        "env.budget_steps=3", "env.warmup_steps=3", "train.warmup_steps=1", "eval.by_specificity=false",
-        "mining.chain_backend=numpy", "env.val_pairs=32"]
-ALL = "env.reward_log=[lm, itc, itm, itc+itm, mlm_hi, lm_sample, val_itc, val_lm]"
+        "env.budget_steps=3", "env.warmup_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false",
+        "experimental.chain_backend=numpy", "experimental.val_pairs=32"]
+ALL = "experimental.reward_log=[lm, itc, itm, itc+itm, mlm_hi, lm_sample, val_itc, val_lm]"
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +40,7 @@ def test_logged_components_change_nothing_in_training(tiny):
     base, data = tiny
     actions = [np.linspace(0, 1, 64, dtype=np.float32), np.full(64, 0.8, np.float32)]
     plain = _run(NegativeMiningEnv(base, data=data), actions)
-    logged = _run(NegativeMiningEnv(apply_overrides(base, ["env.reward_log=[itc, itm, mlm_hi, lm_sample]"]),
+    logged = _run(NegativeMiningEnv(apply_overrides(base, ["experimental.reward_log=[itc, itm, mlm_hi, lm_sample]"]),
                                     data=data), actions)
     for (r0, i0), (r1, i1) in zip(plain, logged):
         assert i0["losses"] == i1["losses"]  # the same batches, masks and updates
@@ -66,14 +66,14 @@ def test_every_option_as_the_reward_equals_its_logged_value(tiny):
 
 
 def test_itc_plus_weighted_val_itc_is_the_weighted_sum_per_batch(tiny):
-    """env.reward=itc+val_itc: each batch's reward is its ΔL_ITC + λ·Δval_ITC (env.reward_val_weight),
+    """env.reward=itc+val_itc: each batch's reward is its ΔL_ITC + λ·Δval_ITC (experimental.reward_val_weight),
     the step reward their mean; λ = 0 is the itc reward, and the pairs are held out as for val_itc."""
     base, data = tiny
     action = [np.linspace(0, 1, 64, dtype=np.float32)]
     results = {}
     for lam in (0.0, 3.0):
-        cfg = apply_overrides(base, ["env.reward=itc+val_itc", f"env.reward_val_weight={lam}",
-                                     "env.reward_log=[itc, val_itc, itc+val_itc]"])
+        cfg = apply_overrides(base, ["env.reward=itc+val_itc", f"experimental.reward_val_weight={lam}",
+                                     "experimental.reward_log=[itc, val_itc, itc+val_itc]"])
         env = NegativeMiningEnv(cfg, data=data)
         assert env.meter.val_pairs.size == 32 and env.meter.pool.size == 256 - 32
         reward, info = _run(env, action)[0]
@@ -84,7 +84,7 @@ def test_itc_plus_weighted_val_itc_is_the_weighted_sum_per_batch(tiny):
         assert reward == pytest.approx(combined.mean(), rel=1e-9, abs=1e-12)
         np.testing.assert_allclose(info["member_reward"][info["member_batch"] == 1], combined[1], rtol=1e-5)
         results[lam] = (reward, info)
-    itc_env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
+    itc_env = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "experimental.reward_log=[val_itc]"]), data=data)
     itc_reward, itc_info = _run(itc_env, action)[0]
     assert results[0.0][0] == pytest.approx(itc_reward, rel=1e-9)  # same held-out pairs, same training
     assert results[3.0][0] != pytest.approx(itc_reward, rel=1e-3)
@@ -94,7 +94,7 @@ def test_itc_plus_weighted_val_itc_is_the_weighted_sum_per_batch(tiny):
 def test_reward_val_weight_must_not_be_negative(tiny):
     base, _ = tiny
     with pytest.raises(ConfigError, match="reward_val_weight"):
-        apply_overrides(base, ["env.reward=itc+val_itc", "env.reward_val_weight=-1"])
+        apply_overrides(base, ["env.reward=itc+val_itc", "experimental.reward_val_weight=-1"])
 
 
 def test_validation_pairs_are_never_trained_on_nor_in_a_search_space(tiny, monkeypatch):
@@ -148,7 +148,7 @@ def test_validation_split_holds_out_whole_images():
 
 def test_validation_reward_telescopes_to_the_steps_loss_drop(tiny):
     base, data = tiny
-    env = NegativeMiningEnv(apply_overrides(base, ["env.reward_log=[val_lm, val_itc]"]), data=data)
+    env = NegativeMiningEnv(apply_overrides(base, ["experimental.reward_log=[val_lm, val_itc]"]), data=data)
     env.reset(seed=1)
     probe = env.meter.probe
     held_out = {Measure.VAL_LM, Measure.VAL_ITC}
@@ -164,7 +164,7 @@ def test_validation_reward_telescopes_to_the_steps_loss_drop(tiny):
 
 def test_mlm_hi_masks_are_its_own_at_its_probability(tiny):
     base, data = tiny
-    env = NegativeMiningEnv(apply_overrides(base, ["env.reward_log=[mlm_hi]", "env.reward_mlm_prob=0.5"]),
+    env = NegativeMiningEnv(apply_overrides(base, ["experimental.reward_log=[mlm_hi]", "experimental.reward_mlm_prob=0.5"]),
                             data=data)
     env.reset(seed=0)
     batch = data.train.batch(np.arange(64))
@@ -193,12 +193,12 @@ def test_member_own_rewards_are_per_pair_loss_changes(tiny):
 
 
 def test_member_own_itc_is_each_pairs_two_rows_and_sums_to_the_batch_reward(tiny):
-    """agent.credit=member with env.reward=itc: a member's own reward is its pair's two in-batch ITC
+    """experimental.credit=member with env.reward=itc: a member's own reward is its pair's two in-batch ITC
     rows (image→text, text→image), before − after, recomputed here from the weights around the batch;
     the batch means are the itc reward; itc+val_itc adds λ times the batch's held-out change."""
     base, data = tiny
     action = np.linspace(0, 1, 64, dtype=np.float32)
-    cfg = apply_overrides(base, ["env.reward=itc", "agent.credit=member", "env.reward_log=[val_itc]"])
+    cfg = apply_overrides(base, ["env.reward=itc", "experimental.credit=member", "experimental.reward_log=[val_itc]"])
     env = NegativeMiningEnv(cfg, data=data)
     env.reset(seed=2)
     seen: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
@@ -220,7 +220,7 @@ def test_member_own_itc_is_each_pairs_two_rows_and_sums_to_the_batch_reward(tiny
     np.testing.assert_allclose([own[batch_of == b].mean() for b in (0, 1)], info["batch_stats"]["rewards"]["itc"],
                                rtol=1e-5)
     assert reward == pytest.approx(np.mean(info["batch_stats"]["rewards"]["itc"]), rel=1e-6)
-    plain = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_log=[val_itc]"]), data=data)
+    plain = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "experimental.reward_log=[val_itc]"]), data=data)
     plain_reward, plain_info = _run(plain, [action], seed=2)[0]
     # the same training; the batch value is the mean of float32 rows instead of two float32 means: a
     # difference of losses of order 1, so float32 rounding allows ~1e-6 absolute (1e-4 relative to a reward of
@@ -228,8 +228,8 @@ def test_member_own_itc_is_each_pairs_two_rows_and_sums_to_the_batch_reward(tiny
     assert plain_reward == pytest.approx(reward, rel=1e-4, abs=1e-6) and plain_info["losses"] == info["losses"]
 
     lam = 3.0
-    mixed = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc+val_itc", f"env.reward_val_weight={lam}",
-                                                     "agent.credit=member", "env.reward_log=[itc, val_itc]"]),
+    mixed = NegativeMiningEnv(apply_overrides(base, ["env.reward=itc+val_itc", f"experimental.reward_val_weight={lam}",
+                                                     "experimental.credit=member", "experimental.reward_log=[itc, val_itc]"]),
                               data=data)
     _, minfo = _run(mixed, [action], seed=2)[0]
     val = np.asarray(minfo["batch_stats"]["rewards"]["val_itc"])
@@ -250,7 +250,7 @@ def test_row_means_of_token_losses():
 
 def test_batch_stats_count_false_negatives_and_hardness(tiny):
     base, data = tiny
-    env = NegativeMiningEnv(apply_overrides(base, ["env.reward_log=[mlm]"]), data=data)
+    env = NegativeMiningEnv(apply_overrides(base, ["experimental.reward_log=[mlm]"]), data=data)
     env.reset(seed=0)
     stats = {}
     for q in (1.0, 0.0):
@@ -266,22 +266,22 @@ def test_batch_stats_count_false_negatives_and_hardness(tiny):
 
 def test_reward_option_errors_name_the_key(tiny):
     base, _ = tiny
-    with pytest.raises(ConfigError, match=r"env.reward_log has \['mlmm'\]"):
-        check_mining(apply_overrides(base, ["env.reward_log=[mlmm]"]))
-    with pytest.raises(ConfigError, match=r"agent.credit=member needs .* not 'itm'"):
-        check_mining(apply_overrides(base, ["agent.credit=member", "env.reward=itm"]))
-    with pytest.raises(ConfigError, match=r"env.val_pairs=200 held-out pairs leave 56"):
-        check_mining(apply_overrides(base, ["env.reward=val_itc", "env.val_pairs=200"]))
-    with pytest.raises(ConfigError, match=r"env.reward_log needs a reward measured per trained batch"):
-        check_mining(apply_overrides(base, ["env.reward=toy", "env.reward_log=[mlm]"]))
+    with pytest.raises(ConfigError, match=r"experimental.reward_log has \['mlmm'\]"):
+        check_mining(apply_overrides(base, ["experimental.reward_log=[mlmm]"]))
+    with pytest.raises(ConfigError, match=r"experimental.credit=member needs .* not 'itm'"):
+        check_mining(apply_overrides(base, ["experimental.credit=member", "env.reward=itm"]))
+    with pytest.raises(ConfigError, match=r"experimental.val_pairs=200 held-out pairs leave 56"):
+        check_mining(apply_overrides(base, ["env.reward=val_itc", "experimental.val_pairs=200"]))
+    with pytest.raises(ConfigError, match=r"experimental.reward_log needs a reward measured per trained batch"):
+        check_mining(apply_overrides(base, ["env.reward=toy", "experimental.reward_log=[mlm]"]))
 
 
 def test_logged_options_are_computed_for_a_scheduler_that_does_not_learn(tiny, tmp_path):
     from falcon_rl.experiments import run_scheduler
 
     base, data = tiny
-    cfg = apply_overrides(base, ["env.reward_log=[itc, val_lm]", "logging.tensorboard=false", "env.budget_steps=2"])
-    record = run_scheduler(cfg, "grit", tmp_path, data=data)  # env.compute_reward: auto -> no env.reward
+    cfg = apply_overrides(base, ["experimental.reward_log=[itc, val_lm]", "logging.tensorboard=false", "env.budget_steps=2"])
+    record = run_scheduler(cfg, "grit", tmp_path, data=data)  # experimental.compute_reward: auto -> no env.reward
     assert record["status"] == "ok" and record["reward_computed"] is False
     assert all(r is None for r in record["history"]["reward"])  # NaN in JSON
     for comps, stats in zip(record["history"]["reward_components"], record["history"]["batch_stats"]):
@@ -295,9 +295,9 @@ def test_reward_options_with_blip2(tmp_path):
     cfg = load_config(None, ["model.framework=blip2", "model.preset=blip2-tiny", "train.device=cpu",
                              "train.threads=1", "logging.progress=false", "data.n_train=96", "data.n_test=32",
                              "mining.search_space=32", "train.batch_size=16", "env.budget_steps=2",
-                             "train.warmup_steps=1", "eval.by_specificity=false", "env.val_pairs=16",
-                             "env.reward=lm", "agent.credit=member", f"data.cache_dir={tmp_path}",
-                             "env.reward_log=[lm, itc, lm_sample, val_itc, val_lm]"])
+                             "train.warmup_steps=1", "experimental.by_specificity=false", "experimental.val_pairs=16",
+                             "env.reward=lm", "experimental.credit=member", f"data.cache_dir={tmp_path}",
+                             "experimental.reward_log=[lm, itc, lm_sample, val_itc, val_lm]"])
     env = NegativeMiningEnv(cfg)
     env.reset(seed=0)
     reward, info = env.step(np.full(32, 0.5, np.float32))[1::3]
@@ -310,4 +310,4 @@ def test_reward_options_with_blip2(tmp_path):
     for b in (0, 1):  # the batch's token-weighted ΔL_ITG lies within its members' own values
         assert own[batch_of == b].min() <= info["batch_stats"]["rewards"]["itg"][b] <= own[batch_of == b].max()
     with pytest.raises(ConfigError, match="mlm_hi reward re-masks captions for ALBEF's MLM"):
-        check_mining(apply_overrides(cfg, ["env.reward_log=[mlm_hi]"]))
+        check_mining(apply_overrides(cfg, ["experimental.reward_log=[mlm_hi]"]))

@@ -25,9 +25,9 @@ from falcon_rl.training import Trainer
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-       "env.budget_steps=2", "train.warmup_steps=1", "eval.by_specificity=false", "logging.tensorboard=false",
-       "agent.sb3_total_steps=2", "agent.sb3_n_steps=2", "agent.hidden=16", "agent.blocks=1",
-       "agent.sb3_hidden=[16]", "mining.chain_backend=numpy"]
+       "env.budget_steps=2", "train.warmup_steps=1", "experimental.by_specificity=false", "logging.tensorboard=false",
+       "agent.sb3.total_steps=2", "agent.sb3.n_steps=2", "experimental.hidden=16", "experimental.blocks=1",
+       "agent.sb3.hidden=[16]", "experimental.chain_backend=numpy"]
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def mlm_calls(monkeypatch):
                                                   ("grit", "always", True)])
 def test_reward_forward_only_when_the_scheduler_learns_from_it(small, tmp_path, mlm_calls, name, mode, forwards):
     base, data = small
-    cfg = apply_overrides(base, [f"env.compute_reward={mode}"])
+    cfg = apply_overrides(base, [f"experimental.compute_reward={mode}"])
     record = run_scheduler(cfg, name, tmp_path, data=data)
     assert record["status"] == "ok" and record["reward_computed"] is forwards
     rewards = np.asarray(record["history"]["reward"], dtype=float)  # None (JSON null) -> NaN
@@ -94,10 +94,10 @@ def test_skipping_the_reward_changes_nothing_else(small):
 
 def test_never_is_refused_for_a_learning_scheduler_and_frozen_agents_do_not_learn(small, tmp_path):
     base, data = small
-    with pytest.raises(ConfigError, match="env.compute_reward=never, but scheduler 'falcon' learns"):
-        run_scheduler(apply_overrides(base, ["env.compute_reward=never"]), "falcon", tmp_path / "never", data=data)
+    with pytest.raises(ConfigError, match="experimental.compute_reward=never, but scheduler 'falcon' learns"):
+        run_scheduler(apply_overrides(base, ["experimental.compute_reward=never"]), "falcon", tmp_path / "never", data=data)
     assert not (tmp_path / "never" / "config.yaml").exists()  # refused before anything was written
-    env = NegativeMiningEnv(apply_overrides(base, ["env.compute_reward=never"]), data=data)
+    env = NegativeMiningEnv(apply_overrides(base, ["experimental.compute_reward=never"]), data=data)
     assert not env.computes_reward  # a bare env follows never
     trained = run_scheduler(base, "falcon", tmp_path / "falcon", data=data)
     frozen = load_scheduler(trained["agent_path"], base, env, frozen=True)
@@ -135,9 +135,9 @@ def test_subbatch_reward_is_the_difference_on_those_pairs(small, dropout):
 def test_subbatch_of_the_whole_batch_equals_the_exact_reward(small):
     base, data = small
     exact = NegativeMiningEnv(base, data=data)
-    sub = NegativeMiningEnv(apply_overrides(base, ["env.reward_estimator=subbatch", "env.reward_subbatch=16"]),
+    sub = NegativeMiningEnv(apply_overrides(base, ["experimental.reward_estimator=subbatch", "experimental.reward_subbatch=16"]),
                             data=data)
-    part = NegativeMiningEnv(apply_overrides(base, ["env.reward_estimator=subbatch", "env.reward_subbatch=4"]),
+    part = NegativeMiningEnv(apply_overrides(base, ["experimental.reward_estimator=subbatch", "experimental.reward_subbatch=4"]),
                              data=data)
     for env in (exact, sub, part):
         env.reset(seed=2)
@@ -151,7 +151,7 @@ def test_subbatch_of_the_whole_batch_equals_the_exact_reward(small):
         assert i_part["losses"] == i_exact["losses"]  # the estimator does not change training
         assert math.isfinite(r_part) and r_part != pytest.approx(r_exact, abs=1e-6)
     with pytest.raises(ConfigError, match="reward_estimator=subbatch estimates the lm \\(mlm\\) reward only"):
-        NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "env.reward_estimator=subbatch"]), data=data)
+        NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "experimental.reward_estimator=subbatch"]), data=data)
 
 
 def test_time_split_in_record_csv_and_markdown(small, tmp_path):
@@ -194,7 +194,7 @@ def test_a_warm_start_written_without_the_reward_still_gives_the_retrieval_basel
     """env.warm_start written by a run that skipped the reward (no held-out R@1 before the first
     step) and loaded by one that computes it: the loader measures that R@1 itself."""
     base, data = small
-    cfg = apply_overrides(base, ["env.reward=retrieval", "env.retrieval_pairs=32", "env.warmup_steps=6",
+    cfg = apply_overrides(base, ["env.reward=retrieval", "experimental.retrieval_pairs=32", "env.warmup_steps=6",
                                  f"env.warm_start={tmp_path / 'warm.pt'}"])
     writer = NegativeMiningEnv(cfg, data=data, compute_reward=False)
     writer.reset(seed=4)

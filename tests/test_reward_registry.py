@@ -13,12 +13,13 @@ from falcon_rl.config import ConfigError, check_mining, load_config, rewards
 from falcon_rl.config.env import EnvConfig
 from falcon_rl.config.rewards import Computation, Measure
 from falcon_rl.training.warm_start import warm_signature
+from falcon_rl.config.experimental import ExperimentalConfig, build_section
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_the_table_drives_the_env_reward_key():
-    meta = {f.name: f.metadata for f in fields(EnvConfig)}
+    meta = {f.name: f.metadata for f in fields(EnvConfig) + fields(ExperimentalConfig)}  # reward_log moved
     assert list(meta["reward"]["choices"]) == rewards.names() == list(rewards.REWARDS)
     assert meta["reward"]["doc"] == rewards.doc() and all(f"{n} = " in rewards.doc() for n in rewards.names())
     assert all(n in meta["reward_log"]["doc"] for n in rewards.PER_BATCH)
@@ -49,10 +50,10 @@ def test_what_each_reward_needs():
 
 
 def test_held_out_pairs_and_the_warm_signature_follow_the_registry():
-    assert EnvConfig(reward="itc").held_out_pairs == 0
-    assert EnvConfig(reward="itc+val_itc", val_pairs=7).held_out_pairs == 7
-    assert EnvConfig(reward="itc", reward_log=["val_lm"], val_pairs=7).held_out_pairs == 7
-    assert EnvConfig(reward="itc", member_reward="val_influence", val_pairs=7).held_out_pairs == 7
+    assert build_section(EnvConfig, reward="itc").held_out_pairs == 0
+    assert build_section(EnvConfig, reward="itc+val_itc", val_pairs=7).held_out_pairs == 7
+    assert build_section(EnvConfig, reward="itc", reward_log=["val_lm"], val_pairs=7).held_out_pairs == 7
+    assert build_section(EnvConfig, reward="itc", member_reward="val_influence", val_pairs=7).held_out_pairs == 7
     signed = {n: warm_signature(load_config(None, [f"env.reward={n}"]), 0)["env"]["reward"] for n in rewards.names()}
     assert {n for n, v in signed.items() if v == n} == {"retrieval", "toy"}
     assert len({v for n, v in signed.items() if v != n}) == 1  # every per-batch reward shares one warm start
@@ -63,14 +64,14 @@ def test_config_checks_read_the_registry():
     with pytest.raises(ConfigError, match="the mlm_hi reward re-masks captions for ALBEF's MLM; "
                                           "model.framework='blip2' has no MLM"):
         check_mining(load_config(None, tiny + ["model.framework=blip2", "model.preset=blip2-tiny",
-                                               "env.reward_log=[mlm_hi]"]))
+                                               "experimental.reward_log=[mlm_hi]"]))
     with pytest.raises(ConfigError, match="env.reward='retrieval' trains per step"):
-        check_mining(load_config(None, tiny + ["env.reward=retrieval", "env.reward_log=[itc]"]))
+        check_mining(load_config(None, tiny + ["env.reward=retrieval", "experimental.reward_log=[itc]"]))
     with pytest.raises(ConfigError, match="env.reward='toy' trains nothing"):
-        check_mining(load_config(None, tiny + ["env.reward=toy", "env.member_reward=val_influence", "env.val_pairs=32"]))
+        check_mining(load_config(None, tiny + ["env.reward=toy", "experimental.member_reward=val_influence", "experimental.val_pairs=32"]))
     with pytest.raises(ConfigError, match="estimates the lm \\(mlm\\) reward only"):
-        check_mining(load_config(None, tiny + ["env.reward=itc", "env.reward_estimator=subbatch"]))
-    check_mining(load_config(None, tiny + ["env.reward=lm", "env.reward_estimator=subbatch"]))
+        check_mining(load_config(None, tiny + ["env.reward=itc", "experimental.reward_estimator=subbatch"]))
+    check_mining(load_config(None, tiny + ["env.reward=lm", "experimental.reward_estimator=subbatch"]))
 
 
 #: reward names no other code spells (``itc`` / ``itm`` / ``lm`` are also loss and head names), the
@@ -106,7 +107,7 @@ def test_no_reward_name_is_compared_outside_the_registry():
 
 
 def test_the_comparison_check_sees_the_old_spellings():
-    old = ['cfg.env.reward == "toy"', 'reward not in ("lm", "mlm")', 'env.member_reward == "val_influence"',
+    old = ['cfg.env.reward == "toy"', 'reward not in ("lm", "mlm")', 'experimental.member_reward == "val_influence"',
            'any("val_" in str(n) for n in names)', 'name in ("toy", "retrieval")', 'self.cfg.env.reward != "toy"']
     assert all(any(_reward_comparison(n) for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Compare))
                for code in old)

@@ -1,4 +1,4 @@
-"""PPO with one clipped ratio per member (``agent.sb3_member_ratio``, agents/sb3_member_ppo.py)."""
+"""PPO with one clipped ratio per member (``experimental.sb3_member_ratio``, agents/sb3_member_ppo.py)."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from stable_baselines3 import PPO
 from falcon_rl.agents.sb3 import algorithm_class, default_kwargs
 from falcon_rl.agents.sb3_member_ppo import MemberRatioPPO
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy
-from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.agent import AgentConfig, Sb3Config
 from falcon_rl.envs.wrappers import SymmetricActions, symmetric_to_q
 from helpers_sb3 import TINY_ITC_RUN, MeanQBandit
+from falcon_rl.config.experimental import build_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -47,7 +48,7 @@ class TwoClassBandit(gym.Env):
 def class_gap(algo: type[PPO], seed: int) -> tuple[float, PPO]:
     """Mean q of class-1 minus class-0 members after 150 steps (the rule's gap is 0.7)."""
     env = SymmetricActions(TwoClassBandit())
-    model = algo(MemberActorCriticPolicy, env, **default_kwargs("ppo", AgentConfig(sb3_hidden=[16], sb3_n_steps=10,
+    model = algo(MemberActorCriticPolicy, env, **default_kwargs("ppo", build_section(AgentConfig, sb3=Sb3Config(hidden=[16], n_steps=10),
                                                                                   lr=3e-3), seed))
     model.learn(150)
     obs, _ = env.reset(seed=99)
@@ -68,7 +69,7 @@ def test_member_ratio_learns_the_two_class_rule_further_than_the_joint_ratio():
 
 def test_member_log_probs_sum_to_the_joint_one_and_start_at_ratio_one():
     env = SymmetricActions(TwoClassBandit())
-    model = MemberRatioPPO(MemberActorCriticPolicy, env, **default_kwargs("ppo", AgentConfig(sb3_hidden=[8]), 0))
+    model = MemberRatioPPO(MemberActorCriticPolicy, env, **default_kwargs("ppo", build_section(AgentConfig, sb3=Sb3Config(hidden=[8])), 0))
     obs = torch.as_tensor(np.stack([env.reset(seed=s)[0] for s in range(5)]))
     actions = torch.randn(5, 32)
     values, member, entropy = model._evaluate(obs, actions)
@@ -83,7 +84,7 @@ def test_with_shared_noise_the_modes_factor_the_joint_log_prob():
     """Common mode + member residuals: their log-probs sum to the rank-one Gaussian's up to the
     one dimension the mean removes, ½·log(2π σ_m²) − ½·log |M| (exact decomposition)."""
     env = SymmetricActions(TwoClassBandit())
-    agent = AgentConfig(sb3_hidden=[8], sb3_shared_noise=True, sb3_member_ratio=True, sb3_common_weight=0.3)
+    agent = build_section(AgentConfig, sb3=Sb3Config(hidden=[8]), sb3_shared_noise=True, sb3_member_ratio=True, sb3_common_weight=0.3)
     model = MemberRatioPPO(MemberActorCriticPolicy, env, **default_kwargs("ppo", agent, 0))
     assert model.common_weight == 0.3
     with torch.no_grad():
@@ -114,29 +115,29 @@ def mean_q_after(agent: AgentConfig, members: int, seed: int) -> float:
 def test_common_mode_ratio_finds_the_step_preference_with_512_members():
     # measured (150 steps, 3 seeds): 1.0 / 1.0 / 1.0 with the common mode's own ratio, 0.68 / 0.74 / 0.78
     # with the joint ratio (shared noise), 0.53 / 0.59 / 0.61 with member ratios and no shared noise
-    kwargs = dict(sb3_hidden=[16], sb3_n_steps=10, lr=3e-3)
-    factored = [mean_q_after(AgentConfig(sb3_shared_noise=True, sb3_member_ratio=True, **kwargs), 512, s)
+    kwargs = dict(sb3=Sb3Config(hidden=[16], n_steps=10), lr=3e-3)
+    factored = [mean_q_after(build_section(AgentConfig, sb3_shared_noise=True, sb3_member_ratio=True, **kwargs), 512, s)
                 for s in range(3)]
-    joint = [mean_q_after(AgentConfig(sb3_shared_noise=True, **kwargs), 512, s) for s in range(3)]
-    members_only = [mean_q_after(AgentConfig(sb3_member_ratio=True, **kwargs), 512, s) for s in range(3)]
+    joint = [mean_q_after(build_section(AgentConfig, sb3_shared_noise=True, **kwargs), 512, s) for s in range(3)]
+    members_only = [mean_q_after(build_section(AgentConfig, sb3_member_ratio=True, **kwargs), 512, s) for s in range(3)]
     assert min(factored) > 0.95 and max(joint) < min(factored) and max(members_only) < 0.7, \
         (factored, joint, members_only)
 
 
 def test_refused_where_members_have_no_ratio_of_their_own():
-    assert algorithm_class("ppo", AgentConfig(sb3_member_ratio=True)) is MemberRatioPPO
-    assert algorithm_class("ppo", AgentConfig(sb3_member_ratio=True, sb3_shared_noise=True)) is MemberRatioPPO
-    assert algorithm_class("ppo", AgentConfig()) is PPO
-    with pytest.raises(ValueError, match="agent.sb3_member_ratio is a PPO option"):
-        algorithm_class("a2c", AgentConfig(sb3_member_ratio=True))
+    assert algorithm_class("ppo", build_section(AgentConfig, sb3_member_ratio=True)) is MemberRatioPPO
+    assert algorithm_class("ppo", build_section(AgentConfig, sb3_member_ratio=True, sb3_shared_noise=True)) is MemberRatioPPO
+    assert algorithm_class("ppo", build_section(AgentConfig)) is PPO
+    with pytest.raises(ValueError, match="experimental.sb3_member_ratio is a PPO option"):
+        algorithm_class("a2c", build_section(AgentConfig, sb3_member_ratio=True))
     with pytest.raises(ValueError, match="sb3_common_weight"):
         MemberRatioPPO(MemberActorCriticPolicy, SymmetricActions(TwoClassBandit()), common_weight=1.5)
 
     class Discrete(TwoClassBandit):
         action_space = spaces.MultiDiscrete([5] * 32)
 
-    with pytest.raises(ValueError, match="env.action=box"):
-        MemberRatioPPO(MemberActorCriticPolicy, Discrete(), **default_kwargs("ppo", AgentConfig(), 0))
+    with pytest.raises(ValueError, match="experimental.action=box"):
+        MemberRatioPPO(MemberActorCriticPolicy, Discrete(), **default_kwargs("ppo", build_section(AgentConfig), 0))
 
 
 def test_member_ratio_ppo_on_the_env_learns_saves_and_resumes(tmp_path):
@@ -145,7 +146,7 @@ def test_member_ratio_ppo_on_the_env_learns_saves_and_resumes(tmp_path):
     from falcon_rl.envs import NegativeMiningEnv
     from falcon_rl.experiments import run_scheduler
 
-    overrides = [*TINY_ITC_RUN, "agent.sb3_member_ratio=true", "agent.sb3_total_steps=4",
+    overrides = [*TINY_ITC_RUN, "experimental.sb3_member_ratio=true", "agent.sb3.total_steps=4",
                  f"data.cache_dir={tmp_path / 'data'}"]
     cfg = load_config(None, overrides)
     record = run_scheduler(cfg, "ppo", tmp_path / "run")

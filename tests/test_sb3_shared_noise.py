@@ -1,4 +1,4 @@
-"""PPO / A2C with one noise term shared by the members of a step (``agent.sb3_shared_noise``)."""
+"""PPO / A2C with one noise term shared by the members of a step (``experimental.sb3_shared_noise``)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from stable_baselines3 import PPO
 from falcon_rl.agents.base import SchedulerSpec
 from falcon_rl.agents.sb3 import SB3Scheduler, default_kwargs
 from falcon_rl.agents.sb3_policies import MemberActorCriticPolicy, SharedNoiseGaussian
-from falcon_rl.config.agent import AgentConfig
+from falcon_rl.config.agent import AgentConfig, Sb3Config
 from falcon_rl.envs.wrappers import SymmetricActions, symmetric_to_q
 from helpers_sb3 import TINY_ITC_RUN, MeanQBandit
+from falcon_rl.config.experimental import build_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +36,7 @@ def test_log_prob_and_entropy_are_the_rank_one_gaussians():
 
 def final_mean_q(shared: bool, seed: int) -> float:
     env = SymmetricActions(MeanQBandit())
-    agent = AgentConfig(sb3_shared_noise=shared, sb3_hidden=[16], sb3_n_steps=10, lr=3e-3)
+    agent = build_section(AgentConfig, sb3_shared_noise=shared, sb3=Sb3Config(hidden=[16], n_steps=10), lr=3e-3)
     model = PPO(MemberActorCriticPolicy, env, **default_kwargs("ppo", agent, seed))
     model.learn(150)
     obs, _ = env.reset(seed=99)
@@ -51,7 +52,7 @@ def test_shared_noise_finds_a_step_level_preference_that_member_noise_misses():
 def test_round_trip_through_the_agent_zip(tmp_path):
     base = MeanQBandit()
     env = SymmetricActions(base)
-    agent = AgentConfig(sb3_shared_noise=True, sb3_hidden=[16], sb3_n_steps=10)
+    agent = build_section(AgentConfig, sb3_shared_noise=True, sb3=Sb3Config(hidden=[16], n_steps=10))
     model = PPO(MemberActorCriticPolicy, env, **default_kwargs("ppo", agent, 0))
     model.learn(20)
     assert isinstance(model.policy.action_dist, SharedNoiseGaussian)
@@ -65,8 +66,8 @@ def test_round_trip_through_the_agent_zip(tmp_path):
 
 
 def test_only_for_the_gaussian_policies():
-    with pytest.raises(ValueError, match="agent.sb3_shared_noise is for ppo / a2c"):
-        default_kwargs("sac", AgentConfig(sb3_shared_noise=True), 0)
+    with pytest.raises(ValueError, match="experimental.sb3_shared_noise is for ppo / a2c"):
+        default_kwargs("sac", build_section(AgentConfig, sb3_shared_noise=True), 0)
     discrete = spaces.MultiDiscrete([5] * 4)
     with pytest.raises(ValueError, match="needs Box actions"):
         MemberActorCriticPolicy(spaces.Box(0, 1, (4, 3)), discrete, lambda _: 1e-3, shared_noise=True)
@@ -76,7 +77,7 @@ def test_ppo_with_shared_noise_on_the_env_and_frozen_after(tmp_path):
     from falcon_rl.config import load_config
     from falcon_rl.experiments import run_scheduler
 
-    overrides = [*TINY_ITC_RUN, "agent.sb3_shared_noise=true", "agent.train_episodes=1",
+    overrides = [*TINY_ITC_RUN, "experimental.sb3_shared_noise=true", "agent.train_episodes=1",
                  f"data.cache_dir={tmp_path / 'data'}"]
     cfg = load_config(None, overrides)
     record = run_scheduler(cfg, "ppo", tmp_path / "run")

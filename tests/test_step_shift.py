@@ -1,4 +1,4 @@
-"""FALCON's shared per-step hardness offset (``agent.step_noise``, falcon_rl.agents.step_shift).
+"""FALCON's shared per-step hardness offset (``experimental.step_noise``, falcon_rl.agents.step_shift).
 
 The bandit imitates what the env's rewards look like on the calibrated benchmark
 (``falcon-rl reward-check``): the reward rises with the hardness of the step's batches, by about
@@ -16,6 +16,7 @@ from falcon_rl.agents import FalconScheduler, SchedulerSpec
 from falcon_rl.agents.step_shift import shift_q
 from falcon_rl.config.agent import AgentConfig
 from falcon_rl.training.checkpoint import load_torch_file
+from falcon_rl.config.experimental import build_section
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -63,8 +64,8 @@ def test_the_shared_level_learns_hardness_that_per_member_credit_cannot_see():
     the shared offset makes whole steps harder or softer and its level rises."""
     base = dict(hidden=16, blocks=1, entropy_coef=0.0, lr=3e-3, credit="batch", center="step",
                 update_unit="batch")
-    shared = [_run(AgentConfig(**base, step_noise=1.0, step_lr=0.1), 100, seed, noise=0.01)[1] for seed in (0, 1, 2)]
-    member = [_run(AgentConfig(**base), 100, seed, noise=0.01)[1] for seed in (0, 1, 2)]
+    shared = [_run(build_section(AgentConfig, **base, step_noise=1.0, step_lr=0.1), 100, seed, noise=0.01)[1] for seed in (0, 1, 2)]
+    member = [_run(build_section(AgentConfig, **base), 100, seed, noise=0.01)[1] for seed in (0, 1, 2)]
     assert np.mean(shared) > 0.85 and min(shared) > max(member), (shared, member)  # measured .96 .96 .78
     assert max(member) < 0.7, member  # measured .54 .63 .62
 
@@ -77,7 +78,7 @@ def test_without_a_signal_the_level_only_drifts():
     holds for a correct learner (measured -0.06, std 0.59, max |level| 1.04) and fails for any
     systematic push of the level by 1 logit or more (a -1.2 drift added to StepShift.observe
     measured mean -1.26, max |level| 2.14)."""
-    agent = AgentConfig(hidden=16, blocks=1, credit="batch", center="step", step_noise=1.0, step_lr=0.1)
+    agent = build_section(AgentConfig, hidden=16, blocks=1, credit="batch", center="step", step_noise=1.0, step_lr=0.1)
     levels = np.array([_run(agent, 40, seed, slope=0.0)[0].shift.level for seed in range(20)])
     assert abs(levels.mean()) < 0.4, levels  # no bias either way (measured -0.06)
     assert 0.35 < levels.std() < 0.9, levels  # it does move, as a random walk (0.1 * sqrt(39) = 0.62; measured 0.59)
@@ -86,7 +87,7 @@ def test_without_a_signal_the_level_only_drifts():
 
 def test_default_is_the_papers_per_member_sampling():
     """``step_noise: 0`` draws exactly the Beta samples it drew before the option existed."""
-    agent = AgentConfig(hidden=16, blocks=1)
+    agent = build_section(AgentConfig, hidden=16, blocks=1)
     sched = FalconScheduler(agent, _spec(), seed=3)
     q, _ = sched.predict(_obs())
     with torch.no_grad():
@@ -97,7 +98,7 @@ def test_default_is_the_papers_per_member_sampling():
 
 
 def test_level_resumes_exactly_and_a_frozen_agent_keeps_it(tmp_path):
-    agent = AgentConfig(hidden=16, blocks=1, credit="batch", center="step", step_noise=1.0, step_lr=0.2)
+    agent = build_section(AgentConfig, hidden=16, blocks=1, credit="batch", center="step", step_noise=1.0, step_lr=0.2)
     a, _ = _run(agent, 20, seed=5)
     q_a, _ = a.predict(_obs())  # leaves an offset pending
     b = FalconScheduler(agent, _spec(), seed=99)

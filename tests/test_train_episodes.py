@@ -14,8 +14,8 @@ from falcon_rl.experiments import LEARN_DIR, run_scheduler
 
 RUN = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
        "data.n_train=128", "data.n_test=32", "mining.search_space=32", "train.batch_size=16",
-       "env.budget_steps=3", "train.warmup_steps=1", "eval.by_specificity=false", "agent.hidden=16",
-       "agent.blocks=1", "agent.step_noise=2.0", "agent.step_lr=0.5", "env.reward=itc"]
+       "env.budget_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false", "experimental.hidden=16",
+       "experimental.blocks=1", "experimental.step_noise=2.0", "experimental.step_lr=0.5", "env.reward=itc"]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def test_a_finished_learning_run_is_reused_and_a_changed_one_redone(small, tmp_p
     again = run_scheduler(cfg, "falcon", tmp_path, data=data)
     assert (tmp_path / LEARN_DIR / "results.json").read_text() == saved  # not learned again
     assert again["final"] == first["final"]
-    changed = load_config(None, overrides + ["agent.train_episodes=1", "agent.step_lr=0.25"])
+    changed = load_config(None, overrides + ["agent.train_episodes=1", "experimental.step_lr=0.25"])
     run_scheduler(changed, "falcon", tmp_path, data=data)
     redone = json.loads((tmp_path / LEARN_DIR / "results.json").read_text())
     assert redone["wall_time"] != json.loads(saved)["wall_time"]
@@ -98,7 +98,7 @@ def test_results_table_and_csv_count_the_learning_episodes(tmp_path):
 
 def test_an_sb3_agent_learns_its_episodes_then_runs_frozen(small, tmp_path):
     data, overrides = small
-    cfg = load_config(None, overrides + ["agent.train_episodes=2", "agent.sb3_n_steps=3", "agent.sb3_hidden=[16]"])
+    cfg = load_config(None, overrides + ["agent.train_episodes=2", "agent.sb3.n_steps=3", "agent.sb3.hidden=[16]"])
     record = run_scheduler(cfg, "ppo", tmp_path, data=data)
     assert record["status"] == "ok" and record["steps"] == 3 and record["reward_computed"] is False
     assert record["learned"]["steps"] == 6 and record["learned"]["agent_path"].endswith("train/agent.zip")

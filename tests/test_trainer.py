@@ -156,7 +156,7 @@ def test_checkpoint_errors_are_clear(split, tmp_path):
         trainer.save_checkpoint(tmp_path / "c.pt", extra={"bad": object()})
     assert not (tmp_path / "c.pt").exists() and not (tmp_path / "c.pt.tmp").exists()
     path = trainer.save_checkpoint(tmp_path / "c.pt")
-    other = Trainer(tiny_config("model.fusion_layers=2"), tokenizer(), 32)
+    other = Trainer(tiny_config("experimental.fusion_layers=2"), tokenizer(), 32)
     with pytest.raises(ValueError, match="different model"):
         other.load_checkpoint(path)
     with pytest.raises(FileNotFoundError, match="missing.pt"):

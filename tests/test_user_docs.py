@@ -76,5 +76,5 @@ def test_raw_profile_keeps_the_similarity_quantiles():
         assert np.allclose(raw[a], row[d])  # quantile00 = the hardest candidate's similarity
     with pytest.raises(ValueError, match="profile"):
         scheduler_state(S, 4, 0.1, profile="minmax")
-    space = observation_space(load_config(None, ["mining.state_profile=raw", "mining.search_space=16"]).mining)
+    space = observation_space(load_config(None, ["experimental.state_profile=raw", "mining.search_space=16"]).mining)
     assert np.isinf(space.high[:, 0]).all() and space.high[0, -1] == 1.0  # raw quantiles unbounded, progress in [0, 1]

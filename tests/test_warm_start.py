@@ -15,7 +15,7 @@ from falcon_rl.envs import NegativeMiningEnv, apply_overrides
 
 TINY = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
         "data.n_train=256", "data.n_test=64", "mining.search_space=64", "train.batch_size=32",
-        "env.budget_steps=2", "env.warmup_steps=3", "train.warmup_steps=1", "eval.by_specificity=false"]
+        "env.budget_steps=2", "env.warmup_steps=3", "train.warmup_steps=1", "experimental.by_specificity=false"]
 
 
 @pytest.fixture(scope="module")
@@ -69,11 +69,11 @@ def test_runs_that_differ_only_in_a_per_batch_reward_share_one_warm_start(tiny, 
               for r in ("itc", "mlm", "itc+itm", "toy", "retrieval")}
     assert digest["itc"] == digest["mlm"] == digest["itc+itm"]
     assert len({digest[r] for r in ("itc", "toy", "retrieval")}) == 3
-    held = ["env.val_pairs=16"]
-    assert (warm_signature(apply_overrides(base, held + ["env.reward=itc", "env.reward_log=[val_itc]"]), 1)
+    held = ["experimental.val_pairs=16"]
+    assert (warm_signature(apply_overrides(base, held + ["env.reward=itc", "experimental.reward_log=[val_itc]"]), 1)
             == warm_signature(apply_overrides(base, held + ["env.reward=val_itc"]), 1))
     path = tmp_path / "warm.pt"
-    over = [f"env.warm_start={path}", "env.reward_log=[val_itc]", *held]
+    over = [f"env.warm_start={path}", "experimental.reward_log=[val_itc]", *held]
     first = NegativeMiningEnv(apply_overrides(base, over + ["env.reward=val_itc"]), data=data)
     obs1, _ = first.reset(seed=1)
     payload = torch.load(path, weights_only=True)
@@ -88,7 +88,7 @@ def test_runs_that_differ_only_in_a_per_batch_reward_share_one_warm_start(tiny, 
 
 
 def test_an_observation_only_column_shares_the_warm_start(tiny, tmp_path):
-    """mining.state_positive_rank only adds an observation column computed after the warm-up: a run
+    """experimental.state_positive_rank only adds an observation column computed after the warm-up: a run
     with it loads the warm start of a run without it (a file written before the key existed too)."""
     import torch
 
@@ -98,19 +98,19 @@ def test_an_observation_only_column_shares_the_warm_start(tiny, tmp_path):
     obs1, _ = plain.reset(seed=1)
     payload = torch.load(path, weights_only=True)
     assert "state_positive_rank" not in payload["signature"]["mining"]
-    with_rank = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "mining.state_positive_rank=true"]),
+    with_rank = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "experimental.state_positive_rank=true"]),
                                   data=data)
     with_rank._warmup = lambda steps: pytest.fail("the warm state must be loaded, not recomputed")
     obs2, info2 = with_rank.reset(seed=1)
     assert info2["warm_start"] == str(path) and obs2.shape[1] == obs1.shape[1] + 1
     np.testing.assert_array_equal(obs1, obs2[:, :-1])
-    with pytest.raises(ValueError, match=r"mining.state_prev_q: False != True"):  # a signed column still differs
-        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "mining.state_prev_q=true"]),
+    with pytest.raises(ValueError, match=r"experimental.state_prev_q: False != True"):  # a signed column still differs
+        NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}", "experimental.state_prev_q=true"]),
                           data=data).reset(seed=1)
 
 
 def test_the_specificity_column_shares_the_warm_start_both_ways(tiny, tmp_path):
-    """mining.state_specificity (read by the by-specificity reference) is signed as off: a run with it
+    """experimental.state_specificity (read by the by-specificity reference) is signed as off: a run with it
     loads a run's warm start without it, the file name (digest) is the same, and a file written by a
     run with it, under the old signature that recorded it as true, loads into a run without it."""
     import torch
@@ -118,7 +118,7 @@ def test_the_specificity_column_shares_the_warm_start_both_ways(tiny, tmp_path):
     from falcon_rl.training.warm_start import signature_digest, warm_signature
 
     base, data = tiny
-    on = apply_overrides(base, ["mining.state_specificity=true"])
+    on = apply_overrides(base, ["experimental.state_specificity=true"])
     assert signature_digest(warm_signature(on, 1)) == signature_digest(warm_signature(base, 1))
     path = tmp_path / "warm.pt"
     plain = NegativeMiningEnv(apply_overrides(base, [f"env.warm_start={path}"]), data=data)
@@ -167,7 +167,7 @@ def test_ablation_shared_warmup_starts_every_scheduler_of_a_seed_from_one_state(
 
 
 def test_chain_only_mining_keys_share_the_warm_start(tiny, tmp_path):
-    """mining.oracle_scope and mining.positive_margin only shape the quantile chain, which the
+    """experimental.oracle_scope and experimental.positive_margin only shape the quantile chain, which the
     random-batch warm-up never builds: an anchor-scope oracle and a filtered GRIT have the plain run's
     digest and load its warm start (also one written when they were signed), and the default digest is
     the one the bench's files carry."""
@@ -176,7 +176,7 @@ def test_chain_only_mining_keys_share_the_warm_start(tiny, tmp_path):
     from falcon_rl.training.warm_start import signature_digest, warm_signature
 
     base, data = tiny
-    chain_only = apply_overrides(base, ["mining.oracle_scope=anchor", "mining.positive_margin=0.0"])
+    chain_only = apply_overrides(base, ["experimental.oracle_scope=anchor", "experimental.positive_margin=0.0"])
     assert signature_digest(warm_signature(chain_only, 1)) == signature_digest(warm_signature(base, 1))
     assert warm_signature(base, 1)["mining"]["oracle_scope"] == "batch"
     assert "positive_margin" not in warm_signature(base, 1)["mining"]

@@ -58,7 +58,7 @@ def _common(f: dict[str, Path], *extra: str) -> list[str]:
     return ["data.source=albef_json", f"data.train_file={f['train']}", f"data.test_file={f['test']}",
             f"data.image_root={f['images']}", "data.on_missing=skip", f"model.text_path={f['bert']}",
             f"model.vision_path={f['vit']}", "model.preset=tiny", "train.batch_size=4", "train.device=cpu",
-            "train.threads=1", "train.warmup_steps=1", "mining.search_space=8", "mining.chain_backend=numpy",
+            "train.threads=1", "train.warmup_steps=1", "mining.search_space=8", "experimental.chain_backend=numpy",
             "env.warmup_steps=1", "env.budget_steps=2", "eval.max_test=0", "logging.progress=false",
             "logging.tensorboard=false", *extra]
 
@@ -88,7 +88,7 @@ def test_pretrain_learns_with_local_encoders(files, tmp_path, capsys, monkeypatc
     assert res["final_losses"]["mlm"] < math.log(len(VOCAB)) - 1.0, res["final_losses"]
 
 
-@pytest.mark.parametrize("agent, extra", [("falcon", ()), ("ppo", ("agent.sb3_total_steps=4", "agent.sb3_n_steps=2"))])
+@pytest.mark.parametrize("agent, extra", [("falcon", ()), ("ppo", ("agent.sb3.total_steps=4", "agent.sb3.n_steps=2"))])
 def test_train_agent_on_files(files, tmp_path, capsys, monkeypatch, agent, extra):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / agent

@@ -5,7 +5,7 @@ A *run record* is the JSON-able dict a scheduler run writes to ``<scheduler>/see
 the final model, keys as in :mod:`falcon_rl.training.evaluation`), ``mean_reward``,
 ``mean_fn_rate``, ``wall_time``, ``time`` (its split by part, :mod:`falcon_rl.timing`, plus
 ``other``), ``steps`` and ``history`` (per-step curves for the plots). A reward the run did not
-compute (``env.compute_reward``) is NaN / null and shows as "–".
+compute (``experimental.compute_reward``) is NaN / null and shows as "–".
 
 The markdown table aggregates over seeds (mean ± std), adds each scheduler's difference to
 ``random`` paired by seed, and the *gap closed* ``(x − random) / (oracle − random)`` on the

@@ -5,15 +5,15 @@ the proxy must rank batches, and the schedules they make up, as retrieval does. 
 fixed policies (``reward_check.policies``: constant q ``fixed-<q>``, ``random``, ``grit``,
 ``oracle``, ...) x seeds (``ablation.seeds``) with the ablation runner (workers, shared warm-up,
 finished runs skipped on a rerun), logging *every* reward option (``reward_check.rewards``) on
-the same runs (``env.reward_log``, ``env.compute_reward: always``). Then, per option:
+the same runs (``experimental.reward_log``, ``experimental.compute_reward: always``). Then, per option:
 
 - the Spearman rank correlation across runs (policies x seeds) between the run's mean reward and
   its final metrics (``reward_check.metrics``, from ``results.json``), pooled and within seed (both
   sides centred on the seed's mean first, so a seed that is better everywhere adds nothing);
 - the per-batch regression of the reward on the batch's false-negative pairs and hardness,
   centred within the env step (:mod:`falcon_rl.ablation.batch_regression`), pooled over the runs;
-- its learnability: how much the best policy beats ``reward_check.reference`` per env step next to
-  the reward's noise over ``reward_check.horizons`` steps, and the env steps an online learner
+- its learnability: how much the best policy beats ``experimental.reference`` per env step next to
+  the reward's noise over ``experimental.horizons`` steps, and the env steps an online learner
   would need to see it (:mod:`falcon_rl.ablation.learnability`).
 
 Outputs in ``reward_check.out_dir``: ``reward_check.md`` / ``reward_check.csv`` (one row per
@@ -76,7 +76,7 @@ def reward_check_config(cfg: ExperimentConfig, source: str = "<config>") -> Expe
                 raise ConfigError(f"{source}: reward_check.policies: {label!r} has q={q} outside [0, 1]")
             overrides[label] = {"agent.name": "fixed", "agent.q": q, **(overrides.get(label) or {})}
     data["ablation"].update(schedulers=list(rc.policies), out_dir=rc.out_dir, overrides=overrides)
-    data["env"].update(reward_log=list(dict.fromkeys(rc.rewards)), compute_reward="always")
+    data["experimental"].update(reward_log=list(dict.fromkeys(rc.rewards)), compute_reward="always")
     return build_dataclass(ExperimentConfig, data, source)
 
 
@@ -307,7 +307,7 @@ def run_reward_check(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<confi
     notes = [f"Runs: {len(records)} ({failed} failed): policies {', '.join(rc.policies)} × seeds "
              f"{', '.join(map(str, abl.ablation.seeds))}. Data: {data_line(abl, records)}; model {abl.model.preset}; B = {abl.train.batch_size}; |M| = "
              f"{abl.mining.search_space}; {abl.env.budget_steps} env steps; validation rewards on "
-             f"{abl.env.held_out_pairs} held-out training pairs; mlm_hi at mlm_prob {abl.env.reward_mlm_prob}; "
+             f"{abl.env.held_out_pairs} held-out training pairs; mlm_hi at mlm_prob {abl.experimental.reward_mlm_prob}; "
              f"hardness = {rc.hardness}."]
     learn = learnability(records, rewards, metrics[0], rc.reference, rc.horizons) if metrics else []
     md = render_markdown(rows, runs, metrics, rewards, command, notes, learn, rc.horizons)

@@ -8,6 +8,7 @@ import dataclasses
 import yaml
 
 from falcon_rl.config import load_config, to_dict
+from falcon_rl.config.experimental import BANNER
 
 HELP = "print the resolved config (file + overrides) as YAML, or the documented keys"
 
@@ -26,7 +27,21 @@ def run(args: argparse.Namespace) -> int:
         return 0
     for section in dataclasses.fields(cfg):
         obj = getattr(cfg, section.name)
+        if section.name == "experimental":
+            print(BANNER)
         print(f"{section.name}:")
-        for f in dataclasses.fields(obj):
-            print(f"  {f.name} = {getattr(obj, f.name)!r}  # {f.metadata.get('doc', '')}")
+        for name, value, doc in _keys(obj):
+            print(f"  {name} = {value!r}  # {doc}")
     return 0
+
+
+def _keys(obj: object, prefix: str = "") -> list[tuple[str, object, str]]:
+    """(key, value, doc) of every key of a section; a nested group (``agent.sb3``) as ``sb3.<key>``."""
+    out = []
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += _keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append((f"{prefix}{f.name}", value, f.metadata.get("doc", "")))
+    return out

@@ -26,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         + "; package.module:ClassName for your own class (importable from the current directory "
                         "or PYTHONPATH); or a name an installed package registers (entry points falcon_rl.schedulers)")
     parser.add_argument("--episodes", "-n", type=int, default=None,
-                        help="episodes of env.budget_steps steps (default 1; SB3 agents: agent.sb3_total_steps steps)")
+                        help="episodes of env.budget_steps steps (default 1; SB3 agents: agent.sb3.total_steps steps)")
     parser.add_argument("--out", "-o", default=None, help="output directory (default train.out_dir)")
     parser.add_argument("--load", default=None, metavar="PATH",
                         help="run a trained agent (agent.pt / agent.zip), frozen")

@@ -43,52 +43,52 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.data.source in GENERATED_SOURCES and m > cfg.data.n_train:
         raise ConfigError(f"{source}: mining.search_space={m} exceeds data.n_train={cfg.data.n_train}: lower "
                           "mining.search_space or raise data.n_train")
-    if cfg.env.reward_estimator == "subbatch" and not rewards.spec(cfg.env.reward).subbatch:
-        raise ConfigError(f"{source}: env.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
-                          f"{cfg.env.reward!r}); use env.reward_estimator=exact")
+    if cfg.experimental.reward_estimator == "subbatch" and not rewards.spec(cfg.env.reward).subbatch:
+        raise ConfigError(f"{source}: experimental.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
+                          f"{cfg.env.reward!r}); use experimental.reward_estimator=exact")
     check_rewards(cfg, source)
 
 
-#: per-batch reward options env.reward_log accepts (the registry's, :mod:`falcon_rl.config.rewards`)
+#: per-batch reward options experimental.reward_log accepts (the registry's, :mod:`falcon_rl.config.rewards`)
 LOGGABLE_REWARDS = rewards.PER_BATCH
-#: rewards with a loss change per member (agent.credit: member)
+#: rewards with a loss change per member (experimental.credit: member)
 MEMBER_CREDIT_REWARDS = rewards.MEMBER_CREDIT
 
 
 def check_rewards(cfg: ExperimentConfig, source: str = "<config>") -> None:
-    """``env.reward_log`` names, the frameworks of the rewards, the validation hold-out and per-member
+    """``experimental.reward_log`` names, the frameworks of the rewards, the validation hold-out and per-member
     credit (FALCON learners), as the reward registry (:mod:`falcon_rl.config.rewards`) says."""
     env = cfg.env
     bad = [n for n in env.reward_log if not rewards.loggable(n)]
     if bad:
-        raise ConfigError(f"{source}: env.reward_log has {bad}, not per-batch reward options; choose from "
+        raise ConfigError(f"{source}: experimental.reward_log has {bad}, not per-batch reward options; choose from "
                           f"{list(LOGGABLE_REWARDS)}")
     for name in dict.fromkeys((env.reward, *env.reward_log)):
         option = rewards.spec(name)
         if cfg.model.framework not in option.frameworks:
             raise ConfigError(f"{source}: the {name} reward "
                               + option.framework_reason.format(framework=cfg.model.framework)
-                              + f" (drop {name} from env.reward / env.reward_log)")
+                              + f" (drop {name} from env.reward / experimental.reward_log)")
     reward = rewards.spec(env.reward)
     if env.reward_log and not reward.per_batch:
-        raise ConfigError(f"{source}: env.reward_log needs a reward measured per trained batch; env.reward="
+        raise ConfigError(f"{source}: experimental.reward_log needs a reward measured per trained batch; env.reward="
                           f"{env.reward!r} trains {reward.computation.value}")
     held = env.held_out_pairs
     if held and cfg.data.source in GENERATED_SOURCES and cfg.data.n_train - held < cfg.mining.search_space:
-        raise ConfigError(f"{source}: env.val_pairs={held} held-out pairs leave {cfg.data.n_train - held} of "
+        raise ConfigError(f"{source}: experimental.val_pairs={held} held-out pairs leave {cfg.data.n_train - held} of "
                           f"data.n_train={cfg.data.n_train} for training, fewer than mining.search_space="
-                          f"{cfg.mining.search_space}: lower env.val_pairs or raise data.n_train")
+                          f"{cfg.mining.search_space}: lower experimental.val_pairs or raise data.n_train")
     signal = rewards.member_signal(env.member_reward)
     if signal.influence and not reward.per_batch:
-        raise ConfigError(f"{source}: env.member_reward={signal.name} is measured per trained batch; env.reward="
+        raise ConfigError(f"{source}: experimental.member_reward={signal.name} is measured per trained batch; env.reward="
                           f"{env.reward!r} trains {reward.computation.value}")
-    if cfg.agent.name in ("falcon", "batch-level") and cfg.agent.credit == "member":
+    if cfg.agent.name in ("falcon", "batch-level") and cfg.experimental.credit == "member":
         if not signal.influence and not reward.member_credit:  # the influence: any per-batch reward
-            raise ConfigError(f"{source}: agent.credit=member needs a loss change per member: env.reward in "
+            raise ConfigError(f"{source}: experimental.credit=member needs a loss change per member: env.reward in "
                               f"{list(MEMBER_CREDIT_REWARDS)}, not {env.reward!r}")
         if env.reward_estimator != "exact":
-            raise ConfigError(f"{source}: agent.credit=member needs every member's loss change: "
-                              "env.reward_estimator=exact, not subbatch")
+            raise ConfigError(f"{source}: experimental.credit=member needs every member's loss change: "
+                              "experimental.reward_estimator=exact, not subbatch")
 
 
 def train_ground_truth(cfg: ExperimentConfig, source: str = "<config>") -> bool:
@@ -121,14 +121,14 @@ def _all_entries_have_image_id(path: str | None, source: str) -> bool:
 def check_labels(cfg: ExperimentConfig, source: str = "<config>", scheduler_needs: bool = False,
                  scheduler: str | None = None) -> None:
     """Refuse, before any data is loaded, settings that read the training split's true matches
-    when the data have none: ``env.oracle``, ``env.gt_targets``, ``mining.state_specificity`` and
+    when the data have none: ``env.oracle``, ``env.gt_targets``, ``experimental.state_specificity`` and
     schedulers that need them (``scheduler_needs``, e.g. ``oracle``)."""
     wanted = [key for key, on in (("env.oracle", cfg.env.oracle), ("env.gt_targets", cfg.env.gt_targets),
-                                  ("mining.state_specificity", cfg.mining.state_specificity)) if on]
+                                  ("experimental.state_specificity", cfg.experimental.state_specificity)) if on]
     if scheduler_needs:
         wanted.insert(0, f"scheduler {scheduler!r}")
-    if cfg.mining.state_specificity and cfg.data.source not in GENERATED_SOURCES:
-        raise ConfigError(f"{source}: mining.state_specificity reads how many facts each caption states, which only "
+    if cfg.experimental.state_specificity and cfg.data.source not in GENERATED_SOURCES:
+        raise ConfigError(f"{source}: experimental.state_specificity reads how many facts each caption states, which only "
                           "the generated benchmarks know; drop it")
     if not wanted or train_ground_truth(cfg, source):
         return

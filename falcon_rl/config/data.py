@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from falcon_rl.config.experimental import section_view
 from falcon_rl.config.fields import param
 
 #: image side without a pretrained vision model (the built-in benchmark's, docs/ALGORITHM.md §9)
@@ -20,6 +21,7 @@ DEFAULT_IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 ENCODER_DERIVED_KEYS = ("image_size", "image_mean", "image_std", "tokenizer_path")
 
 
+@section_view("data")
 @dataclass
 class DataConfig:
     """Dataset selection and generator parameters."""
@@ -31,36 +33,6 @@ class DataConfig:
     n_test: int = param(1000, "test pairs (built-in benchmarks)", ge=1)
     image_size: int | None = param(None, "image side in pixels (null: the image_size of model.vision_path's "
                                    "config, else 32)", ge=8)
-    grid: int = param(2, "objects sit in distinct cells of a grid x grid layout", ge=1)
-    min_objects: int = param(1, "fewest objects per image", ge=1)
-    max_objects: int = param(3, "most objects per image (<= grid*grid)", ge=1)
-    n_colors: int = param(8, "number of colours used", ge=1, le=8)
-    n_shapes: int = param(4, "number of shapes used", ge=1, le=4)
-    n_sizes: int = param(2, "number of sizes used", ge=1, le=2)
-    color_jitter: float = param(0.06, "per-object RGB jitter (fraction of 255)", ge=0.0, le=0.5)
-    fact_probs: list[float] = param(
-        [0.05, 0.08, 0.15, 0.18, 0.18, 0.16, 0.10, 0.10],
-        "P(caption states F facts) for F = 1..len; renormalised", each_ge=0.0)
-    max_facts_per_object: int = param(4, "cap on facts stated about one object", ge=1)
-    fact_kind_weights: list[float] = param(
-        [2.0, 1.5, 1.0, 1.0], "relative odds of stating an object's colour, shape, size, position", each_ge=0.0)
-    max_described_objects: int = param(3, "most objects one caption describes", ge=1, le=4)
-    position_facts: bool = param(True, "captions may state an object's cell ('in the top left')")
-    relation_prob: float = param(0.3, "P(two consecutive described objects are linked by 'left of'/'above'/...)",
-                                 ge=0.0, le=1.0)
-    paraphrase: bool = param(True, "use several caption templates per fact set")
-    size_radii: list[float] = param([0.2, 0.36], "half-extent of each object size, fraction of the cell side",
-                                    each_ge=0.05, each_le=0.5)
-    position_jitter: float = param(0.1, "random shift of an object inside its cell, fraction of the cell side",
-                                   ge=0.0, le=0.3)
-    supersample: int = param(3, "anti-aliasing: sub-pixels per pixel side when rendering shapes", ge=1, le=8)
-    background: int = param(16, "grey level of the image background", ge=0, le=255)
-    max_digits: int = param(3, "digits_scenes: most digits per canvas", ge=1)
-    min_digits: int = param(1, "digits_scenes: fewest digits per canvas", ge=1)
-    digit_parity_prob: float = param(0.25, "digits_scenes: P(a described digit is named by parity, not value)",
-                                     ge=0.0, le=1.0)
-    count_fact_prob: float = param(0.2, "digits_scenes: P(a caption states how many digits there are)",
-                                   ge=0.0, le=1.0)
     cache_dir: str = param("~/.cache/falcon_rl/data", "where generated benchmarks are cached (npz)")
     use_cache: bool = param(True, "read/write generated benchmarks in cache_dir")
     # --- ALBEF JSON datasets on disk ---

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from falcon_rl.config.experimental import section_view
 from falcon_rl.config.fields import param
 
 
+@section_view("eval")
 @dataclass
 class EvalConfig:
     """Retrieval evaluation settings."""
@@ -17,6 +19,5 @@ class EvalConfig:
     k_i2t: int = param(16, "ITM re-ranking depth image->text (ALBEF: 256)", ge=1)
     k_t2i: int = param(16, "ITM re-ranking depth text->image (ALBEF: 128)", ge=1)
     max_test: int = param(0, "evaluate on the first N test pairs only (0 = all)", ge=0)
-    by_specificity: bool = param(True, "also report every metric per caption specificity (/spec{F})")
     at_start: bool = param(True, "also evaluate before training, logged at step 0: pretrain's initial model; "
                            "env runs right after reset (warm-up and embedding pass), before any mined batch")

@@ -17,6 +17,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
+from falcon_rl.config.experimental import moved_error
 from falcon_rl.config.fields import check_value
 
 T = TypeVar("T")
@@ -100,6 +101,9 @@ def build_dataclass(cls: type[T], data: dict[str, Any], source: str, prefix: str
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)
         if name not in fields:
+            moved = moved_error(prefix, str(name))
+            if moved:  # a key for experiments that moved to the experimental section: name its new place
+                raise ConfigError(f"{source}: {moved}")
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{source}: unknown key {key!r} (known keys here: {known})")
         coerced = _coerce(key, value, hints[name], source)
@@ -221,3 +225,15 @@ def dump_yaml(cfg: Any, path: str | Path) -> None:
 def replace(cfg: T, **changes: Any) -> T:
     """``dataclasses.replace`` re-exported for convenience."""
     return dataclasses.replace(cfg, **changes)  # type: ignore[type-var]
+
+
+def build_old_section(cls: type[T], section: str, data: dict[str, Any], source: str) -> T:
+    """Section ``section`` (dataclass ``cls``) from a mapping in the layout before the ``experimental``
+    section (e.g. a checkpoint's saved ``model`` config, :func:`falcon_rl.config.experimental.old_layout`),
+    validated; the keys that moved are read into the experimental section it is bound to."""
+    from falcon_rl.config.experimental import MOVED_TO, ExperimentalConfig, bind
+
+    own = {k: v for k, v in data.items() if f"{section}.{k}" not in MOVED_TO}
+    moved = {MOVED_TO[f"{section}.{k}"]: v for k, v in data.items() if f"{section}.{k}" in MOVED_TO}
+    obj = build_dataclass(cls, own, source, prefix=section)
+    return bind(obj, build_dataclass(ExperimentalConfig, moved, source, prefix="experimental"))

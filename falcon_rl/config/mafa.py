@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from falcon_rl.config.experimental import section_view
 from falcon_rl.config.fields import param
 
 
+@section_view("mafa")
 @dataclass
 class MafaConfig:
     """The filter model and the thresholds of connection mining, and MAFA's S-ITC ε."""
@@ -22,24 +24,18 @@ class MafaConfig:
                         "trained filter, trained first on the same data and step budget with random batches "
                         "(as in the paper; in mafa.filter_dir), path = a trainer checkpoint (mafa.path), "
                         "momentum = the EMA model (needs model.momentum), snapshot = a copy of the model renewed "
-                        "every mafa.snapshot_every steps; connection mining runs from the first mined step",
+                        "every experimental.snapshot_every steps; connection mining runs from the first mined step",
                         choices=["pretrain", "path", "momentum", "snapshot"])
     path: str | None = param(None, "filter=path: a trainer checkpoint (e.g. <train.out_dir>/checkpoint.pt of "
                              "falcon-rl pretrain); its own model config is used")
     filter_dir: str | None = param(None, "filter=pretrain: where the filter is trained and found "
                                    "(<dir>/checkpoint.pt); null: <ablation.out_dir>/filter in ablate (one filter "
                                    "for all runs), <out>/filter in train-agent")
-    filter_seed: int = param(0, "filter=pretrain: seed of the filter's training (one filter for every seed of an "
-                             "ablation, as MAFA trains one)", ge=0)
-    snapshot_every: int = param(100, "filter=snapshot: the model is copied into the filter when mining starts and "
-                                "again whenever the copy is N optimiser steps old", ge=1)
     high: float = param(0.8, "filter P(match) above which a hardest negative is a false negative and becomes a "
                         "positive (MAFA 0.8)", ge=0.0, le=1.0)
     low: float = param(0.5, "filter P(match) below which it stays the ITM negative; from low to high the "
                        "next-hardest negative is used instead (MAFA 0.5)", ge=0.0, le=1.0)
-    extra_mlm: bool = param(True, "a converted pair is also an extra MLM sample (its text's masks, predicted "
-                            "from the other image; MAFA)")
-    smoothing: float = param(0.5, "S-ITC: the ITC label smoothing ε used with MAFA when model.itc_label_smoothing "
+    smoothing: float = param(0.5, "S-ITC: the ITC label smoothing ε used with MAFA when experimental.itc_label_smoothing "
                              "is null (MAFA 0.5)", ge=0.0, lt=1.0)
 
     def __post_init__(self) -> None:

@@ -36,14 +36,14 @@ class Measure(Enum):
     LM = "lm"  #: the framework's LM loss (ALBEF's MLM, BLIP-2's ITG) on the batch, training masks
     ITC = "itc"  #: the in-batch ITC loss
     ITM = "itm"  #: the ITM loss with the hardest in-batch negatives
-    MLM_HI = "mlm_hi"  #: ALBEF's MLM on masks of its own at env.reward_mlm_prob
+    MLM_HI = "mlm_hi"  #: ALBEF's MLM on masks of its own at experimental.reward_mlm_prob
     LM_SAMPLE = "lm_sample"  #: each pair's mean LM loss over its targets, mean over pairs
     VAL_ITC = "val_itc"  #: the ITC over the held-out validation pairs
     VAL_LM = "val_lm"  #: the LM loss (fixed masks) of the held-out validation pairs
 
     @property
     def held_out(self) -> bool:
-        """Measured on the held-out validation pairs (``env.val_pairs``), not on the batch."""
+        """Measured on the held-out validation pairs (``experimental.val_pairs``), not on the batch."""
         return self in (Measure.VAL_ITC, Measure.VAL_LM)
 
     @property
@@ -63,16 +63,16 @@ class RewardSpec:
     :ivar doc: what it measures, one line.
     :ivar computation: how the env computes it (:class:`Computation`).
     :ivar parts: the per-batch measures summed into it (``Computation.BATCH`` only).
-    :ivar scaled: the parts weighted by ``env.reward_val_weight`` (λ) in the sum (others: 1).
+    :ivar scaled: the parts weighted by ``experimental.reward_val_weight`` (λ) in the sum (others: 1).
     :ivar own: the part whose per-pair change is each member's own credit (``member_own_reward``,
-        ``agent.credit: member``), or None.
+        ``experimental.credit: member``), or None.
     :ivar member_credit: it has a value per member (``own``, or the toy reward's own term).
-    :ivar member_values: its per-member values are measured whatever ``agent.credit`` (the batch
+    :ivar member_values: its per-member values are measured whatever ``experimental.credit`` (the batch
         value is their mean), so the env reports them.
     :ivar specificity: needs caption specificities (the generated benchmarks').
     :ivar frameworks: the ``model.framework`` values it exists for; ``framework_reason`` says why
         (``{framework}``: the configured one).
-    :ivar subbatch: ``env.reward_estimator: subbatch`` can estimate it.
+    :ivar subbatch: ``experimental.reward_estimator: subbatch`` can estimate it.
     :ivar cost: its price in extra forwards (timed as ``reward``).
     """
 
@@ -92,7 +92,7 @@ class RewardSpec:
 
     @property
     def per_batch(self) -> bool:
-        """Measured around each trained batch (loggable with ``env.reward_log``; per-batch credit)."""
+        """Measured around each trained batch (loggable with ``experimental.reward_log``; per-batch credit)."""
         return self.computation is Computation.BATCH
 
     @property
@@ -102,7 +102,7 @@ class RewardSpec:
 
     @property
     def needs_held_out(self) -> bool:
-        """Measured on held-out training pairs (``env.val_pairs`` are held out of training)."""
+        """Measured on held-out training pairs (``experimental.val_pairs`` are held out of training)."""
         return any(p.held_out for p in self.parts)
 
     @property
@@ -131,7 +131,7 @@ class RewardSpec:
         return {p: (float(val_weight) if p in self.scaled else 1.0) for p in self.parts}
 
 
-_LM_COST = "one extra LM forward per batch (two with dropout; one of env.reward_subbatch pairs when sub-batched)"
+_LM_COST = "one extra LM forward per batch (two with dropout; one of experimental.reward_subbatch pairs when sub-batched)"
 _VAL_COST = "one pass over the held-out pairs per batch, plus one per step"
 _M = Measure
 _SPECS = (
@@ -146,30 +146,30 @@ _SPECS = (
                "two extra ITM forwards per batch", parts=(_M.ITM,)),
     RewardSpec("itc+itm", "itc + itm", Computation.BATCH, "two extra ITC and two extra ITM forwards per batch",
                parts=(_M.ITC, _M.ITM)),
-    RewardSpec("mlm_hi", "ΔL_MLM on masks of its own at env.reward_mlm_prob (GRIT's density)", Computation.BATCH,
+    RewardSpec("mlm_hi", "ΔL_MLM on masks of its own at experimental.reward_mlm_prob (GRIT's density)", Computation.BATCH,
                "two extra MLM forwards per batch", parts=(_M.MLM_HI,), own=_M.MLM_HI, member_credit=True,
                frameworks=("albef",),
                framework_reason="re-masks captions for ALBEF's MLM; model.framework={framework!r} has no MLM"),
     RewardSpec("lm_sample", "per-sample ΔL_LM: each pair's mean over its LM targets, mean over pairs",
                Computation.BATCH, "one extra per-token LM forward per batch (two with dropout)",
                parts=(_M.LM_SAMPLE,), own=_M.LM_SAMPLE, member_credit=True, member_values=True),
-    RewardSpec("val_itc", "the drop of the ITC on env.val_pairs held-out training pairs (label-free)",
+    RewardSpec("val_itc", "the drop of the ITC on experimental.val_pairs held-out training pairs (label-free)",
                Computation.BATCH, _VAL_COST, parts=(_M.VAL_ITC,)),
-    RewardSpec("val_lm", "the drop of the LM loss (fixed masks) on env.val_pairs held-out training pairs "
+    RewardSpec("val_lm", "the drop of the LM loss (fixed masks) on experimental.val_pairs held-out training pairs "
                "(label-free)", Computation.BATCH, _VAL_COST, parts=(_M.VAL_LM,)),
-    RewardSpec("itc+val_itc", "ΔL_ITC + env.reward_val_weight × Δval_ITC", Computation.BATCH,
+    RewardSpec("itc+val_itc", "ΔL_ITC + experimental.reward_val_weight × Δval_ITC", Computation.BATCH,
                "two extra ITC forwards per batch and " + _VAL_COST, parts=(_M.ITC, _M.VAL_ITC),
                scaled=(_M.VAL_ITC,), own=_M.ITC, member_credit=True),
-    RewardSpec("retrieval", "the gain of held-out multi-positive image→text R@1 (env.retrieval_pairs test pairs) "
+    RewardSpec("retrieval", "the gain of held-out multi-positive image→text R@1 (experimental.retrieval_pairs test pairs) "
                "over the env step", Computation.RETRIEVAL, "one embedding pass of the retrieval pairs per step"),
-    RewardSpec("toy", "a diagnostic that trains nothing: −mean (q − env.toy_optimum[F − 1])², F the caption "
+    RewardSpec("toy", "a diagnostic that trains nothing: −mean (q − experimental.toy_optimum[F − 1])², F the caption "
                "specificity", Computation.TOY, "none (nothing is trained)", member_credit=True, specificity=True),
 )
 #: reward name -> its spec, in the order the docs list them
 REWARDS: dict[str, RewardSpec] = {s.name: s for s in _SPECS}
-#: the per-batch options (what ``env.reward_log`` and ``reward_check.rewards`` accept)
+#: the per-batch options (what ``experimental.reward_log`` and ``reward_check.rewards`` accept)
 PER_BATCH: tuple[str, ...] = tuple(n for n, s in REWARDS.items() if s.per_batch)
-#: the rewards with a value per member (``agent.credit: member`` with ``env.member_reward: own``)
+#: the rewards with a value per member (``experimental.credit: member`` with ``experimental.member_reward: own``)
 MEMBER_CREDIT: tuple[str, ...] = tuple(n for n, s in REWARDS.items() if s.member_credit)
 
 
@@ -185,7 +185,7 @@ _check_table()
 
 @dataclass(frozen=True)
 class MemberSignal:
-    """One ``env.member_reward`` option: what each member's own credit is (``agent.credit: member``).
+    """One ``experimental.member_reward`` option: what each member's own credit is (``experimental.credit: member``).
 
     :ivar influence: the member's first-order influence on the held-out ITC, measured around each
         trained batch whatever the reward (needs a per-batch reward and the held-out pairs); else
@@ -198,24 +198,24 @@ class MemberSignal:
 
     @property
     def needs_held_out(self) -> bool:
-        """Measured on the held-out training pairs (``env.val_pairs``)."""
+        """Measured on the held-out training pairs (``experimental.val_pairs``)."""
         return self.influence
 
 
-#: ``env.member_reward`` options (:mod:`falcon_rl.envs.member_influence` computes the influence)
+#: ``experimental.member_reward`` options (:mod:`falcon_rl.envs.member_influence` computes the influence)
 MEMBER_SIGNALS: dict[str, MemberSignal] = {s.name: s for s in (
     MemberSignal("own", "each member's own change of env.reward"),
     MemberSignal("val_influence", "its first-order influence on the held-out ITC, ∇L_val · Adam-preconditioned "
-                 "∇ℓ_pair (label-free; holds out env.val_pairs like val_itc)", influence=True),
+                 "∇ℓ_pair (label-free; holds out experimental.val_pairs like val_itc)", influence=True),
 )}
 
 
 def member_signal(name: str) -> MemberSignal:
-    """The ``env.member_reward`` option ``name``; a :class:`ValueError` listing the choices for an unknown one."""
+    """The ``experimental.member_reward`` option ``name``; a :class:`ValueError` listing the choices for an unknown one."""
     try:
         return MEMBER_SIGNALS[name]
     except (KeyError, TypeError):
-        raise ValueError(f"unknown env.member_reward {name!r}; choose from {list(MEMBER_SIGNALS)}") from None
+        raise ValueError(f"unknown experimental.member_reward {name!r}; choose from {list(MEMBER_SIGNALS)}") from None
 
 
 def names() -> list[str]:
@@ -237,12 +237,12 @@ def known(name: object) -> bool:
 
 
 def loggable(name: object) -> bool:
-    """Whether ``name`` is a per-batch option (``env.reward_log``, ``reward_check.rewards``)."""
+    """Whether ``name`` is a per-batch option (``experimental.reward_log``, ``reward_check.rewards``)."""
     return known(name) and REWARDS[name].per_batch  # type: ignore[index]
 
 
 def loggable(name: object) -> bool:
-    """Whether ``name`` is a per-batch option (``env.reward_log``, ``reward_check.rewards``)."""
+    """Whether ``name`` is a per-batch option (``experimental.reward_log``, ``reward_check.rewards``)."""
     return known(name) and REWARDS[name].per_batch  # type: ignore[index]
 
 
@@ -269,12 +269,12 @@ def doc() -> str:
 
 
 def member_doc() -> str:
-    """The one-line doc of ``env.member_reward``."""
-    return "agent.credit=member: " + "; ".join(f"{s.name} = {s.doc}" for s in MEMBER_SIGNALS.values())
+    """The one-line doc of ``experimental.member_reward``."""
+    return "experimental.credit=member: " + "; ".join(f"{s.name} = {s.doc}" for s in MEMBER_SIGNALS.values())
 
 
 def log_doc() -> str:
-    """The one-line doc of ``env.reward_log``."""
+    """The one-line doc of ``experimental.reward_log``."""
     return ("extra per-batch reward options computed for logging only, on the same steps (info reward_components / "
             "batch_stats, the run history; falcon-rl reward-check), also for heuristics: any of "
             + ", ".join(PER_BATCH))

@@ -14,7 +14,7 @@ The match rule and the exact match matrix are those of :mod:`falcon_rl.data.scen
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+from falcon_rl.config.experimental import section_dict
 from typing import Any
 
 import numpy as np
@@ -145,7 +145,7 @@ def render_digits(slot_value: np.ndarray, slot_image: np.ndarray, digit_images: 
     size = cfg.image_size
     side = size // n_slots
     if side < 8:
-        raise ValueError(f"data.image_size={size} is too small for data.max_digits={n_slots} digits "
+        raise ValueError(f"data.image_size={size} is too small for experimental.max_digits={n_slots} digits "
                          f"(each slot needs >= 8 px; use image_size >= {8 * n_slots})")
     canvas = np.full((n, size, size), cfg.background / 255.0, dtype=np.float32)
     img_idx, slot = np.nonzero(slot_value >= 0)
@@ -224,14 +224,14 @@ def generate_split(cfg: DataConfig, n: int, seed: np.random.SeedSequence, pool: 
 
 def generator_params(cfg: DataConfig) -> dict[str, Any]:
     """The config values that determine the generated data (the cache key)."""
-    d = asdict(cfg)
+    d = section_dict(cfg)  # with the generator keys that moved to experimental
     return {k: d[k] for k in GENERATOR_FIELDS}
 
 
 def generate(cfg: DataConfig) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, Any]]:
     """Train and test arrays (each from the cache when possible) and generation info."""
     if cfg.min_digits > cfg.max_digits:
-        raise ValueError(f"data.min_digits={cfg.min_digits} exceeds data.max_digits={cfg.max_digits}")
+        raise ValueError(f"experimental.min_digits={cfg.min_digits} exceeds experimental.max_digits={cfg.max_digits}")
     loaded: list[tuple[dict[str, list[np.ndarray]], np.ndarray]] = []
 
     def build(split: str, n: int, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:

@@ -36,7 +36,7 @@ def normalised_probs(fact_probs: Sequence[float]) -> np.ndarray:
     """``fact_probs`` as a probability vector (raises on an all-zero list)."""
     p = np.asarray(fact_probs, dtype=np.float64)
     if p.ndim != 1 or p.size == 0 or p.sum() <= 0:
-        raise ValueError(f"data.fact_probs={list(fact_probs)!r} must be a non-empty list with a positive sum")
+        raise ValueError(f"experimental.fact_probs={list(fact_probs)!r} must be a non-empty list with a positive sum")
     return p / p.sum()
 
 
@@ -73,7 +73,7 @@ def draw_counts(rng: np.random.Generator, n: int, fact_probs: Sequence[float], b
     :returns: ``(facts, objects)`` int64 arrays of length ``n``.
     """
     if not 1 <= min_objects <= max_objects:
-        raise ValueError(f"need 1 <= data.min_objects ({min_objects}) <= data.max_objects ({max_objects})")
+        raise ValueError(f"need 1 <= experimental.min_objects ({min_objects}) <= experimental.max_objects ({max_objects})")
     p = normalised_probs(fact_probs)
     facts = rng.choice(np.arange(1, len(p) + 1), size=n, p=p)
     needed = np.full(len(p) + 1, max_objects, dtype=np.int64)

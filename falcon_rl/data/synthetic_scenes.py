@@ -17,7 +17,7 @@ fact arrays; the match matrix is computed from the same arrays, never from text.
 from __future__ import annotations
 
 import random
-from dataclasses import asdict
+from falcon_rl.config.experimental import section_dict
 from typing import Any
 
 import numpy as np
@@ -251,15 +251,15 @@ def render(slot_attr: np.ndarray, cfg: DataConfig, rng: np.random.Generator, chu
 
 def _check(cfg: DataConfig) -> None:
     if cfg.image_size % cfg.grid:
-        raise ValueError(f"data.image_size={cfg.image_size} must be a multiple of data.grid={cfg.grid}")
+        raise ValueError(f"data.image_size={cfg.image_size} must be a multiple of experimental.grid={cfg.grid}")
     if cfg.max_objects > cfg.grid ** 2:
-        raise ValueError(f"data.max_objects={cfg.max_objects} exceeds the {cfg.grid}x{cfg.grid} grid's "
+        raise ValueError(f"experimental.max_objects={cfg.max_objects} exceeds the {cfg.grid}x{cfg.grid} grid's "
                          f"{cfg.grid ** 2} cells")
     if len(cfg.fact_kind_weights) != 4:
-        raise ValueError(f"data.fact_kind_weights={cfg.fact_kind_weights} needs 4 weights "
+        raise ValueError(f"experimental.fact_kind_weights={cfg.fact_kind_weights} needs 4 weights "
                          "(colour, shape, size, position)")
     if len(cfg.size_radii) < cfg.n_sizes:
-        raise ValueError(f"data.size_radii={cfg.size_radii} needs one radius per size (n_sizes={cfg.n_sizes})")
+        raise ValueError(f"experimental.size_radii={cfg.size_radii} needs one radius per size (n_sizes={cfg.n_sizes})")
 
 
 def generate_split(cfg: DataConfig, n: int, seed: np.random.SeedSequence) -> dict[str, np.ndarray]:
@@ -318,7 +318,7 @@ def generate_split(cfg: DataConfig, n: int, seed: np.random.SeedSequence) -> dic
 
 def generator_params(cfg: DataConfig) -> dict[str, Any]:
     """The config values that determine the generated data (the cache key)."""
-    d = asdict(cfg)
+    d = section_dict(cfg)  # with the generator keys that moved to experimental
     return {k: d[k] for k in GENERATOR_FIELDS}
 
 

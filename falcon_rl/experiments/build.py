@@ -46,25 +46,25 @@ class Run:
 
 def env_step_total(cfg: ExperimentConfig, name: str, learning_sb3: bool, episodes: int | None) -> int:
     """The run's env steps: ``episodes`` (default 1) × ``env.budget_steps``; a learning SB3 agent
-    ``agent.sb3_total_steps`` unless ``episodes`` is given (PPO / A2C: whole rollouts)."""
+    ``agent.sb3.total_steps`` unless ``episodes`` is given (PPO / A2C: whole rollouts)."""
     budget = cfg.env.budget_steps
     if not learning_sb3:
         return (episodes if episodes is not None else 1) * budget
-    total = episodes * budget if episodes is not None else cfg.agent.sb3_total_steps
-    if canonical_name(name) in ("ppo", "a2c"):  # SB3 learns whole rollouts of sb3_n_steps
-        n = cfg.agent.sb3_n_steps
+    total = episodes * budget if episodes is not None else cfg.agent.sb3.total_steps
+    if canonical_name(name) in ("ppo", "a2c"):  # SB3 learns whole rollouts of agent.sb3.n_steps
+        n = cfg.agent.sb3.n_steps
         total = -(-total // n) * n
     return total
 
 
 def reward_needed(cfg: ExperimentConfig, sched: Scheduler, learning_sb3: bool) -> bool:
-    """Whether the env must compute the reward's extra forwards for this run (``env.compute_reward``):
+    """Whether the env must compute the reward's extra forwards for this run (``experimental.compute_reward``):
     ``auto`` when the scheduler learns from it, ``always``, or ``never`` (an error for a scheduler
     that learns from it)."""
     learns = bool(learning_sb3 or sched.learns_from_reward)
-    mode = cfg.env.compute_reward
+    mode = cfg.experimental.compute_reward
     if mode == "never" and learns:
-        raise ConfigError(f"env.compute_reward=never, but scheduler {sched.name!r} learns from the reward; use "
+        raise ConfigError(f"experimental.compute_reward=never, but scheduler {sched.name!r} learns from the reward; use "
                           "auto (or always)")
     return learns or mode == "always"
 
@@ -96,10 +96,10 @@ def build_run(cfg: ExperimentConfig, name: str, out: Path | None, ckpt_path: Pat
                         at_start=cfg.eval.at_start)
     if sched is None:
         sched = make_scheduler(name, cfg, env)
-        reward_needed(cfg, sched, learning_sb3)  # refuses env.compute_reward=never before anything is written
+        reward_needed(cfg, sched, learning_sb3)  # refuses experimental.compute_reward=never before anything is written
     filter_time, filter_spent = train_filter_first(run_cfg, base_env, total)  # its cost is reported apart
     if deterministic is None:
-        deterministic = bool(frozen and run_cfg.agent.frozen_deterministic)
+        deterministic = bool(frozen and run_cfg.experimental.frozen_deterministic)
     return Run(cfg=run_cfg, name=name, out=out, ckpt_path=ckpt_path, base_env=base_env, driven=driven, env=env,
                sched=sched, total=total, learning_sb3=learning_sb3, deterministic=deterministic,
                filter_time=filter_time, filter_spent=filter_spent)

@@ -13,6 +13,7 @@ from typing import Any
 from falcon_rl.agents.base import Scheduler
 from falcon_rl.agents.logger import RunLogger
 from falcon_rl.config import ConfigError
+from falcon_rl.config.experimental import old_layout
 from falcon_rl.envs.negative_mining import NegativeMiningEnv
 from falcon_rl.envs.wrappers import RetrievalEval
 from falcon_rl.experiments.callbacks import Tracker
@@ -97,7 +98,8 @@ def read_resume_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, An
         if payload.get(key) != identity[key]:
             raise ConfigError(f"resume checkpoint {path} is for {key}={payload.get(key)!r}, this run has "
                               f"{key}={identity[key]!r}")
-    saved, now = _flat(payload["config"]), _flat(identity["config"])
+    # in the layout before the experimental section: checkpoints written before it compare too
+    saved, now = _flat(old_layout(payload["config"])), _flat(old_layout(identity["config"]))
     diff = [k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)
             and not any(k.startswith(free) for free in RESUME_FREE_KEYS)]
     if diff:

@@ -16,7 +16,7 @@ training its filter first, which ``wall_time`` and ``time`` leave out). Learn-th
 (``agent.train_episodes``) is :mod:`~falcon_rl.experiments.learn_first`.
 
 The env computes the reward's extra forwards only when the scheduler learns from the reward
-(``env.compute_reward: auto``; SB3 agents that learn, FALCON unless frozen), or always / never
+(``experimental.compute_reward: auto``; SB3 agents that learn, FALCON unless frozen), or always / never
 as that key says; skipped, the reward is NaN (``mean_reward`` NaN, "–" in the tables). The
 record's ``time`` splits ``wall_time`` into the parts of :mod:`falcon_rl.timing` plus ``other``
 (setup, data, the scheduler's creation, logging, checkpoints); ``history`` holds the same split
@@ -142,12 +142,12 @@ def run_scheduler(
         ``results.json`` and the resume checkpoint (``resume.pt``) go (default
         ``cfg.train.out_dir``); None-like ``""`` keeps nothing on disk.
     :param episodes: episodes of ``env.budget_steps`` steps. Default: 1 for online schedulers;
-        SB3 agents learn for ``agent.sb3_total_steps`` env steps unless ``episodes`` is given
-        (PPO / A2C: rounded up to whole rollouts of ``agent.sb3_n_steps``).
+        SB3 agents learn for ``agent.sb3.total_steps`` env steps unless ``episodes`` is given
+        (PPO / A2C: rounded up to whole rollouts of ``agent.sb3.n_steps``).
     :param data: pre-loaded dataset (ablations share one).
     :param load_path: use a trained agent, frozen (default ``cfg.agent.load_path``).
     :param progress: progress display, ``"auto"`` / True / False (default ``cfg.logging.progress``).
-    :param deterministic: mean-q actions (default: ``agent.frozen_deterministic`` for frozen
+    :param deterministic: mean-q actions (default: ``experimental.frozen_deterministic`` for frozen
         agents, sampling otherwise).
     :param resume: continue exactly from ``<out_dir>/resume.pt`` (True: it must exist;
         ``"auto"``: if it exists, else start afresh). The checkpoint is written every

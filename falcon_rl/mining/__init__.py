@@ -20,7 +20,7 @@ from falcon_rl.mining.false_negatives import (
 from falcon_rl.mining.knn import knn
 from falcon_rl.mining.prefetch import ChainPrefetcher, ChainStream
 from falcon_rl.mining.search_spaces import make_search_spaces, neighbourhood_spaces, random_spaces
-from falcon_rl.mining.similarity import search_space_similarity
+from falcon_rl.mining.similarity import image_text_similarity, search_space_similarity
 from falcon_rl.mining.state import EXTRA_ORDER, scheduler_state, state_extras, state_feature_names
 
 __all__ = [
@@ -28,5 +28,5 @@ __all__ = [
     "FalseNegativeStats", "batch_false_negative_pairs", "ground_truth_targets", "oracle_exclusion",
     "pick_false_negatives", "knn",
     "ChainPrefetcher", "ChainStream", "make_search_spaces", "neighbourhood_spaces", "random_spaces",
-    "search_space_similarity", "EXTRA_ORDER", "scheduler_state", "state_extras", "state_feature_names",
+    "search_space_similarity", "image_text_similarity", "EXTRA_ORDER", "scheduler_state", "state_extras", "state_feature_names",
 ]

@@ -269,11 +269,27 @@ def _select_key_numba(row, q_a, alive, rem, n_rem, n_alive, skip, use_skip, keys
     return _select_key_scalar
 
 
-def chain_loop(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scope, blocked,
-               alive, rem, state, order, picks, forced, ncand, ranks, keys, sample):
+@register_jitable(inline="always")
+def record_pick(picks, forced, ncand, ranks, p, a, chosen, is_forced, c, k):
+    """Record pick ``p`` (anchor ``a`` chose ``chosen``, rank ``k`` of ``c`` candidates); returns ``p + 1``."""
+    picks[p, 0] = a
+    picks[p, 1] = chosen
+    forced[p] = is_forced
+    ncand[p] = c
+    ranks[p] = k
+    return p + 1
+
+
+def chain_loop(sbits, sbits2, alternate, continue_chain, q, sizes, starts, b0, b1, exclude, use_exclude,
+               batch_scope, blocked, alive, rem, state, order, picks, forced, ncand, ranks, keys, sample):
     """Build batches ``b0 .. b1-1``; resumable through ``alive``, ``rem``, ``blocked`` and ``state``.
 
     :param sbits: S viewed as int32 (|M|, |M|): numpy, or torch on S's device (Python only).
+    :param sbits2, alternate: with ``alternate``, the anchor at an odd position of its chain reads
+        its row of ``sbits2`` instead of ``sbits`` (GRIT-VLP's alternating chain: ``sbits`` is
+        S_i2t, ``sbits2`` its transpose S_t2i; a dummy otherwise).
+    :param continue_chain: one chain through the whole space (GRIT-VLP): batch b > 0 starts with
+        the pick of batch b - 1's last member instead of a random member.
     :param q: float64 hardness per member; ``sizes``, ``starts``: the plan's batch sizes and start
         ranks (:func:`falcon_rl.mining.chain.draw_starts`).
     :param exclude: the oracle mask (numpy bool |M|×|M|; a dummy when not ``use_exclude``).
@@ -283,7 +299,8 @@ def chain_loop(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scop
     :param alive: members not yet in a batch (bool, |M|).
     :param rem: ``rem[:state[0]]`` ascending list of members, alive or recently chosen (dead
         entries are skipped through ``alive`` and compacted away once they exceed 1/8).
-    :param state: int64 ``[n_rem, n_alive, pos, p]`` (``pos``/``p``: filled ``order``/``picks``).
+    :param state: int64 ``[n_rem, n_alive, pos, p, anchor, t]`` (``pos``/``p``: filled
+        ``order``/``picks``; ``anchor``: the chain's last member; ``t``: its position in its chain).
     :param order, picks, forced, ncand, ranks: the outputs, filled from ``pos`` / ``p`` on.
     :param keys, sample: int64 work buffers (|M| and :data:`SAMPLE`) of the compiled selection.
     :return: -1, or the anchor whose row holds a NaN among its remaining candidates.
@@ -292,9 +309,23 @@ def chain_loop(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scop
     n_alive = state[1]
     pos = state[2]
     p = state[3]
+    a = state[4]
+    t = state[5]
     for b in range(b0, b1):
         n_rem = compact(rem, n_rem, alive)
-        a = rem[starts[b]]
+        if continue_chain and b > 0:  # the chain goes on: the last member's pick opens the batch
+            row = sbits2[a] if alternate and t % 2 == 1 else sbits[a]
+            kth, c, k, is_forced, bad = select_key(row, q[a], alive, rem, n_rem, n_alive, blocked, False,
+                                                   keys, sample)
+            if bad:
+                return a
+            chosen = kth & 0xFFFFFFFF
+            p = record_pick(picks, forced, ncand, ranks, p, a, chosen, is_forced, c, k)
+            a = chosen
+            t += 1
+        else:
+            a = rem[starts[b]]
+            t = 0
         alive[a] = False
         n_alive -= 1
         order[pos] = a
@@ -307,7 +338,8 @@ def chain_loop(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scop
             skip = blocked
             if use_exclude and not batch_scope:
                 skip = exclude[a]
-            kth, c, k, is_forced, bad = select_key(sbits[a], q[a], alive, rem, n_rem, n_alive, skip, use_exclude,
+            row = sbits2[a] if alternate and t % 2 == 1 else sbits[a]
+            kth, c, k, is_forced, bad = select_key(row, q[a], alive, rem, n_rem, n_alive, skip, use_exclude,
                                                    keys, sample)
             if bad:
                 return a
@@ -318,17 +350,15 @@ def chain_loop(sbits, q, sizes, starts, b0, b1, exclude, use_exclude, batch_scop
             pos += 1
             if use_exclude and batch_scope:
                 blocked |= exclude[chosen]
-            picks[p, 0] = a
-            picks[p, 1] = chosen
-            forced[p] = is_forced
-            ncand[p] = c
-            ranks[p] = k
-            p += 1
+            p = record_pick(picks, forced, ncand, ranks, p, a, chosen, is_forced, c, k)
             a = chosen
+            t += 1
     state[0] = n_rem
     state[1] = n_alive
     state[2] = pos
     state[3] = p
+    state[4] = a
+    state[5] = t
     return -1
 
 

@@ -96,7 +96,7 @@ class EmbeddingCache:
             ``lambda idx: trainer.embed_pairs(split, idx)``.
         :param step: the training step the fresh embeddings belong to.
         :param indices: pairs to refresh; ``None`` = all n.
-        :param chunk: indices per ``embed_fn`` call (``mining.cache_refresh_chunk``).
+        :param chunk: indices per ``embed_fn`` call (``experimental.cache_refresh_chunk``).
         """
         if chunk < 1:
             raise ValueError(f"chunk={chunk!r} must be >= 1")

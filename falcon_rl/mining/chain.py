@@ -49,6 +49,10 @@ from falcon_rl.mining._jit import NUMBA_AVAILABLE
 BACKENDS = ("numba", "numpy", "torch")
 REMAINDERS = ("last_batch", "drop")
 EXCLUDE_SCOPES = ("batch", "anchor")
+#: which similarity each anchor ranks its candidates by: one symmetric S, or GRIT-VLP's alternation
+DIRECTIONS = ("symmetric", "alternate")
+#: where a chain starts: every batch from a random member, or one chain per search space (GRIT-VLP)
+RESTARTS = ("batch", "space")
 
 
 @dataclass
@@ -97,6 +101,10 @@ class ChainPlan:
     :ivar sizes: batch sizes in build order; ``starts``: start rank of each batch.
     :ivar exclude: oracle mask (numpy bool, every backend) or None; ``backend``: the backend that will run.
     :ivar batch_scope: the exclusion holds against every member of the batch (``exclude_scope="batch"``).
+    :ivar S2: ``direction="alternate"``: S_t2i (the transpose of ``S`` = S_i2t), read by the anchors
+        at odd chain positions; else None.
+    :ivar continue_chain: ``restart="space"``: one chain through the space, cut into batches.
+    :ivar batch_order: ``shuffle_batches``: the order the built batches are trained in, else None.
     """
 
     S: np.ndarray | torch.Tensor
@@ -106,6 +114,9 @@ class ChainPlan:
     exclude: np.ndarray | None
     backend: str
     batch_scope: bool = True
+    S2: np.ndarray | torch.Tensor | None = None
+    continue_chain: bool = False
+    batch_order: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------------- checks
@@ -164,6 +175,9 @@ def prepare_chain(
     remainder: str = "last_batch",
     backend: str = "numba",
     exclude_scope: str = "batch",
+    direction: str = "symmetric",
+    restart: str = "batch",
+    shuffle_batches: bool = False,
 ) -> ChainPlan:
     """Validate the inputs of :func:`build_chain_batches` and draw its random starts.
 
@@ -176,6 +190,10 @@ def prepare_chain(
         raise ValueError(f"remainder={remainder!r} is not one of {list(REMAINDERS)}")
     if exclude_scope not in EXCLUDE_SCOPES:
         raise ValueError(f"exclude_scope={exclude_scope!r} is not one of {list(EXCLUDE_SCOPES)}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction={direction!r} is not one of {list(DIRECTIONS)}")
+    if restart not in RESTARTS:
+        raise ValueError(f"restart={restart!r} is not one of {list(RESTARTS)}")
     m = _check_square("S", S)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
@@ -202,9 +220,15 @@ def prepare_chain(
     if exclude is not None:
         ex_np = exclude.detach().cpu().numpy() if isinstance(exclude, torch.Tensor) else exclude
         ex = np.ascontiguousarray(ex_np, dtype=np.bool_)
-    sizes, starts = draw_starts(m, batch_size, remainder, _as_generator(rng))
+    S2 = None
+    if direction == "alternate":
+        S2 = S_c.T.contiguous() if isinstance(S_c, torch.Tensor) else np.ascontiguousarray(S_c.T)
+    gen = _as_generator(rng)
+    sizes, starts = draw_starts(m, batch_size, remainder, gen)
+    order = gen.permutation(sizes.size).astype(np.int64) if shuffle_batches else None
     return ChainPlan(S=S_c, q=qa, sizes=sizes, starts=starts, exclude=ex, backend=backend,
-                     batch_scope=exclude_scope == "batch")
+                     batch_scope=exclude_scope == "batch", S2=S2, continue_chain=restart == "space",
+                     batch_order=order)
 
 
 # ---------------------------------------------------------------------------------- builders
@@ -220,6 +244,8 @@ class _Builder:
         self.plan = plan
         m = int(plan.S.shape[0])
         n_picks = int((plan.sizes - 1).sum())
+        if plan.continue_chain and plan.sizes.size:
+            n_picks += int(plan.sizes.size) - 1  # the pick that links one batch to the next
         self.m = m
         self.n_batches = int(plan.sizes.size)
         self.offsets = np.concatenate([[0], np.cumsum(plan.sizes)]).astype(np.int64)
@@ -231,9 +257,13 @@ class _Builder:
         self.n_built = 0
         self.loop = chain_kernel if plan.backend == "numba" else chain_loop
         self.sbits = plan.S.view(torch.int32) if isinstance(plan.S, torch.Tensor) else plan.S.view(np.int32)
+        if plan.S2 is not None:
+            self.sbits2 = plan.S2.view(torch.int32) if isinstance(plan.S2, torch.Tensor) else plan.S2.view(np.int32)
+        else:
+            self.sbits2 = np.zeros((1, 1), dtype=np.int32)
         self.alive = np.ones(m, dtype=np.bool_)
         self.rem = np.arange(m, dtype=np.int64)
-        self.state = np.array([m, m, 0, 0], dtype=np.int64)
+        self.state = np.array([m, m, 0, 0, 0, 0], dtype=np.int64)
         self.keys = np.empty(max(m, 1), dtype=np.int64)
         self.sample = np.empty(SAMPLE, dtype=np.int64)
         self.use_ex = plan.exclude is not None
@@ -244,7 +274,8 @@ class _Builder:
         """Build batches ``n_built .. upto-1``."""
         upto = min(int(upto), self.n_batches)
         if upto > self.n_built:
-            status = self.loop(self.sbits, self.plan.q, self.plan.sizes, self.plan.starts, self.n_built, upto,
+            status = self.loop(self.sbits, self.sbits2, self.plan.S2 is not None, self.plan.continue_chain,
+                               self.plan.q, self.plan.sizes, self.plan.starts, self.n_built, upto,
                                self.ex, self.use_ex, self.plan.batch_scope, self.blocked, self.alive, self.rem,
                                self.state, self.order, self.picks, self.forced, self.ncand, self.ranks, self.keys,
                                self.sample)
@@ -255,10 +286,17 @@ class _Builder:
             self.n_built = upto
 
     def batch(self, b: int) -> np.ndarray:
-        """Members of built batch ``b`` in chain order (a copy)."""
-        if b >= self.n_built:
-            raise RuntimeError(f"batch {b} is not built yet ({self.n_built} of {self.n_batches} built)")
-        return self.order[self.offsets[b]:self.offsets[b + 1]].copy()
+        """Members of the ``b``-th batch to train, in chain order (a copy): built batch ``b``, or
+        ``batch_order[b]`` when the plan shuffles (then every batch must be built first)."""
+        built = b if self.plan.batch_order is None else int(self.plan.batch_order[b])
+        if built >= self.n_built:
+            raise RuntimeError(f"batch {built} is not built yet ({self.n_built} of {self.n_batches} built)")
+        return self.order[self.offsets[built]:self.offsets[built + 1]].copy()
+
+    @property
+    def shuffles(self) -> bool:
+        """Whether batches are trained in another order than built (all must be built first)."""
+        return self.plan.batch_order is not None
 
     def finish(self) -> ChainResult:
         """Build what is left and return the :class:`ChainResult`."""
@@ -266,7 +304,7 @@ class _Builder:
         n_batched = int(self.offsets[-1])
         q_used = self.plan.q[self.picks[:, 0]] if self.picks.size else np.zeros(0, dtype=np.float64)
         return ChainResult(
-            batches=[self.order[self.offsets[b]:self.offsets[b + 1]].copy() for b in range(self.n_batches)],
+            batches=[self.batch(b) for b in range(self.n_batches)],
             picks=self.picks,
             q_used=q_used,
             ranks=self.ranks,
@@ -295,6 +333,9 @@ def build_chain_batches(
     remainder: str = "last_batch",
     backend: str = "numba",
     exclude_scope: str = "batch",
+    direction: str = "symmetric",
+    restart: str = "batch",
+    shuffle_batches: bool = False,
 ) -> ChainResult:
     """Cut one search space into mini-batches by the quantile chain (module docstring).
 
@@ -310,6 +351,14 @@ def build_chain_batches(
     :param backend: ``"numba"`` (the pick loop compiled; falls back to numpy with a warning when
         numba is missing), ``"numpy"`` (the same loop as Python, vectorised selection, no compile) or
         ``"torch"`` (the same loop, the keys and their selection on S's device).
+    :param direction: ``"symmetric"`` (every anchor ranks by ``S``) or ``"alternate"`` (GRIT-VLP:
+        ``S`` is S_i2t; the anchors at even chain positions rank by it, those at odd positions by
+        its transpose S_t2i — image → text → image ...).
+    :param restart: ``"batch"`` (each batch a chain from a random member) or ``"space"`` (GRIT-VLP:
+        one chain through the space from one random start, cut into batches).
+    :param shuffle_batches: GRIT-VLP's mini-batch-level shuffle: ``ChainResult.batches`` in a random
+        order (drawn from ``rng`` after the starts); ``picks`` stay in build order.
     :return: :class:`ChainResult`.
     """
-    return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend, exclude_scope))
+    return execute_chain(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend, exclude_scope,
+                                       direction, restart, shuffle_batches))

@@ -112,7 +112,7 @@ def knn(
         index = faiss.IndexFlatIP(d)
     else:
         if ivf_lists > n:
-            raise ValueError(f"ivf_lists={ivf_lists} exceeds the {n} database rows: lower mining.ivf_lists")
+            raise ValueError(f"ivf_lists={ivf_lists} exceeds the {n} database rows: lower experimental.ivf_lists")
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, int(ivf_lists), faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = int(seed)

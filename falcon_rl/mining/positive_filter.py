@@ -1,5 +1,5 @@
 """Label-free exclusion of likely false negatives: candidates the model already scores about as
-high as a member's own pair (``mining.positive_margin``).
+high as a member's own pair (``experimental.positive_margin``).
 
 Positive-aware hard-negative mining (Moreira et al. 2024, NV-Retriever, §3.2 "TopK-MarginPos")
 drops a query's candidate negatives whose score comes within a margin of the query's positive: a
@@ -12,7 +12,7 @@ hard negative. Here, over a search space's similarity ``S`` (:func:`search_space
 
 — the cross pair scores within ``margin`` of *either* member's own pair (S is symmetric, so E is
 too, like the oracle's mask of true matches in either direction). The quantile chain skips such
-candidates exactly as it skips the oracle's true matches (``exclude``, with ``mining.oracle_scope``:
+candidates exactly as it skips the oracle's true matches (``exclude``, with ``experimental.oracle_scope``:
 ``batch`` keeps every two members of a batch apart, ``anchor`` only the anchor and its pick), so
 ``q`` keeps its meaning among the candidates left. It reads no labels: any dataset, any scheduler.
 ``margin = 0`` skips the candidates scored at least as high as a positive; a larger margin skips
@@ -45,7 +45,7 @@ def positive_margin_exclusion(S: np.ndarray | torch.Tensor, own: np.ndarray, mar
     if own.shape != (n,):
         raise ValueError(f"own has shape {own.shape}, expected ({n},) like S's rows")
     if not np.isfinite(margin):
-        raise ValueError(f"mining.positive_margin must be a finite number, got {margin}")
+        raise ValueError(f"experimental.positive_margin must be a finite number, got {margin}")
     threshold = own - np.float32(margin)
     if isinstance(S, torch.Tensor):
         th = torch.as_tensor(threshold, device=S.device)

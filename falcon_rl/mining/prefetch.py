@@ -48,9 +48,12 @@ class ChainStream:
         backend: str = "numba",
         prefetch: bool = True,
         exclude_scope: str = "batch",
+        direction: str = "symmetric",
+        restart: str = "batch",
+        shuffle_batches: bool = False,
     ) -> None:
         self._builder = make_builder(prepare_chain(S, q, batch_size, rng, exclude, remainder, backend,
-                                                   exclude_scope))
+                                                   exclude_scope, direction, restart, shuffle_batches))
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="falcon-chain") if prefetch else None
         self._future: Future | None = None
         self._result: ChainResult | None = None
@@ -72,8 +75,8 @@ class ChainStream:
         n = self._builder.n_batches
         while self._next < n:
             b = self._next
-            self._ensure(b + 1)
-            if self._pool is not None and b + 2 <= n:
+            self._ensure(n if self._builder.shuffles else b + 1)  # a shuffled order needs every batch built
+            if self._pool is not None and b + 2 <= n and not self._builder.shuffles:
                 self._future = self._pool.submit(self._builder.run, b + 2)
             self._next += 1
             yield self._builder.batch(b)

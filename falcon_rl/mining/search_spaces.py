@@ -40,7 +40,7 @@ def _check(n: int, size: int, remainder: str) -> None:
         raise ValueError(f"no pairs to cut into search spaces (n={n})")
     if n < size and remainder != "keep":
         raise ValueError(f"only n={n} pairs but the search-space size is |M|={size}: lower mining.search_space "
-                         f"or use mining.space_remainder=keep")
+                         f"or use experimental.space_remainder=keep")
 
 
 def _finish(full: list[np.ndarray], leftover: np.ndarray, size: int, remainder: str,

@@ -72,6 +72,22 @@ def search_space_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | to
     return S
 
 
+def image_text_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+    """|M|×|M| float32 ``S_i2t[a, c] = img_a · txt_c`` (the largest over an image's vectors for
+    BLIP-2); its transpose is S_t2i. What GRIT-VLP's alternating chain ranks by (``mining.chain:
+    grit``, docs/ALGORITHM.md §3); the diagonal is never read. Numpy or torch, like the inputs."""
+    _check_pair(img, txt)
+    if isinstance(img, torch.Tensor) or isinstance(txt, torch.Tensor):
+        it = torch.as_tensor(img)
+        tt = torch.as_tensor(txt, device=it.device)
+        if it.ndim == 3:
+            return _max_over_vectors(it, tt).to(torch.float32)
+        return (it.to(torch.float32) @ tt.to(torch.float32).T).contiguous()
+    if img.ndim == 3:
+        return np.ascontiguousarray(_max_over_vectors(img, txt), dtype=np.float32)
+    return np.asarray(img, dtype=np.float32) @ np.asarray(txt, dtype=np.float32).T
+
+
 def own_pair_similarity(img: np.ndarray | torch.Tensor, txt: np.ndarray | torch.Tensor) -> np.ndarray:
     """(|M|,) float32 ``2 · s(img_a, txt_a)``: what ``S[a, a]`` of :func:`search_space_similarity`
     would be, each member's own pair on the scale of its row (the maximum over an image's vectors

@@ -107,13 +107,13 @@ def scheduler_state(
     """Per-member state, float32 (|M|, m + len(extras)) (module docstring).
 
     :param S: |M|×|M| similarity (numpy, or torch on any device); the diagonal is ignored.
-    :param m: number of quantiles (``mining.state_quantiles``).
-    :param temperature: softmax temperature (``mining.state_temperature``), > 0.
+    :param m: number of quantiles (``experimental.state_quantiles``).
+    :param temperature: softmax temperature (``experimental.state_temperature``), > 0.
     :param extras: per-member scalar columns appended in this dict's order (scalar values are
         broadcast to every member), e.g. from :func:`state_extras`.
-    :param chunk_rows: rows of S reduced at once (``mining.state_chunk_rows``).
+    :param chunk_rows: rows of S reduced at once (``experimental.state_chunk_rows``).
     :param profile: ``softmax`` (weights over the quantiles) or ``raw`` (the quantiles;
-        ``mining.state_profile``).
+        ``experimental.state_profile``).
     """
     shape = tuple(S.shape)
     if len(shape) != 2 or shape[0] != shape[1]:
@@ -158,7 +158,7 @@ def state_extras(
         if getattr(cfg, f"state_{name}"):
             value = given[name]
             if value is None:
-                raise ValueError(f"mining.state_{name}=true but no {name!r} value was given to state_extras()")
+                raise ValueError(f"experimental.state_{name}=true but no {name!r} value was given to state_extras()")
             out[name] = value
     return out
 

@@ -13,19 +13,19 @@ representation learning from a frozen image encoder"); the loss details follow L
 * ITC: each of the Q query outputs is projected and normalised (B, Q, D), the text ``[CLS]`` too
   (B, D); an image–text similarity is the *maximum over the queries* of their cosines, divided by
   the learned temperature; symmetric InfoNCE with our multi-positive targets and label smoothing
-  (LAVIS uses ε = 0.1: ``model.itc_label_smoothing``). Queries and text run under the uni-modal mask.
+  (LAVIS uses ε = 0.1: ``experimental.itc_label_smoothing``). Queries and text run under the uni-modal mask.
 * ITM: queries and text under the bi-directional mask, the queries cross-attending to the image;
   the two-way classifier reads every query output and its logits are averaged over the queries.
   B positives, B text-anchored and B image-anchored hard negatives sampled from the in-batch ITC
-  similarity exactly as our ALBEF does (``model.itm_negatives``, ``model.itm_temperature``; LAVIS
+  similarity exactly as our ALBEF does (``experimental.itm_negatives``, ``experimental.itm_temperature``; LAVIS
   samples from ``softmax(sim)`` with the positives excluded).
 * ITG: the caption with its ``[CLS]`` replaced by a ``[DEC]`` token (LAVIS adds it to the
   tokenizer; here one extra embedding row, id ``vocab_size``) is decoded under the multi-modal
   causal mask: token t+1 is predicted from position t, which sees every query and the tokens up to
   t; the queries never see the text, so the image reaches the text only through them. The reported
   loss (``itg``, the reward's L_LM) is the plain cross-entropy over the real tokens after ``[DEC]``;
-  the loss optimised smooths the labels (``model.itg_label_smoothing``, LAVIS 0.1). The output
-  layer is tied to the word embeddings, and ``model.mlm_softmax=batch`` restricts its classes to the
+  the loss optimised smooths the labels (``experimental.itg_label_smoothing``, LAVIS 0.1). The output
+  layer is tied to the word embeddings, and ``experimental.mlm_softmax=batch`` restricts its classes to the
   batch's tokens as for ALBEF's MLM.
 
 No momentum encoder (BLIP-2 has none; ``model.momentum`` is refused). The pair planner hook

@@ -73,7 +73,7 @@ def itm_negatives(
     if mode == "hardest":
         return sim.masked_fill(exclude, float("-inf")).argmax(dim=1)
     if mode != "sample":
-        raise ValueError(f"model.itm_negatives={mode!r} is not one of ['sample', 'hardest']")
+        raise ValueError(f"experimental.itm_negatives={mode!r} is not one of ['sample', 'hardest']")
     weights = torch.softmax(sim, dim=1) + 1e-5
     weights = weights.masked_fill(exclude, 0.0)
     weights = torch.where(empty, (~exclude).float(), weights)

@@ -10,7 +10,7 @@ frozen filter model scores the hardest one with its ITM match probability p, and
 
 * ``p > high`` (MAFA 0.8): a false negative. The pair becomes a positive: +1 in the anchor's
   ITC target row (rows are normalised by the loss, so a row with one conversion is ½ / ½), the
-  ITM pair is labelled 1 (a match, not a negative), and — ``mafa.extra_mlm`` — the pair is an
+  ITM pair is labelled 1 (a match, not a negative), and — ``experimental.extra_mlm`` — the pair is an
   extra MLM sample (MAFA masks the converted text again and predicts it from the other image);
 * ``p < low`` (MAFA 0.5): a true negative, kept as the anchor's ITM negative;
 * otherwise (uncertain): the second-hardest negative is the ITM negative instead, unscored.
@@ -21,7 +21,7 @@ conversion adds to the image→text row, a text-anchored one to the text→image
 ITM); here the middle branch is ``low <= p <= high`` so every anchor keeps one ITM pair.
 
 S-ITC, MAFA's label smoothing of the ITC targets (their code: ``0.5·target + 0.5·uniform`` once
-``epoch > 0``), is the trainer's scheduled ``model.itc_label_smoothing``
+``epoch > 0``), is the trainer's scheduled ``experimental.itc_label_smoothing``
 (:meth:`falcon_rl.training.Trainer.itc_smoothing`).
 """
 

@@ -114,7 +114,7 @@ def _pretrained_text_shape(cfg: ModelConfig, path: str) -> dict:
     for key, have in found.items():
         want = getattr(cfg, key)
         if want is not None and want != have:
-            raise ValueError(f"model.{key}={want} conflicts with the pretrained text model at {path} ({have}); "
+            raise ValueError(f"experimental.{key}={want} conflicts with the pretrained text model at {path} ({have}); "
                              "leave it null")
     return found
 
@@ -155,7 +155,7 @@ def resolve_shape(cfg: ModelConfig) -> ModelShape:
 
 def resolve_qformer(cfg: ModelConfig, shape: ModelShape) -> QFormerShape:
     """The Q-Former shape: the preset's (``blip2-*``), else ``text_layers + fusion_layers`` layers and
-    :data:`QFORMER_FALLBACK`; explicit ``model.qformer_layers`` / ``num_query_tokens`` /
+    :data:`QFORMER_FALLBACK`; explicit ``experimental.qformer_layers`` / ``num_query_tokens`` /
     ``cross_attention_freq`` override either."""
     preset = PRESETS[cfg.preset]
     layers = preset.get("qformer_layers", shape.text_layers + shape.fusion_layers)

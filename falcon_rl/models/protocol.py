@@ -124,7 +124,7 @@ class VLPModel(Protocol):
     def itc_rows(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                  index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The (B,) image→text and text→image rows of the in-batch symmetric InfoNCE (no queue, no
-        smoothing), with gradients (``env.member_reward: val_influence`` differentiates them)."""
+        smoothing), with gradients (``experimental.member_reward: val_influence`` differentiates them)."""
         ...
 
     def itc_loss(self, image: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor,

@@ -190,7 +190,7 @@ class QFormer(nn.Module):
                              f"differ from the Q-Former's {mine}")
         if cfg.num_hidden_layers < len(self.layers):
             raise ValueError(f"model.text_path={path}: BERT has {cfg.num_hidden_layers} layers, the Q-Former "
-                             f"{len(self.layers)} (lower model.qformer_layers)")
+                             f"{len(self.layers)} (lower experimental.qformer_layers)")
         with torch.no_grad():
             words = bert.embeddings.word_embeddings.weight
             self.embeddings.word_embeddings.weight[: words.shape[0]].copy_(words)

@@ -27,7 +27,7 @@ def mlm_classes(mlm_input_ids: torch.Tensor, labels: torch.Tensor, attention_mas
     if mode == "full":
         return None
     if mode != "batch":
-        raise ValueError(f"model.mlm_softmax={mode!r} is not one of ['full', 'batch']")
+        raise ValueError(f"experimental.mlm_softmax={mode!r} is not one of ['full', 'batch']")
     original = torch.where(labels != -100, labels, mlm_input_ids)
     return torch.unique(original[attention_mask.bool()])
 

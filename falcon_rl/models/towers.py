@@ -63,7 +63,7 @@ def resolve_attention(name: str, device: torch.device | str | None = None) -> st
             return "sdpa" if torch.cuda.is_available() else "eager"
         return "eager" if torch.device(device).type == "cpu" else "sdpa"
     if name not in ATTENTION_KERNELS:
-        raise ValueError(f"model.attention={name!r} is not one of ['auto', 'eager', 'sdpa']")
+        raise ValueError(f"experimental.attention={name!r} is not one of ['auto', 'eager', 'sdpa']")
     return name
 
 
@@ -159,7 +159,7 @@ class ConvPatchStem(nn.Module):
         super().__init__()
         k = int(patch_size).bit_length() - 1
         if patch_size < 2 or 2 ** k != patch_size:
-            raise ValueError(f"model.patch_stem=conv needs a power-of-two model.patch_size >= 2, got {patch_size}")
+            raise ValueError(f"experimental.patch_stem=conv needs a power-of-two experimental.patch_size >= 2, got {patch_size}")
         layers: list[nn.Module] = []
         c_in = channels
         for i in range(k):
@@ -194,7 +194,7 @@ def build_vision(cfg: ModelConfig, shape: ModelShape, image_size: int) -> tuple[
             _log_resize(str(shape.vision_path), trained, int(image_size), patch)
         return vit, trained != int(image_size)
     if image_size % shape.patch_size:
-        raise ValueError(f"model.patch_size={shape.patch_size} does not divide the image size {image_size}")
+        raise ValueError(f"experimental.patch_size={shape.patch_size} does not divide the image size {image_size}")
     config = ViTConfig(
         hidden_size=shape.vision_hidden,
         num_hidden_layers=shape.vision_layers,
@@ -270,7 +270,7 @@ def text_config(cfg: ModelConfig, shape: ModelShape, vocab_size: int, pad_token_
         for key, want, have in (("text_hidden", cfg.text_hidden, config.hidden_size),
                                 ("heads", cfg.heads, config.num_attention_heads)):
             if want is not None and want != have:
-                raise ValueError(f"model.{key}={want} conflicts with the pretrained text model at "
+                raise ValueError(f"experimental.{key}={want} conflicts with the pretrained text model at "
                                  f"{path} ({have}); leave it null")
         if config.vocab_size != vocab_size:
             raise ValueError(tokenizer_mismatch(shape.text_path, config.vocab_size, vocab_size))

@@ -12,7 +12,7 @@ The filter (``mafa.filter``) is one of
   (ALBEF only: BLIP-2 has no momentum model);
 * ``snapshot`` — a copy of the online towers and ITM head (BLIP-2: of the Q-Former and its
   heads, sharing the frozen image encoder) taken at first use and again whenever it is
-  ``mafa.snapshot_every`` optimiser steps old.
+  ``experimental.snapshot_every`` optimiser steps old.
 
 The filter is any framework's ITM through :class:`falcon_rl.models.protocol.FilterModel`; a
 checkpoint filter is rebuilt with its own ``model.framework``.
@@ -24,7 +24,6 @@ that requires a gradient and none in the optimiser.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,8 @@ import torch
 from torch import nn
 
 from falcon_rl.config import ConfigError, ExperimentConfig
-from falcon_rl.config.loader import build_dataclass
+from falcon_rl.config.experimental import old_layout, replace_section
+from falcon_rl.config.loader import build_old_section
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.data.base import Batch
 from falcon_rl.models import VLPModel, build_model
@@ -73,14 +73,14 @@ def load_filter_model(path: str | Path, tokenizer, image_size: int, device: torc
                                 "pretrain, or let train-agent / ablate train it with mafa.filter=pretrain)")
     payload = load_payload(path)
     try:
-        saved = payload["config"]["model"]
+        saved = old_layout(payload["config"])["model"]  # its moved keys (shapes) back under model
         state = payload["model"]
         signature = payload["signature"]
     except (KeyError, TypeError) as e:
         raise CheckpointError(f"MAFA filter checkpoint {path}: not a falcon-rl trainer checkpoint "
                               f"(missing {e})") from e
-    model_cfg = build_dataclass(ModelConfig, dict(saved), f"MAFA filter checkpoint {path}", prefix="model")
-    model_cfg = dataclasses.replace(model_cfg, momentum=False, false_negatives="none")
+    model_cfg = build_old_section(ModelConfig, "model", dict(saved), f"MAFA filter checkpoint {path}")
+    model_cfg = replace_section(model_cfg, momentum=False, false_negatives="none")  # keeps its experimental keys
     for key, mine in (("vocab_size", len(tokenizer)), ("image_size", int(image_size))):
         if signature.get(key) != mine:
             raise CheckpointError(f"MAFA filter checkpoint {path}: {key} {signature.get(key)} differs from this "
@@ -112,7 +112,7 @@ class ConnectionMining:
     It is built when first used (the trainer uses it from
     :attr:`~falcon_rl.training.Trainer.connections_start` on: after the env's random-batch
     warm-up), so a warm-up never needs it; building it leaves the global RNGs untouched.
-    A ``snapshot`` filter is taken at first use and again whenever it is ``mafa.snapshot_every``
+    A ``snapshot`` filter is taken at first use and again whenever it is ``experimental.snapshot_every``
     optimiser steps old. Config errors (a missing key, ``momentum`` without the EMA model, a
     ``path`` that does not exist) are raised at construction.
 

@@ -4,7 +4,7 @@ MAFA scores its hardest negatives with a separately trained model (``Pretrain_MA
 it from ``--filter_checkpoint``). Here that model is a plain ALBEF pretraining run
 (:func:`falcon_rl.training.pretrain.pretrain`, random batches) on the same data, model and
 optimiser settings, for the same number of optimiser steps as the run that uses it, seeded
-with ``mafa.filter_seed``, written to ``mafa.filter_dir``. One filter serves every run that
+with ``experimental.filter_seed``, written to ``mafa.filter_dir``. One filter serves every run that
 points at the same directory (all MAFA rows of an ablation); a lock file makes parallel
 workers wait for the first one to train it. ``<filter_dir>/filter.json`` records its cost
 (``wall_time``, seconds), which the results table adds to the time of each run that used it,
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from falcon_rl.config import ConfigError, ExperimentConfig, to_dict
+from falcon_rl.config.experimental import old_layout
 from falcon_rl.data.base import DataBundle
 from falcon_rl.distributed import broadcast_object, world
 
@@ -45,18 +46,18 @@ def with_filter_dir(cfg: ExperimentConfig, default: str | Path | None) -> Experi
 
 def filter_config(cfg: ExperimentConfig, steps: int) -> ExperimentConfig:
     """The filter's pretraining config: the run's data, model (without MAFA or label smoothing) and
-    optimiser, ``steps`` optimiser steps, seed ``mafa.filter_seed``, output ``mafa.filter_dir``."""
+    optimiser, ``steps`` optimiser steps, seed ``experimental.filter_seed``, output ``mafa.filter_dir``."""
     if not cfg.mafa.filter_dir:
         raise ConfigError("mafa.filter=pretrain needs mafa.filter_dir (where the filter is trained)")
-    model = dataclasses.replace(cfg.model, false_negatives="none", itc_label_smoothing=None,
-                                itc_smoothing_start=None)
-    train = dataclasses.replace(cfg.train, steps=int(steps), seed=cfg.mafa.filter_seed,
+    model = dataclasses.replace(cfg.model, false_negatives="none")
+    experimental = dataclasses.replace(cfg.experimental, itc_label_smoothing=None, itc_smoothing_start=None)
+    train = dataclasses.replace(cfg.train, steps=int(steps), seed=cfg.experimental.filter_seed,
                                 out_dir=str(Path(cfg.mafa.filter_dir).expanduser()))
-    return dataclasses.replace(cfg, model=model, train=train)
+    return dataclasses.replace(cfg, model=model, train=train, experimental=experimental)
 
 
 def _fingerprint(fcfg: ExperimentConfig) -> dict[str, Any]:
-    d = to_dict(fcfg)
+    d = old_layout(to_dict(fcfg))  # the layout before the experimental section: filters trained before match
     train = {k: v for k, v in d["train"].items() if k not in _FREE_TRAIN_KEYS}
     data = {k: v for k, v in d["data"].items() if k not in ("cache_dir", "use_cache", "num_workers", "prefetch")}
     return json.loads(json.dumps({"data": data, "model": d["model"], "train": train}, default=str))

@@ -120,7 +120,7 @@ class Trainer(EmbeddingEvaluation):
         seed_everything(tcfg.seed)
         self.device = torch.device(device) if device is not None else resolve_device(tcfg.device)
         self.model: VLPModel = build_model(cfg.model, tokenizer, image_size).to(self.device)
-        self.model.set_attention(resolve_attention(cfg.model.attention, self.device))
+        self.model.set_attention(resolve_attention(cfg.experimental.attention, self.device))
         if self.replica:  # dropout of another rank: a stream of its own (the model is the same on every rank)
             torch.manual_seed(distributed.replica_seed(tcfg.seed, self.replica))
         self.total_steps = int(total_steps if total_steps is not None else tcfg.steps)
@@ -143,8 +143,8 @@ class Trainer(EmbeddingEvaluation):
         use_amp = tcfg.amp == "bf16" or (tcfg.amp == "auto" and self.device.type == "cuda")
         self.amp_dtype: torch.dtype | None = torch.bfloat16 if use_amp else None
         #: first optimiser step with ITC label smoothing (the env sets it to its warm-up length when
-        #: ``model.itc_smoothing_start`` is null)
-        self.itc_smoothing_start = int(cfg.model.itc_smoothing_start or 0)
+        #: ``experimental.itc_smoothing_start`` is null)
+        self.itc_smoothing_start = int(cfg.experimental.itc_smoothing_start or 0)
         #: first optimiser step with MAFA's connection mining (the env sets it to its warm-up length)
         self.connections_start = 0
         self.connections: ConnectionMining | None = None
@@ -165,10 +165,10 @@ class Trainer(EmbeddingEvaluation):
 
     def itc_smoothing(self, step: int | None = None) -> float:
         """ITC label smoothing ε of the step after ``step`` optimiser steps (default: now): 0 before
-        :attr:`itc_smoothing_start`, then ``model.itc_label_smoothing`` (null: ``mafa.smoothing``
+        :attr:`itc_smoothing_start`, then ``experimental.itc_label_smoothing`` (null: ``mafa.smoothing``
         with MAFA, else 0) — MAFA's S-ITC after a warm-up."""
         step = self.step if step is None else int(step)
-        eps = self.cfg.model.itc_label_smoothing
+        eps = self.cfg.experimental.itc_label_smoothing
         if eps is None:
             eps = self.cfg.mafa.smoothing if self.cfg.model.false_negatives == "mafa" else 0.0
         return float(eps) if step >= self.itc_smoothing_start else 0.0
@@ -269,14 +269,14 @@ class Trainer(EmbeddingEvaluation):
         Equals ``train_step(batch, masks).lm`` when evaluated just before that step (dropout 0;
         same autocast), which makes FALCON's ΔL_LM exact.
         :param rows: only these batch positions (a sub-batch: the mean over their LM targets,
-            scored against the whole batch's softmax classes, ``model.mlm_softmax``).
+            scored against the whole batch's softmax classes, ``experimental.mlm_softmax``).
         :param per_token: return the (M,) CPU float32 cross-entropies of the LM targets (row-major,
             as ``StepOutput.mlm_tokens``) instead of their mean (per-sample ΔL_LM).
         """
         self.model.eval()
         classes = None
         if rows is not None:
-            classes = mlm_classes(masks.input_ids, masks.labels, batch.attention_mask, self.cfg.model.mlm_softmax)
+            classes = mlm_classes(masks.input_ids, masks.labels, batch.attention_mask, self.cfg.experimental.mlm_softmax)
             take = torch.as_tensor(np.asarray(rows, dtype=np.int64))
             batch = Batch(batch.image[take], batch.input_ids[take], batch.attention_mask[take], batch.index[take])
             masks = MLMMasks(masks.input_ids[take], masks.labels[take])

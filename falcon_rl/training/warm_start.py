@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from falcon_rl.config import ExperimentConfig, rewards, to_dict
+from falcon_rl.config.experimental import MOVED_TO, old_layout
 from falcon_rl.training.checkpoint import atomic_save, load_torch_file
 
 WARM_START_FORMAT = 1
@@ -46,7 +47,7 @@ _SIGNED_OFF = ("state_specificity",)
 #: these values whatever a run sets (``None``: not signed), so an anchor-scope oracle or a filtered chain
 #: starts from the warm state of the plain runs of its seed (checked on the bench: the same training state
 #: to the bit) and the digests (file names) of runs at the defaults stay what they were
-_CHAIN_ONLY: dict[str, Any] = {"oracle_scope": "batch", "positive_margin": None}
+_CHAIN_ONLY: dict[str, Any] = {"oracle_scope": "batch", "positive_margin": None, "chain": None}
 
 
 def _signed_mining(mining: dict[str, Any]) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def _signed_reward(reward: Any) -> Any:
 
 def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     """What must agree between the run that wrote a warm start and a run that loads it."""
-    d = to_dict(cfg)
+    d = old_layout(to_dict(cfg))  # the layout before the experimental section: digests stay what they were
     train = {k: v for k, v in d["train"].items() if k not in _TRAIN_FREE}
     env = {k: d["env"][k] for k in _ENV_KEYS}
     env["reward"] = _signed_reward(env["reward"])
@@ -105,7 +106,13 @@ def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
 def signature_mismatch(have: dict[str, Any], want: dict[str, Any]) -> list[str]:
     """``key: file value != this run's value`` for every differing key (sorted)."""
     a, b = _flatten(have), _flatten(want)
-    return [f"{k}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    return [f"{_new_name(k)}: {a.get(k)!r} != {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
+
+def _new_name(key: str) -> str:
+    """A signature key (the layout before the experimental section) as a config file spells it now."""
+    moved = MOVED_TO.get(key)
+    return f"experimental.{moved}" if moved else key
 
 
 def save_warm_start(path: str | Path, signature: dict[str, Any], state: dict[str, Any]) -> Path:
