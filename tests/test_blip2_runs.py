@@ -176,6 +176,7 @@ def test_env_state_resumes_exactly(tiny):
         assert reward == reward2 and (term, trunc) == (term2, trunc2) and info["losses"] == info2["losses"]
 
 
+@pytest.mark.slow  # the resume path is framework-agnostic: tests/test_resume.py runs it with ALBEF by default
 def test_pretrain_resumes_exactly_after_sigint_and_kill9(tmp_path, tiny, capsys):
     _, _, cache = tiny
 

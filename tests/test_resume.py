@@ -81,7 +81,9 @@ TRAIN_AGENT = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logg
                "agent.sb3.hidden=[16]", "env.eval_every=3", "agent.checkpoint_every=2"]
 
 
-@pytest.mark.parametrize("agent", ["falcon", "ppo", "ppo-member-ratio", pytest.param("sac", marks=pytest.mark.slow)])
+# ppo-member-ratio resumes through the same SB3 path as ppo (a policy variant): slow, with sac
+@pytest.mark.parametrize("agent", ["falcon", "ppo", pytest.param("ppo-member-ratio", marks=pytest.mark.slow),
+                                   pytest.param("sac", marks=pytest.mark.slow)])
 def test_train_agent_resumes_exactly_after_sigint_and_kill9(tmp_path, data_dir, agent):
     extra = ["agent.sb3.kwargs={learning_starts: 2}"] if agent == "sac" else ["experimental.update_every=2"]
     if agent == "ppo-member-ratio":  # MemberRatioPPO, the bench's ppo-shared learner
