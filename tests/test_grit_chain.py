@@ -169,3 +169,48 @@ def test_a_grit_vlp_row_shares_the_warm_start_of_its_seed():
 
     plain, grit = load_config(None, []), load_config(None, ["mining.chain=grit"])
     assert signature_digest(warm_signature(plain, 0)) == signature_digest(warm_signature(grit, 0))
+
+
+def test_itc_consistency_term_as_grit_vlp_computes_it():
+    """loss_c = 0.5 (CE(sim_i2t, softmax(sim_t2i)) + CE(sim_t2i, softmax(sim_i2t))), by hand on 2 x 2."""
+    from falcon_rl.models.losses import itc_consistency
+
+    a = torch.tensor([[2.0, 0.0], [1.0, 1.0]])
+    b = torch.tensor([[0.0, 1.0], [3.0, 0.0]])
+    pa, pb = torch.softmax(a, 1), torch.softmax(b, 1)
+    by_hand = 0.5 * (-(pb * torch.log(pa)).sum(1) - (pa * torch.log(pb)).sum(1))
+    torch.testing.assert_close(itc_consistency(a, b), by_hand)
+    a.requires_grad_(True)
+    itc_consistency(a, b.clone().requires_grad_(True)).sum().backward()
+    assert a.grad is not None  # the logits learn; the targets are detached
+
+
+def test_the_itc_loss_adds_the_weighted_consistency_term(tmp_path):
+    from falcon_rl.config import load_config
+    from falcon_rl.data import load_data
+    from falcon_rl.models import build_model
+    from falcon_rl.models.losses import itc_consistency
+
+    def itc(weight: float) -> float:
+        cfg = load_config(None, ["model.preset=tiny", "data.n_train=64", "data.n_test=16",
+                                 f"data.cache_dir={tmp_path}", f"experimental.itc_consistency={weight}"])
+        data = load_data(cfg.data)
+        torch.manual_seed(0)
+        model = build_model(cfg.model, data.tokenizer, cfg.data.image_size).eval()
+        batch = data.train.batch(np.arange(8))
+        with torch.no_grad():
+            no_mask = torch.full_like(batch.input_ids, -100)
+            out = model(batch.image, batch.input_ids, batch.attention_mask, batch.input_ids, no_mask, batch.index)
+            img, txt = model.image_embeddings(batch.image), model.text_embeddings(batch.input_ids, batch.attention_mask)
+            sim = img @ txt.T / model.temp
+            term = float(itc_consistency(sim, sim.T).mean())
+        return float(out.itc), term
+
+    plain, term = itc(0.0)
+    grit, _ = itc(0.2)
+    assert grit == pytest.approx(plain + 0.2 * term, rel=1e-4)
+    from falcon_rl.config import ConfigError
+    with pytest.raises(ConfigError, match="itc_consistency is GRIT-VLP's term"):
+        from falcon_rl.config.checks import check_model
+        check_model(load_config(None, ["model.framework=blip2", "model.preset=blip2-tiny",
+                                       "experimental.itc_consistency=0.2"]))

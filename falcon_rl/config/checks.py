@@ -22,6 +22,9 @@ def check_model(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if m.preset.startswith("blip2-") and m.framework != "blip2":
         raise ConfigError(f"{source}: model.preset={m.preset} is a BLIP-2 preset: set model.framework=blip2 (or "
                           "pick an ALBEF preset)")
+    if m.framework == "blip2" and cfg.experimental.itc_consistency:
+        raise ConfigError(f"{source}: experimental.itc_consistency is GRIT-VLP's term on ALBEF's ITC; "
+                          "model.framework=blip2 does not have it (set it to 0)")
     if m.framework == "blip2" and m.false_negatives == "mafa" and cfg.mafa.filter == "momentum":
         raise ConfigError(f"{source}: mafa.filter=momentum needs a momentum model, which BLIP-2 "
                           "(model.framework=blip2) does not have: use mafa.filter=pretrain, path or snapshot")

@@ -107,6 +107,9 @@ class ExperimentalConfig:
                                             "first mined step (after env.warmup_steps in train-agent / ablate, as "
                                             "MAFA smooths from its 2nd epoch, GRIT's 1st being random), 0 in "
                                             "pretrain", ge=0)
+    itc_consistency: float = param(0.0, "GRIT-VLP's ITC consistency term: its weight (GRIT 0.2) on the in-batch "
+                                   "cross-entropy of each direction's softmax toward the other's (stop-gradient); "
+                                   "ALBEF only", ge=0.0)
     itm_negatives: str = param("sample", "ITM hard negative: ALBEF multinomial or GRIT top-1",
                                choices=["sample", "hardest"])
     distill_warmup_steps: int = param(0, "alpha ramps linearly from 0 over these steps (ALBEF: 1st epoch)", ge=0)

@@ -58,6 +58,7 @@ MOVED_FROM: dict[str, tuple[str, str]] = {
     "itg_label_smoothing": ("model", "itg_label_smoothing"),
     "itc_label_smoothing": ("model", "itc_label_smoothing"),
     "itc_smoothing_start": ("model", "itc_smoothing_start"),
+    "itc_consistency": ("model", "itc_consistency"),
     "itm_negatives": ("model", "itm_negatives"),
     "momentum_coef": ("model", "momentum_coef"),
     "distill_warmup_steps": ("model", "distill_warmup_steps"),

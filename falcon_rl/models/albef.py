@@ -28,7 +28,8 @@ from torch import nn
 
 from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.albef_encoders import Encoders
-from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
+from falcon_rl.models.losses import (contrastive_targets, itc_consistency, itm_negatives, masked_lm_loss,
+                                     soft_cross_entropy)
 from falcon_rl.models.masking import MLMMasks, mask_tokens
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.presets import resolve_shape
@@ -288,6 +289,8 @@ class ALBEF(nn.Module):
         tgt_i2t = contrastive_targets(pos_i2t, smoothing, soft_i2t, alpha)
         tgt_t2i = contrastive_targets(pos_t2i, smoothing, soft_t2i, alpha)
         itc_rows = 0.5 * (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i))
+        if cfg.itc_consistency:  # GRIT-VLP: each direction's in-batch softmax toward the other's (stop-gradient)
+            itc_rows = itc_rows + cfg.itc_consistency * itc_consistency(sim_i2t[:, :b], sim_t2i[:, :b])
         loss_itc = itc_rows.mean()
 
         # ---------------- ITM: B positives + B text-anchored + B image-anchored hard negatives

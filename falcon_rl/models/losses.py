@@ -44,6 +44,16 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1)
 
 
+def itc_consistency(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor) -> torch.Tensor:
+    """GRIT-VLP's ITC consistency term per row, (B,) (Byun et al. 2022, ``loss_c_i2t``, ``loss_c_t2i``):
+    ``0.5 · (CE(sim_i2t[i], softmax(sim_t2i[i])) + CE(sim_t2i[i], softmax(sim_i2t[i])))``, the targets
+    detached; both (B, B) in-batch logits (row i: image i over texts, text i over images)."""
+    with torch.no_grad():
+        t_i2t = torch.softmax(sim_t2i.float(), dim=1)
+        t_t2i = torch.softmax(sim_i2t.float(), dim=1)
+    return 0.5 * (soft_cross_entropy(sim_i2t, t_i2t) + soft_cross_entropy(sim_t2i, t_t2i))
+
+
 def itm_negatives(
     sim: torch.Tensor,
     exclude: torch.Tensor,

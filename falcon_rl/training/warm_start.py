@@ -81,6 +81,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         model.pop("false_negatives", None)
     if not model.get("allow_partial_load"):  # the default loads exactly what the files hold: unsigned, so
         model.pop("allow_partial_load", None)  # the digests of runs at the defaults stay what they were
+    if not model.get("itc_consistency"):  # GRIT's term off (the default): unsigned, as it was before the key
+        model.pop("itc_consistency", None)
     mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
     data = {k: v for k, v in d["data"].items() if k != "prefetch"}  # speed only: the same batches
     if data.get("match_from") == "auto":  # the default: unsigned, so existing digests stay what they were
