@@ -48,6 +48,20 @@ _SIGNED_OFF = ("state_specificity",)
 #: starts from the warm state of the plain runs of its seed (checked on the bench: the same training state
 #: to the bit) and the digests (file names) of runs at the defaults stay what they were
 _CHAIN_ONLY: dict[str, Any] = {"oracle_scope": "batch", "positive_margin": None, "chain": None}
+#: keys added after warm starts were first named: unsigned while at these values (their defaults, which
+#: reproduce what the warm-up did before the key existed), so the digests (file names) of existing warm
+#: starts stay what they were; set otherwise, they are signed
+_UNSIGNED_AT: dict[tuple[str, str], Any] = {("model", "allow_partial_load"): False, ("model", "itc_consistency"): 0.0,
+                                            ("data", "match_from"): "auto"}
+#: keys that change speed only (the same batches and results): never signed
+_SPEED_ONLY = (("data", "prefetch"),)
+
+
+def _unsigned_dropped(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """A signature's section without its :data:`_SPEED_ONLY` keys and its :data:`_UNSIGNED_AT` keys at
+    their unsigned values."""
+    return {k: v for k, v in values.items() if (section, k) not in _SPEED_ONLY
+            and not ((section, k) in _UNSIGNED_AT and v == _UNSIGNED_AT[section, k])}
 
 
 def _signed_mining(mining: dict[str, Any]) -> dict[str, Any]:
@@ -74,19 +88,13 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
     env["reward"] = _signed_reward(env["reward"])
     if cfg.env.held_out_pairs:  # validation pairs held out change what the warm-up trains on
         env["held_out"] = cfg.env.held_out_pairs
-    model = dict(d["model"])
+    model = _unsigned_dropped("model", d["model"])
     if model.get("itc_label_smoothing") is not None or model.get("itc_smoothing_start") is None:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
-    if not model.get("allow_partial_load"):  # the default loads exactly what the files hold: unsigned, so
-        model.pop("allow_partial_load", None)  # the digests of runs at the defaults stay what they were
-    if not model.get("itc_consistency"):  # GRIT's term off (the default): unsigned, as it was before the key
-        model.pop("itc_consistency", None)
     mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
-    data = {k: v for k, v in d["data"].items() if k != "prefetch"}  # speed only: the same batches
-    if data.get("match_from") == "auto":  # the default: unsigned, so existing digests stay what they were
-        data.pop("match_from")
+    data = _unsigned_dropped("data", d["data"])
     return {"data": data, "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
 
