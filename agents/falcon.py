@@ -150,7 +150,8 @@ class FalconScheduler(Scheduler):
 
         ``experimental.credit``: ``step`` uses ``reward``; ``batch`` the env's ``info["member_reward"]`` (the
         reward of each member's batch); ``member`` its ``info["member_own_reward"]`` (each member's own
-        loss change). ``info["member_batch"]`` tells centring and per-batch updates the batches.
+        loss change). ``info["member_batch"]`` tells centring and per-batch updates the batches;
+        ``info["member_q_read"]`` which members' q chose a pick (only those are credited).
         """
         if not self.training:
             return {}
@@ -164,7 +165,7 @@ class FalconScheduler(Scheduler):
             if member_reward is None:
                 raise ValueError("experimental.credit=member needs each member's own loss change, info['member_own_reward'], "
                                  "which the env gives for env.reward lm (mlm), lm_sample, mlm_hi or toy")
-        stats = self.learner.observe(reward, member_reward, info.get("member_batch"))
+        stats = self.learner.observe(reward, member_reward, info.get("member_batch"), info.get("member_q_read"))
         if self.shift.active:
             stats.update(self.shift.observe(reward))
         return stats

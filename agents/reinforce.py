@@ -10,7 +10,8 @@ learning-rate trend of the reward cancels). With ``experimental.normalize_reward
 divided by a slowly forgetting running std (momentum ``experimental.reward_std_momentum``); an entropy
 bonus (``agent.entropy_coef``) keeps exploring. Updates are made every ``experimental.update_every`` env
 steps from the steps collected since, as one gradient step (``experimental.update_unit: step``) or one
-per trained batch of each step, from that batch's members (``update_unit: batch``).
+per trained batch of each step, from that batch's members (``update_unit: batch``). Only the
+members whose q the chain read (``info["member_q_read"]``) carry a log-probability in the loss.
 
 The policy-gradient loss is the *mean* over members of ``-A_i log π(q_i | s_i)`` (the sum divided
 by |M|, the same direction), so that a gradient's norm does not grow with |M| and
@@ -35,6 +36,10 @@ from falcon_rl.config.agent import AgentConfig
 
 #: ``log_prob_entropy(obs, q) -> (log_prob (n,), entropy (n,))`` of whole actions
 LogProbFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: one buffered step: (obs, q, advantage, batch of each member or None, q read by the chain or None)
+Entry = tuple[torch.Tensor, torch.Tensor, Any, "torch.Tensor | None", "torch.Tensor | None"]
+#: one step's share of a gradient step: (obs, q, advantage, member selection or None, q read or None)
+Term = Entry
 
 
 def running_std(ema_var: float, momentum: float, updates: int) -> float:
@@ -81,8 +86,9 @@ class Reinforce:
         self.observed = 0
         self.updates = 0
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-        #: (obs, q, advantage: float or (M,) tensor, batch of each member (M,) or None)
-        self._buffer: list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]] = []
+        #: (obs, q, advantage: float or (M,) tensor, batch of each member (M,) or None,
+        #: whether the chain read each member's q (M,) bool or None: all)
+        self._buffer: list[Entry] = []
 
     def record(self, obs: torch.Tensor, q: torch.Tensor) -> None:
         """Remember the observation and sampled action that the next reward is for."""
@@ -103,13 +109,16 @@ class Reinforce:
         self.var_updates += 1
         return running_std(self.reward_var, m, self.var_updates)
 
-    def observe(self, reward: float, member_reward: Any = None, member_batch: Any = None) -> dict[str, float]:
+    def observe(self, reward: float, member_reward: Any = None, member_batch: Any = None,
+                q_read: Any = None) -> dict[str, float]:
         """Credit ``reward`` to the last recorded action; update every ``update_every`` steps.
 
         :param member_reward: one reward per member (the reward of its batch, or its own loss
             change): the advantage is then per member and multiplies that member's log-probability.
         :param member_batch: the batch each member was trained in (-1: none), for
             ``experimental.center=batch`` and ``experimental.update_unit=batch``.
+        :param q_read: (|M|,) bool, the members whose q chose a pick (``info["member_q_read"]``);
+            the others get no log-probability in the update (None: all members count).
         """
         if self._pending is None:  # deterministic / frozen predictions are not learned from
             return {}
@@ -143,44 +152,53 @@ class Reinforce:
         self.baseline = self.agent.baseline_momentum * baseline + (1.0 - self.agent.baseline_momentum) * r
         obs, q = self._pending
         self._pending = None
-        self._buffer.append((obs, q, advantage, groups))
+        read = None if q_read is None else torch.as_tensor(np.asarray(q_read, dtype=np.bool_)).reshape(-1)
+        self._buffer.append((obs, q, advantage, groups, read))
         if len(self._buffer) >= self.agent.update_every:
             stats.update(self.update())
         return stats
 
-    def _terms(self) -> list[list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]]]:
+    def _terms(self) -> list[list[Term]]:
         """The buffered steps grouped into gradient steps: all at once, or one per trained batch
-        of each step (``experimental.update_unit=batch``; the entry's last item selects its members)."""
+        of each step (``experimental.update_unit=batch``). A term's selection holds the members of
+        its batch, and of those only the ones whose q the chain read count in the policy gradient."""
         if self.agent.update_unit != "batch":
-            return [[(obs, q, adv, None) for obs, q, adv, _ in self._buffer]]
+            return [[(obs, q, adv, None, read) for obs, q, adv, _, read in self._buffer]]
         groups = []
-        for obs, q, adv, member_batch in self._buffer:
+        for obs, q, adv, member_batch, read in self._buffer:
             if not isinstance(adv, torch.Tensor) or member_batch is None:
-                groups.append([(obs, q, adv, None)])
+                groups.append([(obs, q, adv, None, read)])
                 continue
             for b in torch.unique(member_batch):
                 if int(b) >= 0:
-                    groups.append([(obs, q, adv, member_batch == b)])
+                    select = member_batch == b
+                    groups.append([(obs, q, adv, select, None if read is None else read[select])])
         return groups
 
-    def _loss(self, terms: list[tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]]
-              ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Policy-gradient loss and entropy, both means over members (and over the steps)."""
+    def _loss(self, terms: list[Term]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy-gradient loss (the mean over the members whose q was read) and entropy (the mean
+        over all members), each then averaged over the steps."""
         losses, entropies = [], []
-        for obs, q, adv, select in terms:
+        for obs, q, adv, select, read in terms:
             if self.member_log_prob_entropy is not None:
                 log_prob, entropy = self.member_log_prob_entropy(obs, q)
                 if select is not None:
                     log_prob, entropy = log_prob[..., select], entropy[..., select]
                     adv = adv[select]
-                losses.append(-(adv * log_prob).mean())
                 entropies.append(entropy.mean())
+                term = adv * log_prob
+                if read is not None and read.numel() == term.shape[-1] and not bool(read.all()):
+                    if not bool(read.any()):
+                        continue  # no q of this batch chose anything: nothing to credit
+                    term = term[..., read]
+                losses.append(-term.mean())
             else:  # whole-action log-probabilities (sums over the members)
                 log_prob, entropy = self.log_prob_entropy(obs, q)
                 members = q.shape[-1]
                 losses.append(-(adv * log_prob).mean() / members)
                 entropies.append(entropy.mean() / members)
-        return torch.stack(losses).mean(), torch.stack(entropies).mean()
+        pg = torch.stack(losses).mean() if losses else torch.zeros(())
+        return pg, torch.stack(entropies).mean()
 
     def update(self) -> dict[str, float]:
         """One gradient step on the buffered steps (or one per trained batch, ``update_unit``)."""
@@ -214,14 +232,14 @@ class Reinforce:
     def resume_state(self) -> dict[str, Any]:
         """:meth:`state_dict` plus the steps buffered for the next update (exact resume)."""
         return {**self.state_dict(), "pending": self._pending,
-                "buffer": [(obs, q, adv, groups) for obs, q, adv, groups in self._buffer]}
+                "buffer": [tuple(entry) for entry in self._buffer]}
 
     def load_resume_state(self, state: dict[str, Any]) -> None:
         """Restore :meth:`resume_state`."""
         self.load_state_dict(state)
         self._pending = tuple(state["pending"]) if state["pending"] is not None else None  # type: ignore[assignment]
-        self._buffer = [(entry[0], entry[1], entry[2], entry[3] if len(entry) > 3 else None)
-                        for entry in state["buffer"]]
+        self._buffer = [(entry[0], entry[1], entry[2], entry[3] if len(entry) > 3 else None,
+                         entry[4] if len(entry) > 4 else None) for entry in state["buffer"]]
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""

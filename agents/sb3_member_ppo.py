@@ -24,6 +24,10 @@ common mode and one per member residual, and weights them ``α`` and ``(1 − α
 (``experimental.sb3_common_weight``): the step-level choice gets its own trust region instead of
 being one of |M| + 1 equal dimensions (FALCON's ``experimental.step_noise`` learns its shared level
 separately for the same reason).
+
+Only the members whose q the chain read (the env's ``info["member_q_read"]``, collected with the
+rollout) carry a clipped term: the ``1/|M|`` weights become ``1/|read|`` over the read members and
+0 elsewhere (docs/ALGORITHM.md §6), so the q's that never chose a pick add no noise.
 """
 
 from __future__ import annotations
@@ -59,13 +63,45 @@ class MemberRatioPPO(PPO):
             raise ValueError("experimental.sb3_member_ratio needs per-member Gaussian actions: experimental.action=box "
                              f"(got {type(self.policy.action_dist).__name__})")
 
-    def mode_weights(self, members: int) -> th.Tensor:
-        """Weight of each clipped term: ``1/|M|`` per member; with shared noise ``(1 − α)/|M|`` per
-        member residual and ``α`` for the common mode (the last column)."""
+    def mode_weights(self, members: int, read: th.Tensor | None = None) -> th.Tensor:
+        """Weight of each clipped term, ``(K,)`` or per sample ``(n, K)`` with ``read`` ((n, |M|)
+        bool, the members whose q the chain read): ``1/|M|`` per member (``1/|read|`` per read
+        member, 0 for the others); with shared noise ``(1 − α)`` times those per member residual
+        and ``α`` for the common mode (the last column)."""
+        if read is None:
+            per_member = th.full((members,), 1.0 / members)
+        else:
+            count = read.sum(dim=-1, keepdim=True).clamp(min=1)
+            per_member = read.float() / count
         if not isinstance(self.policy.action_dist, SharedNoiseGaussian):
-            return th.full((members,), 1.0 / members)
+            return per_member
         alpha = self.common_weight
-        return th.cat([th.full((members,), (1.0 - alpha) / members), th.tensor([alpha])])
+        common = th.full(per_member.shape[:-1] + (1,), alpha)
+        return th.cat([per_member * (1.0 - alpha), common], dim=-1)
+
+    def _excluded_save_params(self) -> list[str]:
+        return [*super()._excluded_save_params(), "_q_read"]  # one rollout's bookkeeping, not a setting
+
+    def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
+        """SB3's rollout collection; the env's ``member_q_read`` of every step is kept beside it."""
+        self._q_read: list[np.ndarray] = []
+        return super().collect_rollouts(*args, **kwargs)
+
+    def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
+        super()._update_info_buffer(infos, dones)
+        if hasattr(self, "_q_read"):  # called once per env step of a rollout, in buffer order
+            members = int(self.action_space.shape[-1])
+            self._q_read.append(np.stack([np.asarray(info.get("member_q_read", np.ones(members, dtype=bool)),
+                                                     dtype=bool).reshape(members) for info in infos]))
+
+    def _rollout_q_read(self) -> th.Tensor | None:
+        """``(n, |M|)`` bool in the order of the flattened rollout buffer (env-major), or None
+        when the rollout did not record one row per step."""
+        rows = getattr(self, "_q_read", [])
+        if len(rows) != self.rollout_buffer.buffer_size:
+            return None
+        read = np.stack(rows)  # (n_steps, n_envs, |M|)
+        return th.as_tensor(read.swapaxes(0, 1).reshape(-1, read.shape[-1]))
 
     def _evaluate(self, obs: th.Tensor, actions: th.Tensor) -> tuple[th.Tensor, th.Tensor, th.Tensor]:
         """``(values (B,), log-probs of the modes (B, K), entropy per action dimension (B,))``:
@@ -96,7 +132,8 @@ class MemberRatioPPO(PPO):
         actions = data.actions.float()
         with th.no_grad():
             _, old_log_prob, _ = self._evaluate(data.observations, actions)
-        weights = self.mode_weights(actions.shape[-1])
+        read = self._rollout_q_read()
+        weights_all = self.mode_weights(actions.shape[-1], read)
         policy_losses, value_losses, entropy_losses, clip_fractions, kls = [], [], [], [], []
         loss = th.zeros(())
         keep_training = True
@@ -105,6 +142,7 @@ class MemberRatioPPO(PPO):
             order = th.as_tensor(np.random.permutation(n))
             for start in range(0, n, self.batch_size):
                 rows = order[start:start + self.batch_size]
+                weights = weights_all if weights_all.dim() == 1 else weights_all[rows]
                 values, log_prob, entropy = self._evaluate(data.observations[rows], actions[rows])
                 advantages = data.advantages[rows]
                 if self.normalize_advantage and len(rows) > 1:

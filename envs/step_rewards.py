@@ -22,7 +22,8 @@ any scheduler). ``experimental.reward_estimator=subbatch`` estimates the lm (mlm
 Info entries of the reward: ``reward_components`` (mean over batches of each component; with
 ``retrieval`` also ``r1_before`` / ``r1_after``), ``member_reward`` (each member's batch's reward,
 FALCON §2.5's credit; the step reward where there is no per-batch reward), ``member_batch`` (its
-batch, -1: untrained), ``member_own_reward`` (its own loss change, with ``experimental.credit: member``
+batch, -1: untrained), ``member_q_read`` (whether its q chose a pick among two or more candidates —
+every q with ``toy``, which reads them itself —: the q's a learner may be credited for), ``member_own_reward`` (its own loss change, with ``experimental.credit: member``
 or reward ``lm_sample``; with ``experimental.member_reward: val_influence`` its influence on the held-out
 ITC), ``batch_stats`` (the per-batch view, with ``experimental.reward_log``) and, with ``model.false_negatives:
 mafa``, ``mafa`` (the filter's precision / recall, :mod:`falcon_rl.mining.filter_quality`).
@@ -194,6 +195,8 @@ class StepTally:
             "member_reward": self._member_reward(chain.batches, reward, n),
             "member_batch": member_batches(chain.batches, n,
                                            len(chain.batches) if not side.spec.trains else len(self.per_batch)),
+            # the toy reward reads every member's q itself; the others see a q only through the chain
+            "member_q_read": np.ones(n, dtype=np.bool_) if side.spec.computation is Computation.TOY else chain.q_read(n),
         }
         influence = rewards.member_signal(env.member_reward).influence
         if self.own is not None and (side.spec.member_credit or influence):
@@ -279,13 +282,14 @@ def batch_stats(split: PairSplit, members: np.ndarray, chain: ChainResult,
     out: dict[str, Any] = {"size": [], "fn_pairs": [], "q_mean": [], "rank_quantile": [],
                            "rewards": {name: [r.get(name, float("nan")) for r in values]
                                        for name in dict.fromkeys(k for r in values for k in r)}}
-    start = 0
+    # each pick belongs to its anchor's batch (batches may train in another order than built, and
+    # a space's chain links one batch to the next: that pick is its anchor's, the last member's)
+    n = int(sum(len(local) for local in chain.batches)) + int(chain.dropped.size)
+    anchor_batch = member_batches(chain.batches, n, len(chain.batches))[chain.picks[:, 0]]
     for b, local in enumerate(chain.batches):
-        n_picks = max(len(local) - 1, 0)
-        sl = slice(start, start + n_picks)
-        start += n_picks
         if b >= trained:
             break
+        sl = anchor_batch == b
         out["size"].append(int(len(local)))
         if split.match is not None:
             out["fn_pairs"].append(float(batch_false_negative_pairs(split, members, [local])[0]))

@@ -101,7 +101,7 @@ def env_episode(overrides: list[str], steps: int, replicas=None) -> dict:
     obs, _ = env.reset(seed=3)
     rng = np.random.default_rng(7)
     keys = ("losses", "reward_components", "fn_rate", "fn_pair_rate", "n_false_negatives", "fn_rate_by_specificity",
-            "member_reward", "member_batch", "trainer_step", "n_batches", "batches", "q_mean")
+            "member_reward", "member_batch", "member_q_read", "trainer_step", "n_batches", "batches", "q_mean")
     out = {"obs": [obs], "reward": [], "info": []}
     for _ in range(steps):
         obs, reward, terminated, truncated, info = env.step(rng.random(env.members_per_space).astype(np.float32))
@@ -177,6 +177,8 @@ def test_reward_options_under_two_processes_match_one_process(data_dir, one_thre
         own = info["member_own_reward"]
         assert own.shape == (64,) and np.isfinite(own).all() and np.unique(own).size > 8  # per member, not per batch
         assert (info["member_batch"] >= 0).all()
+        # the q's that chose something: all but each batch's last member and the space's last pick (1 candidate)
+        assert info["member_q_read"].sum() == 64 - 4 - 1
         assert not np.isin(np.concatenate(info["batches"]), val).any()  # held-out pairs are never trained
     assert reference["reward"][0] == pytest.approx(reference["info"][0]["reward_components"]["lm_sample"])
 

@@ -320,3 +320,74 @@ def test_results_table_and_csv_carry_the_filter_columns(tmp_path):
     grit = next(x for x in md.splitlines() if x.startswith("| grit |"))
     assert grit.endswith("| – | – | – | 10 |")
     assert "| mafa | 90 / 60 | – / – |" in md
+
+
+def test_extra_mlm_samples_train_on_masks_of_their_own():
+    """MAFA masks the concatenation of batch and extra texts anew: a plan's ``mlm_masks`` are the
+    extra samples' masks in the trained MLM, and the batch's own MLM (the reward's) is unchanged."""
+    import dataclasses
+
+    model, b, m = _model_batch()
+    probs = torch.full((8, 8), 0.05)
+    probs.fill_diagonal_(0.99)
+    probs[:, ::2] = 0.9
+    ids = tokenizer()
+    seen = {}
+
+    def planner(sim_i2t, sim_t2i, positives):
+        plan, _ = mine_connections(sim_i2t, sim_t2i, positives, lambda i, t: probs[i, t], 0.5, 0.8)
+        t = plan.mlm_text
+        fresh = mask_tokens(b.input_ids[t], b.attention_mask[t], [ids.cls_token_id, ids.sep_token_id,
+                            ids.pad_token_id], ids.mask_token_id, len(ids), 0.5, torch.Generator().manual_seed(9))
+        seen["plan"] = plan = dataclasses.replace(plan, mlm_masks=fresh)
+        return plan
+
+    torch.manual_seed(1)
+    out = model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index, pair_planner=planner)
+    plan = seen["plan"]
+    t, i = plan.mlm_text, plan.mlm_image
+    assert not torch.equal(plan.mlm_masks.labels, m.labels[t])  # not the batch's masks of those texts
+    with torch.no_grad():
+        mask, _, labels = trim_padding(b.attention_mask, m.input_ids, m.labels)
+        width = mask.shape[1]
+        classes = mlm_classes(*trim_padding(b.attention_mask, m.input_ids, m.labels)[1:], mask, "batch")
+        tokens, _ = model.enc.encode_image(b.image)
+        fresh_ids, fresh_labels = plan.mlm_masks.input_ids[:, :width], plan.mlm_masks.labels[:, :width]
+        logits = model.enc.mlm_logits(tokens[i], fresh_ids, mask[t], fresh_labels, classes)
+        extra = torch.nn.functional.cross_entropy(logits, mlm_targets(fresh_labels, classes))
+        n_batch, n_extra = int((labels != -100).sum()), logits.shape[0]
+        plain_mlm = model.mlm_loss(b.image, b.attention_mask, m.input_ids, m.labels)
+    assert out.mlm.item() == pytest.approx(plain_mlm.item(), abs=1e-6)
+    torch.testing.assert_close(out.mlm_train, (n_batch * out.mlm + n_extra * extra) / (n_batch + n_extra))
+
+
+def test_the_trainer_draws_the_extra_samples_masks_from_its_mask_generator(monkeypatch):
+    trainer = _trainer("model.false_negatives=mafa", "mafa.filter=snapshot", "model.mlm_prob=0.5")
+
+    class Convinced:  # a filter sure that every mined pair matches: every pair converts
+        def bind(self, *batch):
+            return lambda image, text: torch.full(image.shape, 0.95)
+
+    monkeypatch.setattr(trainer.connections, "filter_model", lambda step=0: Convinced())
+    plans = []
+    make = trainer.connections.planner
+
+    def recording(batch, step, draw_masks=None):
+        inner = make(batch, step, draw_masks)
+        return lambda *sims: plans.append(inner(*sims)) or plans[-1]
+
+    monkeypatch.setattr(trainer.connections, "planner", recording)
+    batch = _batches(1)[0]
+    masks = trainer.make_lm_masks(batch)
+    state = trainer.mask_generator.get_state()
+    trainer.train_step(batch, masks)
+    plan = plans[0]
+    rows = plan.mlm_text.cpu()
+    assert rows.numel() == 32 and plan.mlm_masks is not None
+    again = torch.Generator()
+    again.set_state(state)
+    want = trainer.model.make_lm_masks(batch.input_ids[rows], batch.attention_mask[rows], again)
+    assert torch.equal(plan.mlm_masks.labels, want.labels) and torch.equal(plan.mlm_masks.input_ids, want.input_ids)
+    assert not torch.equal(want.labels, masks.labels[rows])
+    rate = (want.labels != -100).sum() / (batch.attention_mask[rows].sum() - 2 * rows.numel())
+    assert 0.35 < float(rate) < 0.65  # model.mlm_prob = 0.5 of the maskable tokens

@@ -1,6 +1,8 @@
 """A restructuring keeps the results to the bit (issue #31): short runs of the bench's heuristic
 rows, FALCON rows and a PPO row against digests recorded from the code before it
-(tests/data/results_digests.json, written by :func:`record`).
+(tests/data/results_digests.json, written by :func:`record`; ``recorded_at`` says at which commit:
+the learned rows were re-recorded when FALCON's and the per-member PPO's updates stopped
+crediting the q's the chain never read, issue #32 item 3).
 
 The exact digest is compared on a CPU with the recording's kernel capability (AVX512 here);
 elsewhere float kernels may round differently, and the digest of values to 5 significant digits
@@ -9,7 +11,6 @@ is compared instead.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -20,27 +21,20 @@ from helpers_digest import OVERRIDES, digest
 
 from falcon_rl.ablation.runner import run_specs
 from falcon_rl.config import load_config
-from falcon_rl.config.experimental import MOVED_FROM, ExperimentalConfig
 from falcon_rl.experiments import run_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORDED = Path(__file__).with_name("data") / "results_digests.json"
 FAST = ("grit", "oracle", "falcon-shared")
 SLOW = ("random", "fixed-0", "progressive-hardening", "by-specificity", "falcon", "falcon-influence", "ppo-shared")
-_DEFAULT_EXPERIMENTAL = dataclasses.asdict(ExperimentalConfig())
-EXTRA = ["ablation.overrides.ppo-shared.agent.sb3.total_steps=3", "ablation.overrides.ppo-shared.agent.sb3.n_steps=3"]
+#: the PPO row cut to one update of 3 steps (dotted keys of the row's override mapping)
+PPO_SHORT = {"agent.sb3.total_steps": 3, "agent.sb3.n_steps": 3}
 
 
 def _records(rows) -> dict[str, dict]:
     cfg = load_config(ROOT / "configs" / "bench_cpu.yaml",
-                      OVERRIDES + EXTRA + [f"ablation.schedulers=[{', '.join(rows)}]", "ablation.out_dir=unused"])
-    # EXTRA's nested ``agent`` mapping replaces the row's whole agent section (the digests were recorded
-    # so: the row ran with the default agent section plus those two keys, agent.name included). The keys
-    # that moved from agent to experimental are set to their defaults too, so that the row stays the
-    # recorded one.
-    cfg.ablation.overrides["ppo-shared"].update(
-        {f"experimental.{new}": _DEFAULT_EXPERIMENTAL[new] for new, (section, _) in MOVED_FROM.items()
-         if section == "agent"})
+                      OVERRIDES + [f"ablation.schedulers=[{', '.join(rows)}]", "ablation.out_dir=unused"])
+    cfg.ablation.overrides["ppo-shared"].update(PPO_SHORT)
     return {spec.label: run_scheduler(spec.cfg, spec.agent_name, "", progress=False) for spec in run_specs(cfg)}
 
 

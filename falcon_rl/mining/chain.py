@@ -84,6 +84,16 @@ class ChainResult:
         """Number of oracle fallback picks."""
         return int(self.forced.sum())
 
+    def q_read(self, n_members: int) -> np.ndarray:
+        """(|M|,) bool: members whose q chose a pick among at least two candidates. The others'
+        q never changed a batch — the last member of a per-batch chain, the end of a space's
+        chain, a pick with one candidate left — so FALCON's update gives them no
+        log-probability (docs/ALGORITHM.md §6)."""
+        out = np.zeros(n_members, dtype=np.bool_)
+        if self.picks.size:
+            out[self.picks[self.n_candidates > 1, 0]] = True
+        return out
+
     @property
     def order(self) -> np.ndarray:
         """All batched members in build order (the concatenated batches)."""

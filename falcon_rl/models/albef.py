@@ -349,11 +349,19 @@ class ALBEF(nn.Module):
         """The MLM training loss over the batch's masked tokens and those of the plan's extra
         (image, text) samples, token-weighted (MAFA trains one MLM over both). The extra rows run in
         their own pass, so the batch's own MLM loss (the reward's L_MLM) is computed exactly as
-        without a plan; they get no momentum distillation."""
+        without a plan; they get no momentum distillation. Their masks are the plan's own
+        (``plan.mlm_masks``, drawn afresh as MAFA does) or else the batch's masks of those texts.
+        With ``model.mlm_softmax: batch`` the classes are the batch's tokens, which hold every
+        token of the extra texts (they are batch texts)."""
         t, i = plan.mlm_text, plan.mlm_image
-        labels = mlm_labels[t]
-        logits = self.enc.mlm_logits(image_tokens[i], mlm_input_ids[t], attention_mask[t], labels, classes,
-                                     embedded_mlm[t])
+        if plan.mlm_masks is None:
+            ids, labels, embedded = mlm_input_ids[t], mlm_labels[t], embedded_mlm[t]
+        else:  # the batch's columns (padding trimmed); masks never fall on padding
+            width = attention_mask.shape[1]
+            ids = plan.mlm_masks.input_ids[:, :width].to(mlm_input_ids.device)
+            labels = plan.mlm_masks.labels[:, :width].to(mlm_labels.device)
+            embedded = self.enc.text.embeddings(input_ids=ids)
+        logits = self.enc.mlm_logits(image_tokens[i], ids, attention_mask[t], labels, classes, embedded)
         n_extra = logits.shape[0]
         n_batch = int((mlm_labels != -100).sum())
         if n_extra == 0:

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch
 
+from falcon_rl.models.masking import MLMMasks
+
 
 @dataclass
 class PairPlan:
@@ -28,7 +30,9 @@ class PairPlan:
     :ivar image_for_text: (B,) the image ITM pairs with each text (the text-anchored pair).
     :ivar image_for_text_label: (B,) its ITM label.
     :ivar mlm_image, mlm_text: (K,) extra MLM samples: the masked text ``mlm_text[k]``
-        (with its own masks) predicted from image ``mlm_image[k]``; K may be 0.
+        predicted from image ``mlm_image[k]``; K may be 0.
+    :ivar mlm_masks: (K, L) masks of their own for the extra samples, drawn afresh as MAFA masks
+        the concatenation of batch and extra texts anew; None: the batch's masks of ``mlm_text``.
     """
 
     itc_i2t: torch.Tensor
@@ -39,6 +43,7 @@ class PairPlan:
     image_for_text_label: torch.Tensor
     mlm_image: torch.Tensor
     mlm_text: torch.Tensor
+    mlm_masks: MLMMasks | None = None
 
     def itc_positives(self, pos_i2t: torch.Tensor, pos_t2i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The ITC positive weights with the batch block (first B columns) replaced by the plan's;

@@ -24,8 +24,9 @@ that requires a gradient and none in the optimiser.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -37,10 +38,14 @@ from falcon_rl.config.model import ModelConfig
 from falcon_rl.data.base import Batch
 from falcon_rl.models import VLPModel, build_model
 from falcon_rl.models.mafa import ConnectionReport, mine_connections
+from falcon_rl.models.masking import MLMMasks
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.protocol import FilterModel
 from falcon_rl.models.towers import resolve_attention
 from falcon_rl.torch_io import CheckpointError, load_payload
+
+#: ``draw_masks(input_ids, attention_mask) -> MLMMasks`` (CPU tensors of the rows to mask)
+MaskDrawer = Callable[[torch.Tensor, torch.Tensor], MLMMasks]
 
 #: buffers of ALBEF's momentum queues (not part of a filter)
 _QUEUE_BUFFERS = ("image_queue", "text_queue", "idx_queue", "queue_ptr")
@@ -162,14 +167,23 @@ class ConnectionMining:
         """The filter's parameters (for ``momentum``: the EMA towers and the online ITM head)."""
         return list(self.filter_model(self.snapshot_step or 0).parameters())
 
-    def planner(self, batch: Batch, step: int) -> PairPlanner:
+    def planner(self, batch: Batch, step: int, draw_masks: MaskDrawer | None = None) -> PairPlanner:
         """The pair planner of one training batch at optimiser step ``step`` (on the model's
-        device); it records its :class:`ConnectionReport` in :attr:`last_report`."""
+        device); it records its :class:`ConnectionReport` in :attr:`last_report`.
+
+        :param draw_masks: ``draw_masks(input_ids, attention_mask)`` -> fresh MLM masks: the extra
+            MLM samples get masks of their own, as MAFA masks its concatenated texts anew (ALBEF's
+            MLM; None keeps the batch's masks of those texts).
+        """
         score = self.filter_model(step).bind(batch.image, batch.input_ids, batch.attention_mask)
         m = self.cfg
 
         def plan(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor, positives: torch.Tensor) -> PairPlan:
             out, self.last_report = mine_connections(sim_i2t, sim_t2i, positives, score, m.low, m.high, m.extra_mlm)
+            if draw_masks is not None and out.mlm_text.numel():
+                rows = out.mlm_text.cpu()
+                out = dataclasses.replace(out, mlm_masks=draw_masks(batch.input_ids.cpu()[rows],
+                                                                    batch.attention_mask.cpu()[rows]))
             return out
 
         return plan

@@ -189,6 +189,10 @@ class Trainer(EmbeddingEvaluation):
         return float(self.optimizer.param_groups[0]["lr"])
 
     # ------------------------------------------------------------------ training
+    def _draw_masks(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> MLMMasks:
+        """Fresh MLM masks of some texts from the trainer's mask generator (MAFA's extra samples)."""
+        return self.model.make_lm_masks(input_ids, attention_mask, self.mask_generator)
+
     def make_lm_masks(self, batch: Batch) -> MLMMasks:
         """The LM masks of ``batch`` (ALBEF: BERT masks drawn from the trainer's own generator,
         reproducible and checkpointed; BLIP-2: the ITG targets, which draw nothing)."""
@@ -217,7 +221,8 @@ class Trainer(EmbeddingEvaluation):
         targets = None if itc_targets is None else itc_targets.to(self.device)
         self.model.train()
         mafa = self.connections is not None and self.step >= self.connections_start
-        planner = self.connections.planner(b, self.step) if mafa else None
+        fresh = self._draw_masks if self.lm_name == "mlm" else None  # BLIP-2's ITG has no masks
+        planner = self.connections.planner(b, self.step, fresh) if mafa else None
         gather = {} if self.feature_gather is None else {"feature_gather": self.feature_gather}
         with self._autocast():
             out = self.train_module(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
