@@ -3,8 +3,10 @@ and the shared warm start (docs/ALGORITHM.md §2, §14; GRIT-VLP fills its cache
 
 Starting state: a new model seeded from the episode seed (``reset(seed=...)`` re-seeds
 everything), or the trainer checkpoint ``env.checkpoint``; the cache holds a full embedding pass
-(``mining.refresh_at_start``) or the embeddings of ``env.warmup_steps`` (at least one epoch of)
-random-batch training steps. With ``env.warm_start`` the first episode (every episode with
+(``mining.refresh_at_start``: at the env's first episode, at every one with
+``mining.refresh_every_episode``; its seconds are ``info["cache_refresh_s"]`` and printed) or the
+embeddings of ``env.warmup_steps`` (at least one epoch of) random-batch training steps — GRIT-VLP's
+reuse of the training forwards' features, with no extra forward. With ``env.warm_start`` the first episode (every episode with
 ``env.warm_start_episodes: every``, each with fresh randomness) starts from the saved
 post-warm-up state instead (:mod:`falcon_rl.training.warm_start`); under several processes rank
 0 decides whether the file exists and writes it, every rank loads it.
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,8 +72,9 @@ def new_pipeline(env: NegativeMiningEnv) -> MiningPipeline:
     device = cfg.mining.cache_device
     if device == "auto":
         device = str(trainer.device) if trainer is not None else "cpu"
+    shard = (cfg.eval.batch_size, cfg.experimental.cache_refresh_chunk) if env.replicas.size > 1 else None
     return MiningPipeline.create(cfg.mining, cfg.train.batch_size, env.data.train, cfg.model.embed_dim,
-                                 trainer.image_vectors, device, env.oracle)
+                                 trainer.image_vectors, device, env.oracle, shard)
 
 
 def start_loss_options(env: NegativeMiningEnv, first_mined_step: int) -> None:
@@ -100,21 +105,30 @@ def reset(env: NegativeMiningEnv, seed: int | None) -> tuple[np.ndarray, dict[st
     env.rng = np.random.default_rng(episode_seed)
     train = env.data.train
     check_group(env._batches_per_space(), env.replicas.size)
-    warmup = env.warmup_length()
-    env.trainer = new_trainer(env, episode_seed, env.trainer_steps(env.budget))
+    # the full embedding pass: at the first episode, at every one only when asked; a later episode's
+    # fresh model otherwise refills the cache from its warm-up's training forwards (one epoch at least)
+    refreshes = env.refreshes(first_episode)
+    warmup = env.warmup_length(refreshes)
+    env.trainer = new_trainer(env, episode_seed, env.trainer_steps(env.budget, refreshes))
     if cfg.env.checkpoint:
         env.trainer.load_checkpoint(Path(cfg.env.checkpoint).expanduser())
     start_loss_options(env, env.trainer.step + warmup)
     env.pipeline = new_pipeline(env)
     env.fn_stats = FalseNegativeStats()
-    if cfg.mining.refresh_at_start or not env.rewards.spec.trains:
+    refreshed = 0.0
+    if refreshes:
+        start = time.perf_counter()
         with env.timing("state"):
-            if env.replicas.size > 1:  # each rank embeds its share, every rank stores all
-                refresh_sharded(env.cache, env.trainer, train, env.trainer.step,
-                                cfg.experimental.cache_refresh_chunk, cfg.eval.batch_size)
+            if env.replicas.size > 1:  # each rank embeds and keeps the share it owns
+                refresh_sharded(env.cache, env.trainer, train, env.trainer.step)
             else:
                 env.cache.refresh(lambda idx: env.trainer.embed_pairs(train, idx, progress=True),
                                   env.trainer.step, chunk=cfg.experimental.cache_refresh_chunk)
+        refreshed = time.perf_counter() - start
+        env.refresh_passes += 1
+        if world().is_main and cfg.logging.progress is not False:  # beside the progress bars, on stderr
+            print(f"cache refresh: {train.n_pairs} pairs embedded in {refreshed:.1f} s (mining.refresh_at_start)",
+                  file=sys.stderr, flush=True)
     env._warmup(warmup)
     env.rewards.start(env.data.test)
     env.rewards.score_start(env.trainer, env.timing)
@@ -128,7 +142,8 @@ def reset(env: NegativeMiningEnv, seed: int | None) -> tuple[np.ndarray, dict[st
         if world().is_main:
             save_warm_start(warm_path, warm_signature(cfg, seed), state)
         barrier()  # the file exists for every rank from here on
-    info = {"episode_seed": episode_seed, "trainer_step": int(env.trainer.step), "warmup_steps": warmup}
+    info = {"episode_seed": episode_seed, "trainer_step": int(env.trainer.step), "warmup_steps": warmup,
+            "cache_refresh_s": refreshed}
     return env.observation, info
 
 

@@ -102,6 +102,8 @@ class NegativeMiningEnv(gym.Env):
         self.replicas = RankGroup()
         self.episode_steps = 0
         self._episodes_started = 0
+        #: full embedding passes made by resets (``mining.refresh_at_start``; tests count forwards by it)
+        self.refresh_passes = 0
         self._warm_seed: int | None = None
         self._done = True
         if data is not None:
@@ -155,21 +157,33 @@ class NegativeMiningEnv(gym.Env):
             raise ValueError(f"{wanted[0]} needs caption specificities, which data.source="
                              f"{self.cfg.data.source!r} does not provide")
 
-    def warmup_length(self) -> int:
-        """Random-batch trainer steps at each reset before the first mined batch."""
+    def refreshes(self, first_episode: bool = True) -> bool:
+        """Whether an episode starts with a full embedding pass: the first one with
+        ``mining.refresh_at_start``, a later one only with ``mining.refresh_every_episode`` too (a
+        reward that trains nothing, ``toy``, always: it has no training forwards)."""
+        mining = self.cfg.mining
+        if not self.rewards.spec.trains:
+            return True
+        return mining.refresh_at_start and (first_episode or mining.refresh_every_episode)
+
+    def warmup_length(self, refreshes: bool | None = None) -> int:
+        """Random-batch trainer steps at a reset before the first mined batch (``refreshes``: whether
+        that episode starts with a full embedding pass; default: as the first episode does)."""
         cfg = self.cfg
         if not self.rewards.spec.trains:
             return 0
         warmup = cfg.env.warmup_steps
-        if not cfg.mining.refresh_at_start:  # one epoch: N local batches per step under N processes
+        if not (self.refreshes() if refreshes is None else refreshes):
+            # one epoch fills the cache: N local batches per step under N processes
             warmup = max(warmup, math.ceil(self.data.train.n_pairs / (cfg.train.batch_size * self.replicas.size)))
         return warmup
 
-    def trainer_steps(self, env_steps: int | None = None) -> int:
+    def trainer_steps(self, env_steps: int | None = None, refreshes: bool | None = None) -> int:
         """Optimiser steps of ``env_steps`` env steps (default one episode), warm-ups included."""
         env_steps = self.budget if env_steps is None else int(env_steps)
         episodes = max(1, math.ceil(env_steps / self.budget))
-        return episodes * self.warmup_length() + env_steps * (self._batches_per_space() // self.replicas.size)
+        return (episodes * self.warmup_length(refreshes)
+                + env_steps * (self._batches_per_space() // self.replicas.size))
 
     def _batches_per_space(self) -> int:
         full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)

@@ -3,8 +3,9 @@
 One optimiser step trains a *group* of N local batches, N the number of ranks: rank r trains the
 group's r-th batch (so over a search space rank r trains chain batches r, r + N, r + 2N, ...),
 DDP averages the gradients, and every rank's per-batch outcome (losses, reward components — the
-reward's and the ``experimental.reward_log`` options' —, each pair's own reward, the training forward's ITC
-embeddings with their dataset indices, per-pair ITC losses, MAFA's filter counts) is all-gathered.
+reward's and the ``experimental.reward_log`` options' —, each pair's own reward, the dataset indices,
+per-pair ITC losses, MAFA's filter counts) is all-gathered; the training forward's ITC embeddings
+travel by tensor ``all_gather`` (never pickled) and each rank's sharded cache keeps the rows it owns.
 Each rank then processes the group's outcomes in chain order exactly as a single process
 processes its batches one by one: the step reward, ``member_reward``, ``member_own_reward``,
 ``batch_stats``, the embedding cache and the member history are the same on every rank.
@@ -23,6 +24,7 @@ reference in one process). With N = 1 a group is one batch and nothing changes.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,7 +32,7 @@ import numpy as np
 import torch
 
 from falcon_rl import distributed
-from falcon_rl.mining import EmbeddingCache
+from falcon_rl.envs.sharded_cache import ShardedEmbeddingCache
 from falcon_rl.mining.filter_quality import count_batch
 
 
@@ -121,12 +123,35 @@ class RankGroup:
 
     @staticmethod
     def _gather(mine: BatchResult) -> list[BatchResult]:
+        """Every rank's result: the small parts pickled, the ITC embeddings by tensor collectives."""
         w = distributed.world()
         if not w.distributed:
             return [mine]
-        results = distributed.all_gather_object(mine)
+        light = dataclasses.replace(mine, image_embed=None, text_embed=None)
+        shapes = (None if mine.image_embed is None else tuple(mine.image_embed.shape),
+                  None if mine.text_embed is None else tuple(mine.text_embed.shape))
+        gathered = distributed.all_gather_object((light, shapes))
+        results = [r for r, _ in gathered]
+        _exchange_embeddings(mine, results, [s for _, s in gathered])
         results[w.rank] = mine  # keeps the exception object
         return results
+
+
+def _exchange_embeddings(mine: BatchResult, results: list[BatchResult],
+                         shapes: list[tuple[tuple[int, ...] | None, tuple[int, ...] | None]]) -> None:
+    """Fill every result's ``image_embed`` / ``text_embed`` by one ``all_gather`` each (ranks whose
+    batch failed send no rows)."""
+    for field_name, which in (("image_embed", 0), ("text_embed", 1)):
+        known = [s[which] for s in shapes if s[which] is not None]
+        if not known:
+            continue
+        row = known[0][1:]
+        rows = [0 if s[which] is None else s[which][0] for s in shapes]
+        own = getattr(mine, field_name)
+        local = own.float() if own is not None else torch.zeros((0, *row), dtype=torch.float32)
+        for r, t in enumerate(distributed.all_gather_rows(local, rows)):
+            if shapes[r][which] is not None:
+                setattr(results[r], field_name, t)
 
 
 def check_group(batches_per_space: int, size: int) -> None:
@@ -140,17 +165,8 @@ def check_group(batches_per_space: int, size: int) -> None:
                           f"{size}-th chain batch)")
 
 
-def refresh_sharded(cache: EmbeddingCache, trainer: Any, split: Any, step: int, chunk: int,
-                    batch_size: int) -> None:
-    """The full cache refresh (:meth:`EmbeddingCache.refresh` with ``trainer.embed_pairs``) split over
-    the ranks: the embedding batches a single process would compute are dealt in turn, and every
-    rank stores every batch's embeddings with their indices, so each rank's cache is identical
-    to the single-process one (same batches, same shapes)."""
-    w = distributed.world()
-    order = np.arange(cache.n, dtype=np.int64)
-    units = [order[s:s + chunk][u:u + batch_size] for s in range(0, cache.n, chunk)
-             for u in range(0, min(chunk, cache.n - s), batch_size)]
-    mine = {k: trainer.embed_pairs(split, units[k], batch_size) for k in range(w.rank, len(units), w.size)}
-    for part in distributed.all_gather_object(mine):
-        for k, (img, txt) in part.items():
-            cache.update(units[k], img, txt, step)
+def refresh_sharded(cache: ShardedEmbeddingCache, trainer: Any, split: Any, step: int) -> None:
+    """The full cache refresh split over the ranks: each rank embeds the refresh units it owns
+    (:mod:`falcon_rl.envs.sharded_cache`; a unit is one ``embed_pairs`` batch, the batches a single
+    process computes) and keeps them — nothing is exchanged."""
+    cache.refresh_own(lambda unit: trainer.embed_pairs(split, unit, cache.unit), step)

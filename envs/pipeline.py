@@ -22,6 +22,7 @@ import numpy as np
 from falcon_rl.config.mining import MiningConfig
 from falcon_rl.data.base import PairSplit
 from falcon_rl.envs.observation import MemberHistory, space_observation
+from falcon_rl.envs.sharded_cache import ShardedEmbeddingCache
 from falcon_rl.mining import ChainResult, ChainStream, EmbeddingCache, build_chain_batches, image_text_similarity
 from falcon_rl.mining import make_search_spaces
 from falcon_rl.mining import oracle_exclusion
@@ -55,9 +56,18 @@ class MiningPipeline:
 
     @classmethod
     def create(cls, mining: MiningConfig, batch_size: int, split: PairSplit, embed_dim: int, image_vectors: int = 0,
-               device: str = "cpu", oracle: bool = False) -> "MiningPipeline":
-        """A pipeline with an empty cache and a fresh member history of ``split``."""
-        cache = EmbeddingCache(split.n_pairs, embed_dim, device=device, image_vectors=image_vectors)
+               device: str = "cpu", oracle: bool = False, shard: tuple[int, int] | None = None) -> "MiningPipeline":
+        """A pipeline with an empty cache (``mining.cache_dtype``) and a fresh member history of ``split``.
+
+        :param shard: ``(unit, chunk)`` of the full refresh under several processes: the cache is
+            then sharded over the ranks (:class:`~falcon_rl.envs.sharded_cache.ShardedEmbeddingCache`).
+        """
+        if shard is None:
+            cache = EmbeddingCache(split.n_pairs, embed_dim, device=device, image_vectors=image_vectors,
+                                   dtype=mining.cache_dtype)
+        else:
+            cache = ShardedEmbeddingCache(split.n_pairs, embed_dim, device=device, image_vectors=image_vectors,
+                                          dtype=mining.cache_dtype, unit=shard[0], chunk=shard[1])
         return cls(mining, batch_size, cache, MemberHistory(split.n_pairs, split.specificity), oracle)
 
     def spaces(self, pool: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:

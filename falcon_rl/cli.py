@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "train-agent": "train_agent",
     "ablate": "ablate",
     "reward-check": "reward_check",
+    "plan": "plan",
 }
 
 

@@ -14,8 +14,10 @@ What the ranks share (docs/ARCHITECTURE.md, "Several processes"):
   local batches of an optimiser step (:func:`wrap_ddp`);
 - the mining: one search space, one quantile chain built identically on every rank (same RNG);
   rank r trains chain batches r, r + N, ... (GRIT-VLP's global mining with a per-GPU batch);
-- the embedding cache: every rank's training embeddings are all-gathered with their indices
-  (:func:`all_gather_object`), so each rank's cache equals the single-process one;
+- the embedding cache: sharded — each rank stores the rows of the pairs it owns, the training
+  embeddings of a step travel by tensor collectives (:func:`all_gather_rows`) to their owners,
+  and a search space's rows are assembled on every rank by :func:`all_reduce_sum`
+  (:class:`falcon_rl.envs.sharded_cache.ShardedEmbeddingCache`);
 - RNG streams: each rank draws its MLM masks, ITM negatives and dropout from streams of its own
   (:func:`replica_seed`); rank 0's are the single-process streams.
 
@@ -163,6 +165,42 @@ def all_gather_object(obj: T) -> list[T]:
     out: list[Any] = [None] * w.size
     dist.all_gather_object(out, obj)
     return out
+
+
+def all_reduce_(t: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """``t`` reduced over the ranks (``sum`` or ``max``), in place and returned; on the
+    backend's device for the collective (CUDA for nccl) and back on ``t``'s."""
+    if not world().distributed:
+        return t
+    red = {"sum": dist.ReduceOp.SUM, "max": dist.ReduceOp.MAX}[op]
+    dev = _flag_device()
+    if t.device == dev:
+        dist.all_reduce(t, op=red)
+        return t
+    moved = t.to(dev)
+    dist.all_reduce(moved, op=red)
+    t.copy_(moved.to(t.device))
+    return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """:func:`all_reduce_` with ``sum``: the rows each rank filled (zeros elsewhere) on every rank."""
+    return all_reduce_(t, "sum")
+
+
+def all_gather_rows(t: torch.Tensor, rows: list[int]) -> list[torch.Tensor]:
+    """Every rank's ``t`` (its first dimension ``rows[r]`` on rank r, the other dimensions equal),
+    in rank order, by one tensor ``all_gather`` (padded to the longest): no pickling."""
+    w = world()
+    if not w.distributed:
+        return [t]
+    longest = max(rows)
+    dev = _flag_device()
+    padded = torch.zeros((longest, *t.shape[1:]), dtype=t.dtype, device=dev)
+    padded[:t.shape[0]] = t.to(dev)
+    out = [torch.empty_like(padded) for _ in range(w.size)]
+    dist.all_gather(out, padded)
+    return [o[:n].to(t.device) for o, n in zip(out, rows)]
 
 
 def all_true(flag: bool) -> bool:

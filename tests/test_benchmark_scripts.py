@@ -34,7 +34,9 @@ def test_step_overhead_variants_and_split(step_overhead, tmp_path, one_thread):
     sub = step_overhead["measure"](cfg, "falcon~4", data, 1, 2)
     for m in (grit, sub):
         assert m.batches == 2 and set(m.parts) == set(step_overhead["PARTS"])
-        assert m.wall == pytest.approx(sum(m.parts.values())) and m.parts["train"] > 0.0
+        # the parts split the wall time; on a loaded host the prefetch thread's chain time can overlap
+        # the training's, and "other" (the step's rest) is then clipped at 0: within 2 %
+        assert m.wall == pytest.approx(sum(m.parts.values()), rel=0.02) and m.parts["train"] > 0.0
     assert grit.parts["reward"] == 0.0 and sub.parts["reward"] > 0.0
 
 

@@ -147,6 +147,47 @@ def test_env_under_two_processes_matches_one_process_averaging_batch_pairs(data_
     assert reference["eval"]["i2t_r1_mp"] >= 0 and "t2i_map" in ranks[0]["eval"]
 
 
+def sharded_episode(overrides: list[str]) -> dict:
+    """Two env steps; what this rank's cache stores and every object all_gather_object pickled."""
+    from falcon_rl import distributed
+    from falcon_rl.envs import NegativeMiningEnv
+    from falcon_rl.envs import parallel
+
+    pickled: list = []
+    real = distributed.all_gather_object
+
+    def recording(obj):
+        pickled.append(obj)
+        return real(obj)
+
+    parallel.distributed.all_gather_object = recording
+    env = NegativeMiningEnv(load_config(None, overrides))
+    env.reset(seed=3)
+    for _ in range(2):
+        env.step(np.full(env.members_per_space, 0.5, np.float32))
+
+    def matrices(x) -> int:  # tensors of two or more dimensions (embeddings) anywhere inside
+        if isinstance(x, torch.Tensor):
+            return int(x.ndim >= 2)
+        if isinstance(x, (list, tuple)):
+            return sum(matrices(v) for v in x)
+        if isinstance(x, dict):
+            return sum(matrices(v) for v in x.values())
+        return sum(matrices(v) for v in vars(x).values()) if hasattr(x, "__dict__") else 0
+
+    return {"rows": env.cache.storage_rows(), "n": env.cache.n, "cache_bytes": env.cache.nbytes,
+            "pickled": len(pickled), "pickled_matrices": sum(matrices(o) for o in pickled)}
+
+
+def test_the_cache_is_sharded_and_embeddings_are_never_pickled(data_dir, one_thread):
+    overrides = TINY + [f"data.cache_dir={data_dir}", "mining.search_space=64", "env.warmup_steps=2",
+                        "env.budget_steps=3", "eval.batch_size=16", "experimental.cache_refresh_chunk=64"]
+    ranks = launch(sharded_episode, overrides)
+    # 128 pairs in refresh units of 16, dealt in turn: 64 rows per rank
+    assert [r["rows"] for r in ranks] == [64, 64] and all(r["n"] == 128 for r in ranks)
+    assert all(r["pickled"] > 0 and r["pickled_matrices"] == 0 for r in ranks)
+
+
 REWARD_LOG = "experimental.reward_log=[lm, itc, itm, itc+itm, mlm_hi, val_itc, val_lm]"
 
 
@@ -217,6 +258,7 @@ def warm_episodes(overrides: list[str]) -> dict:
     out: dict = {"reset": [], "info": [], "reward": [], "mask_seed": []}
     for seed in (3, None):
         _, info = env.reset(seed=seed)
+        info.pop("cache_refresh_s", None)  # seconds: not the same run to run
         out["reset"].append(info)
         out["mask_seed"].append(env.trainer.mask_generator.initial_seed())
         out["weights"] = out.get("weights") or {k: v.clone() for k, v in env.trainer.model.state_dict().items()}

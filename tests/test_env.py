@@ -293,8 +293,9 @@ def test_budget_truncates_and_divergence_terminates(tiny):
         env.step(np.ones(64, np.float32))
 
     # diverged weights: a NaN loss, or an error inside the forward (e.g. sampling from NaN
-    # similarities), end the episode cleanly; other errors propagate
-    env = make_env(tiny)
+    # similarities), end the episode cleanly; other errors propagate (every episode re-embeds,
+    # so that each starts mining at trainer step 0)
+    env = make_env(tiny, "mining.refresh_every_episode=true")
     obs0, _ = env.reset(seed=0)
     with torch.no_grad():
         for p in env.trainer.model.parameters():
@@ -435,3 +436,29 @@ def test_cache_refresh_chunk_is_read_from_the_config(tiny, monkeypatch):
     env = make_env(tiny, "experimental.cache_refresh_chunk=100", "mining.refresh_at_start=true")
     env.reset(seed=0)
     assert sizes[:3] == [100, 100, 56]  # 256 training pairs in chunks of 100
+
+
+@pytest.mark.parametrize("every", [False, True])
+def test_only_the_first_episode_makes_a_full_embedding_pass_unless_asked(tiny, monkeypatch, every):
+    """GRIT-VLP mines from the training forwards' features: after the first episode's pass, a later
+    episode's fresh model refills the cache from its warm-up (one epoch), with no extra forward."""
+    embedded = []
+    real = Trainer.embed_pairs
+
+    def counting(self, split, idx, *args, **kwargs):
+        embedded.append(len(idx))
+        return real(self, split, idx, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "embed_pairs", counting)
+    env = make_env(tiny, f"mining.refresh_every_episode={str(every).lower()}", "env.warmup_steps=2")
+    _, first = env.reset(seed=0)
+    assert sum(embedded) == 256 and first["cache_refresh_s"] > 0 and first["warmup_steps"] == 2
+    env.step(np.ones(64, np.float32))
+    embedded.clear()
+    _, second = env.reset()
+    if every:
+        assert sum(embedded) == 256 and env.refresh_passes == 2 and second["warmup_steps"] == 2
+    else:  # no embedding forward: 256 pairs / B 32 = 8 warm-up steps write every row
+        assert embedded == [] and env.refresh_passes == 1 and second["warmup_steps"] == 8
+        assert bool((env.cache.written >= 0).all())
+    env.step(np.ones(64, np.float32))

@@ -214,3 +214,16 @@ def test_the_itc_loss_adds_the_weighted_consistency_term(tmp_path):
         from falcon_rl.config.checks import check_model
         check_model(load_config(None, ["model.framework=blip2", "model.preset=blip2-tiny",
                                        "experimental.itc_consistency=0.2"]))
+
+
+def test_the_results_table_says_which_grit_each_row_ran():
+    from falcon_rl.ablation.runner import row_descriptions, run_specs
+    from falcon_rl.config import load_config
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "bench_cpu.yaml", ["ablation.schedulers=[grit, grit-vlp]", "ablation.seeds=[0]",
+                                                              "ablation.out_dir=unused"])
+    line = row_descriptions(run_specs(cfg), cfg)
+    grit, vlp = line.split("; `grit-vlp`")
+    assert "`grit`: scheduler grit, the symmetric per-batch chain" in grit
+    assert "GRIT-VLP's grouping" in vlp and "experimental.itc_consistency: 0.2" in vlp and "model.mlm_prob: 0.5" in vlp

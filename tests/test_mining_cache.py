@@ -80,3 +80,32 @@ def test_state_dict_roundtrip_weights_only(tmp_path):
     assert other.age(7).tolist() == [-1, 1, -1, 1]
     with pytest.raises(ValueError, match=r"'img' has shape \(4, 3\), expected \(5, 3\)"):
         EmbeddingCache(5, 3).load_state_dict(cache.state_dict())
+
+
+def test_half_precision_storage_halves_the_tables_and_reads_float32():
+    from falcon_rl.mining import EmbeddingCache
+
+    full = EmbeddingCache(1000, 256)
+    half = EmbeddingCache(1000, 256, dtype="float16")
+    assert half.img.dtype == torch.float16 and half.nbytes < 0.52 * full.nbytes
+    x = torch.nn.functional.normalize(torch.randn(4, 256), dim=-1)
+    half.update([1, 2, 3, 4], x, x, step=0)
+    img, txt = half.get([1, 2, 3, 4])
+    assert img.dtype == torch.float32 and torch.allclose(img, x, atol=1e-3) and not torch.equal(img, x)
+    state = half.state_dict()
+    assert state["img"].dtype == torch.float16  # the resume file holds it at its storage dtype
+    again = EmbeddingCache(1000, 256, dtype="float16")
+    again.load_state_dict(state)
+    assert torch.equal(again.get([1, 2, 3, 4])[0], img)
+    with pytest.raises(ValueError, match="cache_dtype"):
+        EmbeddingCache(10, 4, dtype="int8")
+
+
+def test_distinct_rows_are_copied_and_a_repeated_index_keeps_its_last_row():
+    cache = EmbeddingCache(6, 2)
+    rows = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
+    cache.update([4, 1, 4], rows, rows, step=3)
+    img, _ = cache.get([1, 4])
+    assert torch.equal(img, rows[[1, 2]]) and cache.written.tolist() == [-1, 3, -1, -1, 3, -1]
+    cache.update([0, 5], rows[:2], rows[:2], step=4)  # distinct: index_copy_
+    assert torch.equal(cache.get([0, 5])[1], rows[:2])

@@ -54,8 +54,9 @@ def test_later_episodes_start_from_the_warm_state_with_fresh_randomness(small, t
         _, info3 = env.reset()  # a third episode: again the warm model, another draw
         assert all(torch.equal(warm[k], v) for k, v in env.trainer.model.state_dict().items())
         assert info3["episode_seed"] != info["episode_seed"]
-    else:  # only the first episode loads it: the second trains a new model from its own warm-up
-        assert "warm_start" not in info and info["warmup_steps"] == 3
+    else:  # only the first episode loads it: the second trains a new model from its own warm-up,
+        # which refills the cache (one epoch of 8 batches, no full embedding pass; mining.refresh_every_episode)
+        assert "warm_start" not in info and info["warmup_steps"] == 8 and info["cache_refresh_s"] == 0.0
         assert any(not torch.equal(warm[k], v) for k, v in env.trainer.model.state_dict().items())
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import falcon_rl.data.albef_json as albef_json
 from falcon_rl.config.data import DataConfig
+from falcon_rl.config.experimental import build_section
 from falcon_rl.data import DataError
 from falcon_rl.data.albef_json import load_albef_json
 from falcon_rl.data.tokenizer import build_tokenizer
@@ -46,8 +47,9 @@ def _write(path, data) -> None:
 
 def _cfg(root, **kw) -> DataConfig:
     kw = {"on_missing": "skip", **kw}
-    return DataConfig(source="albef_json", train_file=str(root / "train.json"), test_file=str(root / "test.json"),
-                      image_root=str(root / "images"), image_size=16, cache_dir=str(root / "cache"), **kw)
+    return build_section(DataConfig, source="albef_json", train_file=str(root / "train.json"),
+                         test_file=str(root / "test.json"), image_root=str(root / "images"), image_size=16,
+                         cache_dir=str(root / "cache"), **kw)
 
 
 @pytest.fixture

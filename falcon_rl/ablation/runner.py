@@ -60,6 +60,25 @@ class RunSpec:
     cfg: ExperimentConfig
 
 
+#: what each ``mining.chain`` builds, for the results table (docs/ALGORITHM.md §3, §15)
+CHAIN_WORDS = {"symmetric": "the symmetric per-batch chain (FALCON's; with q = 1 a GRIT-VLP variant)",
+               "grit": "GRIT-VLP's grouping (alternating i2t / t2i, one chain per space, batches shuffled)"}
+
+
+def row_descriptions(specs: list[RunSpec], cfg: ExperimentConfig) -> str:
+    """One line per row of the table: its scheduler, the chain it ran and its overrides, so that
+    the table says which GRIT (or FALCON) each row is."""
+    seen: dict[str, str] = {}
+    for spec in specs:
+        if spec.label in seen:
+            continue
+        overrides = cfg.ablation.overrides.get(spec.label) or {}
+        extra = ", ".join(f"{k}: {v}" for k, v in overrides.items() if k not in ("agent.name", "mining.chain"))
+        seen[spec.label] = (f"`{spec.label}`: scheduler {spec.agent_name}, {CHAIN_WORDS[spec.cfg.mining.chain]}"
+                            + (f"; {extra}" if extra else ""))
+    return "Rows as run: " + "; ".join(seen.values()) + "."
+
+
 def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     """Expand ``cfg.ablation`` into runs.
 
@@ -289,6 +308,7 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
              f"Data: {data_line(cfg, runs)}; "
              f"model {cfg.model.framework}, preset {cfg.model.preset}; B = {cfg.train.batch_size}; |M| = "
              f"{cfg.mining.search_space}; {cfg.env.budget_steps} env steps per run; reward {cfg.env.reward}."]
+    notes.append(row_descriptions(specs, cfg))
     md = render_markdown(rows, command=command, notes=notes, headline=headline)
     plots = plot_all(runs, out_root, headline=headline)
     scale = 1.0 if metrics_are_percent(rows) else 100.0

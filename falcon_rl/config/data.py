@@ -45,13 +45,9 @@ class DataConfig:
                                       "files that are not images)")
     verify_images: bool = param(False, "albef_json: decode every image at load time (slower, catches corrupt files)")
     augment: bool = param(False, "albef_json: random-resized-crop + horizontal flip on the train split")
-    crop_scale_min: float = param(0.5, "albef_json: smallest crop area fraction when augmenting", gt=0.0, le=1.0)
-    hflip_prob: float = param(0.5, "albef_json: horizontal flip probability when augmenting", ge=0.0, le=1.0)
     match_from: str = param("auto", "albef_json: train-split ground truth: image_id (pairs sharing an image match), "
                             "none, or auto (image_id when every train entry has an image_id)",
                             choices=["auto", "image_id", "none"])
-    caption_max_words: int = param(30, "albef_json: captions are cut to this many words (ALBEF pre_caption)",
-                                   ge=1)
     num_workers: int = param(4, "albef_json: threads decoding the images of a batch", ge=1)
     prefetch: bool = param(True, "albef_json: decode the next batch's images while the current one trains")
     # --- image normalisation (all sources) ---

@@ -58,6 +58,11 @@ class ExperimentalConfig:
                                      ge=0.0, le=1.0)
     count_fact_prob: float = param(0.2, "digits_scenes: P(a caption states how many digits there are)",
                                    ge=0.0, le=1.0)
+    crop_scale_min: float = param(0.5, "albef_json: smallest crop area fraction of ALBEF's augmentation (data.augment)",
+                                  gt=0.0, le=1.0)
+    hflip_prob: float = param(0.5, "albef_json: horizontal flip probability of ALBEF's augmentation (data.augment)",
+                              ge=0.0, le=1.0)
+    caption_max_words: int = param(30, "albef_json: captions are cut to this many words (ALBEF's pre_caption)", ge=1)
 
     # --- from model: model shapes over the preset and loss details (docs/ALGORITHM.md §12) ---
     momentum_coef: float = param(0.995, "EMA coefficient of the momentum encoders (ALBEF 0.995)", ge=0.0, le=1.0)

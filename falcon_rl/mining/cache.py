@@ -18,6 +18,21 @@ from falcon_rl.config.mining import MiningConfig
 EmbedFn = Callable[[np.ndarray], tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]]
 
 
+#: ``mining.cache_dtype`` -> the storage dtype of the cache tables
+CACHE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16}
+
+
+def cache_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """The storage dtype named by ``mining.cache_dtype`` (or a torch dtype among them)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in CACHE_DTYPES.values():
+            raise ValueError(f"cache dtype {dtype} is not one of {list(CACHE_DTYPES)}")
+        return dtype
+    if dtype not in CACHE_DTYPES:
+        raise ValueError(f"mining.cache_dtype={dtype!r} is not one of {list(CACHE_DTYPES)}")
+    return CACHE_DTYPES[dtype]
+
+
 def _as_tensor(name: str, x: torch.Tensor | np.ndarray, device: torch.device) -> torch.Tensor:
     t = x.detach() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
     return t.to(device=device, dtype=torch.float32)
@@ -31,14 +46,18 @@ class EmbeddingCache:
     :param device: where the float32 tables live (a GPU cache makes S cheap to build there).
     :param image_vectors: ITC vectors per image (the model's ``image_vectors``): 0 for one (ALBEF),
         Q for BLIP-2's per-query vectors, compared to a text by their maximum
-        (:mod:`falcon_rl.mining.similarity`); memory ``n · Q · D · 4`` bytes.
+        (:mod:`falcon_rl.mining.similarity`).
+    :param dtype: storage (``mining.cache_dtype``): ``float32``, or ``float16`` (half the memory;
+        rows are rounded to half precision when written and read back as float32). Memory
+        ``n · (max(Q, 1) + 1) · D · bytes + 8 n`` (docs/ALGORITHM.md §2).
 
-    :ivar img: (n, D) or (n, Q, D) float32; rows never written are zero.
-    :ivar txt: (n, D) float32.
+    :ivar img: (n, D) or (n, Q, D) in the storage dtype; rows never written are zero.
+    :ivar txt: (n, D) in the storage dtype.
     :ivar written: (n,) int64 step at which each row was last written, -1 if never.
     """
 
-    def __init__(self, n: int, dim: int, device: str | torch.device = "cpu", image_vectors: int = 0) -> None:
+    def __init__(self, n: int, dim: int, device: str | torch.device = "cpu", image_vectors: int = 0,
+                 dtype: str | torch.dtype = "float32") -> None:
         if n < 1 or dim < 1 or image_vectors < 0:
             raise ValueError(f"EmbeddingCache needs n >= 1, dim >= 1 and image_vectors >= 0, got n={n}, dim={dim}, "
                              f"image_vectors={image_vectors}")
@@ -46,9 +65,20 @@ class EmbeddingCache:
         self.dim = int(dim)
         self.image_vectors = int(image_vectors)
         self.device = torch.device(device)
-        self.img = torch.zeros(self.n, *self.image_row, dtype=torch.float32, device=self.device)
-        self.txt = torch.zeros(self.n, self.dim, dtype=torch.float32, device=self.device)
-        self.written = torch.full((self.n,), -1, dtype=torch.int64)
+        self.dtype = cache_dtype(dtype)
+        rows = self.storage_rows()
+        self.img = torch.zeros(rows, *self.image_row, dtype=self.dtype, device=self.device)
+        self.txt = torch.zeros(rows, self.dim, dtype=self.dtype, device=self.device)
+        self.written = torch.full((rows,), -1, dtype=torch.int64)
+
+    def storage_rows(self) -> int:
+        """Rows this cache stores (all ``n``; a sharded cache its own share)."""
+        return self.n
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the stored tables (embeddings and write steps)."""
+        return sum(t.numel() * t.element_size() for t in (self.img, self.txt, self.written))
 
     @property
     def image_row(self) -> tuple[int, ...]:
@@ -83,8 +113,19 @@ class EmbeddingCache:
                                  f"({idx.numel()} indices, dim {self.dim})")
             if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"cache update at step {step}: {name} embeddings are not finite (diverged?)")
-        self.img[idx.to(self.device)] = it
-        self.txt[idx.to(self.device)] = tt
+        self._store(idx, it, tt, int(step))
+
+    def _store(self, idx: torch.Tensor, img: torch.Tensor, txt: torch.Tensor, step: int) -> None:
+        """Write checked float32 rows (a sharded cache keeps the rows it owns). Distinct rows are
+        copied with ``index_copy_`` (an indexed assignment starts a parallel region per write,
+        14× slower at 1 M rows on 2 threads: BENCHMARKS.md, Scale); a repeated index keeps its last row."""
+        dev = idx.to(self.device)
+        if idx.numel() and int(torch.unique(idx).numel()) == idx.numel():
+            self.img.index_copy_(0, dev, img.to(self.dtype))
+            self.txt.index_copy_(0, dev, txt.to(self.dtype))
+        else:
+            self.img[dev] = img.to(self.dtype)
+            self.txt[dev] = txt.to(self.dtype)
         self.written[idx] = int(step)
 
     @torch.no_grad()
@@ -127,7 +168,7 @@ class EmbeddingCache:
 
     def get(self, indices: torch.Tensor | np.ndarray | list[int],
             allow_unseen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(img, txt)`` rows of ``indices`` (float32 on the cache device).
+        """``(img, txt)`` rows of ``indices`` (float32 on the cache device, whatever the storage).
 
         Raises if a requested row was never written, unless ``allow_unseen`` (rows are zero).
         """
@@ -139,12 +180,14 @@ class EmbeddingCache:
                                  f"(e.g. indices {unseen[:8].tolist()}): call refresh() first (mining.refresh_at_start) "
                                  f"or pass allow_unseen=True")
         dev_idx = idx.to(self.device)
-        return self.img[dev_idx], self.txt[dev_idx]
+        return self.img[dev_idx].float(), self.txt[dev_idx].float()
 
     # --------------------------------------------------------------------------- checkpoints
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Tensors only (loads with ``torch.load(weights_only=True)``)."""
+        """Tensors only, in the storage dtype (loads with ``torch.load(weights_only=True)``). The
+        rows are the embeddings of many training steps' forwards: they cannot be rebuilt from the
+        model, so exact resume keeps them (half the size with ``mining.cache_dtype: float16``)."""
         return {"img": self.img.cpu().clone(), "txt": self.txt.cpu().clone(), "written": self.written.clone()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -155,6 +198,6 @@ class EmbeddingCache:
         for name, shape in (("img", (self.n, *self.image_row)), ("txt", (self.n, self.dim)), ("written", (self.n,))):
             if tuple(state[name].shape) != shape:
                 raise ValueError(f"cache state {name!r} has shape {tuple(state[name].shape)}, expected {shape}")
-        self.img.copy_(state["img"].to(self.device, torch.float32))
-        self.txt.copy_(state["txt"].to(self.device, torch.float32))
+        self.img.copy_(state["img"].to(self.device, self.dtype))
+        self.txt.copy_(state["txt"].to(self.device, self.dtype))
         self.written.copy_(state["written"].to(torch.int64))

@@ -5,6 +5,9 @@
   grown from random seeds through a k-NN graph, in O(N·k) memory and search instead of an
   N×N similarity matrix.
 
+Beyond the k-NN search both are linear in N: O(N) time and memory for the random partition,
+O(N·k) for the growth (``benchmarks/scale.py``).
+
 ``remainder`` decides what happens to the ``r = n mod |M|`` pairs left after the full spaces
 (every space but a ``"keep"`` one has exactly |M| members, the shape the environment needs):
 
@@ -43,15 +46,15 @@ def _check(n: int, size: int, remainder: str) -> None:
                          f"or use experimental.space_remainder=keep")
 
 
-def _finish(full: list[np.ndarray], leftover: np.ndarray, size: int, remainder: str,
+def _finish(full: list[np.ndarray], used: np.ndarray, leftover: np.ndarray, size: int, remainder: str,
             rng: np.random.Generator) -> list[np.ndarray]:
+    """Add the remainder space; ``used`` holds the members of the ``full`` spaces (a view, no copy)."""
     spaces = list(full)
     r = leftover.size
     if r == 0 or remainder == "drop":
         return spaces
     if remainder == "keep":
         return spaces + [leftover]
-    used = np.concatenate(full)
     extra = rng.choice(used, size=size - r, replace=False)
     return spaces + [np.concatenate([leftover, extra])]
 
@@ -66,7 +69,7 @@ def random_spaces(n: int, size: int, rng: np.random.Generator, remainder: str = 
     perm = rng.permutation(n).astype(np.int64)
     n_full = n // size
     full = [perm[i * size:(i + 1) * size] for i in range(n_full)]
-    return _finish(full, perm[n_full * size:], size, remainder, rng)
+    return _finish(full, perm[:n_full * size], perm[n_full * size:], size, remainder, rng)
 
 
 @njit(cache=True)
@@ -117,6 +120,7 @@ def neighbourhood_spaces(
     chunk: int = MiningConfig.knn_chunk,
     ivf_lists: int = MiningConfig.ivf_lists,
     ivf_probe: int = MiningConfig.ivf_probe,
+    memory_mb: int = MiningConfig.knn_memory_mb,
 ) -> list[np.ndarray]:
     """Search spaces of mutually similar pairs, without an N×N matrix.
 
@@ -126,37 +130,38 @@ def neighbourhood_spaces(
     random unassigned seed and grows breadth-first through unassigned neighbours (seed's
     neighbours, then theirs, ...); when the neighbourhood is exhausted it is completed with
     random unassigned pairs. ``k`` is capped at n. Cost: O(N·k) memory and graph work plus
-    the k-NN search.
+    the k-NN search, whose only full copy of the embeddings is its float32 database (the
+    queries are read as column blocks ``(img, txt)``, a chunk at a time).
 
-    :param img, txt: normalised ITC embeddings of all n pairs, (n, D). Images with several vectors
+    :param img, txt: normalised ITC embeddings of all n pairs, (n, D), float32 or float16 (a
+        float16 cache; the search converts to float32). Images with several vectors
         (n, Q, D) (BLIP-2's queries, whose similarity to a text is their maximum) are represented
         here by their normalised mean vector: the neighbourhoods are then approximate, while the
         quantile chain inside each space uses the exact maximum.
+    :param backend, k, device, chunk, ivf_lists, ivf_probe, memory_mb: of :func:`~falcon_rl.mining.knn.knn`
+        (``mining.knn_*``, ``experimental.knn_chunk`` / ``ivf_*``).
     :return: int64 index arrays; ``remainder`` as in the module docstring.
     """
     if img.ndim == 3:
-        img = F.normalize(torch.as_tensor(img, dtype=torch.float32).mean(dim=1), dim=-1)
+        img = F.normalize(torch.as_tensor(img).to(torch.float32).mean(dim=1), dim=-1)
     if img.ndim != 2 or tuple(img.shape) != tuple(txt.shape):
         raise ValueError(f"img and txt must both be (n, D) with the same shape, got {tuple(img.shape)} "
                          f"and {tuple(txt.shape)}")
     n = int(img.shape[0])
     _check(n, size, remainder)
     size = int(size)
-    it = torch.as_tensor(img, dtype=torch.float32)
-    tt = torch.as_tensor(txt, dtype=torch.float32, device=it.device)
-    queries = torch.cat([it, tt], dim=1)
-    database = torch.cat([tt, it], dim=1)
-    _, nbrs = knn(database, queries, min(int(k), n), backend=backend, device=device, chunk=chunk,
-                  ivf_lists=ivf_lists, ivf_probe=ivf_probe, seed=int(rng.integers(2**31)))
+    _, nbrs = knn((txt, img), (img, txt), min(int(k), n), backend=backend, device=device, chunk=chunk,
+                  ivf_lists=ivf_lists, ivf_probe=ivf_probe, seed=int(rng.integers(2**31)), memory_mb=memory_mb)
     perm = rng.permutation(n).astype(np.int64)
     n_full = n // size
-    grown = _grow(np.ascontiguousarray(nbrs, dtype=np.int64), perm, size, n_full)
-    full = [grown[i].copy() for i in range(n_full)]
+    grown = _grow(nbrs, perm, size, n_full)
+    del nbrs
+    full = [grown[i] for i in range(n_full)]
     used = np.zeros(n, dtype=bool)
     if n_full:
         used[grown.ravel()] = True
     leftover = perm[~used[perm]]
-    return _finish(full, leftover, size, remainder, rng)
+    return _finish(full, grown.ravel(), leftover, size, remainder, rng)
 
 
 def make_search_spaces(
@@ -166,7 +171,8 @@ def make_search_spaces(
     img: np.ndarray | torch.Tensor | None = None,
     txt: np.ndarray | torch.Tensor | None = None,
 ) -> list[np.ndarray]:
-    """One epoch's search spaces as configured by ``cfg.space_kind`` (neighbourhood needs embeddings)."""
+    """One epoch's search spaces as configured by ``cfg.space_kind`` (neighbourhood needs embeddings,
+    which may be a float16 cache's)."""
     if cfg.space_kind == "random":
         return random_spaces(n, cfg.search_space, rng, cfg.space_remainder)
     if img is None or txt is None:
@@ -175,4 +181,4 @@ def make_search_spaces(
         raise ValueError(f"embeddings have {img.shape[0]} rows but n={n} pairs")
     return neighbourhood_spaces(img, txt, cfg.search_space, rng, backend=cfg.knn_backend, k=cfg.knn_k,
                                 device=cfg.knn_device, remainder=cfg.space_remainder, chunk=cfg.knn_chunk,
-                                ivf_lists=cfg.ivf_lists, ivf_probe=cfg.ivf_probe)
+                                ivf_lists=cfg.ivf_lists, ivf_probe=cfg.ivf_probe, memory_mb=cfg.knn_memory_mb)

@@ -52,9 +52,10 @@ _CHAIN_ONLY: dict[str, Any] = {"oracle_scope": "batch", "positive_margin": None,
 #: reproduce what the warm-up did before the key existed), so the digests (file names) of existing warm
 #: starts stay what they were; set otherwise, they are signed
 _UNSIGNED_AT: dict[tuple[str, str], Any] = {("model", "allow_partial_load"): False, ("model", "itc_consistency"): 0.0,
-                                            ("data", "match_from"): "auto"}
-#: keys that change speed only (the same batches and results): never signed
-_SPEED_ONLY = (("data", "prefetch"),)
+                                            ("data", "match_from"): "auto", ("mining", "cache_dtype"): "float32"}
+#: keys that change speed only (the same batches and results), or only episodes after the warm start's
+#: first one (``refresh_every_episode``): never signed
+_SPEED_ONLY = (("data", "prefetch"), ("mining", "knn_memory_mb"), ("mining", "refresh_every_episode"))
 
 
 def _unsigned_dropped(section: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +94,8 @@ def warm_signature(cfg: ExperimentConfig, seed: int | None) -> dict[str, Any]:
         # MAFA acts from the first mined step on (its ε too, unless explicitly started earlier):
         # the warm-up of a MAFA run is the same as everyone's
         model.pop("false_negatives", None)
-    mining = _signed_mining({k: v for k, v in d["mining"].items() if k not in _OBSERVATION_ONLY})
+    mining = _signed_mining(_unsigned_dropped("mining", {k: v for k, v in d["mining"].items()
+                                                         if k not in _OBSERVATION_ONLY}))
     data = _unsigned_dropped("data", d["data"])
     return {"data": data, "model": model, "train": train, "mining": mining, "env": env, "seed": seed}
 
