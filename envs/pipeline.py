@@ -75,7 +75,12 @@ class MiningPipeline:
         a shorter remainder space is skipped."""
         img = txt = None
         if self.mining.space_kind == "neighbourhood":
-            img, txt = self.cache.get(pool)
+            cache = self.cache
+            whole = (not isinstance(cache, ShardedEmbeddingCache) and pool.size == cache.n
+                     and np.array_equal(pool, np.arange(cache.n)) and bool(cache.seen.all()))
+            # every row of one process's cache: its storage tensors (float16 read a chunk at a time by the
+            # search), not a float32 copy of all of them
+            img, txt = (cache.img, cache.txt) if whole else cache.get(pool)
         spaces = make_search_spaces(self.mining, pool.size, rng, img, txt)
         return [pool[s] for s in spaces if len(s) == self.mining.search_space]
 
