@@ -34,7 +34,7 @@ from falcon_rl.distributed import barrier, broadcast_object, replica_seed, world
 from falcon_rl.envs.parallel import BatchResult, check_group, outcome, refresh_sharded
 from falcon_rl.envs.pipeline import MiningPipeline
 from falcon_rl.mining import FalseNegativeStats
-from falcon_rl.progress import progress_bar
+from falcon_rl.progress import OFF, progress_bar, resolve_mode
 from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.training import Trainer
 from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm_signature
@@ -126,7 +126,7 @@ def reset(env: NegativeMiningEnv, seed: int | None) -> tuple[np.ndarray, dict[st
                                   env.trainer.step, chunk=cfg.experimental.cache_refresh_chunk)
         refreshed = time.perf_counter() - start
         env.refresh_passes += 1
-        if world().is_main and cfg.logging.progress is not False:  # beside the progress bars, on stderr
+        if world().is_main and resolve_mode(cfg.logging.progress) != OFF:  # beside the progress bars
             print(f"cache refresh: {train.n_pairs} pairs embedded in {refreshed:.1f} s (mining.refresh_at_start)",
                   file=sys.stderr, flush=True)
     env._warmup(warmup)
