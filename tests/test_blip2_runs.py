@@ -47,6 +47,7 @@ def _env(tiny, *overrides: str) -> NegativeMiningEnv:
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.mark.slow  # the same checkers pass on the ALBEF env by default (tests/test_env.py); BLIP-2's env runs in the others here
 def test_gymnasium_and_sb3_env_checkers_with_blip2(tiny):
     import gymnasium as gym
     from gymnasium.utils.env_checker import check_env as gym_check

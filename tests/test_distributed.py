@@ -341,6 +341,7 @@ def test_global_negatives_gradient_is_that_of_the_mean_loss_over_ranks(data_dir,
 PRETRAIN = TINY + ["data.n_train=160", "train.steps=8", "train.checkpoint_every=2", "train.eval_every=3"]
 
 
+@pytest.mark.slow  # pretrain's resume: one process by default (test_resume.py), two with train-agent above
 def test_pretrain_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir):
     args = ["pretrain", *PRETRAIN, f"data.cache_dir={data_dir}"]
     assert launch(cli, args + [f"train.out_dir={tmp_path / 'straight'}"]) == [0, 0]
@@ -364,7 +365,8 @@ AGENT = TINY + ["mining.search_space=32", "env.budget_steps=4", "env.warmup_step
                 "logging.hist_every=1"]
 
 
-@pytest.mark.parametrize("agent", ["falcon", "ppo"])
+# ppo: SB3's resume path, which tests/test_resume.py covers in one process; slow here
+@pytest.mark.parametrize("agent", ["falcon", pytest.param("ppo", marks=pytest.mark.slow)])
 def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_path, data_dir, agent):
     """The scheduler on rank 0 (FALCON; PPO inside SB3's learn loop, checkpointed at update boundaries),
     its q broadcast, both ranks' rewards gathered; a rank killed inside env step 3 (the checkpoint of
@@ -385,6 +387,7 @@ def test_train_agent_killed_and_resumed_under_two_processes_logs_the_same(tmp_pa
     assert not (tmp_path / "cut" / "resume.pt").exists()
 
 
+@pytest.mark.slow  # the env's rewards under two processes are checked by default above; reward-check's own runs here
 def test_reward_check_under_two_processes(tmp_path, data_dir, monkeypatch):
     """``falcon-rl reward-check`` under torchrun: the runs data-parallel one after the other from a
     shared warm-up, every option logged per batch, rank 0 alone writing the analysis; several

@@ -23,6 +23,10 @@ PRIOR_ENTROPY = -(1 / 3 * math.log(1 / 3) + 2 / 3 * math.log(2 / 3))  # 1 positi
 STEPS = 400
 
 
+# a learning check of 11 s (the model trains first): run with the slow tests
+pytestmark = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     cfg = load_config("configs/bench_cpu.yaml", [

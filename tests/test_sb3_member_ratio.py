@@ -112,6 +112,7 @@ def mean_q_after(agent: AgentConfig, members: int, seed: int) -> float:
     return float(symmetric_to_q(model.predict(obs, deterministic=True)[0]).mean())
 
 
+@pytest.mark.slow  # a learning check with 512 members (3.4 s)
 def test_common_mode_ratio_finds_the_step_preference_with_512_members():
     # measured (150 steps, 3 seeds): 1.0 / 1.0 / 1.0 with the common mode's own ratio, 0.68 / 0.74 / 0.78
     # with the joint ratio (shared noise), 0.53 / 0.59 / 0.61 with member ratios and no shared noise

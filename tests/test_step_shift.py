@@ -59,6 +59,7 @@ def test_shift_q_moves_samples_in_logit_space():
     assert shift_q(np.array([0.0, 1.0]), 5.0)[1] < 1.0  # the ends stay inside (0, 1)
 
 
+@pytest.mark.slow  # a learning check (5 s)
 def test_the_shared_level_learns_hardness_that_per_member_credit_cannot_see():
     """Per-member credit sees the batches' mean q vary by 0.29 / sqrt(32) = 0.05 and learns slowly;
     the shared offset makes whole steps harder or softer and its level rises."""

@@ -105,7 +105,8 @@ def test_an_sb3_agent_learns_its_episodes_then_runs_frozen(small, tmp_path):
     assert record["agent_path"].endswith("agent.zip") and record["learn_time"] > 0
 
 
-@pytest.mark.parametrize("resume", ["auto", True])  # True: train-agent --resume
+# True: train-agent --resume, the same path as auto (slow)
+@pytest.mark.parametrize("resume", ["auto", pytest.param(True, marks=pytest.mark.slow)])
 def test_an_interrupted_learning_run_continues_exactly(small, tmp_path, monkeypatch, resume):
     from falcon_rl.envs import NegativeMiningEnv
 
