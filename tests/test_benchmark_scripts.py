@@ -171,3 +171,25 @@ def test_data_throughput_runs_end_to_end(tmp_path):
     out = proc.stdout
     for needle in ("decode", "model", "prefetch", "cache"):
         assert needle in out.lower(), (needle, out)
+
+
+def test_fn_anatomy_splits_false_negatives_into_same_and_other_scenes():
+    import numpy as np
+
+    anatomy = runpy.run_path(str(BENCH / "fn_anatomy.py"))
+
+    class Split:  # 4 pairs on 4 images; pair 0 and 1 match (same scene), pair 2's vague caption fits image 0
+        pair_image = np.arange(4)
+        match = np.array([[1, 1, 0, 0], [1, 1, 0, 0], [1, 0, 1, 0], [0, 0, 0, 1]], dtype=bool)
+
+        def pair_match(self, a, b):
+            return self.match[a, self.pair_image[b]] | self.match[b, self.pair_image[a]]
+
+    slot_attr = np.array([[[1, 2, 0]], [[1, 2, 0]], [[3, 1, 1]], [[0, 0, 0]]], dtype=np.int8)
+    spec = np.array([4, 4, 1, 4])
+    out: dict = {}
+    anatomy["tally"](Split(), slot_attr, spec, np.array([0, 0, 2, 3]), np.array([1, 2, 0, 1]), out)
+    # anchor 0 (4 facts): pair 1 same scene, pair 2 other scene; anchor 3: no match; anchor 2 (1 fact): other
+    assert out == {4: [3, 2, 1, 1], 1: [1, 1, 0, 1]}
+    text = anatomy["render"]("t", out, True)
+    assert "| all | 4 | 3 | 75.0 | 1 | 2 | 33 % |" in text
