@@ -55,6 +55,8 @@ class MemberRatioPPO(PPO):
         if not 0.0 <= common_weight <= 1.0:
             raise ValueError(f"experimental.sb3_common_weight must be in [0, 1], got {common_weight}")
         self.common_weight = float(common_weight)
+        #: the env's ``member_q_read`` of every step of the rollout being collected, in buffer order
+        self._q_read: list[np.ndarray] = []
         super().__init__(*args, **kwargs)
 
     def _setup_model(self) -> None:
@@ -84,20 +86,19 @@ class MemberRatioPPO(PPO):
 
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         """SB3's rollout collection; the env's ``member_q_read`` of every step is kept beside it."""
-        self._q_read: list[np.ndarray] = []
+        self._q_read = []
         return super().collect_rollouts(*args, **kwargs)
 
     def _update_info_buffer(self, infos: list[dict[str, Any]], dones: np.ndarray | None = None) -> None:
-        super()._update_info_buffer(infos, dones)
-        if hasattr(self, "_q_read"):  # called once per env step of a rollout, in buffer order
-            members = int(self.action_space.shape[-1])
-            self._q_read.append(np.stack([np.asarray(info.get("member_q_read", np.ones(members, dtype=bool)),
-                                                     dtype=bool).reshape(members) for info in infos]))
+        super()._update_info_buffer(infos, dones)  # called once per env step of a rollout, in buffer order
+        members = int(self.action_space.shape[-1])
+        self._q_read.append(np.stack([np.asarray(info.get("member_q_read", np.ones(members, dtype=bool)),
+                                                 dtype=bool).reshape(members) for info in infos]))
 
     def _rollout_q_read(self) -> th.Tensor | None:
         """``(n, |M|)`` bool in the order of the flattened rollout buffer (env-major), or None
         when the rollout did not record one row per step."""
-        rows = getattr(self, "_q_read", [])
+        rows = self._q_read
         if len(rows) != self.rollout_buffer.buffer_size:
             return None
         read = np.stack(rows)  # (n_steps, n_envs, |M|)

@@ -77,6 +77,16 @@ def new_pipeline(env: NegativeMiningEnv) -> MiningPipeline:
                                  trainer.image_vectors, device, env.oracle, shard)
 
 
+def warmup_steps(cfg: ExperimentConfig, n_pairs: int, ranks: int, refreshes: bool) -> int:
+    """Random-batch optimiser steps before an episode's first mined batch: ``env.warmup_steps``, and
+    at least one epoch when the episode makes no full embedding pass (its training forwards fill
+    the cache; N local batches per step under N processes)."""
+    warmup = cfg.env.warmup_steps
+    if not refreshes:
+        warmup = max(warmup, math.ceil(n_pairs / (cfg.train.batch_size * ranks)))
+    return warmup
+
+
 def start_loss_options(env: NegativeMiningEnv, first_mined_step: int) -> None:
     """MAFA's connection mining from the episode's first mined optimiser step (the warm-up is
     plain random-batch ALBEF for every scheduler), and S-ITC too unless

@@ -22,6 +22,7 @@ from falcon_rl.envs.pipeline import MiningPipeline, check_oracle
 from falcon_rl.envs.reward_components import RewardMeter
 from falcon_rl.envs.spaces import action_space, action_to_q, observation_space, state_columns
 from falcon_rl.envs.step_rewards import StepRewards, StepTally, train_chain
+from falcon_rl.mining.chain import batches_per_space
 from falcon_rl.timing import Timings
 
 #: the parts of :mod:`falcon_rl.timing` measured inside ``step`` (``info["time"]``)
@@ -169,14 +170,10 @@ class NegativeMiningEnv(gym.Env):
     def warmup_length(self, refreshes: bool | None = None) -> int:
         """Random-batch trainer steps at a reset before the first mined batch (``refreshes``: whether
         that episode starts with a full embedding pass; default: as the first episode does)."""
-        cfg = self.cfg
         if not self.rewards.spec.trains:
             return 0
-        warmup = cfg.env.warmup_steps
-        if not (self.refreshes() if refreshes is None else refreshes):
-            # one epoch fills the cache: N local batches per step under N processes
-            warmup = max(warmup, math.ceil(self.data.train.n_pairs / (cfg.train.batch_size * self.replicas.size)))
-        return warmup
+        return episode.warmup_steps(self.cfg, self.data.train.n_pairs, self.replicas.size,
+                                    self.refreshes() if refreshes is None else refreshes)
 
     def trainer_steps(self, env_steps: int | None = None, refreshes: bool | None = None) -> int:
         """Optimiser steps of ``env_steps`` env steps (default one episode), warm-ups included."""
@@ -186,8 +183,7 @@ class NegativeMiningEnv(gym.Env):
                 + env_steps * (self._batches_per_space() // self.replicas.size))
 
     def _batches_per_space(self) -> int:
-        full, rest = divmod(self.members_per_space, self.cfg.train.batch_size)
-        return full + (1 if rest and self.cfg.experimental.remainder == "last_batch" else 0)
+        return batches_per_space(self.members_per_space, self.cfg.train.batch_size, self.cfg.experimental.remainder)
 
     # ------------------------------------------------------------------ gym API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None

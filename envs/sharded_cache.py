@@ -85,19 +85,6 @@ class ShardedEmbeddingCache(EmbeddingCache):
         full[torch.from_numpy(self.owned)] = self.written
         return distributed.all_reduce_(full, "max")
 
-    @property
-    def seen(self) -> np.ndarray:
-        return (self._written_all() >= 0).numpy()
-
-    def unseen_indices(self) -> np.ndarray:
-        return np.flatnonzero(~self.seen)
-
-    def age(self, step: int) -> np.ndarray:
-        w = self._written_all().numpy()
-        if w.size and step < int(w.max()):
-            raise ValueError(f"age(step={step}) is before the latest write (step {int(w.max())})")
-        return np.where(w >= 0, step - w, -1).astype(np.int64)
-
     def get(self, indices, allow_unseen: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         idx = self._index(indices)
         pos = self.local[idx]
@@ -130,12 +117,7 @@ class ShardedEmbeddingCache(EmbeddingCache):
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Keep this rank's rows of a whole-cache state (:meth:`state_dict`, or one process's)."""
-        missing = {"img", "txt", "written"} - set(state)
-        if missing:
-            raise KeyError(f"cache state is missing {sorted(missing)}")
-        for name, shape in (("img", (self.n, *self.image_row)), ("txt", (self.n, self.dim)), ("written", (self.n,))):
-            if tuple(state[name].shape) != shape:
-                raise ValueError(f"cache state {name!r} has shape {tuple(state[name].shape)}, expected {shape}")
+        self.check_state(state)
         rows = torch.from_numpy(self.owned)
         self.img.copy_(state["img"][rows].to(self.device, self.dtype))
         self.txt.copy_(state["txt"][rows].to(self.device, self.dtype))

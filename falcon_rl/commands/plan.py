@@ -223,15 +223,16 @@ PARTS = {
 def make_plan(cfg, config: str, nproc: int, n_pairs: int, pairs_from: str) -> Plan:
     """Memory per rank and counts per epoch (:mod:`falcon_rl.mining.memory`)."""
     from falcon_rl.config.checks import GENERATED_SOURCES
+    from falcon_rl.envs.episode import warmup_steps
     from falcon_rl.mining import memory as mem
+    from falcon_rl.mining.chain import batches_per_space
 
     m, b = cfg.mining, cfg.train.batch_size
     model = count_model(cfg)
     q, d = model.image_vectors, cfg.model.embed_dim
     pool = n_pairs - cfg.env.held_out_pairs
     n_spaces = mem.spaces_per_epoch(pool, m.search_space, m.space_remainder)
-    full, rest = divmod(m.search_space, b)
-    batches = full + (1 if rest and m.remainder == "last_batch" else 0)  # as NegativeMiningEnv._batches_per_space
+    batches = batches_per_space(m.search_space, b, m.remainder)
     unit, chunk = cfg.eval.batch_size, cfg.experimental.cache_refresh_chunk  # the refresh units own the rows
     rows = mem.rows_per_rank(n_pairs, unit, nproc, chunk)
     plan = Plan(config, nproc, n_pairs, pairs_from, model)
@@ -246,9 +247,7 @@ def make_plan(cfg, config: str, nproc: int, n_pairs: int, pairs_from: str) -> Pl
         "history": mem.history_bytes(n_pairs, cfg.data.source in GENERATED_SOURCES),
         "knn": sum(plan.knn_parts.values()),
     }
-    warmup = cfg.env.warmup_steps
-    if not m.refresh_at_start:  # NegativeMiningEnv.warmup_length: one epoch of random batches at least
-        warmup = max(warmup, math.ceil(n_pairs / (b * nproc)))
+    warmup = warmup_steps(cfg, n_pairs, nproc, m.refresh_at_start)  # the first episode's
     plan.counts = {
         "pool": pool,
         "cache_rows_per_rank": max(rows),
@@ -463,6 +462,7 @@ def as_json(plan: Plan | None, refusals: list[str], cfg, args) -> dict[str, Any]
 def run(args: argparse.Namespace) -> int:
     from falcon_rl.cli import load_command_config
     from falcon_rl.config import check_mining
+    from falcon_rl.mining.chain import batches_per_space
 
     if args.nproc < 1:
         raise ValueError(f"--nproc={args.nproc}: give at least one rank")
@@ -472,9 +472,8 @@ def run(args: argparse.Namespace) -> int:
     refusals = placeholders(cfg)
     n_pairs, pairs_from, problem = count_pairs(cfg, args.pairs)
     refusals += [problem] if problem else []
-    m, b = cfg.mining, cfg.train.batch_size
-    full, rest = divmod(m.search_space, b)
-    group = group_refusal(cfg, full + (1 if rest and m.remainder == "last_batch" else 0), args.nproc)
+    m = cfg.mining
+    group = group_refusal(cfg, batches_per_space(m.search_space, cfg.train.batch_size, m.remainder), args.nproc)
     refusals += [group] if group else []
     plan = None
     if n_pairs is not None:

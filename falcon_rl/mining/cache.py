@@ -149,10 +149,14 @@ class EmbeddingCache:
 
     # ------------------------------------------------------------------------------- reading
 
+    def _written_all(self) -> torch.Tensor:
+        """(n,) the write step of every pair's row (a sharded cache assembles it over the ranks)."""
+        return self.written
+
     @property
     def seen(self) -> np.ndarray:
         """(n,) bool: rows written at least once."""
-        return (self.written >= 0).numpy()
+        return (self._written_all() >= 0).numpy()
 
     def unseen_indices(self) -> np.ndarray:
         """Indices of rows never written."""
@@ -160,10 +164,10 @@ class EmbeddingCache:
 
     def age(self, step: int) -> np.ndarray:
         """(n,) int64 steps since each row was written (``step - written``); -1 for unseen rows."""
-        latest = int(self.written.max())
+        w = self._written_all().numpy()
+        latest = int(w.max())
         if step < latest:
             raise ValueError(f"age(step={step}) is before the latest write (step {latest})")
-        w = self.written.numpy()
         return np.where(w >= 0, step - w, -1).astype(np.int64)
 
     def get(self, indices: torch.Tensor | np.ndarray | list[int],
@@ -190,14 +194,18 @@ class EmbeddingCache:
         model, so exact resume keeps them (half the size with ``mining.cache_dtype: float16``)."""
         return {"img": self.img.cpu().clone(), "txt": self.txt.cpu().clone(), "written": self.written.clone()}
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore from :meth:`state_dict`; shapes must match this cache."""
+    def check_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Raise unless ``state`` is a whole-cache :meth:`state_dict` of this cache's shapes."""
         missing = {"img", "txt", "written"} - set(state)
         if missing:
             raise KeyError(f"cache state is missing {sorted(missing)}")
         for name, shape in (("img", (self.n, *self.image_row)), ("txt", (self.n, self.dim)), ("written", (self.n,))):
             if tuple(state[name].shape) != shape:
                 raise ValueError(f"cache state {name!r} has shape {tuple(state[name].shape)}, expected {shape}")
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore from :meth:`state_dict`; shapes must match this cache."""
+        self.check_state(state)
         self.img.copy_(state["img"].to(self.device, self.dtype))
         self.txt.copy_(state["txt"].to(self.device, self.dtype))
         self.written.copy_(state["written"].to(torch.int64))

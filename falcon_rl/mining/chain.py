@@ -161,6 +161,13 @@ def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     return np.random.default_rng(rng)
 
 
+def batches_per_space(m: int, batch_size: int, remainder: str) -> int:
+    """Batches the chain cuts a space of ``m`` members into (semantics step 4: the ``r`` leftover
+    members are one more, smaller batch with ``remainder="last_batch"``)."""
+    full, rest = divmod(m, batch_size)
+    return full + (1 if rest and remainder == "last_batch" else 0)
+
+
 def draw_starts(m: int, batch_size: int, remainder: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Batch sizes and the random start rank of each batch (semantics step 1 and 4).
 
