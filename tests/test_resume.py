@@ -35,6 +35,7 @@ def _same_run(a: Path, b: Path, drop: tuple[str, ...] = ()) -> None:
     assert nan_equal(ra, rb)
 
 
+@pytest.mark.slow  # the same checkpoint path in-process: test_pretrain.py::test_interrupt_saves_and_resume_is_exact
 def test_pretrain_resumes_exactly_after_sigint_and_kill9(tmp_path, data_dir):
     def args(out: str) -> list[str]:
         return ["pretrain", "model.preset=tiny", "train.device=cpu", "train.threads=1", "logging.progress=false",
@@ -82,7 +83,9 @@ TRAIN_AGENT = ["model.preset=tiny", "train.device=cpu", "train.threads=1", "logg
 
 
 # ppo-member-ratio resumes through the same SB3 path as ppo (a policy variant): slow, with sac
-@pytest.mark.parametrize("agent", ["falcon", "ppo", pytest.param("ppo-member-ratio", marks=pytest.mark.slow),
+# falcon in the default run; SB3's save / load path is resumed in-process by test_sb3_member_ratio
+@pytest.mark.parametrize("agent", ["falcon", pytest.param("ppo", marks=pytest.mark.slow),
+                                   pytest.param("ppo-member-ratio", marks=pytest.mark.slow),
                                    pytest.param("sac", marks=pytest.mark.slow)])
 def test_train_agent_resumes_exactly_after_sigint_and_kill9(tmp_path, data_dir, agent):
     extra = ["agent.sb3.kwargs={learning_starts: 2}"] if agent == "sac" else ["experimental.update_every=2"]
