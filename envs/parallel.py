@@ -42,6 +42,7 @@ class BatchResult:
 
     :ivar own: (B,) each pair's own loss change under ``env.reward`` (NaN: no masked token), when asked
         for (:class:`falcon_rl.envs.reward_components.BatchReward`).
+    :ivar measured: False when ``experimental.reward_every`` skipped the reward around this batch.
     :ivar error: the exception's message when loading or training the batch raised (``runtime``:
         it was a :class:`RuntimeError`); the exception object itself stays on its rank (``exc``).
     """
@@ -55,6 +56,7 @@ class BatchResult:
     itc_per_sample: torch.Tensor | None = None
     filter_counts: dict[str, Any] | None = None
     own: np.ndarray | None = None
+    measured: bool = True
     error: str | None = None
     runtime: bool = False
     exc: BaseException | None = None
@@ -69,16 +71,18 @@ class BatchResult:
         raise RuntimeError(f"local batch {position} of the step (another rank): {self.error}")
 
 
-def outcome(out: Any, components: dict[str, float], split: Any = None, own: np.ndarray | None = None) -> BatchResult:
+def outcome(out: Any, components: dict[str, float], split: Any = None, own: np.ndarray | None = None,
+            measured: bool = True) -> BatchResult:
     """A :class:`BatchResult` from a :class:`~falcon_rl.training.StepOutput` (``split`` given: MAFA's
     filter counts of the batch, :func:`falcon_rl.mining.filter_quality.count_batch`; ``own``: each
-    pair's own reward)."""
+    pair's own reward; ``measured``: False when ``experimental.reward_every`` skipped its reward)."""
     counts = None
     if split is not None and out.connections is not None:
         counts = count_batch(split, out.index.numpy(), out.connections).to_dict()
     return BatchResult(losses=dict(out.losses), components=dict(components), stats=dict(out.stats), index=out.index,
                        image_embed=out.image_embed, text_embed=out.text_embed, itc_per_sample=out.itc_per_sample,
-                       filter_counts=counts, own=None if own is None else np.asarray(own, dtype=np.float64))
+                       filter_counts=counts, own=None if own is None else np.asarray(own, dtype=np.float64),
+                       measured=bool(measured))
 
 
 def _failed(e: BaseException) -> BatchResult:

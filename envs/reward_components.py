@@ -243,6 +243,8 @@ class RewardMeter:
                 if self._val_before is None or not val <= set(self._val_before):
                     self._val_before = self.probe.losses(trainer, val)
                 before.update(self._val_before)
+        if not val:  # nothing held-out measured around this step: the next measured one starts afresh
+            self._val_before = None
         with timing("train"):
             out = trainer.train_step(batch, masks, itc_targets=itc_targets,
                                      mlm_tokens=lm and not dropout and (tokens or rows is not None))

@@ -104,19 +104,32 @@ class ShardedEmbeddingCache(EmbeddingCache):
         return distributed.all_reduce_sum(img), distributed.all_reduce_sum(txt)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """The whole cache, assembled on every rank (a collective): the same file as one process
-        writes. It holds every row at the storage dtype, on each rank while it is taken."""
-        img = torch.zeros((self.n, *self.image_row), dtype=torch.float32)
-        txt = torch.zeros((self.n, self.dim), dtype=torch.float32)
-        rows = torch.from_numpy(self.owned)
-        img[rows] = self.img.float().cpu()
-        txt[rows] = self.txt.float().cpu()
-        distributed.all_reduce_sum(img)
-        distributed.all_reduce_sum(txt)
-        return {"img": img.to(self.dtype), "txt": txt.to(self.dtype), "written": self._written_all()}
+        """The whole cache on rank 0, which writes the resume file (a collective): the same state as
+        one process's. Rank 0 holds every row at the storage dtype; the rows travel one refresh chunk
+        (``experimental.cache_refresh_chunk`` pairs) at a time by tensor ``all_gather``, so the other
+        ranks hold no more than a chunk beside their shard, and their state has no rows (only
+        ``written``): a resume loads rank 0's file on every rank."""
+        written = self._written_all()
+        main = self.rank == 0
+        owner = unit_owner(self.n, self.chunk, self.unit, self.ranks)
+        img = torch.zeros((self.n if main else 0, *self.image_row), dtype=self.dtype)
+        txt = torch.zeros((self.n if main else 0, self.dim), dtype=self.dtype)
+        for start in range(0, self.n, self.chunk):
+            part = owner[start:start + self.chunk]
+            counts = [int((part == r).sum()) for r in range(self.ranks)]
+            mine = self.local[start + np.flatnonzero(part == self.rank)].to(self.img.device)
+            got_img = distributed.all_gather_rows(self.img[mine].float().cpu(), counts)
+            got_txt = distributed.all_gather_rows(self.txt[mine].float().cpu(), counts)
+            if main:
+                for r in range(self.ranks):
+                    rows = torch.from_numpy(start + np.flatnonzero(part == r))
+                    img[rows] = got_img[r].to(self.dtype)
+                    txt[rows] = got_txt[r].to(self.dtype)
+        return {"img": img, "txt": txt, "written": written}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Keep this rank's rows of a whole-cache state (:meth:`state_dict`, or one process's)."""
+        """Keep this rank's rows of a whole-cache state (rank 0's :meth:`state_dict`, or one process's;
+        a memory-mapped file's rows are read only where this rank owns them)."""
         self.check_state(state)
         rows = torch.from_numpy(self.owned)
         self.img.copy_(state["img"][rows].to(self.device, self.dtype))

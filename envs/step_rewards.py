@@ -47,7 +47,7 @@ from falcon_rl.envs.reward_components import RewardMeter
 from falcon_rl.envs.rewards import RetrievalProbe, reward_value, toy_member_values, toy_reward
 from falcon_rl.envs.stats import fn_info, q_stats
 from falcon_rl.mining import FalseNegativeStats, ground_truth_targets
-from falcon_rl.mining.chain import ChainResult
+from falcon_rl.mining.chain import ChainResult, batches_per_space
 from falcon_rl.mining.false_negatives import batch_false_negative_pairs
 from falcon_rl.mining.filter_quality import FilterCounts
 from falcon_rl.timing import Timings
@@ -75,7 +75,14 @@ class StepRewards:
         return self.own_rewards and self.computes
 
     def meter_for(self, split: PairSplit, members_per_space: int) -> RewardMeter:
-        """The meter of ``split`` (built once): its held-out pairs must leave a search space to train on."""
+        """The meter of ``split`` (built once): its held-out pairs must leave a search space to train on,
+        and an env step must hold an optimiser step whose reward is measured (``experimental.reward_every``)."""
+        every = self.cfg.experimental.reward_every
+        steps = -(-batches_per_space(members_per_space, self.cfg.train.batch_size, self.cfg.experimental.remainder)
+                  // world().size)
+        if every > steps:
+            raise ValueError(f"experimental.reward_every={every} exceeds the {steps} optimiser steps of an env step "
+                             f"({world().size} process(es)): an env step would measure no reward; lower it")
         if self.meter is None:
             meter = RewardMeter(self.cfg, split)
             if meter.pool.size < members_per_space:
@@ -102,10 +109,17 @@ class StepRewards:
         """One mined local batch trained with its reward (this rank's batch of the step)."""
         idx, batch = loaded
         targets = ground_truth_targets(split, idx) if gt_targets else None
-        out, measured = self.meter.train(trainer, batch, targets, compute=self.computes, own=self.computes_own,
+        measure = self.measures(trainer.step)
+        out, measured = self.meter.train(trainer, batch, targets, compute=measure, own=self.computes_own and measure,
                                          timing=timing)
         mafa = split if self.cfg.model.false_negatives == "mafa" else None
-        return outcome(out, measured.components, mafa, measured.own)
+        return outcome(out, measured.components, mafa, measured.own, measured=measure or not self.computes)
+
+    def measures(self, trainer_step: int) -> bool:
+        """Whether the reward is measured around optimiser step ``trainer_step``: when it is computed, on
+        every ``experimental.reward_every``-th trainer step (all ranks' batches of a step alike; the trainer
+        step is restored on resume, so a resumed run measures the same batches)."""
+        return self.computes and trainer_step % self.cfg.experimental.reward_every == 0
 
 
 class StepTally:
@@ -115,8 +129,9 @@ class StepTally:
         self.side = side
         self.losses: dict[str, list[float]] = {"itc": [], "itm": [], lm_name: []}
         self.components: dict[str, list[float]] = {}
-        self.values: list[float] = []  # each trained batch's reward
+        self.values: list[float] = []  # each trained batch's reward (NaN: not measured, experimental.reward_every)
         self.per_batch: list[dict[str, float]] = []  # every trained batch's components (info batch_stats)
+        self.measured: list[bool] = []  # whether each trained batch's reward was measured
         self.own = np.full(n_members, np.nan) if side.computes_own else None
         self.mafa = FilterCounts() if side.cfg.model.false_negatives == "mafa" else None
         self.lm_name = lm_name
@@ -155,9 +170,10 @@ class StepTally:
             self.components.setdefault(k, []).append(v)
         env = self.side.cfg.env
         self.values.append(reward_value(comp, env.reward, self.lm_name, env.reward_val_weight)
-                           if self.side.computes else float("nan"))
+                           if self.side.computes and res.measured else float("nan"))
         self.per_batch.append(comp)
-        if self.own is not None:  # a pair without a masked token gets its batch's reward
+        self.measured.append(res.measured)
+        if self.own is not None and res.measured:  # a pair without a masked token gets its batch's reward
             self.own[chosen] = self.values[-1] if res.own is None else np.where(
                 np.isfinite(res.own), res.own, self.values[-1])
         if self.mafa is not None and res.filter_counts is not None:
@@ -179,8 +195,9 @@ class StepTally:
              ) -> tuple[float, dict[str, Any]]:
         """The step's reward and info (the step-level keys; the env adds ``terminated_reason``)."""
         side, env = self.side, self.side.cfg.env
-        empty = 0.0 if side.computes else float("nan")  # a step that terminated before its first batch trained
-        reward = float(np.mean(self.values)) * env.reward_scale if self.values else empty
+        empty = 0.0 if side.computes else float("nan")  # a step that terminated before its first measured batch
+        mean = self._mean_value()
+        reward = mean * env.reward_scale if mean is not None else empty
         n = len(members)
         info: dict[str, Any] = {
             "losses": {k: float(np.mean(v)) for k, v in self.losses.items() if v},
@@ -198,13 +215,16 @@ class StepTally:
             # the toy reward reads every member's q itself; the others see a q only through the chain
             "member_q_read": np.ones(n, dtype=np.bool_) if side.spec.computation is Computation.TOY else chain.q_read(n),
         }
+        if not all(self.measured):  # experimental.reward_every: no credit for the q's of unmeasured batches
+            skipped = [b for b, ok in zip(chain.batches, self.measured) if not ok]
+            info["member_q_read"][np.concatenate(skipped).astype(np.int64)] = False
         influence = rewards.member_signal(env.member_reward).influence
         if self.own is not None and (side.spec.member_credit or influence):
             # untrained members: the step's mean (of the influences, which are on a scale of their own)
             if influence:
                 fill = float(np.nanmean(self.own)) if np.isfinite(self.own).any() else 0.0
             else:
-                fill = float(np.mean(self.values)) if self.values else 0.0
+                fill = self._mean_value() or 0.0
             info["member_own_reward"] = (np.where(np.isfinite(self.own), self.own, fill) * env.reward_scale
                                          ).astype(np.float32)
         if env.reward_log:
@@ -215,14 +235,21 @@ class StepTally:
             info["specificity"] = specificity.copy()
         return reward, info
 
+    def _mean_value(self) -> float | None:
+        """The mean reward of the step's measured batches (None: none measured)."""
+        measured = [v for v in self.values if not math.isnan(v)]
+        return float(np.mean(measured)) if measured else None
+
     def _member_reward(self, batches: list[np.ndarray], reward: float, n: int) -> np.ndarray:
         """Each member's credit: the reward of the batch it was trained in (FALCON §2.5 gives a
         batch's reward to the sum of its anchors' log-probabilities); the step reward where
-        there is no per-batch reward (toy, retrieval, or a terminated step)."""
+        there is no per-batch reward (toy, retrieval, a terminated step, or a batch whose reward
+        ``experimental.reward_every`` did not measure)."""
         out = np.full(n, reward, dtype=np.float32)
         if len(self.values) == len(batches) and self.side.spec.per_batch:
             for local, r in zip(batches, self.values):
-                out[local] = r * self.side.cfg.experimental.reward_scale
+                if not math.isnan(r):
+                    out[local] = r * self.side.cfg.experimental.reward_scale
         return out
 
 

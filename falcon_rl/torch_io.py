@@ -78,14 +78,15 @@ def _why_unreadable(path: Path, error: BaseException) -> str:
     return f"not a torch file: no zip archive in its {size} bytes (truncated, or another format)"
 
 
-def load_torch_file(path: str | Path, what: str = "checkpoint") -> Any:
+def load_torch_file(path: str | Path, what: str = "checkpoint", mmap: bool = False) -> Any:
     """``torch.load(path, weights_only=True)`` on CPU; any failure is a :class:`CheckpointError`
-    (or :class:`FileNotFoundError`) that names the file and why it could not be read."""
+    (or :class:`FileNotFoundError`) that names the file and why it could not be read. ``mmap``: the
+    tensors are memory-mapped, read from disk only where they are used (a sharded cache's rows)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # noqa: BLE001 - whatever torch raised, say which file and why
         raise CheckpointError(f"{what} {path} cannot be read: {_why_unreadable(path, e)}") from e
 

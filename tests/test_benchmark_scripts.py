@@ -21,6 +21,10 @@ def test_step_overhead_variants_and_split(step_overhead, tmp_path, one_thread):
     assert step_overhead["variant_overrides"]("falcon~8") == (
         "falcon", ["experimental.reward_estimator=subbatch", "experimental.reward_subbatch=8"])
     assert step_overhead["variant_overrides"]("grit+reward") == ("grit", ["experimental.compute_reward=always"])
+    assert step_overhead["variant_overrides"]("falcon~8/4") == (
+        "falcon", ["experimental.reward_every=4", "experimental.reward_estimator=subbatch",
+                   "experimental.reward_subbatch=8"])
+    assert step_overhead["variant_overrides"]("falcon/2") == ("falcon", ["experimental.reward_every=2"])
     args = argparse.Namespace(search_space=32, batch_size=16, skip=1, steps=1, ppo_n_steps=2, device="cpu", threads=1,
                               cache_dir=str(tmp_path), amp="fp32", chain_backend="numpy", image_size=None,
                               overrides=["data.n_train=64", "data.n_test=16"])

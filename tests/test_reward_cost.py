@@ -154,6 +154,41 @@ def test_subbatch_of_the_whole_batch_equals_the_exact_reward(small):
         NegativeMiningEnv(apply_overrides(base, ["env.reward=itc", "experimental.reward_estimator=subbatch"]), data=data)
 
 
+def test_reward_every_measures_every_nth_optimiser_step_and_credits_only_its_members(small, mlm_calls):
+    """experimental.reward_every=2 (issue #33): the same training, the reward forward only around
+    even trainer steps, the step reward the mean of those batches' exact rewards, and no credit
+    (member_q_read False) for the q's of the other batches."""
+    base, data = small
+    ov = ["mining.search_space=64", "data.n_train=128"]  # 4 batches of 16 per env step
+    exact = NegativeMiningEnv(apply_overrides(base, ov), data=data)
+    every = NegativeMiningEnv(apply_overrides(base, ov + ["experimental.reward_every=2"]), data=data)
+    for env in (exact, every):
+        env.reset(seed=2)
+    q = np.random.default_rng(1).random(64).astype(np.float32)
+    for _ in range(2):
+        start = every.trainer.step
+        _, r_exact, *_, i_exact = exact.step(q)
+        mlm_calls.clear()
+        _, r_every, *_, i_every = every.step(q)
+        assert i_every["losses"] == i_exact["losses"]  # skipping the reward changes no training
+        measured = [b for b in range(i_exact["n_batches"]) if (start + b) % 2 == 0]
+        assert len(measured) == 2 and len(mlm_calls) == 2  # one after-forward per measured batch, none else
+        batch_r = np.array([i_exact["member_reward"][i_exact["member_batch"] == b][0] for b in range(4)])
+        assert r_every == pytest.approx(float(batch_r[measured].mean()), abs=1e-6)
+        assert r_every != pytest.approx(r_exact, abs=1e-6)
+        in_measured = np.isin(i_every["member_batch"], measured)
+        np.testing.assert_array_equal(i_every["member_q_read"], i_exact["member_q_read"] & in_measured)
+        assert i_every["member_q_read"].sum() > 0 and (~in_measured & i_exact["member_q_read"]).sum() > 0
+        np.testing.assert_allclose(i_every["member_reward"][in_measured], i_exact["member_reward"][in_measured],
+                                   atol=1e-6)
+        np.testing.assert_allclose(i_every["member_reward"][~in_measured], r_every, atol=1e-6)
+    with pytest.raises(ConfigError, match="reward_every=5 exceeds the 4 full batches"):
+        NegativeMiningEnv(apply_overrides(base, ov + ["experimental.reward_every=5"]), data=data)
+    with pytest.raises(ConfigError, match="reward_every=2 skips per-batch rewards; env.reward='retrieval'"):
+        NegativeMiningEnv(apply_overrides(base, ov + ["experimental.reward_every=2", "env.reward=retrieval"]),
+                          data=data)
+
+
 def test_time_split_in_record_csv_and_markdown(small, tmp_path):
     base, data = small
     runs = []

@@ -49,6 +49,16 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.experimental.reward_estimator == "subbatch" and not rewards.spec(cfg.env.reward).subbatch:
         raise ConfigError(f"{source}: experimental.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
                           f"{cfg.env.reward!r}); use experimental.reward_estimator=exact")
+    if cfg.experimental.reward_every > 1:
+        reward = rewards.spec(cfg.env.reward)
+        if not reward.per_batch:
+            raise ConfigError(f"{source}: experimental.reward_every={cfg.experimental.reward_every} skips per-batch "
+                              f"rewards; env.reward={cfg.env.reward!r} trains {reward.computation.value}: set "
+                              "experimental.reward_every=1")
+        if cfg.experimental.reward_every > m // b:  # under N processes the env checks ceil(batches / N)
+            raise ConfigError(f"{source}: experimental.reward_every={cfg.experimental.reward_every} exceeds the {m // b} "
+                              f"full batches of an env step (mining.search_space={m}, train.batch_size={b}): an env "
+                              "step would measure no reward; lower experimental.reward_every")
     check_rewards(cfg, source)
 
 

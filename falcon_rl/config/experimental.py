@@ -166,6 +166,9 @@ class ExperimentalConfig:
                                   "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
     reward_subbatch: int = param(32, "experimental.reward_estimator=subbatch: pairs of each batch the after-loss is "
                                  "computed on (>= train.batch_size: the whole batch, equal to exact)", ge=1)
+    reward_every: int = param(1, "per-batch reward: measured around every n-th optimiser step only (trainer step "
+                              "divisible by n; the step reward is the mean over those batches, and only their members' "
+                              "q's are credited); 1: every batch, exact", ge=1)
     reward_val_weight: float = param(3.0, "itc+val_itc reward: λ in ΔL_ITC(batch) + λ·ΔL_ITC(held-out pairs); "
                                      "λ ≈ 1 stops paying for false negatives, λ ≈ 3 penalises them (reward-check)",
                                      ge=0.0)

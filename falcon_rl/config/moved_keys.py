@@ -87,6 +87,7 @@ MOVED_FROM: dict[str, tuple[str, str]] = {
     "toy_optimum": ("env", "toy_optimum"),
     "reward_estimator": ("env", "reward_estimator"),
     "reward_subbatch": ("env", "reward_subbatch"),
+    "reward_every": ("env", "reward_every"),
     "reward_val_weight": ("env", "reward_val_weight"),
     "reward_mlm_prob": ("env", "reward_mlm_prob"),
     "member_reward": ("env", "member_reward"),

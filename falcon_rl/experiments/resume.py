@@ -86,7 +86,8 @@ def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def read_resume_checkpoint(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
     """Load ``resume.pt`` (``weights_only``) and check it belongs to this run (same scheduler,
     budget and config, up to logging / thread / checkpoint settings)."""
-    payload = load_torch_file(path, "resume checkpoint")
+    # memory-mapped: under N processes each rank reads only its shard of the embedding cache
+    payload = load_torch_file(path, "resume checkpoint", mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"resume checkpoint {path} cannot be read: not a train-agent checkpoint")
     saved = int(payload.get("world_size", 1))

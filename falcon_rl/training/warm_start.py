@@ -135,7 +135,8 @@ def save_warm_start(path: str | Path, signature: dict[str, Any], state: dict[str
 def load_warm_start(path: str | Path, signature: dict[str, Any]) -> dict[str, Any]:
     """The saved env state; :class:`ValueError` naming the differing keys if it was made under
     another config or seed."""
-    payload = load_torch_file(path, "warm start (env.warm_start)")
+    # memory-mapped: under N processes each rank reads only its shard of the embedding cache
+    payload = load_torch_file(path, "warm start (env.warm_start)", mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != WARM_START_FORMAT:
         raise ValueError(f"warm start {path} is not a falcon-rl warm-start file (env.warm_start)")
     have = payload["signature"]
