@@ -194,10 +194,12 @@ class RewardMeter:
                            m.mlm_mask_ratio, m.mlm_random_ratio)
 
     def train(self, trainer: Trainer, batch: Batch, itc_targets: torch.Tensor | None = None, *, compute: bool = True,
-              own: bool = False, timing: Timings | None = None) -> tuple[StepOutput, BatchReward]:
+              own: bool = False, timing: Timings | None = None,
+              itc_exclude: torch.Tensor | None = None) -> tuple[StepOutput, BatchReward]:
         """One training step on ``batch`` with every wanted difference around it.
 
         :param compute: compute ``env.reward`` (the logged options are computed anyway).
+        :param itc_exclude: (B, B) bool pairs left out of the training loss (``experimental.gt_loss: mask``).
         :param own: also each pair's own loss change under ``env.reward`` (its registry ``own`` part:
             an LM-family reward's per-pair LM change; ``itc``: the pair's two in-batch ITC rows, before
             − after; ``itc+val_itc``: that plus λ times the batch's held-out change, which its pairs
@@ -246,7 +248,7 @@ class RewardMeter:
         if not val:  # nothing held-out measured around this step: the next measured one starts afresh
             self._val_before = None
         with timing("train"):
-            out = trainer.train_step(batch, masks, itc_targets=itc_targets,
+            out = trainer.train_step(batch, masks, itc_targets=itc_targets, itc_exclude=itc_exclude,
                                      mlm_tokens=lm and not dropout and (tokens or rows is not None))
         comps: dict[str, float] = {}
         with reward_time():

@@ -109,9 +109,12 @@ class StepRewards:
         """One mined local batch trained with its reward (this rank's batch of the step)."""
         idx, batch = loaded
         targets = ground_truth_targets(split, idx) if gt_targets else None
+        exclude = None
+        if targets is not None and self.cfg.experimental.gt_loss == "mask":  # the control: out of the loss
+            targets, exclude = None, targets > 0
         measure = self.measures(trainer.step)
         out, measured = self.meter.train(trainer, batch, targets, compute=measure, own=self.computes_own and measure,
-                                         timing=timing)
+                                         timing=timing, itc_exclude=exclude)
         mafa = split if self.cfg.model.false_negatives == "mafa" else None
         return outcome(out, measured.components, mafa, measured.own, measured=measure or not self.computes)
 

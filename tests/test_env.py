@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from falcon_rl.config import load_config
+from falcon_rl.config import ConfigError, load_config
 from falcon_rl.data import load_data
 from falcon_rl.data.base import DataBundle
 from falcon_rl.envs import DISCRETE_ENV_ID, ENV_ID, NegativeMiningEnv, apply_overrides
@@ -227,6 +227,34 @@ def test_gt_targets_train_true_matches_as_positives(tiny, monkeypatch):
         np.testing.assert_array_equal(targets.numpy(), want)
         off_diagonal += int(want.sum() - len(idx))
     assert off_diagonal > 0  # the batches did hold true matches, now trained as positives
+
+
+def test_gt_loss_mask_leaves_true_matches_out_of_the_loss(tiny, monkeypatch):
+    """experimental.gt_loss=mask: the same batches as GRIT, trained with no targets and every truly
+    matching in-batch pair (off the diagonal) excluded from ITC / ITM."""
+    env = make_env(tiny, "env.budget_steps=1", "experimental.gt_loss=mask", gt_targets=True)
+    env.reset(seed=0)
+    seen = []
+    original = env.trainer.train_step
+
+    def spy(batch, mlm_masks=None, itc_targets=None, **kw):
+        seen.append((batch.index.numpy().copy(), itc_targets, kw.get("itc_exclude")))
+        return original(batch, mlm_masks, itc_targets, **kw)
+
+    monkeypatch.setattr(env.trainer, "train_step", spy)
+    env.step(np.ones(64, np.float32))
+    split, excluded = env.data.train, 0
+    for idx, targets, exclude in seen:
+        assert targets is None and exclude is not None
+        want = split.match[idx][:, split.pair_image[idx]].T  # [image i, caption j]
+        np.fill_diagonal(want, True)
+        np.testing.assert_array_equal(exclude.numpy(), want)
+        excluded += int(want.sum() - len(idx))
+    assert excluded > 0
+    for bad, name in (("model.false_negatives=mafa", "model.false_negatives=mafa"),
+                      ("experimental.itc_consistency=0.2", "experimental.itc_consistency")):
+        with pytest.raises(ConfigError, match=f"gt_loss=mask .* does not combine with {name}"):
+            make_env(tiny, "experimental.gt_loss=mask", bad)
 
 
 def test_oracle_needs_a_match_matrix(tiny):

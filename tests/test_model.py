@@ -179,6 +179,41 @@ def test_forward_with_itc_targets_is_multi_positive():
         contrastive_targets(torch.zeros(2, 2))
 
 
+def test_itc_exclude_leaves_pairs_out_of_itc_and_itm(monkeypatch):
+    """experimental.gt_loss=mask (issue #34's control): an excluded pair leaves both ITC softmaxes
+    (the loss equals the InfoNCE over the other columns, computed here by hand) and is never an
+    ITM negative; the pair itself stays the positive."""
+    import falcon_rl.models.albef as albef
+
+    model = _model().train()
+    b = _batch(6)
+    m = _masks(b)
+    exclude = torch.zeros(6, 6, dtype=torch.bool)
+    exclude[0, 1] = exclude[2, 4] = exclude[3, 3] = True  # [image, text]; the diagonal is ignored
+    seen = []
+    real = albef.itm_negatives
+
+    def recording(sim, excl, *args, **kwargs):
+        seen.append(excl.clone())
+        return real(sim, excl, *args, **kwargs)
+
+    monkeypatch.setattr(albef, "itm_negatives", recording)
+    out = model(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, itc_exclude=exclude,
+                generator=torch.Generator().manual_seed(0))
+    sim = (out.image_feat @ out.text_feat.t()).detach().double() / model.temp.detach().double()
+    off = exclude & ~torch.eye(6, dtype=torch.bool)
+
+    def info_nce(s, ex):
+        return torch.stack([torch.logsumexp(s[i][~ex[i]], 0) - s[i, i] for i in range(6)])
+
+    want = 0.5 * (info_nce(sim, off) + info_nce(sim.t(), off.t())).mean()
+    assert out.itc.item() == pytest.approx(want.item(), abs=1e-5)
+    plain = 0.5 * (info_nce(sim, off & False) + info_nce(sim.t(), off.t() & False)).mean()
+    assert abs(plain.item() - want.item()) > 1e-4  # the excluded logits did count before
+    assert seen[0][0, 1] and seen[0][2, 4] and seen[1][1, 0] and seen[1][4, 2]  # never ITM negatives
+    assert not seen[0][0, 2] and seen[0].diagonal().all()
+
+
 def test_mlm_masks_respect_special_tokens_padding_and_rate():
     split = toy_split(512)
     tok = tokenizer()

@@ -49,6 +49,13 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     if cfg.experimental.reward_estimator == "subbatch" and not rewards.spec(cfg.env.reward).subbatch:
         raise ConfigError(f"{source}: experimental.reward_estimator=subbatch estimates the lm (mlm) reward only (env.reward="
                           f"{cfg.env.reward!r}); use experimental.reward_estimator=exact")
+    if cfg.experimental.gt_loss == "mask":
+        clash = [k for k, on in (("model.framework=blip2", cfg.model.framework == "blip2"),
+                                 ("model.false_negatives=mafa", cfg.model.false_negatives == "mafa"),
+                                 ("experimental.itc_consistency", bool(cfg.experimental.itc_consistency))) if on]
+        if clash:
+            raise ConfigError(f"{source}: experimental.gt_loss=mask leaves true matches out of ALBEF's ITC / ITM; it "
+                              f"does not combine with {', '.join(clash)}")
     if cfg.experimental.reward_every > 1:
         reward = rewards.spec(cfg.env.reward)
         if not reward.per_batch:

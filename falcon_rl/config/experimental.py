@@ -166,6 +166,10 @@ class ExperimentalConfig:
                                   "same masks: one smaller extra forward)", choices=["exact", "subbatch"])
     reward_subbatch: int = param(32, "experimental.reward_estimator=subbatch: pairs of each batch the after-loss is "
                                  "computed on (>= train.batch_size: the whole batch, equal to exact)", ge=1)
+    gt_loss: str = param("positive", "env.gt_targets: truly matching in-batch pairs are ITC positives (positive: the "
+                         "oracle-targets bound) or left out of ITC and ITM (mask: the false-negative control, "
+                         "GRIT's batches without the cost of their false negatives; ALBEF)",
+                         choices=["positive", "mask"])
     reward_every: int = param(1, "per-batch reward: measured around every n-th optimiser step only (trainer step "
                               "divisible by n; the step reward is the mean over those batches, and only their members' "
                               "q's are credited); 1: every batch, exact", ge=1)

@@ -88,6 +88,7 @@ MOVED_FROM: dict[str, tuple[str, str]] = {
     "reward_estimator": ("env", "reward_estimator"),
     "reward_subbatch": ("env", "reward_subbatch"),
     "reward_every": ("env", "reward_every"),
+    "gt_loss": ("env", "gt_loss"),
     "reward_val_weight": ("env", "reward_val_weight"),
     "reward_mlm_prob": ("env", "reward_mlm_prob"),
     "member_reward": ("env", "member_reward"),

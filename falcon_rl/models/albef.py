@@ -217,6 +217,7 @@ class ALBEF(nn.Module):
         pair_planner: PairPlanner | None = None,
         mlm_tokens: bool = False,
         feature_gather: FeatureGather | None = None,
+        itc_exclude: torch.Tensor | None = None,
     ) -> ALBEFOutput:
         """One ALBEF training forward pass.
 
@@ -240,6 +241,9 @@ class ALBEF(nn.Module):
             (:func:`falcon_rl.distributed.gather_others`): the other ranks' ITC features (with
             gradient) and indices join the ITC columns after the local batch's, as a queue would
             (no momentum); ITM and the planner still see the local batch only.
+        :param itc_exclude: (B, B) bool ``[image i, text j]``: in-batch pairs left out of the loss —
+            neither ITC positives nor negatives (their logits leave both softmaxes) nor ITM negatives
+            (``experimental.gt_loss: mask``, the false-negative control of docs/ALGORITHM.md §15).
         """
         cfg = self.cfg
         attention_mask, input_ids, mlm_input_ids, mlm_labels = trim_padding(
@@ -281,6 +285,11 @@ class ALBEF(nn.Module):
                 pos_i2t, pos_t2i = torch.cat([pos_batch, pos_o], dim=1), torch.cat([pos_batch.t(), pos_o], dim=1)
         sim_i2t = (image_feat @ text_all.t()).float() / temp
         sim_t2i = (text_feat @ image_all.t()).float() / temp
+        excl_i2t = excl_t2i = None
+        if itc_exclude is not None:  # the batch block only; queue / other ranks' columns stay negatives
+            excl = itc_exclude.bool() & (pos_batch <= 0)
+            pad = torch.zeros((b, sim_i2t.shape[1] - b), dtype=torch.bool, device=excl.device)
+            excl_i2t, excl_t2i = torch.cat([excl, pad], dim=1), torch.cat([excl.t(), pad], dim=1)
         plan = None if pair_planner is None else pair_planner(sim_i2t[:, :b].detach(), sim_t2i[:, :b].detach(),
                                                                  pos_batch)
         if plan is not None:
@@ -288,7 +297,7 @@ class ALBEF(nn.Module):
         smoothing = float(itc_smoothing if itc_smoothing is not None else (cfg.itc_label_smoothing or 0.0))
         tgt_i2t = contrastive_targets(pos_i2t, smoothing, soft_i2t, alpha)
         tgt_t2i = contrastive_targets(pos_t2i, smoothing, soft_t2i, alpha)
-        itc_rows = 0.5 * (soft_cross_entropy(sim_i2t, tgt_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i))
+        itc_rows = 0.5 * (soft_cross_entropy(sim_i2t, tgt_i2t, excl_i2t) + soft_cross_entropy(sim_t2i, tgt_t2i, excl_t2i))
         if cfg.itc_consistency:  # GRIT-VLP: each direction's in-batch softmax toward the other's (stop-gradient)
             itc_rows = itc_rows + cfg.itc_consistency * itc_consistency(sim_i2t[:, :b], sim_t2i[:, :b])
         loss_itc = itc_rows.mean()
@@ -296,6 +305,8 @@ class ALBEF(nn.Module):
         # ---------------- ITM: B positives + B text-anchored + B image-anchored hard negatives
         if plan is None:
             exclude = pos_batch > 0  # [image i, text j]
+            if itc_exclude is not None:
+                exclude = exclude | itc_exclude.bool()
             itm_i2t, itm_t2i = sim_i2t[:, :b], sim_t2i[:, :b]
             if cfg.itm_temperature is not None:  # sample from softmax(cos / τ_itm) instead of the ITC temperature
                 itm_i2t = itm_i2t * (temp / cfg.itm_temperature)

@@ -39,9 +39,14 @@ def contrastive_targets(
     return targets
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per-row cross-entropy with soft targets, ``-Σ t · log_softmax(logits)`` (B,)."""
-    return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1)
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor,
+                       exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row cross-entropy with soft targets, ``-Σ t · log_softmax(logits)`` (B,). ``exclude``:
+    (B, N) bool columns left out of the softmax and the sum (a row's own positive must not be)."""
+    if exclude is None:
+        return -(F.log_softmax(logits.float(), dim=1) * targets).sum(dim=1)
+    logp = F.log_softmax(logits.float().masked_fill(exclude, float("-inf")), dim=1)
+    return -torch.where(exclude, torch.zeros_like(logp), logp * targets).sum(dim=1)
 
 
 def itc_consistency(sim_i2t: torch.Tensor, sim_t2i: torch.Tensor) -> torch.Tensor:

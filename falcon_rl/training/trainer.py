@@ -203,7 +203,8 @@ class Trainer(EmbeddingEvaluation):
         return self.make_lm_masks(batch)
 
     def train_step(self, batch: Batch, mlm_masks: MLMMasks | None = None,
-                   itc_targets: torch.Tensor | None = None, mlm_tokens: bool = False) -> StepOutput:
+                   itc_targets: torch.Tensor | None = None, mlm_tokens: bool = False,
+                   itc_exclude: torch.Tensor | None = None) -> StepOutput:
         """One optimiser step of ITC + ITM + the LM loss (MLM / ITG) on ``batch``.
 
         :param mlm_masks: LM masks to use (default: fresh ones from :meth:`make_lm_masks`).
@@ -211,6 +212,8 @@ class Trainer(EmbeddingEvaluation):
             text j); those pairs are never ITM negatives. With ``model.false_negatives: mafa``
             connection mining adds the filter's false negatives to them (``StepOutput.connections``).
         :param mlm_tokens: also return the per-target LM cross-entropy (``StepOutput.mlm_tokens``).
+        :param itc_exclude: (B, B) bool in-batch pairs left out of ITC and ITM (ALBEF;
+            ``experimental.gt_loss: mask``).
         A non-finite loss or gradient skips the update (``stats["skipped"] = 1``) and leaves the
         weights as they were; the losses are still reported, so the env can terminate on NaN.
         """
@@ -224,6 +227,8 @@ class Trainer(EmbeddingEvaluation):
         fresh = self._draw_masks if self.lm_name == "mlm" else None  # BLIP-2's ITG has no masks
         planner = self.connections.planner(b, self.step, fresh) if mafa else None
         gather = {} if self.feature_gather is None else {"feature_gather": self.feature_gather}
+        if itc_exclude is not None:  # ALBEF only (the config check refuses it for BLIP-2)
+            gather["itc_exclude"] = itc_exclude.to(self.device)
         with self._autocast():
             out = self.train_module(b.image, b.input_ids, b.attention_mask, m.input_ids, m.labels, index=b.index,
                                     itc_targets=targets, alpha=self._alpha(), generator=self.itm_generator,
