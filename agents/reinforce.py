@@ -161,7 +161,9 @@ class Reinforce:
     def _terms(self) -> list[list[Term]]:
         """The buffered steps grouped into gradient steps: all at once, or one per trained batch
         of each step (``experimental.update_unit=batch``). A term's selection holds the members of
-        its batch, and of those only the ones whose q the chain read count in the policy gradient."""
+        its batch, and of those only the ones whose q the chain read count in the policy gradient;
+        a batch with none (e.g. one whose reward ``experimental.reward_every`` did not measure) makes
+        no gradient step, not one of the entropy term alone."""
         if self.agent.update_unit != "batch":
             return [[(obs, q, adv, None, read) for obs, q, adv, _, read in self._buffer]]
         groups = []
@@ -172,6 +174,8 @@ class Reinforce:
             for b in torch.unique(member_batch):
                 if int(b) >= 0:
                     select = member_batch == b
+                    if read is not None and read.numel() == select.numel() and not bool(read[select].any()):
+                        continue
                     groups.append([(obs, q, adv, select, None if read is None else read[select])])
         return groups
 

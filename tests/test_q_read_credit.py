@@ -98,6 +98,25 @@ def test_falcon_gives_the_q_the_chain_never_read_no_log_probability():
     assert not all(moved)
 
 
+def test_a_batch_with_no_read_q_makes_no_gradient_step():
+    """update_unit=batch: one gradient step per trained batch, none for a batch none of whose q's is
+    credited (experimental.reward_every's unmeasured batches), not an entropy-only step."""
+
+    def updates(q_read: np.ndarray) -> int:
+        obs_space = __import__("gymnasium").spaces.Box(0.0, 1.0, (8, 3), np.float32)
+        spec = SchedulerSpec(obs_space, __import__("gymnasium").spaces.Box(0.0, 1.0, (8,), np.float32), ["a", "b", "c"])
+        sched = FalconScheduler(build_section(AgentConfig, update_every=1, credit="batch", update_unit="batch"), spec, 0)
+        obs = np.random.default_rng(0).random((1, 8, 3)).astype(np.float32)
+        for _ in range(2):  # the first step sets the baseline
+            sched.q_values(obs)
+            sched.observe(0.0, {"member_reward": np.linspace(-1, 1, 8).astype(np.float32),
+                                "member_batch": np.repeat([0, 1], 4), "member_q_read": q_read})
+        return sched.learner.updates
+
+    assert updates(np.ones(8, dtype=bool)) == 4
+    assert updates(np.repeat([True, False], 4)) == 2
+
+
 class ReadBandit(MeanQBandit):
     """:class:`MeanQBandit` whose info marks the first half of the members as read."""
 
