@@ -42,7 +42,8 @@ class BatchResult:
 
     :ivar own: (B,) each pair's own loss change under ``env.reward`` (NaN: no masked token), when asked
         for (:class:`falcon_rl.envs.reward_components.BatchReward`).
-    :ivar measured: False when ``experimental.reward_every`` skipped the reward around this batch.
+    :ivar measured: whether the reward was measured around this batch (False: not computed, or
+        skipped by ``experimental.reward_every``).
     :ivar error: the exception's message when loading or training the batch raised (``runtime``:
         it was a :class:`RuntimeError`); the exception object itself stays on its rank (``exc``).
     """
@@ -75,7 +76,7 @@ def outcome(out: Any, components: dict[str, float], split: Any = None, own: np.n
             measured: bool = True) -> BatchResult:
     """A :class:`BatchResult` from a :class:`~falcon_rl.training.StepOutput` (``split`` given: MAFA's
     filter counts of the batch, :func:`falcon_rl.mining.filter_quality.count_batch`; ``own``: each
-    pair's own reward; ``measured``: False when ``experimental.reward_every`` skipped its reward)."""
+    pair's own reward; ``measured``: whether its reward was measured)."""
     counts = None
     if split is not None and out.connections is not None:
         counts = count_batch(split, out.index.numpy(), out.connections).to_dict()

@@ -77,13 +77,13 @@ class StepRewards:
     def meter_for(self, split: PairSplit, members_per_space: int) -> RewardMeter:
         """The meter of ``split`` (built once): its held-out pairs must leave a search space to train on,
         and an env step must hold an optimiser step whose reward is measured (``experimental.reward_every``)."""
-        every = self.cfg.experimental.reward_every
-        steps = -(-batches_per_space(members_per_space, self.cfg.train.batch_size, self.cfg.experimental.remainder)
-                  // world().size)
-        if every > steps:
-            raise ValueError(f"experimental.reward_every={every} exceeds the {steps} optimiser steps of an env step "
-                             f"({world().size} process(es)): an env step would measure no reward; lower it")
         if self.meter is None:
+            every = self.cfg.experimental.reward_every
+            steps = -(-batches_per_space(members_per_space, self.cfg.train.batch_size,
+                                         self.cfg.experimental.remainder) // world().size)
+            if every > steps:
+                raise ValueError(f"experimental.reward_every={every} exceeds the {steps} optimiser steps of an env "
+                                 f"step ({world().size} process(es)): an env step would measure no reward; lower it")
             meter = RewardMeter(self.cfg, split)
             if meter.pool.size < members_per_space:
                 raise ValueError(f"experimental.val_pairs={self.cfg.env.held_out_pairs} held-out pairs (and the other pairs of "
@@ -116,7 +116,7 @@ class StepRewards:
         out, measured = self.meter.train(trainer, batch, targets, compute=measure, own=self.computes_own and measure,
                                          timing=timing, itc_exclude=exclude)
         mafa = split if self.cfg.model.false_negatives == "mafa" else None
-        return outcome(out, measured.components, mafa, measured.own, measured=measure or not self.computes)
+        return outcome(out, measured.components, mafa, measured.own, measured=measure)
 
     def measures(self, trainer_step: int) -> bool:
         """Whether the reward is measured around optimiser step ``trainer_step``: when it is computed, on
@@ -134,7 +134,6 @@ class StepTally:
         self.components: dict[str, list[float]] = {}
         self.values: list[float] = []  # each trained batch's reward (NaN: not measured, experimental.reward_every)
         self.per_batch: list[dict[str, float]] = []  # every trained batch's components (info batch_stats)
-        self.measured: list[bool] = []  # whether each trained batch's reward was measured
         self.own = np.full(n_members, np.nan) if side.computes_own else None
         self.mafa = FilterCounts() if side.cfg.model.false_negatives == "mafa" else None
         self.lm_name = lm_name
@@ -173,9 +172,8 @@ class StepTally:
             self.components.setdefault(k, []).append(v)
         env = self.side.cfg.env
         self.values.append(reward_value(comp, env.reward, self.lm_name, env.reward_val_weight)
-                           if self.side.computes and res.measured else float("nan"))
+                           if res.measured else float("nan"))
         self.per_batch.append(comp)
-        self.measured.append(res.measured)
         if self.own is not None and res.measured:  # a pair without a masked token gets its batch's reward
             self.own[chosen] = self.values[-1] if res.own is None else np.where(
                 np.isfinite(res.own), res.own, self.values[-1])
@@ -218,8 +216,8 @@ class StepTally:
             # the toy reward reads every member's q itself; the others see a q only through the chain
             "member_q_read": np.ones(n, dtype=np.bool_) if side.spec.computation is Computation.TOY else chain.q_read(n),
         }
-        if not all(self.measured):  # experimental.reward_every: no credit for the q's of unmeasured batches
-            skipped = [b for b, ok in zip(chain.batches, self.measured) if not ok]
+        skipped = [b for b, v in zip(chain.batches, self.values) if math.isnan(v)] if side.computes else []
+        if skipped:  # experimental.reward_every: no credit for the q's of unmeasured batches
             info["member_q_read"][np.concatenate(skipped).astype(np.int64)] = False
         influence = rewards.member_signal(env.member_reward).influence
         if self.own is not None and (side.spec.member_credit or influence):
