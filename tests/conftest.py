@@ -13,3 +13,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n 2`` on a 2-core machine) each worker process has one core: one torch
+    thread each, not two threads per worker competing for the two cores."""
+    import os
+
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)

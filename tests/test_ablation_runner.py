@@ -70,3 +70,24 @@ def test_failure_recorded_and_resume_skips(tmp_path):
     CALLS.clear()
     run_ablation(cfg, fake_run, log=lambda s: None)
     assert CALLS == [("grit", 1)]
+
+
+def test_parallel_workers_start_with_the_run_function_already_imported():
+    """ablation.workers > 1: the workers fork from a server that imported the run function's module
+    (and torch) once; spawned workers imported them again each (about 3.5 s of CPU per worker)."""
+    import concurrent.futures as cf
+    import functools
+    import multiprocessing as mp
+
+    from falcon_rl.ablation.runner import worker_context
+    from falcon_rl.experiments import run_scheduler
+
+    run_fn = functools.partial(run_scheduler, resume="auto")  # as falcon-rl ablate passes it
+    ctx = worker_context(run_fn)
+    assert ctx.get_start_method() == ("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+    from helpers_pool import loaded
+
+    with cf.ProcessPoolExecutor(1, mp_context=ctx) as pool:
+        seen = pool.submit(loaded, ["falcon_rl.experiments.run", "torch"]).result(timeout=120)
+    if ctx.get_start_method() == "forkserver":
+        assert seen == {"falcon_rl.experiments.run": True, "torch": True}
