@@ -84,6 +84,11 @@ def test_bad_override_is_named(tmp_path):
         parse_override("train.steps")
     with pytest.raises(ConfigError, match=r"<override>: unknown key 'train\.stepz'"):
         load_config(p, ["train.stepz=3"])
+    # among several overrides (checked together, then one by one to find the one at fault)
+    with pytest.raises(ConfigError, match=r"<override>: train\.lr=-1\.0 is out of range"):
+        load_config(p, ["train.batch_size=8", "train.lr=-1.0", "train.steps=-3"])
+    cfg = load_config(p, ["train.batch_size=8", "train.steps=12", "env.budget_steps=3"])
+    assert (cfg.train.batch_size, cfg.train.steps, cfg.env.budget_steps) == (8, 12, 3)
 
 
 def test_base_inheritance_and_loops(tmp_path):

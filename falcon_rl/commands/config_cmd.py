@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-import yaml
-
 from falcon_rl.config import load_config, to_dict
+from falcon_rl.config.loader import yaml_text
 from falcon_rl.config.experimental import BANNER
 
 HELP = "print the resolved config (file + overrides) as YAML, or the documented keys"
@@ -23,7 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)  # printing the (default) config is what this command does
     if not args.docs:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+        print(yaml_text(to_dict(cfg)), end="")
         return 0
     for section in dataclasses.fields(cfg):
         obj = getattr(cfg, section.name)
