@@ -153,6 +153,9 @@ class Reinforce:
         obs, q = self._pending
         self._pending = None
         read = None if q_read is None else torch.as_tensor(np.asarray(q_read, dtype=np.bool_)).reshape(-1)
+        if read is not None and read.numel() != q.shape[-1]:
+            raise ValueError(f"info['member_q_read'] has {read.numel()} entries but the action has {q.shape[-1]} "
+                             "members: one flag per member of M is expected")
         self._buffer.append((obs, q, advantage, groups, read))
         if len(self._buffer) >= self.agent.update_every:
             stats.update(self.update())
@@ -174,7 +177,7 @@ class Reinforce:
             for b in torch.unique(member_batch):
                 if int(b) >= 0:
                     select = member_batch == b
-                    if read is not None and read.numel() == select.numel() and not bool(read[select].any()):
+                    if read is not None and not bool(read[select].any()):
                         continue
                     groups.append([(obs, q, adv, select, None if read is None else read[select])])
         return groups
@@ -191,7 +194,7 @@ class Reinforce:
                     adv = adv[select]
                 entropies.append(entropy.mean())
                 term = adv * log_prob
-                if read is not None and read.numel() == term.shape[-1] and not bool(read.all()):
+                if read is not None and not bool(read.all()):
                     if not bool(read.any()):
                         continue  # no q of this batch chose anything: nothing to credit
                     term = term[..., read]

@@ -117,6 +117,19 @@ def test_a_batch_with_no_read_q_makes_no_gradient_step():
     assert updates(np.repeat([True, False], 4)) == 2
 
 
+def test_a_q_read_mark_of_the_wrong_length_is_refused():
+    """One flag per member of M; a mark of another length was silently ignored (every q credited)."""
+    import gymnasium
+
+    spec = SchedulerSpec(gymnasium.spaces.Box(0.0, 1.0, (8, 3), np.float32),
+                         gymnasium.spaces.Box(0.0, 1.0, (8,), np.float32), ["a", "b", "c"])
+    sched = FalconScheduler(build_section(AgentConfig, update_every=1), spec, 0)
+    obs = np.random.default_rng(0).random((1, 8, 3)).astype(np.float32)
+    sched.q_values(obs)
+    with pytest.raises(ValueError, match=r"member_q_read'\] has 6 entries but the action has 8 members"):
+        sched.observe(0.0, {"member_reward": np.zeros(8, np.float32), "member_q_read": np.ones(6, dtype=bool)})
+
+
 class ReadBandit(MeanQBandit):
     """:class:`MeanQBandit` whose info marks the first half of the members as read."""
 
