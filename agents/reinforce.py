@@ -153,6 +153,8 @@ class Reinforce:
         obs, q = self._pending
         self._pending = None
         read = None if q_read is None else torch.as_tensor(np.asarray(q_read, dtype=np.bool_)).reshape(-1)
+        if read is not None and self.member_log_prob_entropy is None:
+            read = None  # a whole-action policy (e.g. one q per batch): no per-member log-probability to mask
         if read is not None and read.numel() != q.shape[-1]:
             raise ValueError(f"info['member_q_read'] has {read.numel()} entries but the action has {q.shape[-1]} "
                              "members: one flag per member of M is expected")

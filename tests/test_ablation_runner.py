@@ -91,3 +91,20 @@ def test_parallel_workers_start_with_the_run_function_already_imported():
         seen = pool.submit(loaded, ["falcon_rl.experiments.run", "torch"]).result(timeout=120)
     if ctx.get_start_method() == "forkserver":
         assert seen == {"falcon_rl.experiments.run": True, "torch": True}
+
+
+def test_the_cpu_time_of_parallel_workers_counts_as_this_processs_children(tmp_path):
+    """``time falcon-rl ablate`` must report the workers' CPU: the forked workers are the forkserver's
+    children, counted only once this process has waited for the server (stopped after the ablation)."""
+    import resource
+
+    from helpers_pool import busy_run
+
+    cfg = load_config(None, [f"ablation.out_dir={tmp_path / 'abl'}", "ablation.schedulers=[a, b, c, d]",
+                             "ablation.seeds=[0]", "ablation.workers=2", "logging.progress=false",
+                             "ablation.overrides={a: {agent.name: random}, b: {agent.name: grit}, "
+                             "c: {agent.name: random}, d: {agent.name: grit}}"])
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime
+    out = run_ablation(cfg, busy_run, log=lambda s: None)
+    assert [r["status"] for r in out["runs"]] == ["ok"] * 4
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_utime - before >= 4 * 0.4 * 0.95

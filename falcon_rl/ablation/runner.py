@@ -213,6 +213,18 @@ def worker_context(*fns: Callable) -> Any:
     return ctx
 
 
+def stop_worker_server() -> None:
+    """Stop the forkserver of :func:`worker_context` and wait for it, so that the CPU time of every
+    worker it forked (reaped by the server) counts as this process's children's: ``time falcon-rl
+    ablate ...`` then reports the CPU of the whole ablation, as with spawned workers."""
+    from multiprocessing import forkserver
+
+    server = getattr(forkserver, "_forkserver", None)
+    stop = getattr(server, "_stop", None)  # CPython's; without it the CPU of the workers goes uncounted
+    if stop is not None and getattr(server, "_forkserver_pid", None) is not None:
+        stop()
+
+
 def _warm_jobs(todo: list[RunSpec]) -> list[RunSpec]:
     """One spec per shared warm-start file that the runs to do need and that does not exist yet."""
     jobs: dict[str, RunSpec] = {}
@@ -256,6 +268,16 @@ def run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str = "<config>",
         first run of each seed writes the file and the others of that seed may repeat it.
     :returns: ``{"runs": [...], "rows": aggregated rows, "files": {...}}``.
     """
+    try:
+        return _run_ablation(cfg, run_fn, source, command, log, prepare, warm_fn)
+    finally:
+        if cfg.ablation.workers > 1:
+            stop_worker_server()
+
+
+def _run_ablation(cfg: ExperimentConfig, run_fn: RunFn, source: str, command: str | None,
+                  log: Callable[[str], None], prepare: Callable[[ExperimentConfig], None] | None,
+                  warm_fn: WarmFn | None) -> dict[str, Any]:
     specs = run_specs(cfg, source)
     out_root = Path(cfg.ablation.out_dir).expanduser()
     main = world().is_main  # under torchrun: rank 0 decides what to run and writes; all ranks run each run
