@@ -64,11 +64,11 @@ def test_batch_stats_group_picks_by_their_anchors_batch_when_batches_are_shuffle
         assert stats["q_mean"][b] == pytest.approx(q[anchors].mean())
 
 
-def _falcon(seed: int = 0) -> FalconScheduler:
+def _falcon(seed: int = 0, **agent: object) -> FalconScheduler:
+    """FALCON over 8 members (update_every 1, credit batch, then ``agent``'s settings)."""
     obs_space = __import__("gymnasium").spaces.Box(0.0, 1.0, (8, 3), np.float32)
     spec = SchedulerSpec(obs_space, __import__("gymnasium").spaces.Box(0.0, 1.0, (8,), np.float32), ["a", "b", "c"])
-    agent = build_section(AgentConfig, update_every=1, credit="batch")
-    return FalconScheduler(agent, spec, seed)
+    return FalconScheduler(build_section(AgentConfig, **{"update_every": 1, "credit": "batch", **agent}), spec, seed)
 
 
 def _falcon_update(q: np.ndarray, q_read: np.ndarray | None) -> list[torch.Tensor]:
@@ -103,9 +103,7 @@ def test_a_batch_with_no_read_q_makes_no_gradient_step():
     credited (experimental.reward_every's unmeasured batches), not an entropy-only step."""
 
     def updates(q_read: np.ndarray) -> int:
-        obs_space = __import__("gymnasium").spaces.Box(0.0, 1.0, (8, 3), np.float32)
-        spec = SchedulerSpec(obs_space, __import__("gymnasium").spaces.Box(0.0, 1.0, (8,), np.float32), ["a", "b", "c"])
-        sched = FalconScheduler(build_section(AgentConfig, update_every=1, credit="batch", update_unit="batch"), spec, 0)
+        sched = _falcon(update_unit="batch")
         obs = np.random.default_rng(0).random((1, 8, 3)).astype(np.float32)
         for _ in range(2):  # the first step sets the baseline
             sched.q_values(obs)
@@ -119,15 +117,11 @@ def test_a_batch_with_no_read_q_makes_no_gradient_step():
 
 def test_a_q_read_mark_of_the_wrong_length_is_refused():
     """One flag per member of M; a mark of another length was silently ignored (every q credited)."""
-    import gymnasium
-
-    spec = SchedulerSpec(gymnasium.spaces.Box(0.0, 1.0, (8, 3), np.float32),
-                         gymnasium.spaces.Box(0.0, 1.0, (8,), np.float32), ["a", "b", "c"])
-    sched = FalconScheduler(build_section(AgentConfig, update_every=1), spec, 0)
-    obs = np.random.default_rng(0).random((1, 8, 3)).astype(np.float32)
-    sched.q_values(obs)
+    sched = _falcon()
+    sched.q_values(np.random.default_rng(0).random((1, 8, 3)).astype(np.float32))
     with pytest.raises(ValueError, match=r"member_q_read'\] has 6 entries but the action has 8 members"):
-        sched.observe(0.0, {"member_reward": np.zeros(8, np.float32), "member_q_read": np.ones(6, dtype=bool)})
+        sched.observe(0.0, {"member_reward": np.zeros(8, np.float32), "member_batch": np.repeat([0, 1], 4),
+                            "member_q_read": np.ones(6, dtype=bool)})
 
 
 class ReadBandit(MeanQBandit):
