@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import types
 import typing
 from pathlib import Path
@@ -105,10 +106,15 @@ def _coerce(key: str, value: Any, tp: Any, source: str) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=None)
+def _fields_and_hints(cls: type) -> tuple[dict[str, dataclasses.Field], dict[str, Any]]:
+    """A config class's fields and resolved type hints (resolving them is the slow part of a load)."""
+    return {f.name: f for f in dataclasses.fields(cls)}, get_type_hints(cls)
+
+
 def build_dataclass(cls: type[T], data: dict[str, Any], source: str, prefix: str = "") -> T:
     """Build dataclass ``cls`` from a mapping, validating every key."""
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    fields, hints = _fields_and_hints(cls)
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else str(name)

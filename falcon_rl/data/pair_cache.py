@@ -47,14 +47,21 @@ RESULT_KEYS = ("max_text_len", "caption_max_words", "on_missing", "check_image_h
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
     """A hash of what decides a tokenizer's output: its class, its full definition (a fast
-    tokenizer's ``backend_tokenizer.to_str()``, else its vocabulary) and its padding settings."""
+    tokenizer's ``backend_tokenizer.to_str()``, else its vocabulary) and its padding settings.
+
+    A fast tokenizer is hashed through a copy with truncation and padding cleared (the state the
+    last call left; tokenize passes both explicitly): its serialisation lists the vocabulary in
+    id order, so it is stable, and it stays in Rust (re-encoding a 30 k vocabulary with
+    ``json.dumps`` cost ~90 ms a call)."""
     h = hashlib.sha256(type(tokenizer).__qualname__.encode())
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
-        spec = json.loads(backend.to_str())
-        for state in ("truncation", "padding"):  # set by the last call (tokenize passes both explicitly)
-            spec.pop(state, None)
-        h.update(json.dumps(spec, sort_keys=True).encode())
+        from tokenizers import Tokenizer
+
+        spec = Tokenizer.from_str(backend.to_str())
+        spec.no_truncation()
+        spec.no_padding()
+        h.update(spec.to_str().encode())
     else:
         h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
         h.update(repr(sorted((k, v) for k, v in getattr(tokenizer, "init_kwargs", {}).items()
