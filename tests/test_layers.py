@@ -272,6 +272,20 @@ def test_no_import_cycles(imports):
     assert not cycles, f"{len(cycles)} import cycle(s):\n" + "\n".join(describe_cycle(c) for c in cycles)
 
 
+#: the house's size limits (issue #31): a module that outgrows them is split by what it does
+MAX_MODULE_LINES = 450
+MAX_ENV_CLASS_LINES = 300
+
+
+def test_no_source_module_outgrows_its_limit_and_the_env_class_stays_small(modules):
+    sizes = {name: len(path.read_text().splitlines()) for name, path in modules.items()}
+    big = sorted((n, name) for name, n in sizes.items() if n > MAX_MODULE_LINES)
+    assert not big, f"modules over {MAX_MODULE_LINES} lines (split them by job): {big}"
+    tree = ast.parse(modules["falcon_rl.envs.negative_mining"].read_text())
+    env = next(node for node in tree.body if isinstance(node, ast.ClassDef) and node.name == "NegativeMiningEnv")
+    assert env.end_lineno - env.lineno + 1 <= MAX_ENV_CLASS_LINES
+
+
 # ------------------------------------------------------------------------------ the checker itself
 
 def _fake_package(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:

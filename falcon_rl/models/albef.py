@@ -19,9 +19,6 @@ The towers (and their momentum copy) are :class:`falcon_rl.models.albef_encoders
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
-from typing import Callable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,49 +28,11 @@ from falcon_rl.models.albef_encoders import Encoders
 from falcon_rl.models.losses import (contrastive_targets, itc_consistency, itm_negatives, masked_lm_loss,
                                      soft_cross_entropy)
 from falcon_rl.models.masking import MLMMasks, mask_tokens
+from falcon_rl.models.outputs import ALBEFOutput, FeatureGather
 from falcon_rl.models.pair_plan import PairPlan, PairPlanner
 from falcon_rl.models.presets import resolve_shape
 from falcon_rl.models.text import mlm_classes, mlm_targets, trim_padding
 from falcon_rl.models.towers import init_bert_style
-
-
-#: ``gather(image_feat, text_feat, index) -> (image_feat, text_feat, index)`` of the pairs to add as ITC
-#: columns (the other ranks' local batches, :func:`falcon_rl.distributed.gather_others`)
-FeatureGather = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
-
-
-@dataclass
-class ALBEFOutput:
-    """Losses and features of one training forward pass.
-
-    :ivar loss: weighted total to optimise.
-    :ivar itc, itm: the contrastive and matching losses (as optimised).
-    :ivar mlm: plain MLM cross-entropy on the given masks (the FALCON reward's L_MLM).
-    :ivar mlm_train: the MLM loss optimised (with distillation when momentum is on).
-    :ivar image_feat, text_feat: (B, D) normalised ITC embeddings (with grad).
-    :ivar itc_per_sample: (B,) per-pair ITC loss, mean of both directions (detached).
-    :ivar mlm_tokens: (M,) plain MLM cross-entropy per masked position, row-major (detached;
-        only when asked for: the sub-batch reward estimate's L_MLM(θ_before)).
-    """
-
-    loss: torch.Tensor
-    itc: torch.Tensor
-    itm: torch.Tensor
-    mlm: torch.Tensor
-    mlm_train: torch.Tensor
-    image_feat: torch.Tensor
-    text_feat: torch.Tensor
-    itc_per_sample: torch.Tensor
-    mlm_tokens: torch.Tensor | None = None
-
-    @property
-    def lm(self) -> torch.Tensor:
-        """The framework's LM loss (:class:`falcon_rl.models.protocol.VLPOutput`): MLM."""
-        return self.mlm
-
-    @property
-    def lm_train(self) -> torch.Tensor:
-        return self.mlm_train
 
 
 class ALBEF(nn.Module):

@@ -36,7 +36,6 @@ it does on ALBEF's ITC / ITM / MLM.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,41 +48,13 @@ from falcon_rl.config.model import ModelConfig
 from falcon_rl.models.losses import contrastive_targets, itm_negatives, masked_lm_loss, soft_cross_entropy
 from falcon_rl.models.mafa import eval_mode
 from falcon_rl.models.masking import MLMMasks
+from falcon_rl.models.outputs import BLIP2Output  # noqa: F401 (public here too)
 from falcon_rl.models.pair_plan import PairPlanner
 from falcon_rl.models.presets import QFormerShape, resolve_qformer, resolve_shape
 from falcon_rl.models.qformer import QFormer, qformer_config
 from falcon_rl.models.text import mlm_classes, mlm_targets, trim_padding
 from falcon_rl.models.towers import (VISION_KEYS, build_vision, init_bert_style,  # noqa: F401 (VISION_KEYS: public)
                                       load_vision_checkpoint, resolve_attention, set_attention)
-
-@dataclass
-class BLIP2Output:
-    """Losses and features of one BLIP-2 training forward (:class:`falcon_rl.models.protocol.VLPOutput`).
-
-    :ivar itg: plain ITG cross-entropy on the given targets (the reward's L_LM(θ_before)).
-    :ivar itg_train: the ITG loss optimised (label smoothing, extra planner samples).
-    :ivar image_feat: (B, Q, D) normalised per-query ITC embeddings (with grad).
-    :ivar mlm_tokens: (M,) plain ITG cross-entropy per target (row-major) when asked for, else None.
-    """
-
-    loss: torch.Tensor
-    itc: torch.Tensor
-    itm: torch.Tensor
-    itg: torch.Tensor
-    itg_train: torch.Tensor
-    image_feat: torch.Tensor
-    text_feat: torch.Tensor
-    itc_per_sample: torch.Tensor
-    mlm_tokens: torch.Tensor | None = None
-
-    @property
-    def lm(self) -> torch.Tensor:
-        return self.itg
-
-    @property
-    def lm_train(self) -> torch.Tensor:
-        return self.itg_train
-
 
 def query_similarity(image_feat: torch.Tensor, text_feat: torch.Tensor) -> torch.Tensor:
     """(n_i, n_t) image–text similarity of per-query image features (n_i, Q, D) and text features
