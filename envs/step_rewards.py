@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 
 from falcon_rl.config import ExperimentConfig, rewards
+from falcon_rl.config.checks import reward_every_excess
 from falcon_rl.config.rewards import Computation
 from falcon_rl.data.base import PairSplit
 from falcon_rl.distributed import world
@@ -81,9 +82,9 @@ class StepRewards:
             every = self.cfg.experimental.reward_every
             steps = -(-batches_per_space(members_per_space, self.cfg.train.batch_size,
                                          self.cfg.experimental.remainder) // world().size)
-            if every > steps:
-                raise ValueError(f"experimental.reward_every={every} exceeds the {steps} optimiser steps of an env "
-                                 f"step ({world().size} process(es)): an env step would measure no reward; lower it")
+            problem = reward_every_excess(every, steps, f"optimiser steps of an env step ({world().size} process(es))")
+            if problem:
+                raise ValueError(problem)
             meter = RewardMeter(self.cfg, split)
             if meter.pool.size < members_per_space:
                 raise ValueError(f"experimental.val_pairs={self.cfg.env.held_out_pairs} held-out pairs (and the other pairs of "

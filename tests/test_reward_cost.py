@@ -189,6 +189,24 @@ def test_reward_every_measures_every_nth_optimiser_step_and_credits_only_its_mem
                           data=data)
 
 
+def test_reward_every_is_checked_against_the_optimiser_steps_each_process_makes(small, monkeypatch):
+    """4 full batches per env step pass the config check for reward_every=3; under two processes an
+    env step makes ceil(4 / 2) = 2 optimiser steps, so the env refuses it before any training."""
+    import falcon_rl.envs.step_rewards as step_rewards
+    from falcon_rl.config.checks import reward_every_excess
+    from falcon_rl.distributed import World
+
+    assert reward_every_excess(2, 2, "steps") is None
+    assert reward_every_excess(3, 2, "steps") == ("experimental.reward_every=3 exceeds the 2 steps: an env step "
+                                                  "would measure no reward; lower experimental.reward_every")
+    base, data = small
+    cfg = apply_overrides(base, ["mining.search_space=64", "data.n_train=128", "experimental.reward_every=3"])
+    NegativeMiningEnv(cfg, data=data).meter  # one process: 4 optimiser steps, fits
+    monkeypatch.setattr(step_rewards, "world", lambda: World(0, 2, 0))
+    with pytest.raises(ValueError, match=r"reward_every=3 exceeds the 2 optimiser steps of an env step \(2 process"):
+        NegativeMiningEnv(cfg, data=data).meter
+
+
 def test_time_split_in_record_csv_and_markdown(small, tmp_path):
     base, data = small
     runs = []

@@ -62,11 +62,22 @@ def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
             raise ConfigError(f"{source}: experimental.reward_every={cfg.experimental.reward_every} skips per-batch "
                               f"rewards; env.reward={cfg.env.reward!r} trains {reward.computation.value}: set "
                               "experimental.reward_every=1")
-        if cfg.experimental.reward_every > m // b:  # under N processes the env checks ceil(batches / N)
-            raise ConfigError(f"{source}: experimental.reward_every={cfg.experimental.reward_every} exceeds the {m // b} "
-                              f"full batches of an env step (mining.search_space={m}, train.batch_size={b}): an env "
-                              "step would measure no reward; lower experimental.reward_every")
+        # under N processes the env checks again with its ceil(batches / N) optimiser steps
+        problem = reward_every_excess(cfg.experimental.reward_every, m // b, f"full batches of an env step "
+                                      f"(mining.search_space={m}, train.batch_size={b})")
+        if problem:
+            raise ConfigError(f"{source}: {problem}")
     check_rewards(cfg, source)
+
+
+def reward_every_excess(every: int, steps: int, what: str) -> str | None:
+    """The error when ``experimental.reward_every`` exceeds an env step's ``steps`` (``what`` says which
+    count): no reward would be measured in an env step; None when it fits. Checked on the config and
+    again by the env, which knows the number of processes."""
+    if every <= steps:
+        return None
+    return (f"experimental.reward_every={every} exceeds the {steps} {what}: an env step would measure no reward; "
+            "lower experimental.reward_every")
 
 
 #: per-batch reward options experimental.reward_log accepts (the registry's, :mod:`falcon_rl.config.rewards`)
