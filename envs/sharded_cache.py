@@ -22,20 +22,21 @@ import torch
 
 from falcon_rl import distributed
 from falcon_rl.mining.cache import EmbeddingCache
+from falcon_rl.mining.memory import unit_ranks, unit_sizes
 
 
 def refresh_units(n: int, chunk: int, unit: int) -> list[np.ndarray]:
-    """The full refresh's embedding units: chunks of ``chunk`` pairs, each cut into ``unit`` pairs."""
-    order = np.arange(n, dtype=np.int64)
-    return [order[s:s + chunk][u:u + unit] for s in range(0, n, chunk) for u in range(0, min(chunk, n - s), unit)]
+    """The full refresh's embedding units: chunks of ``chunk`` pairs, each cut into ``unit`` pairs
+    (:func:`falcon_rl.mining.memory.unit_sizes`)."""
+    sizes = unit_sizes(n, chunk, unit)
+    return np.split(np.arange(n, dtype=np.int64), np.cumsum(sizes)[:-1]) if sizes.size else []
 
 
 def unit_owner(n: int, chunk: int, unit: int, ranks: int) -> np.ndarray:
-    """(n,) the rank that owns each pair: unit k of :func:`refresh_units` belongs to rank ``k % ranks``."""
-    idx = np.arange(n, dtype=np.int64)
-    per_chunk = -(-chunk // unit)
-    k = (idx // chunk) * per_chunk + (idx % chunk) // unit
-    return (k % ranks).astype(np.int64)
+    """(n,) the rank that owns each pair: the rank of its refresh unit
+    (:func:`falcon_rl.mining.memory.unit_ranks`, the rule ``falcon-rl plan`` counts with)."""
+    sizes = unit_sizes(n, chunk, unit)
+    return np.repeat(unit_ranks(sizes.size, ranks), sizes)
 
 
 class ShardedEmbeddingCache(EmbeddingCache):

@@ -40,6 +40,14 @@ def rows_per_rank(n_pairs: int, unit: int, world_size: int, chunk: int | None = 
     if n_pairs < 0 or unit < 1 or world_size < 1 or (chunk is not None and chunk < 1):
         raise ValueError(f"rows_per_rank needs n_pairs >= 0, unit >= 1, world_size >= 1 and chunk >= 1, got "
                          f"{n_pairs}, {unit}, {world_size}, {chunk}")
+    sizes = unit_sizes(n_pairs, chunk, unit)
+    return np.bincount(unit_ranks(sizes.size, world_size), weights=sizes,
+                       minlength=int(world_size)).astype(np.int64).tolist()
+
+
+def unit_sizes(n_pairs: int, chunk: int | None, unit: int) -> np.ndarray:
+    """The pairs in each embedding unit of the full refresh, in order: chunks of ``chunk`` pairs
+    (None or more than N: one chunk), each cut into units of ``unit`` pairs; (units,) int64."""
     n = int(n_pairs)
     chunk = max(n, 1) if chunk is None or chunk >= n else int(chunk)
     full_chunks, last = divmod(n, chunk)
@@ -49,9 +57,13 @@ def rows_per_rank(n_pairs: int, unit: int, world_size: int, chunk: int | None = 
     tail = np.full(-(-last // unit), unit, dtype=np.int64)
     if last % unit:
         tail[-1] = last % unit
-    sizes = np.concatenate([np.tile(per_chunk, full_chunks), tail])
-    owner = np.arange(sizes.size, dtype=np.int64) % int(world_size)
-    return np.bincount(owner, weights=sizes, minlength=int(world_size)).astype(np.int64).tolist()
+    return np.concatenate([np.tile(per_chunk, full_chunks), tail])
+
+
+def unit_ranks(units: int, world_size: int) -> np.ndarray:
+    """The rank that embeds and owns each unit: unit k belongs to rank ``k % R`` (the one owner rule
+    of the sharded cache and of these formulas)."""
+    return np.arange(int(units), dtype=np.int64) % int(world_size)
 
 
 def cache_row_bytes(dim: int, image_vectors: int, dtype_bytes: int) -> int:
