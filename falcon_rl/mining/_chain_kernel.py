@@ -163,6 +163,31 @@ def select_kth(keys, n, k):  # pragma: no cover - compiled
     return keys[k]
 
 
+@register_jitable(inline="always")
+def _extreme_key(row, alive, rem, n_rem, largest):  # pragma: no cover - compiled
+    """The smallest (or, ``largest``, the largest) key among the alive members and whether one of
+    them is NaN: one pass over the whole row (``n_rem < 0``; vectorises) or over ``rem[:n_rem]``.
+    The largest key is the smallest of the keys' bitwise complements (``~k`` reverses the int64
+    order without overflow), so one branch-free min serves both ends."""
+    flip = np.int64(-1) if largest else np.int64(0)
+    kth = np.int64(_I64_MAX)
+    bad = False
+    if n_rem < 0:
+        for x in range(row.shape[0]):
+            bits = np.int64(row[x])
+            al = alive[x]
+            bad |= al & is_nan(bits)
+            kth = min(kth, (order_key(bits, x) ^ flip) if al else _I64_MAX)
+    else:
+        for i in range(n_rem):
+            x = rem[i]
+            bits = np.int64(row[x])
+            al = alive[x]
+            bad |= al & is_nan(bits)
+            kth = min(kth, (order_key(bits, x) ^ flip) if al else _I64_MAX)
+    return kth ^ flip, bad
+
+
 def _select_key_scalar(row, q_a, alive, rem, n_rem, n_alive, skip, use_skip, keys,
                        sample):  # pragma: no cover - compiled
     """:func:`select_key` for compiled code: one scalar pass over ``row`` (module docstring)."""
@@ -172,36 +197,8 @@ def _select_key_scalar(row, q_a, alive, rem, n_rem, n_alive, skip, use_skip, key
     kth = np.int64(0)
     bad = False
     if not use_skip and (k == 0 or k == c - 1):
-        if k == 0:
-            kth = np.int64(_I64_MAX)
-            if n_alive * 4 >= m:
-                for x in range(m):
-                    bits = np.int64(row[x])
-                    al = alive[x]
-                    bad |= al & is_nan(bits)
-                    kth = min(kth, order_key(bits, x) if al else _I64_MAX)
-            else:
-                for i in range(n_rem):
-                    x = rem[i]
-                    bits = np.int64(row[x])
-                    al = alive[x]
-                    bad |= al & is_nan(bits)
-                    kth = min(kth, order_key(bits, x) if al else _I64_MAX)
-        else:
-            kth = np.int64(_I64_MIN)
-            if n_alive * 4 >= m:
-                for x in range(m):
-                    bits = np.int64(row[x])
-                    al = alive[x]
-                    bad |= al & is_nan(bits)
-                    kth = max(kth, order_key(bits, x) if al else _I64_MIN)
-            else:
-                for i in range(n_rem):
-                    x = rem[i]
-                    bits = np.int64(row[x])
-                    al = alive[x]
-                    bad |= al & is_nan(bits)
-                    kth = max(kth, order_key(bits, x) if al else _I64_MIN)
+        # contiguous with an alive mask while >= 1/4 of the members remain (vectorises), else gathered
+        kth, bad = _extreme_key(row, alive, rem, n_rem if n_alive * 4 < m else -1, k != 0)
         return kth, c, k, False, bad
     if not use_skip and c >= BANDED_MIN:
         target = min(SAMPLE, np.int64(4.0 * np.sqrt(c)))
