@@ -137,7 +137,18 @@ def test_ablate_refuses_bad_rows_before_running_anything(user_module, tmp_path, 
     assert main(_ablate(tmp_path, f"ablation.schedulers={rows}", "ablation.overrides={}")) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
+    bad = rows.strip("[]").split(", ")[1]
+    assert f"(ablation.schedulers: {bad!r})" in err  # the key the user set, not an overrides entry that does not exist
+    assert "ablation.overrides" not in err
     assert not (tmp_path / "abl").exists() and not (tmp_path / "data").exists()
+
+
+def test_a_bad_overrides_entry_is_named_as_such(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(_ablate(tmp_path, "ablation.schedulers=[random, hard]",
+                        "ablation.overrides={hard: {agent.name: hardest}}")) == 2
+    err = capsys.readouterr().err
+    assert "(ablation.overrides.hard)" in err and "unknown scheduler 'hardest'" in err
 
 
 def test_ablate_refuses_label_rows_on_data_without_ground_truth(tmp_path, capsys, monkeypatch):

@@ -107,7 +107,8 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
                 data["mafa"]["filter_dir"] = str(out_root / "filter")
             if cfg.ablation.workers > 1 and not data["train"]["threads"]:
                 data["train"]["threads"] = threads
-            where = f"{source} (ablation.overrides.{label})"
+            # name what the user set: the row's overrides entry, or its name in ablation.schedulers
+            where = f"{source} (ablation.overrides.{label})" if extra else f"{source} (ablation.schedulers: {label!r})"
             run_cfg = build_dataclass(ExperimentConfig, data, where)
             if cfg.ablation.shared_warmup and not run_cfg.env.warm_start:
                 digest = signature_digest(warm_signature(run_cfg, int(seed)))
