@@ -127,3 +127,34 @@ def test_cli_config_error_exit_code(capsys):
 
     assert main(["config", "model.preset=huge"]) == 2
     assert "model.preset='huge'" in capsys.readouterr().err
+
+
+def test_an_empty_ablation_is_refused_before_it_writes_anything(tmp_path, capsys):
+    """``ablation.seeds=[]`` once ran nothing, overwrote the out_dir's results table with an empty
+    one and exited 0."""
+    from falcon_rl.cli import main
+
+    with pytest.raises(ConfigError, match=r"ablation\.seeds=\[\] is empty"):
+        load_config(write(tmp_path, "ablation:\n  seeds: []\n"))
+    out = tmp_path / "abl"
+    for key in ("ablation.seeds=[]", "ablation.schedulers=[]", "ablation.headline=[]"):
+        assert main(["ablate", "--out", str(out), key]) == 2
+        assert f"{key} is empty" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("headline, bad", [("[i2t_mapp]", "i2t_mapp"), ("[t2i_map, i2t_r50_mp]", "i2t_r50_mp")])
+def test_a_misspelt_headline_metric_is_refused_before_any_run(tmp_path, capsys, headline, bad):
+    """A headline name the evaluation never reports once gave an empty column after the whole
+    ablation, and exit 0."""
+    from falcon_rl.cli import main
+
+    out = tmp_path / "abl"
+    assert main(["ablate", "--out", str(out), f"data.cache_dir={tmp_path / 'data'}",
+                 f"ablation.headline={headline}"]) == 2
+    err = capsys.readouterr().err
+    assert f"ablation.headline: {bad!r} is not a metric the evaluation reports with eval.ks=[1, 5, 10]" in err
+    assert "i2t_r5_mp" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and not (tmp_path / "data").exists()
+    assert main(["ablate", "--out", str(out), "eval.ks=[1, 50]", "ablation.headline=[i2t_r60_mp]"]) == 2
+    assert "eval.ks=[1, 50]; one of i2t_r1, i2t_r50," in capsys.readouterr().err

@@ -36,6 +36,22 @@ HEADLINE: tuple[str, ...] = ("i2t_r1_mp", "t2i_map")
 LABELS: dict[str, str] = {"i2t_r1_mp": "i2t R@1 mp", "t2i_map": "t2i mAP", "i2t_map": "i2t mAP",
                           "t2i_r1_mp": "t2i R@1 mp", "i2t_r5_mp": "i2t R@5 mp", "i2t_r1": "i2t R@1 strict",
                           "t2i_r1": "t2i R@1 strict", "i2t_r10_mp": "i2t R@10 mp", "t2i_r5_mp": "t2i R@5 mp"}
+
+
+def check_headline(headline: Sequence[str], ks: Sequence[int], source: str = "<config>") -> None:
+    """Raise :class:`~falcon_rl.config.ConfigError` before any run when an ``ablation.headline`` name
+    is not a metric the evaluation reports with recall cut-offs ``ks`` (``eval.ks``): a misspelt
+    name would otherwise give an empty column after the whole ablation."""
+    from falcon_rl.config import ConfigError
+    from falcon_rl.training.evaluation import metric_names
+
+    known = metric_names(ks)
+    for name in headline:
+        if name not in known:
+            raise ConfigError(f"{source}: ablation.headline: {name!r} is not a metric the evaluation reports with "
+                              f"eval.ks={list(ks)}; one of {', '.join(known)}")
+
+
 #: further metrics shown in the markdown table
 TABLE_METRICS: tuple[str, ...] = ("i2t_r1_mp", "t2i_map", "i2t_map", "t2i_r1_mp", "i2t_r5_mp", "i2t_r1", "t2i_r1")
 #: run-level scalars shown in the table

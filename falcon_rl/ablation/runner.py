@@ -34,7 +34,8 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
 from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
-from falcon_rl.ablation.results import _metric, aggregate, metrics_are_percent, render_markdown, write_results_csv
+from falcon_rl.ablation.results import (_metric, aggregate, check_headline, metrics_are_percent, render_markdown,
+                                       write_results_csv)
 from falcon_rl.agents.validate import check_scheduler_run
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
@@ -87,6 +88,7 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     The seed sets ``train.seed`` (model init, masks, mining and agent); the data stay the same.
     MAFA runs share one filter, ``<ablation.out_dir>/filter`` (``mafa.filter_dir`` when null).
     """
+    check_headline(cfg.ablation.headline, cfg.eval.ks, source)
     base = to_dict(cfg)
     out_root = Path(cfg.ablation.out_dir).expanduser()
     specs = []

@@ -23,6 +23,7 @@ def param(
     choices: Sequence[Any] | None = None,
     each_ge: float | None = None,
     each_le: float | None = None,
+    nonempty: bool = False,
 ) -> Any:
     """A dataclass field with a docstring and validation constraints.
 
@@ -34,6 +35,7 @@ def param(
         (optional fields) the bounds are not checked.
     :param choices: allowed values.
     :param each_ge, each_le: bounds on every element of a list-valued field.
+    :param nonempty: a list-valued field must hold at least one element.
     """
     metadata = {
         "doc": doc,
@@ -44,6 +46,7 @@ def param(
         "choices": tuple(choices) if choices is not None else None,
         "each_ge": each_ge,
         "each_le": each_le,
+        "nonempty": nonempty,
     }
     if isinstance(default, (list, dict, set)):
         value = default
@@ -68,6 +71,8 @@ def check_value(key: str, value: Any, metadata: dict[str, Any]) -> str | None:
             if bound is not None and not ok(value, bound):
                 return f"{key}={value!r} is out of range (must be {sym} {bound})"
     if isinstance(value, (list, tuple)):
+        if metadata.get("nonempty") and len(value) == 0:
+            return f"{key}=[] is empty (it needs at least one element)"
         lo, hi = metadata.get("each_ge"), metadata.get("each_le")
         for i, v in enumerate(value):
             if isinstance(v, (int, float)) and not isinstance(v, bool):
