@@ -143,6 +143,19 @@ def test_ablate_refuses_bad_rows_before_running_anything(user_module, tmp_path, 
     assert not (tmp_path / "abl").exists() and not (tmp_path / "data").exists()
 
 
+def test_a_problem_of_the_whole_config_is_not_pinned_on_its_first_row(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(_ablate(tmp_path, "ablation.schedulers=[random, grit]", "ablation.overrides={}",
+                        "mining.search_space=8")) == 2
+    err = capsys.readouterr().err
+    assert "tests/configs/tiny_ablation.yaml: mining.search_space=8 is smaller than train.batch_size=16" in err
+    assert "ablation.schedulers" not in err
+    # a row that breaks a config that is fine on its own is named
+    assert main(_ablate(tmp_path, "ablation.schedulers=[random, small]",
+                        "ablation.overrides={small: {agent.name: grit, mining.search_space: 8}}")) == 2
+    assert "tiny_ablation.yaml (ablation.overrides.small): mining.search_space=8" in capsys.readouterr().err
+
+
 def test_a_bad_overrides_entry_is_named_as_such(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     assert main(_ablate(tmp_path, "ablation.schedulers=[random, hard]",

@@ -116,10 +116,24 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
                 digest = signature_digest(warm_signature(run_cfg, int(seed)))
                 data["env"]["warm_start"] = str(out_root / "warmup" / f"seed{seed}-{digest}.pt")
                 run_cfg = build_dataclass(ExperimentConfig, data, where)
-            check_mining(run_cfg, where)
-            check_scheduler_run(run_cfg, where)
+            _check_row(run_cfg, cfg, where, source)
             specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
     return specs
+
+
+def _check_row(run_cfg: ExperimentConfig, cfg: ExperimentConfig, where: str, source: str) -> None:
+    """A row's config checks; a problem of the whole config (the ablation's own config fails the
+    same way) is named by ``source`` alone, not by the row it was first met in."""
+    try:
+        check_mining(run_cfg, where)
+    except ConfigError as row_error:
+        try:
+            check_mining(cfg, source)
+        except ConfigError as whole:
+            if str(whole).removeprefix(source) == str(row_error).removeprefix(where):
+                raise whole from None
+        raise
+    check_scheduler_run(run_cfg, where)
 
 
 def load_record(run_dir: Path) -> dict[str, Any] | None:
