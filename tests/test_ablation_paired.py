@@ -96,3 +96,16 @@ def test_a_reference_the_ablation_does_not_run_is_named_and_skipped(tmp_path):
     assert note in md and note in said
     assert "## Paired with `grit`" in md and "## Paired with `oracle`" not in md
     assert not (tmp_path / "abl" / "paired_oracle.png").exists()
+
+
+def test_a_misspelt_reference_is_refused_before_any_run(tmp_path):
+    """A name that is no row, no overrides entry and no scheduler once ran the whole ablation for a note."""
+    from falcon_rl.config import ConfigError
+
+    ran = []
+    cfg = load_config(None, [f"ablation.out_dir={tmp_path}/abl", "ablation.schedulers=[random, grit]",
+                             "ablation.seeds=[0]", "ablation.paired_with=[gritt]"])
+    with pytest.raises(ConfigError, match=r"ablation.paired_with: 'gritt' is no row of ablation.schedulers "
+                                          r"\['random', 'grit'\], no ablation.overrides entry and no scheduler"):
+        run_ablation(cfg, lambda *a, **k: ran.append(a), log=lambda s: None)
+    assert not ran and not (tmp_path / "abl").exists()

@@ -36,6 +36,7 @@ from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot
 from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
 from falcon_rl.ablation.results import (_metric, aggregate, check_headline, metrics_are_percent, render_markdown,
                                        write_results_csv)
+from falcon_rl.agents.registry import SchedulerNameError, canonical_name
 from falcon_rl.agents.validate import check_scheduler_run
 from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
@@ -89,6 +90,7 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     MAFA runs share one filter, ``<ablation.out_dir>/filter`` (``mafa.filter_dir`` when null).
     """
     check_headline(cfg.ablation.headline, cfg.eval.ks, source)
+    check_references(cfg, source)
     base = to_dict(cfg)
     out_root = Path(cfg.ablation.out_dir).expanduser()
     specs = []
@@ -119,6 +121,21 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
             _check_row(run_cfg, cfg, where, source)
             specs.append(RunSpec(label, run_cfg.agent.name, int(seed), run_dir, run_cfg))
     return specs
+
+
+def check_references(cfg: ExperimentConfig, source: str = "<config>") -> None:
+    """Refuse, before any run, an ``ablation.paired_with`` name that is no row, no scheduler and no
+    ``ablation.overrides`` entry (a misspelt row would only get a note after the whole ablation); a
+    known row that this ablation does not run is skipped with a note at the end, as documented."""
+    rows = set(cfg.ablation.schedulers) | set(cfg.ablation.overrides)
+    for name in cfg.ablation.paired_with:
+        if name in rows:
+            continue
+        try:
+            canonical_name(name)
+        except SchedulerNameError:
+            raise ConfigError(f"{source}: ablation.paired_with: {name!r} is no row of ablation.schedulers "
+                              f"{list(cfg.ablation.schedulers)}, no ablation.overrides entry and no scheduler") from None
 
 
 def _check_row(run_cfg: ExperimentConfig, cfg: ExperimentConfig, where: str, source: str) -> None:
