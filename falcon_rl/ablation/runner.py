@@ -134,8 +134,9 @@ def check_references(cfg: ExperimentConfig, source: str = "<config>") -> None:
         try:
             canonical_name(name)
         except SchedulerNameError:
+            rows_named = list(cfg.ablation.schedulers)
             raise ConfigError(f"{source}: ablation.paired_with: {name!r} is no row of ablation.schedulers "
-                              f"{list(cfg.ablation.schedulers)}, no ablation.overrides entry and no scheduler") from None
+                              f"{rows_named}, no ablation.overrides entry and no scheduler") from None
 
 
 def _check_row(run_cfg: ExperimentConfig, cfg: ExperimentConfig, where: str, source: str) -> None:

@@ -22,8 +22,8 @@ class AblationConfig:
     paired_with: list[str] = param([], "reference schedulers: results.md gets a section per reference with every "
                                    "other row's per-seed paired difference to it on the headline metrics (mean, "
                                    "std, median, paired t, seeds above) and paired_<name>.png shows each seed's "
-                                   "difference (a scheduler or overrides entry not among ablation.schedulers is skipped with a note; "
-                                   "any other name is refused before the runs)")
+                                   "difference (a scheduler or overrides entry not among ablation.schedulers "
+                                   "is skipped with a note; any other name is refused before the runs)")
     shared_warmup: bool = param(False, "do each seed's random-batch warm-up once (env.warm_start files under "
                                 "<out_dir>/warmup/) and start every scheduler of that seed from it (the same "
                                 "computation every run of a seed would repeat)")
