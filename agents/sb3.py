@@ -92,6 +92,36 @@ def algorithm_class(name: str, agent: AgentConfig) -> type[BaseAlgorithm]:
     return ALGORITHMS[name][0]
 
 
+def constructor_arguments(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes, following ``**kwargs`` up its bases."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)} - {"self"}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_kwargs(name: str, agent: AgentConfig) -> None:
+    """Every ``agent.sb3.kwargs`` key (and ``policy_kwargs`` key) is an argument of the algorithm (of
+    its policy): a misspelt one is refused before any run, not by SB3 once the env is built."""
+    algo, policy = algorithm_class(name, agent), ALGORITHMS[name][1]
+    extra = dict(agent.sb3.kwargs)
+    checks = [("agent.sb3.kwargs", algo, set(extra) - {"policy_kwargs"})]
+    checks.append(("agent.sb3.kwargs.policy_kwargs", policy, set(extra.get("policy_kwargs") or {})))
+    for key, cls, given in checks:
+        known = {k for k in constructor_arguments(cls) if not k.startswith("_")} - {
+            "policy", "env", "observation_space", "action_space", "lr_schedule"}
+        wrong = sorted(given - known)
+        if wrong:
+            raise ValueError(f"{key}: {cls.__name__} takes no argument {wrong[0]!r}; it takes {', '.join(sorted(known))}")
+
+
 def default_kwargs(name: str, agent: AgentConfig, seed: int) -> dict[str, Any]:
     """Algorithm keyword arguments from the ``agent`` section (``agent.sb3.kwargs`` win)."""
     kwargs: dict[str, Any] = {"seed": seed, "verbose": 0, "device": "cpu", "gamma": agent.sb3.gamma,

@@ -27,11 +27,12 @@ def check_scheduler_run(cfg: ExperimentConfig, where: str = "<config>", key: str
     if cfg.agent.load_path is not None and not Path(cfg.agent.load_path).expanduser().is_file():
         raise ConfigError(f"{where}: agent.load_path={cfg.agent.load_path!r}: no such file")
     if cls is None:  # an SB3 agent: the checks its model's construction makes, before any run
-        from falcon_rl.agents.sb3 import check_action_space, default_kwargs
+        from falcon_rl.agents.sb3 import check_action_space, check_kwargs, default_kwargs
 
         key_name = canonical_name(name)
         try:
             default_kwargs(key_name, cfg.agent, 0)
+            check_kwargs(key_name, cfg.agent)
             check_action_space(key_name, action_space(cfg.env, cfg.mining.search_space))
         except ValueError as e:
             raise ConfigError(f"{where}: {e}") from None

@@ -113,6 +113,25 @@ def test_search_space_sizes_are_config_errors(tiny, tmp_path, capsys, command, o
     assert not (tmp_path / "run").exists()  # caught before anything was written
 
 
+@pytest.mark.parametrize("agent, kwargs, message", [
+    ("ppo", "{learning_rat: 0.1}", "agent.sb3.kwargs: PPO takes no argument 'learning_rat'; it takes batch_size, "),
+    ("ppo", "{learning_rat:0.1}", "PPO takes no argument 'learning_rat:0.1'"),  # YAML: no space, one key
+    ("sac", "{policy_kwargs: {n_critic: 3}}", "agent.sb3.kwargs.policy_kwargs: MemberSACPolicy takes no argument "
+                                             "'n_critic'"),
+])
+def test_a_misspelt_sb3_argument_is_refused_before_any_run(tiny, tmp_path, capsys, agent, kwargs, message):
+    """A misspelt agent.sb3.kwargs key once passed the checks and crashed in SB3's constructor, a
+    traceback after the data and the env were built."""
+    out = tmp_path / "run"
+    assert main(["train-agent", "--agent", agent, "--out", str(out), *tiny, f"agent.sb3.kwargs={kwargs}"]) == 2
+    line = _one_error_line(capsys)
+    assert line.startswith("config error: <defaults>: ") and message in line
+    assert not out.exists()
+    assert main(["train-agent", "--agent", "ppo", "--out", str(out), *tiny, "env.budget_steps=1",
+                 "agent.sb3.total_steps=2", "agent.sb3.n_steps=2",
+                 "agent.sb3.kwargs={n_epochs: 1, policy_kwargs: {ortho_init: false}}"]) == 0  # real arguments pass
+
+
 def test_train_agent_validates_before_touching_the_out_dir(tiny, albef, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train-agent", "--agent", "grit", "--out", str(out), *tiny]) == 0
