@@ -197,3 +197,22 @@ def test_fn_anatomy_splits_false_negatives_into_same_and_other_scenes():
     assert out == {4: [3, 2, 1, 1], 1: [1, 1, 0, 1]}
     text = anatomy["render"]("t", out, True)
     assert "| all | 4 | 3 | 75.0 | 1 | 2 | 33 % |" in text
+
+
+def test_margin_filter_probe_counts_what_the_filter_skips(tmp_path):
+    import json
+
+    bench = runpy.run_path(str(BENCH / "margin_filter_probe.py"))
+    out = tmp_path / "margin.json"
+    bench["main"](["--config", str(BENCH.parent / "configs" / "bench_cpu.yaml"), "--spaces", "2",
+                   "--margins", "-0.1", "0", "0.5", "--out", str(out), "data.n_train=256", "data.n_test=32",
+                   "mining.search_space=64", "train.batch_size=16", "env.warmup_steps=2", "train.device=cpu",
+                   f"data.cache_dir={tmp_path}"])
+    s = json.loads(out.read_text())["margins"]
+    assert set(s) == {"-0.1", "0.0", "0.5"}
+    assert all(r["pairs"] == 2 * 64 * 63 and 0.0 < r["match_rate"] < 1.0 for r in s.values())
+    # a larger margin skips a superset: more pairs, at least the same true matches
+    skipped = [s[m]["skipped"] for m in ("-0.1", "0.0", "0.5")]
+    recall = [s[m]["recall"] for m in ("-0.1", "0.0", "0.5")]
+    assert skipped == sorted(skipped) and recall == sorted(recall) and skipped[2] > skipped[0]
+    assert all(0.0 <= r["precision"] <= 1.0 for r in s.values())
