@@ -117,6 +117,27 @@ def test_reward_check_config_expands_fixed_labels_and_logs_every_option():
         reward_check_config(load_config(None, ["reward_check.policies=[fixed-2]"]))
 
 
+def test_reward_check_refuses_misspelt_or_empty_lists_before_any_run(tmp_path, capsys):
+    """A misspelt policy was named as an ablation row, an empty reward list crashed with a division by
+    zero after the warm start, an empty metric list and a misspelt reference ran and exited 0."""
+    from falcon_rl.cli import main
+
+    with pytest.raises(ConfigError, match=r"reward_check.policies: unknown scheduler 'gritt'"):
+        reward_check_config(load_config(None, ["reward_check.policies=[fixed-0, gritt]"]))
+    with pytest.raises(ConfigError, match=r"experimental.reference='rnd' is no policy of reward_check.policies"):
+        reward_check_config(load_config(None, ["experimental.reference=rnd"]))
+    # a known scheduler the check does not run: the learnability table stays empty, as before
+    assert reward_check_config(load_config(None, ["reward_check.policies=[fixed-0, grit]"])).ablation.schedulers == [
+        "fixed-0", "grit"]
+    for key in ("reward_check.rewards", "reward_check.metrics", "reward_check.policies"):
+        with pytest.raises(ConfigError, match=rf"{key}=\[\] is empty"):
+            load_config(None, [f"{key}=[]"])
+    out = tmp_path / "rc"
+    assert main(["reward-check", "--out", str(out), "reward_check.policies=[random, gritt]"]) == 2
+    assert "config error: <defaults>: reward_check.policies: unknown scheduler 'gritt'" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_reward_check_cli_writes_a_correlation_per_reward_option(tmp_path, capsys, monkeypatch):
     from falcon_rl.cli import main
 

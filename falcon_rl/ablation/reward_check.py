@@ -36,6 +36,7 @@ import numpy as np
 from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression
 from falcon_rl.ablation.learnability import learnability, step_series
 from falcon_rl.ablation.runner import RunFn, WarmFn, data_line, run_ablation
+from falcon_rl.agents.registry import SchedulerNameError, canonical_name
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
 from falcon_rl.training.evaluation import metric_names
@@ -60,8 +61,12 @@ def reward_check_config(cfg: ExperimentConfig, source: str = "<config>") -> Expe
     bad = [n for n in rc.rewards if n not in LOGGABLE_REWARDS]
     if bad:
         raise ConfigError(f"{source}: reward_check.rewards has {bad}; choose from {list(LOGGABLE_REWARDS)}")
-    if not rc.policies:
-        raise ConfigError(f"{source}: reward_check.policies is empty")
+    if rc.reference not in rc.policies and fixed_label(rc.reference) is None:
+        try:  # a known scheduler the check does not run leaves the learnability table empty, as documented
+            canonical_name(rc.reference)
+        except SchedulerNameError:
+            raise ConfigError(f"{source}: experimental.reference={rc.reference!r} is no policy of reward_check.policies "
+                              f"{list(rc.policies)} and no scheduler") from None
     known = metric_names(cfg.eval.ks)
     unknown = [m for m in rc.metrics if m not in known]
     if unknown:
@@ -75,6 +80,11 @@ def reward_check_config(cfg: ExperimentConfig, source: str = "<config>") -> Expe
             if not 0.0 <= q <= 1.0:
                 raise ConfigError(f"{source}: reward_check.policies: {label!r} has q={q} outside [0, 1]")
             overrides[label] = {"agent.name": "fixed", "agent.q": q, **(overrides.get(label) or {})}
+        elif label not in overrides:
+            try:
+                canonical_name(label)
+            except SchedulerNameError as e:
+                raise ConfigError(f"{source}: reward_check.policies: {e}") from None
     data["ablation"].update(schedulers=list(rc.policies), out_dir=rc.out_dir, overrides=overrides)
     data["experimental"].update(reward_log=list(dict.fromkeys(rc.rewards)), compute_reward="always")
     return build_dataclass(ExperimentConfig, data, source)

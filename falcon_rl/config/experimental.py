@@ -252,7 +252,7 @@ class ExperimentalConfig:
     horizons: list[int] = param([1, 10], "learnability table: env steps a learner sums the reward over before "
                                 "comparing (the noise of a k-step sum, and the env steps it needs)", each_ge=1)
     reference: str = param("random", "learnability table: the policy the best one (by the first metric) is "
-                           "compared with")
+                           "compared with (a scheduler not among reward_check.policies leaves the table empty)")
 
     # --- from eval: evaluation on the built-in benchmarks ---
     by_specificity: bool = param(True, "also report every metric per caption specificity (/spec{F})")
