@@ -38,6 +38,18 @@ def test_describe_prints_stats_and_writes_png(tmp_path, capsys, source):
 def test_describe_reports_config_errors(tmp_path, capsys):
     assert main(["data", "describe", "data.n_train=0"]) == 2
     assert "data.n_train=0" in capsys.readouterr().err
+    out = tmp_path / "s.png"  # --samples -1 once wrote a grid anyway
+    assert main(["data", "describe", "--samples", "-1", "--out", str(out), f"data.cache_dir={tmp_path}"]) == 2
+    assert "error: --samples=-1 must be >= 1" in capsys.readouterr().err and not out.exists()
+
+
+def test_recall_cut_offs_without_r_at_1_are_a_config_error(tmp_path, capsys):
+    """eval.ks without 1 once trained a whole pretrain run, then crashed with a KeyError on the
+    headline i2t R@1."""
+    for ks in ("[]", "[5, 10]"):
+        assert main(["pretrain", "--out", str(tmp_path / "run"), f"eval.ks={ks}"]) == 2
+        assert f"eval: ks={ks.replace(' ', '') if ks == '[]' else '[5, 10]'} must include 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
 def test_load_data_bundle(tmp_path):

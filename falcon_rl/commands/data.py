@@ -63,6 +63,9 @@ def describe(args: argparse.Namespace) -> int:
     from falcon_rl.data.preview import save_sample_grid
 
     cfg = load_command_config(args.config, args.overrides, "data")
+    if args.samples < 1:
+        print(f"error: --samples={args.samples} must be >= 1", file=sys.stderr)
+        return 2
     t0 = time.perf_counter()
     bundle = load_data(cfg.data)
     total = time.perf_counter() - t0
