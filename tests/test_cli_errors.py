@@ -132,6 +132,33 @@ def test_a_misspelt_sb3_argument_is_refused_before_any_run(tiny, tmp_path, capsy
                  "agent.sb3.kwargs={n_epochs: 1, policy_kwargs: {ortho_init: false}}"]) == 0  # real arguments pass
 
 
+@pytest.mark.parametrize("command", ["train-agent", "pretrain", "ablate"])
+def test_a_device_this_machine_lacks_is_a_config_error_before_any_output(tiny, tmp_path, capsys, monkeypatch, command):
+    """mining.cache_device=cuda without CUDA once failed with torch's AssertionError traceback after the
+    out dir was written, and train.device=cuda only after it; neither reaches the out dir now."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the same on a machine with a GPU
+    out = tmp_path / "run"
+    for key, value in (("train.device", "cuda"), ("mining.cache_device", "cuda"), ("train.device", "cuda:1"),
+                       ("mining.knn_device", "cuda")):
+        extra = ["mining.space_kind=neighbourhood", "train.device=cpu"] if key == "mining.knn_device" else []
+        overrides = [*tiny, *extra, f"{key}={value}"]
+        assert main([command, "--out", str(out), *overrides]) == 2
+        assert f"config error: <defaults>: {key}='{value}' but CUDA is not available" in _one_error_line(capsys)
+    assert main([command, "--out", str(out), *tiny, "train.device=gpu"]) == 2
+    assert "train.device='gpu' is not a device (auto, cpu, cuda or cuda:K)" in _one_error_line(capsys)
+    assert not out.exists()
+
+
+def test_plan_sizes_a_gpu_config_on_a_machine_without_one(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main(["plan", "train.device=cuda", "mining.cache_device=cuda", "data.n_train=256",
+                 "mining.search_space=64", "train.batch_size=16", f"data.cache_dir={tmp_path}"]) == 0
+
+
 def test_train_agent_validates_before_touching_the_out_dir(tiny, albef, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train-agent", "--agent", "grit", "--out", str(out), *tiny]) == 0

@@ -38,7 +38,7 @@ from falcon_rl.ablation.results import (_metric, aggregate, check_headline, metr
                                        write_results_csv)
 from falcon_rl.agents.registry import SchedulerNameError, canonical_name
 from falcon_rl.agents.validate import check_scheduler_run
-from falcon_rl.config import ConfigError, ExperimentConfig, check_mining, dump_yaml, load_config
+from falcon_rl.config import ConfigError, ExperimentConfig, check_devices, check_mining, dump_yaml, load_config
 from falcon_rl.config.loader import build_dataclass, set_path, to_dict
 from falcon_rl.distributed import broadcast_object, world
 from falcon_rl.training.warm_start import signature_digest, signature_mismatch, warm_signature
@@ -142,15 +142,16 @@ def check_references(cfg: ExperimentConfig, source: str = "<config>") -> None:
 def _check_row(run_cfg: ExperimentConfig, cfg: ExperimentConfig, where: str, source: str) -> None:
     """A row's config checks; a problem of the whole config (the ablation's own config fails the
     same way) is named by ``source`` alone, not by the row it was first met in."""
-    try:
-        check_mining(run_cfg, where)
-    except ConfigError as row_error:
+    for check in (check_mining, check_devices):
         try:
-            check_mining(cfg, source)
-        except ConfigError as whole:
-            if str(whole).removeprefix(source) == str(row_error).removeprefix(where):
-                raise whole from None
-        raise
+            check(run_cfg, where)
+        except ConfigError as row_error:
+            try:
+                check(cfg, source)
+            except ConfigError as whole:
+                if str(whole).removeprefix(source) == str(row_error).removeprefix(where):
+                    raise whole from None
+            raise
     check_scheduler_run(run_cfg, where)
 
 

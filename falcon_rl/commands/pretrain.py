@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-from falcon_rl.config import check_mining, check_model
+from falcon_rl.config import check_devices, check_mining, check_model
 
 HELP = "pretrain the VLP model (ALBEF random batches, or --scheduler) with checkpoints, TensorBoard, results.json"
 
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_command_config(args.config, overrides, "pretrain")
     where = str(args.config or "<defaults>")
     check_model(cfg, where)
+    check_devices(cfg, where)
     if args.scheduler:
         check_mining(cfg, where)
     cfg, main_rank = join_processes(cfg)  # torchrun: data-parallel over its processes

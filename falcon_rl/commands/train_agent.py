@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from falcon_rl.config import check_mining
+from falcon_rl.config import check_devices, check_mining
 
 #: every name ``make_scheduler`` accepts (kept here so that ``--help`` needs no agent imports;
 #: tests/test_cli_help.py checks it against ``falcon_rl.agents.available()``)
@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: --load {args.load}: no such file", file=sys.stderr)
         return 2
     check_mining(cfg, where)
+    check_devices(cfg, where)
     cfg, main_rank = join_processes(cfg)  # torchrun: data-parallel over its processes, the scheduler on rank 0
     out_dir = args.out if args.out is not None else cfg.train.out_dir
     results = run_scheduler(cfg, cfg.agent.name, out_dir, episodes=args.episodes, load_path=args.load,

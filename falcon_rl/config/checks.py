@@ -30,6 +30,26 @@ def check_model(cfg: ExperimentConfig, source: str = "<config>") -> None:
                           "(model.framework=blip2) does not have: use mafa.filter=pretrain, path or snapshot")
 
 
+def check_devices(cfg: ExperimentConfig, source: str = "<config>") -> None:
+    """``train.device`` and ``mining.cache_device`` name a device (``auto``, ``cpu``, ``cuda``,
+    ``cuda:K``, ...) this machine has: a GPU it lacks is a config error before any data is loaded.
+    Checked by the commands that train (not by ``plan``, which may size a GPU run on any machine)."""
+    import torch
+
+    named = [("train.device", cfg.train.device), ("mining.cache_device", cfg.mining.cache_device)]
+    if cfg.mining.space_kind == "neighbourhood":  # the only user of the neighbour search
+        named.append(("mining.knn_device", cfg.mining.knn_device))
+    for key, name in named:
+        if name == "auto":
+            continue
+        try:
+            device = torch.device(name)
+        except RuntimeError:
+            raise ConfigError(f"{source}: {key}={name!r} is not a device (auto, cpu, cuda or cuda:K)") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"{source}: {key}={name!r} but CUDA is not available on this machine")
+
+
 def check_mining(cfg: ExperimentConfig, source: str = "<config>") -> None:
     """Raise :class:`ConfigError` naming the keys when search spaces cannot be formed (and the
     :func:`check_model` errors).
