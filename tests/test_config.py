@@ -158,3 +158,18 @@ def test_a_misspelt_headline_metric_is_refused_before_any_run(tmp_path, capsys, 
     assert not out.exists() and not (tmp_path / "data").exists()
     assert main(["ablate", "--out", str(out), "eval.ks=[1, 50]", "ablation.headline=[i2t_r60_mp]"]) == 2
     assert "eval.ks=[1, 50]; one of i2t_r1, i2t_r50," in capsys.readouterr().err
+
+
+def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path):
+    """PyYAML keeps the last of two equal keys: a second ``train:`` section once dropped the first
+    one's keys without a word."""
+    with pytest.raises(ConfigError, match=r"duplicate key 'train' \(first given on line 1\)"):
+        load_config(write(tmp_path, "train:\n  steps: 10\nenv:\n  budget_steps: 5\ntrain:\n  batch_size: 8\n"))
+    with pytest.raises(ConfigError, match=r"duplicate key 'steps' \(first given on line 2\)"):
+        load_config(write(tmp_path, "train:\n  steps: 10\n  steps: 20\n"))
+    with pytest.raises(ConfigError, match=r"<override>: .*duplicate key 'a'"):
+        load_config(None, ["ablation.overrides={a: {agent.q: 0.1}, a: {agent.q: 0.2}}"])
+    # YAML merge keys may repeat what they merge (the bench's rows do)
+    cfg = load_config(write(tmp_path, "ablation:\n  overrides:\n    x: &x {agent.q: 0.1, agent.name: fixed}\n"
+                                      "    y: {<<: *x, agent.q: 0.2}\n"))
+    assert cfg.ablation.overrides["y"] == {"agent.q": 0.2, "agent.name": "fixed"}
