@@ -112,8 +112,8 @@ def check_kwargs(name: str, agent: AgentConfig) -> None:
     its policy): a misspelt one is refused before any run, not by SB3 once the env is built."""
     algo, policy = algorithm_class(name, agent), ALGORITHMS[name][1]
     extra = dict(agent.sb3.kwargs)
-    checks = [("agent.sb3.kwargs", algo, set(extra) - {"policy_kwargs"})]
-    checks.append(("agent.sb3.kwargs.policy_kwargs", policy, set(extra.get("policy_kwargs") or {})))
+    checks = [("agent.sb3.kwargs", algo, set(extra) - {"policy_kwargs"}),
+              ("agent.sb3.kwargs.policy_kwargs", policy, set(extra.get("policy_kwargs") or {}))]
     for key, cls, given in checks:
         known = {k for k in constructor_arguments(cls) if not k.startswith("_")} - {
             "policy", "env", "observation_space", "action_space", "lr_schedule"}

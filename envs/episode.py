@@ -38,7 +38,7 @@ from falcon_rl.progress import OFF, progress_bar, resolve_mode
 from falcon_rl.rng import numpy_generator_state, set_numpy_generator_state
 from falcon_rl.training import Trainer
 from falcon_rl.training.warm_start import load_warm_start, save_warm_start, warm_signature
-from falcon_rl.utils import resolve_device, seed_everything
+from falcon_rl.utils import seed_everything
 
 if TYPE_CHECKING:
     from falcon_rl.envs.negative_mining import NegativeMiningEnv
@@ -72,8 +72,6 @@ def new_pipeline(env: NegativeMiningEnv) -> MiningPipeline:
     device = cfg.mining.cache_device
     if device == "auto":
         device = str(trainer.device) if trainer is not None else "cpu"
-    else:  # a clear error for a GPU this machine lacks
-        device = str(resolve_device(device, "mining.cache_device"))
     shard = (cfg.eval.batch_size, cfg.experimental.cache_refresh_chunk) if env.replicas.size > 1 else None
     return MiningPipeline.create(cfg.mining, cfg.train.batch_size, env.data.train, cfg.model.embed_dim,
                                  trainer.image_vectors, device, env.oracle, shard)

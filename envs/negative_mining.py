@@ -12,7 +12,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from falcon_rl.config import ExperimentConfig, check_mining, load_config, parse_override, to_dict
+from falcon_rl.config import ExperimentConfig, check_devices, check_mining, load_config, parse_override, to_dict
 from falcon_rl.config.loader import build_dataclass, set_path
 from falcon_rl.config.rewards import Computation
 from falcon_rl.data.base import DataBundle
@@ -82,6 +82,7 @@ class NegativeMiningEnv(gym.Env):
         self._cfg = cfg
         m = cfg.mining
         check_mining(cfg)
+        check_devices(cfg)  # a GPU this machine lacks: an error now, not torch's once the cache is built
         self.state_columns: list[str] = state_columns(m)
         self.observation_space = observation_space(m)
         self.action_space = action_space(cfg.env, m.search_space)

@@ -19,11 +19,11 @@ def seed_everything(seed: int) -> np.random.Generator:
     return np.random.default_rng(seed)
 
 
-def resolve_device(name: str, key: str = "train.device") -> torch.device:
+def resolve_device(name: str) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise ``torch.device(name)``. Under several
     processes ``cuda`` is this rank's GPU, ``cuda:LOCAL_RANK`` (:func:`falcon_rl.distributed.rank_device`).
 
-    Raises a clear error, naming the config ``key``, when CUDA is asked for but absent.
+    Raises a clear error when CUDA is asked for but absent.
     """
     from falcon_rl.distributed import rank_device
 
@@ -31,7 +31,7 @@ def resolve_device(name: str, key: str = "train.device") -> torch.device:
         return rank_device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"{key}={name!r} but CUDA is not available on this machine")
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available on this machine")
     return rank_device(name)
 
 

@@ -151,6 +151,18 @@ def test_a_device_this_machine_lacks_is_a_config_error_before_any_output(tiny, t
     assert not out.exists()
 
 
+def test_the_env_in_python_refuses_a_device_this_machine_lacks(tiny, monkeypatch):
+    """Built from Python, not a command: once torch's AssertionError when the cache was made."""
+    import torch
+
+    from falcon_rl.config import ConfigError, load_config
+    from falcon_rl.envs import NegativeMiningEnv
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"<config>: mining.cache_device='cuda' but CUDA is not available"):
+        NegativeMiningEnv(load_config(None, [*tiny, "mining.cache_device=cuda"]))
+
+
 def test_plan_sizes_a_gpu_config_on_a_machine_without_one(tmp_path, capsys, monkeypatch):
     import torch
 

@@ -153,11 +153,11 @@ def test_a_misspelt_headline_metric_is_refused_before_any_run(tmp_path, capsys, 
     assert main(["ablate", "--out", str(out), f"data.cache_dir={tmp_path / 'data'}",
                  f"ablation.headline={headline}"]) == 2
     err = capsys.readouterr().err
-    assert f"ablation.headline: {bad!r} is not a metric the evaluation reports with eval.ks=[1, 5, 10]" in err
+    assert f"ablation.headline has [{bad!r}], not metrics the evaluation reports (eval.ks=[1, 5, 10])" in err
     assert "i2t_r5_mp" in err and len(err.strip().splitlines()) == 1
     assert not out.exists() and not (tmp_path / "data").exists()
     assert main(["ablate", "--out", str(out), "eval.ks=[1, 50]", "ablation.headline=[i2t_r60_mp]"]) == 2
-    assert "eval.ks=[1, 50]; one of i2t_r1, i2t_r50," in capsys.readouterr().err
+    assert "(eval.ks=[1, 50]); choose from ['i2t_r1', 'i2t_r50'," in capsys.readouterr().err
 
 
 def test_a_key_given_twice_is_an_error_not_a_silent_override(tmp_path):

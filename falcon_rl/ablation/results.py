@@ -38,18 +38,19 @@ LABELS: dict[str, str] = {"i2t_r1_mp": "i2t R@1 mp", "t2i_map": "t2i mAP", "i2t_
                           "t2i_r1": "t2i R@1 strict", "i2t_r10_mp": "i2t R@10 mp", "t2i_r5_mp": "t2i R@5 mp"}
 
 
-def check_headline(headline: Sequence[str], ks: Sequence[int], source: str = "<config>") -> None:
-    """Raise :class:`~falcon_rl.config.ConfigError` before any run when an ``ablation.headline`` name
-    is not a metric the evaluation reports with recall cut-offs ``ks`` (``eval.ks``): a misspelt
-    name would otherwise give an empty column after the whole ablation."""
+def check_metric_names(key: str, names: Sequence[str], ks: Sequence[int], source: str = "<config>") -> None:
+    """Raise :class:`~falcon_rl.config.ConfigError` before any run when a name in the list key ``key``
+    (``ablation.headline``, ``reward_check.metrics``) is not a metric the evaluation reports with
+    recall cut-offs ``ks`` (``eval.ks``): a misspelt name would otherwise give an empty column after
+    the whole ablation."""
     from falcon_rl.config import ConfigError
     from falcon_rl.training.evaluation import metric_names
 
     known = metric_names(ks)
-    for name in headline:
-        if name not in known:
-            raise ConfigError(f"{source}: ablation.headline: {name!r} is not a metric the evaluation reports with "
-                              f"eval.ks={list(ks)}; one of {', '.join(known)}")
+    unknown = [m for m in names if m not in known]
+    if unknown:
+        raise ConfigError(f"{source}: {key} has {unknown}, not metrics the evaluation reports "
+                          f"(eval.ks={list(ks)}); choose from {known}")
 
 
 #: further metrics shown in the markdown table

@@ -35,11 +35,11 @@ import numpy as np
 
 from falcon_rl.ablation.batch_regression import REGRESSORS, Regression, batch_regression
 from falcon_rl.ablation.learnability import learnability, step_series
+from falcon_rl.ablation.results import check_metric_names
 from falcon_rl.ablation.runner import RunFn, WarmFn, data_line, run_ablation
 from falcon_rl.agents.registry import SchedulerNameError, canonical_name
 from falcon_rl.config import ConfigError, ExperimentConfig
 from falcon_rl.config.checks import LOGGABLE_REWARDS
-from falcon_rl.training.evaluation import metric_names
 from falcon_rl.config.loader import build_dataclass, to_dict
 from falcon_rl.distributed import world
 
@@ -67,11 +67,7 @@ def reward_check_config(cfg: ExperimentConfig, source: str = "<config>") -> Expe
         except SchedulerNameError:
             raise ConfigError(f"{source}: experimental.reference={rc.reference!r} is no policy of reward_check.policies "
                               f"{list(rc.policies)} and no scheduler") from None
-    known = metric_names(cfg.eval.ks)
-    unknown = [m for m in rc.metrics if m not in known]
-    if unknown:
-        raise ConfigError(f"{source}: reward_check.metrics has {unknown}, not metrics the evaluation reports "
-                          f"(eval.ks={list(cfg.eval.ks)}); choose from {known}")
+    check_metric_names("reward_check.metrics", rc.metrics, cfg.eval.ks, source)
     data = to_dict(cfg)
     overrides = copy.deepcopy(data["ablation"].get("overrides") or {})
     for label in rc.policies:

@@ -34,8 +34,8 @@ from typing import Any, Callable
 from falcon_rl import progress
 from falcon_rl.ablation.paired import paired_differences, paired_file_name, plot_paired, render_paired_markdown
 from falcon_rl.ablation.plots import METRIC_NAMES, plot_all
-from falcon_rl.ablation.results import (_metric, aggregate, check_headline, metrics_are_percent, render_markdown,
-                                       write_results_csv)
+from falcon_rl.ablation.results import (_metric, aggregate, check_metric_names, metrics_are_percent,
+                                       render_markdown, write_results_csv)
 from falcon_rl.agents.registry import SchedulerNameError, canonical_name
 from falcon_rl.agents.validate import check_scheduler_run
 from falcon_rl.config import ConfigError, ExperimentConfig, check_devices, check_mining, dump_yaml, load_config
@@ -89,7 +89,7 @@ def run_specs(cfg: ExperimentConfig, source: str = "<config>") -> list[RunSpec]:
     The seed sets ``train.seed`` (model init, masks, mining and agent); the data stay the same.
     MAFA runs share one filter, ``<ablation.out_dir>/filter`` (``mafa.filter_dir`` when null).
     """
-    check_headline(cfg.ablation.headline, cfg.eval.ks, source)
+    check_metric_names("ablation.headline", cfg.ablation.headline, cfg.eval.ks, source)
     check_references(cfg, source)
     base = to_dict(cfg)
     out_root = Path(cfg.ablation.out_dir).expanduser()
@@ -134,9 +134,9 @@ def check_references(cfg: ExperimentConfig, source: str = "<config>") -> None:
         try:
             canonical_name(name)
         except SchedulerNameError:
-            rows_named = list(cfg.ablation.schedulers)
             raise ConfigError(f"{source}: ablation.paired_with: {name!r} is no row of ablation.schedulers "
-                              f"{rows_named}, no ablation.overrides entry and no scheduler") from None
+                              f"{list(cfg.ablation.schedulers)}, no ablation.overrides entry and no scheduler"
+                              ) from None
 
 
 def _check_row(run_cfg: ExperimentConfig, cfg: ExperimentConfig, where: str, source: str) -> None:
